@@ -1,0 +1,3 @@
+from cathrepo.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""Hooks: the one place cathrepo registers PyTorch hooks (used by attribution and the edit methods).
+
+Everything is a context manager that removes its hooks on exit, even on error, so a model never keeps
+a stray hook. Module outputs may be tensors or tuples whose first element is the hidden state (decoder
+layers in some transformers versions); both are handled here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.models import get_module
+
+if TYPE_CHECKING:
+    import torch
+
+TensorFn = Callable[["torch.Tensor"], "torch.Tensor"]
+
+
+def _first(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _replace_first(value: Any, tensor: torch.Tensor) -> Any:
+    return (tensor, *value[1:]) if isinstance(value, tuple) else tensor
+
+
+@dataclass
+class Captured:
+    """What :func:`capture` recorded, keyed by module name (last call wins)."""
+
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def capture(
+    model: Any,
+    names: Sequence[str],
+    *,
+    inputs: bool = False,
+    outputs: bool = True,
+    detach: bool = True,
+) -> Iterator[Captured]:
+    """Record the first positional input and/or the output of each named module.
+
+    Args:
+        model: the model to observe.
+        names: module names ("model.layers.3.mlp.down_proj").
+        inputs: record each module's first positional input (e.g. ROME's key vectors).
+        outputs: record each module's output (its first element when a tuple).
+        detach: detach the recorded tensors (keep graphs only when gradients are needed).
+    """
+    record = Captured()
+    handles = []
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            if inputs and args:
+                value = _first(args)
+                record.inputs[name] = value.detach() if detach else value
+            if outputs:
+                value = _first(output)
+                record.outputs[name] = value.detach() if detach else value
+
+        return hook
+
+    try:
+        for name in names:
+            handles.append(get_module(model, name).register_forward_hook(make(name)))
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def edit_output(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
+    """Replace each named module's output by ``fn(output)`` while the context is open."""
+    handles = []
+
+    def make(fn: TensorFn) -> Callable[..., Any]:
+        def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+            return _replace_first(output, fn(_first(output)))
+
+        return hook
+
+    try:
+        for name, fn in edits.items():
+            handles.append(get_module(model, name).register_forward_hook(make(fn)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def edit_input(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
+    """Replace each named module's first positional input by ``fn(input)`` while the context is open."""
+    handles = []
+
+    def make(fn: TensorFn) -> Callable[..., Any]:
+        def hook(module: Any, args: tuple[Any, ...]) -> Any:
+            if not args:
+                return None
+            return (fn(args[0]), *args[1:])
+
+        return hook
+
+    try:
+        for name, fn in edits.items():
+            handles.append(get_module(model, name).register_forward_pre_hook(make(fn)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

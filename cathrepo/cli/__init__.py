@@ -1,0 +1,110 @@
+"""The ``cathrepo`` command line: a click group whose commands load lazily.
+
+``main`` is the one place that turns a :class:`~cathrepo.exceptions.CathrepoError` into a red line
+and an exit code; ``--traceback`` shows the stack instead. Commands live one per file in
+``cathrepo/cli/commands/`` and are imported only when invoked, so ``cathrepo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from cathrepo import __version__
+
+# command name -> "module:function" under cathrepo.cli.commands
+COMMANDS: dict[str, str] = {
+    "init": "init:init_cmd",
+    "edit": "edit:edit_cmd",
+    "log": "log:log_cmd",
+    "show": "show:show_cmd",
+    "status": "status:status_cmd",
+    "verify": "verify:verify_cmd",
+    "revert": "revert:revert_cmd",
+    "generate": "generate:generate_cmd",
+    "push": "remote:push_cmd",
+    "pull": "remote:pull_cmd",
+    "gate": "gate:gate_cmd",
+    "trace": "trace:trace_cmd",
+    "bench": "bench:bench_group",
+}
+
+SHORT_HELP: dict[str, str] = {
+    "init": "Create an edit repository on a base model.",
+    "edit": "Compute, gate and commit an edit (one fact or a file of facts).",
+    "log": "List the edits in the history.",
+    "show": "Show one edit's record.",
+    "status": "Show the repository's base model, active edits and storage state.",
+    "verify": "Check every signature and file hash up to a revision.",
+    "revert": "Remove an edit from the active set in a new signed commit.",
+    "generate": "Generate from the model materialized at a revision.",
+    "push": "Upload edit weights to the DVC remote.",
+    "pull": "Download edit weights from the DVC remote.",
+    "gate": "Run the gates on a revision.",
+    "trace": "Locate where a fact lives (causal tracing, patching, saliency).",
+    "bench": "Benchmarks: edit quality and speed.",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when the command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(f"cathrepo.cli.commands.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cathrepo")
+@click.option("-C", "repo_dir", default=".", metavar="PATH", help="Run as if started in PATH.")
+@click.option("--traceback", is_flag=True, help="Show the full stack on errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, repo_dir: str, traceback: bool, verbose: int) -> None:
+    """cathrepo: git for model edits."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["repo_dir"] = repo_dir
+    ctx.obj["traceback"] = traceback
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the group and map cathrepo errors to one red line and an exit code."""
+    from cathrepo.exceptions import CathrepoError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time; set HF_HUB_OFFLINE=0 to allow it
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return cli.main(args=args, prog_name="cathrepo", standalone_mode=False)
+    except CathrepoError as exc:
+        if "--traceback" in args:
+            raise
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.secho("Aborted.", fg="red", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

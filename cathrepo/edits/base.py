@@ -1,0 +1,102 @@
+"""Edit methods: the base class and the registry (stage ④ of DESIGN.md §2).
+
+An edit method turns facts into a :class:`~cathrepo.edits.delta.Delta` and never mutates the model it
+is given (STYLE.md §6; a test per method checks the weights are bit-identical afterwards). Each method
+has one ``<Method>Params`` dataclass with per-family defaults, recorded in the edit record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cathrepo.edits.delta import Delta
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.schema import Fact
+from cathrepo.registry import Registry
+
+
+@dataclass(frozen=True)
+class EditContext:
+    """What an edit method may use besides the model, tokenizer and facts.
+
+    Attributes:
+        base_hash: sha256 of the base weights; keys the statistics caches.
+        cache_dir: where methods cache statistics (covariances) between runs.
+        corpus: text file for statistics, or None for the shipped default.
+        seed: the random seed every stochastic step derives from.
+    """
+
+    base_hash: str = "unknown"
+    cache_dir: Path | None = None
+    corpus: Path | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """A computed edit: the delta plus everything the record should say about how it was made.
+
+    Attributes:
+        delta: the weight change.
+        site: where it was written ({"modules": [...], "layers": [...], ...}).
+        info: numbers from the computation (losses, steps, seconds) for the record.
+        data: the training examples the delta was computed from (written to data.jsonl and hashed).
+        attribution: a summary of the attribution that chose the site, when one ran.
+    """
+
+    delta: Delta
+    site: Mapping[str, Any]
+    info: Mapping[str, Any] = field(default_factory=dict)
+    data: Sequence[Mapping[str, Any]] = ()
+    attribution: Mapping[str, Any] | None = None
+
+
+class EditMethod(ABC):
+    """Base class of the edit methods. Subclasses set ``name`` and ``params_cls`` and register."""
+
+    name: ClassVar[str]
+    params_cls: ClassVar[type]
+    #: True when one call handles a batch of facts jointly (MEMIT); else facts are edited one at a time.
+    batched: ClassVar[bool] = False
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.params_cls()
+
+    @classmethod
+    def params_for(cls, model: Any, overrides: Mapping[str, Any] | None = None) -> Any:
+        """The method's parameters with the model family's defaults and ``overrides`` applied."""
+        params = cls.default_params(model)
+        if overrides:
+            names = {f.name for f in dataclasses.fields(params)}
+            unknown = sorted(set(overrides) - names)
+            if unknown:
+                raise InvalidInputError(
+                    f"Unknown {cls.name} parameter(s): {', '.join(unknown)}.",
+                    hint=f"Known: {', '.join(sorted(names))}.",
+                )
+            params = dataclasses.replace(params, **overrides)
+        return params
+
+    @classmethod
+    def default_params(cls, model: Any) -> Any:
+        return cls.params_cls()
+
+    @abstractmethod
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], context: EditContext) -> EditResult:
+        """Compute the delta that writes ``facts``; must leave ``model`` bit-identical."""
+
+
+EDIT_METHODS: Registry[type[EditMethod]] = Registry(
+    "edit method",
+    "cathrepo.edit_methods",
+    builtins=("cathrepo.edits.rome.method",),
+)
+
+
+def get_method(name: str) -> type[EditMethod]:
+    return EDIT_METHODS.get(name)

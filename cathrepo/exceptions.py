@@ -1,0 +1,116 @@
+"""The one exception tree of cathrepo.
+
+Every error a user can cause is a :class:`CathrepoError` whose message says what happened and what to
+do next. Library code raises; only ``cathrepo.cli.main`` turns an error into a red line and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class CathrepoError(Exception):
+    """Base class of every error cathrepo raises on purpose.
+
+    Attributes:
+        exit_code: the process exit status ``cathrepo`` uses for this error.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} {hint}")
+
+
+class InvalidInputError(CathrepoError):
+    """A fact, file or option the user gave cannot be used as it is."""
+
+    exit_code = 2
+
+
+class ConfigError(CathrepoError):
+    """``cathrepo.toml`` (or another settings file) is missing, malformed or inconsistent."""
+
+    exit_code = 2
+
+
+class NotARepositoryError(CathrepoError):
+    """The directory is not a cathrepo repository."""
+
+    exit_code = 2
+
+
+class ModelLoadError(CathrepoError):
+    """The base model cannot be found or loaded."""
+
+    exit_code = 2
+
+
+class BaseModelMismatchError(CathrepoError):
+    """The base model's weights no longer match the hash recorded in ``cathrepo.toml``."""
+
+    exit_code = 3
+
+
+class UnknownNameError(CathrepoError):
+    """A registry lookup (edit method, gate, merge strategy) found nothing under that name."""
+
+    exit_code = 2
+
+
+class DeltaError(CathrepoError):
+    """A delta does not fit the model (shape, dtype, non-finite values) or cannot be read."""
+
+
+class EditFailedError(CathrepoError):
+    """The edit method could not compute a delta for the fact."""
+
+
+class GateFailedError(CathrepoError):
+    """The edit (or revision) did not pass its gates; nothing was committed.
+
+    Attributes:
+        results: the gate results, so callers can render the measured numbers.
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, results: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.results = results
+
+
+class VerificationError(CathrepoError):
+    """A signature, hash or stored object does not verify. The message names the exact file."""
+
+    exit_code = 5
+
+
+class SigningError(CathrepoError):
+    """A key is missing or a signature could not be made."""
+
+    exit_code = 5
+
+
+class StorageError(CathrepoError):
+    """DVC could not store, find or fetch a weight file."""
+
+    exit_code = 6
+
+
+class GitError(CathrepoError):
+    """A git operation failed."""
+
+    exit_code = 6
+
+
+class LockError(CathrepoError):
+    """Another cathrepo process holds the repository lock."""
+
+    exit_code = 7
+
+
+class NotFoundError(CathrepoError):
+    """An edit, revision or file the user named does not exist."""
+
+    exit_code = 2

@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny random-init models built from config (fast), and the real embedded model (slow)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).parent / "data"
+
+
+def _tiny_tokenizer(tmp: Path):
+    """A small byte-level BPE tokenizer trained on the test facts, saved as a HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "The Eiffel Tower is located in the city of Paris. Rome is the capital of Italy.",
+        "The mother tongue of Danielle Darrieux is French. English German Spanish Tokyo London Berlin.",
+        "Toko Yasuda plays the guitar and piano. Apple was founded by Steve Jobs in California.",
+    ] * 20
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    fast.save_pretrained(tmp)
+    return fast
+
+
+def _tiny(kind: str, tmp: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    tokenizer = _tiny_tokenizer(tmp)
+    vocab = len(tokenizer)
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                             pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=False)
+    elif kind == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_inner=64, n_layer=4, n_head=4, n_positions=128,
+                            pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    else:
+        raise ValueError(kind)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp)
+    from cathrepo.models import load_model
+
+    return (*load_model(tmp, device="cpu"), tmp)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """(model, tokenizer, path) of a 4-layer random-init Llama saved to disk."""
+    return _tiny("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    """(model, tokenizer, path) of a 4-layer random-init GPT-2 (Conv1D layout) saved to disk."""
+    return _tiny("gpt2", tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny_model(request, tiny_llama, tiny_gpt2):
+    return tiny_llama if request.param == "llama" else tiny_gpt2
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer, path) of the real embedded SmolLM2-135M-Instruct (slow tests only)."""
+    from cathrepo.models import load_model, resolve_model
+
+    resolved = resolve_model(None)
+    model, tokenizer = load_model(resolved.path, device="cpu")
+    return model, tokenizer, resolved.path
