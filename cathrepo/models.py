@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,10 +202,8 @@ class EmbeddedModel:
         if self.assemble:
             target = cache_dir() / "gguf" / self.gguf_file
             if not target.exists():
-                import importlib
-
                 target.parent.mkdir(parents=True, exist_ok=True)
-                importlib.import_module(self.package).assemble(str(target))
+                import_module(self.package).assemble(str(target))
             return target.parent, target.name
         return directory, self.gguf_file
 
