@@ -1,0 +1,1 @@
+"""Repository verbs: the Repo class and one module per writing verb (init, edit, commit, revert, ...)."""

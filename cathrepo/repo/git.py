@@ -1,0 +1,397 @@
+"""The git adapter: the one module that imports GitPython.
+
+Everything cathrepo asks of git goes through :class:`Git`: signed commits with trailers that name the
+edit, history and file contents at old revisions, signature checks against the repository's
+``allowed_signers``, and the undo steps a failed write needs. GitPython is imported inside methods (and
+each repository handle is opened in a ``with`` block, so git's helper processes are closed) to keep
+``cathrepo --help`` fast. Failures become :class:`~cathrepo.exceptions.GitError` carrying git's own
+message and a next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cathrepo.exceptions import GitError, InvalidInputError, NotARepositoryError, NotFoundError
+
+if TYPE_CHECKING:
+    import git as gitpython
+
+    from cathrepo.provenance.keys import SigningKey
+
+log = logging.getLogger(__name__)
+
+_TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*): ?(.*)$")
+_LOG_FORMAT = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e"
+_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true"}
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """One commit as cathrepo reads it.
+
+    Attributes:
+        sha: full commit id.
+        author_name: the author's name.
+        author_email: the author's e-mail.
+        date: author date, ISO-8601 with offset.
+        subject: the first line of the message.
+        body: the rest of the message without the trailer block.
+        trailers: git trailers ("Cathrepo-Edit: <id>"); a repeated key keeps its last value.
+        parents: parent ids (two or more for a merge).
+    """
+
+    sha: str
+    author_name: str
+    author_email: str
+    date: str
+    subject: str
+    body: str
+    trailers: dict[str, str] = field(default_factory=dict)
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """The result of checking one commit's signature.
+
+    Attributes:
+        ok: True only for a good signature by a key listed in allowed_signers.
+        principal: who signed, when git could tell.
+        fingerprint: the signing key's fingerprint, when the commit is signed.
+        detail: git's (ssh-keygen's) own words, for the user.
+    """
+
+    ok: bool
+    principal: str | None
+    fingerprint: str | None
+    detail: str
+
+
+_STATUS_WORDS = {
+    "G": "good signature",
+    "B": "bad signature",
+    "U": "good signature, but the key is not in allowed_signers",
+    "X": "good signature that has expired",
+    "Y": "good signature made by an expired key",
+    "R": "good signature made by a revoked key",
+    "E": "the signature cannot be checked",
+    "N": "the commit is not signed",
+}
+
+
+def _first_line(text: str) -> str:
+    """The line of git's output that says what went wrong ("fatal: ..." first, else the first line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line.removeprefix("fatal: ").removeprefix("error: ")
+    return lines[0] if lines else "no message from git"
+
+
+def _git_message(err: str, out: str) -> str:
+    """git's reason for a failure: stderr when it said anything, else the last line of stdout."""
+    if err.strip():
+        return _first_line(err)
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message from git"
+
+
+class Git:
+    """A git work tree.
+
+    Args:
+        path: the top directory of an existing work tree (not a subdirectory, not a bare repository).
+
+    Raises:
+        NotARepositoryError: when ``path`` is not the top of a git work tree.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import git as gitpython
+
+        path = Path(path)
+        try:
+            with gitpython.Repo(path) as repo:
+                work_tree = repo.working_tree_dir
+        except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
+            raise NotARepositoryError(
+                f"{path} is not a git repository.",
+                hint="Run 'cathrepo init' there, or pass -C with the repository's top directory.",
+            ) from None
+        if work_tree is None:
+            raise NotARepositoryError(f"{path} is a bare git repository.",
+                                      hint="Clone it into a work tree first: git clone <path> <dir>.")
+        self._root = Path(work_tree).resolve()
+
+    @classmethod
+    def init(cls, path: Path, *, branch: str = "main") -> Git:
+        """Create (or re-open) a git repository at ``path`` whose first branch is ``branch``."""
+        import git as gitpython
+
+        try:
+            with gitpython.Repo.init(Path(path), mkdir=True, initial_branch=branch):
+                pass
+        except gitpython.GitCommandError as exc:
+            raise GitError(f"git init failed in {path}: {_first_line(str(exc.stderr))}",
+                           hint="Check that the directory is writable.") from None
+        return cls(path)
+
+    @property
+    def root(self) -> Path:
+        """The absolute top directory of the work tree."""
+        return self._root
+
+    # --- running git -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _repo(self) -> Iterator[gitpython.Repo]:
+        import git as gitpython
+
+        with gitpython.Repo(self._root) as repo:
+            yield repo
+
+    def _exec(self, args: Sequence[str], *, config: dict[str, str] | None = None) -> tuple[int, str, str]:
+        cmd = ["git"]
+        for key, value in (config or {}).items():
+            cmd += ["-c", f"{key}={value}"]
+        cmd += list(args)
+        with self._repo() as repo:
+            status, out, err = repo.git.execute(cmd, with_extended_output=True, with_exceptions=False,
+                                                env=_ENV)
+        return int(status), str(out), str(err)
+
+    def run(self, args: Sequence[str], *, hint: str = "Run the same git command by hand to see more.",
+            config: dict[str, str] | None = None) -> str:
+        """Run ``git <args>`` in the work tree and return its stdout (for verbs this class lacks).
+
+        Raises:
+            GitError: with git's first error line and ``hint``.
+        """
+        status, out, err = self._exec(args, config=config)
+        if status != 0:
+            raise GitError(f"git {args[0]} failed: {_git_message(err, out)}", hint=hint)
+        return out
+
+    def config_get(self, key: str) -> str | None:
+        """A config value from any level (system, global, local), or None."""
+        status, out, _ = self._exec(["config", "--get", key])
+        return out.strip() if status == 0 and out.strip() else None
+
+    def _config_set(self, key: str, value: str) -> None:
+        self.run(["config", "--local", key, value], hint=f"Check that {self._root / '.git/config'} is writable.")
+
+    # --- signing ---------------------------------------------------------------------------------
+
+    def configure_signing(self, key: SigningKey, allowed_signers: Path) -> None:
+        """Make every commit and tag of this repository SSH-signed by ``key``.
+
+        Also sets a repository-local identity derived from the key's principal when none is configured
+        at any level: CI machines often have no global ``user.name``/``user.email``, and a commit
+        without one fails.
+        """
+        self._config_set("gpg.format", "ssh")
+        self._config_set("user.signingkey", str(Path(key.private_path).absolute()))
+        self._config_set("commit.gpgsign", "true")
+        self._config_set("tag.gpgsign", "true")
+        self._config_set("gpg.ssh.allowedSignersFile", str(Path(allowed_signers).absolute()))
+        principal = key.principal or "cathrepo"
+        if self.config_get("user.email") is None:
+            self._config_set("user.email", principal if "@" in principal else f"{principal}@localhost")
+        if self.config_get("user.name") is None:
+            self._config_set("user.name", principal.split("@", 1)[0] or "cathrepo")
+
+    def verify_commit(self, sha: str, *, allowed_signers: Path | None = None) -> SignatureCheck:
+        """Check the signature of commit ``sha`` the way ``git verify-commit`` does.
+
+        Args:
+            sha: any revision naming a commit.
+            allowed_signers: the file to trust; defaults to the repository's ``gpg.ssh.allowedSignersFile``.
+        """
+        commit = self.rev_parse(sha)
+        config = {"gpg.ssh.allowedSignersFile": str(Path(allowed_signers).absolute())} if allowed_signers else None
+        out = self.run(["log", "-1", "--format=%G?%x1f%GS%x1f%GF%x1f%GG", commit], config=config)
+        code, signer, fingerprint, raw = (out.split("\x1f", 3) + ["", "", ""])[:4]
+        code = code.strip() or "N"
+        detail = _first_line(raw) if raw.strip() else _STATUS_WORDS.get(code, f"status {code}")
+        if code != "G" and code in _STATUS_WORDS and _STATUS_WORDS[code] not in detail:
+            detail = f"{_STATUS_WORDS[code]}: {detail}"
+        return SignatureCheck(ok=code == "G", principal=signer.strip() or None,
+                              fingerprint=fingerprint.strip() or None, detail=detail)
+
+    # --- index and commits -----------------------------------------------------------------------
+
+    def add(self, paths: Sequence[Path | str]) -> None:
+        """Stage ``paths`` (files or directories) for the next commit."""
+        if paths:
+            self.run(["add", "--", *map(str, paths)], hint="Check that the paths exist inside the repository.")
+
+    def unstage(self, paths: Sequence[Path | str]) -> None:
+        """Take ``paths`` out of the index again; the files in the work tree are kept."""
+        if not paths:
+            return
+        if self.head() is None:
+            self.run(["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *map(str, paths)])
+        else:
+            self.run(["reset", "-q", "HEAD", "--", *map(str, paths)])
+
+    def commit(self, message: str, trailers: dict[str, str] | None = None, *, allow_empty: bool = False) -> str:
+        """Make a commit of the index (signed, when configured) and return its id.
+
+        Args:
+            message: subject line, optionally followed by a blank line and a body.
+            trailers: git trailers appended to the message ("Cathrepo-Edit": "<id>").
+            allow_empty: allow a commit that changes nothing (a promotion or a marker).
+
+        Raises:
+            InvalidInputError: an empty message or a trailer key/value git cannot hold.
+            GitError: git refused (nothing staged, signing failed, a hook said no).
+        """
+        if not message.strip():
+            raise InvalidInputError("A commit needs a message.")
+        args = ["commit", "-q", "--cleanup=whitespace", "-m", message]
+        for key, value in (trailers or {}).items():
+            if not _TRAILER_KEY.match(key) or "\n" in str(value):
+                raise InvalidInputError(f"'{key}: {value}' cannot be a git trailer.",
+                                        hint="Keys are letters, digits and '-'; values are one line.")
+            args += ["--trailer", f"{key}: {value}"]
+        if allow_empty:
+            args.append("--allow-empty")
+        self.run(args, hint="If signing failed, check user.signingkey with 'git config --show-origin "
+                            "user.signingkey'; if nothing was staged, stage the changes first.")
+        sha = self.head()
+        assert sha is not None
+        return sha
+
+    def head(self) -> str | None:
+        """The id of HEAD, or None in a repository without commits."""
+        status, out, _ = self._exec(["rev-parse", "--verify", "-q", "HEAD^{commit}"])
+        return out.strip() if status == 0 else None
+
+    def rev_parse(self, rev: str) -> str:
+        """Resolve ``rev`` (a branch, tag, ``HEAD~2``, a short id) to a full commit id.
+
+        Raises:
+            NotFoundError: when no commit has that name.
+        """
+        if not rev or rev.startswith("-"):
+            raise NotFoundError(f"'{rev}' is not a revision.", hint="Name a commit, branch or tag.")
+        status, out, _ = self._exec(["rev-parse", "--verify", "-q", f"{rev}^{{commit}}"])
+        if status != 0:
+            raise NotFoundError(f"No commit named '{rev}' in {self._root}.",
+                                hint="List revisions with 'cathrepo log' or 'git log --oneline'.")
+        return out.strip()
+
+    def current_branch(self) -> str | None:
+        """The checked-out branch, or None on a detached HEAD."""
+        status, out, _ = self._exec(["symbolic-ref", "--short", "-q", "HEAD"])
+        return out.strip() if status == 0 else None
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        """Whether commit ``a`` is ``b`` or one of its ancestors."""
+        first, second = self.rev_parse(a), self.rev_parse(b)
+        status, _, err = self._exec(["merge-base", "--is-ancestor", first, second])
+        if status not in (0, 1):
+            raise GitError(f"git merge-base failed: {_first_line(err)}", hint="Check both revisions exist.")
+        return status == 0
+
+    # --- reading history -------------------------------------------------------------------------
+
+    def show_file(self, rev: str, path: str) -> bytes | None:
+        """The bytes of ``path`` at revision ``rev`` (no checkout), or None if it did not exist then."""
+        sha = self.rev_parse(rev)
+        with self._repo() as repo:
+            try:
+                obj = repo.commit(sha).tree / str(path).strip("/")
+            except KeyError:
+                return None
+            if obj.type != "blob":
+                return None
+            return obj.data_stream.read()
+
+    def list_files(self, rev: str, under: str = "") -> list[str]:
+        """Files (repository-relative, sorted) at ``rev`` below the directory ``under``."""
+        sha = self.rev_parse(rev)
+        args = ["ls-tree", "-r", "-z", "--name-only", "--full-tree", sha]
+        if under.strip("/"):
+            args += ["--", under.strip("/") + "/"]
+        return sorted(p for p in self.run(args).split("\0") if p)
+
+    def log(self, rev: str = "HEAD", paths: Sequence[str] | None = None,
+            max_count: int | None = None) -> list[CommitInfo]:
+        """Commits reachable from ``rev``, newest first (empty for a repository without commits)."""
+        if rev == "HEAD" and self.head() is None:
+            return []
+        args = ["log", f"--format={_LOG_FORMAT}", self.rev_parse(rev)]
+        if max_count is not None:
+            args.insert(1, f"--max-count={int(max_count)}")
+        if paths:
+            args += ["--", *map(str, paths)]
+        return [_parse_commit(rec) for rec in self.run(args).split("\x1e") if rec.strip()]
+
+    def rev_list(self, rev: str = "HEAD") -> list[str]:
+        """Ids of the commits reachable from ``rev``, newest first."""
+        if rev == "HEAD" and self.head() is None:
+            return []
+        return self.run(["rev-list", self.rev_parse(rev)]).split()
+
+    # --- work tree -------------------------------------------------------------------------------
+
+    def status_porcelain(self) -> list[str]:
+        """``git status --porcelain`` lines ("XY path"), untracked files listed one by one."""
+        out = self.run(["status", "--porcelain=v1", "--untracked-files=all"])
+        return [line for line in out.splitlines() if line.strip()]
+
+    def restore_paths(self, paths: Sequence[Path | str], rev: str = "HEAD") -> None:
+        """Put ``paths`` back in the index and work tree as they were at ``rev``.
+
+        Used to undo a failed write: modified files get their old content, files that did not exist at
+        ``rev`` are taken out of the index (and left as untracked files for :meth:`remove_untracked`).
+        """
+        wanted = [str(p) for p in paths]
+        if not wanted:
+            return
+        sha = None if rev == "HEAD" and self.head() is None else self.rev_parse(rev)
+        known = set(self.list_files(sha)) if sha else set()
+        in_rev = [p for p in wanted if p.strip("/") in known or any(k.startswith(p.strip("/") + "/") for k in known)]
+        others = [p for p in wanted if p not in in_rev]
+        if others:
+            self.run(["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *others])
+        if in_rev:
+            self.run(["restore", f"--source={sha}", "--staged", "--worktree", "--", *in_rev],
+                     hint="Inspect 'git status' and restore the files by hand.")
+
+    def remove_untracked(self, paths: Sequence[Path | str], *, include_ignored: bool = False) -> None:
+        """Delete untracked files under ``paths`` (never tracked ones).
+
+        Args:
+            paths: files or directories a failed operation created.
+            include_ignored: also delete ignored files there (weights DVC had already listed in a
+                ``.gitignore``); only pass it for directories the operation created itself.
+        """
+        if paths:
+            self.run(["clean", "-q", "-f", "-d", *(["-x"] if include_ignored else []), "--", *map(str, paths)])
+
+
+def _parse_commit(record: str) -> CommitInfo:
+    sha, parents, name, email, date, subject, body, trailer_text = (record.lstrip("\n").split("\x1f") + [""] * 8)[:8]
+    trailers: dict[str, str] = {}
+    for line in trailer_text.splitlines():
+        match = _TRAILER_LINE.match(line.strip())
+        if match:
+            trailers[match.group(1)] = match.group(2).strip()
+    body = body.strip("\n")
+    if trailers:
+        paragraphs = body.split("\n\n")
+        last = paragraphs[-1].strip().splitlines()
+        if last and all(_TRAILER_LINE.match(line.strip()) for line in last):
+            body = "\n\n".join(paragraphs[:-1]).strip("\n")
+    return CommitInfo(sha=sha.strip(), author_name=name, author_email=email, date=date, subject=subject,
+                      body=body, trailers=trailers, parents=tuple(parents.split()))
