@@ -262,7 +262,8 @@ class Storage:
             raise _dvc_error(f"fetch weight object {md5}", exc, _PULL_HINT) from None
         if not path.is_file():
             raise StorageError(
-                f"Weight object {md5} is neither in the local cache nor on the remote {self.remote_url()}.",
+                f"Weight object {md5} is neither in the local cache nor on the remote {self.remote_url()} "
+                "(or the remote's copy is corrupt: DVC checks each object's hash and drops bad copies).",
                 hint=_PULL_HINT,
             )
         if _file_md5(path) != md5:
@@ -276,13 +277,21 @@ class Storage:
     def _targets(self, targets: Sequence[Path] | None) -> list[str] | None:
         return None if targets is None else [str((self._root / t).resolve()) for t in targets]
 
-    def push(self, targets: Sequence[Path] | None = None) -> int:
-        """Upload the objects of ``targets`` (pointers or data paths; all when None); return the count."""
+    def push(self, targets: Sequence[Path] | None = None, *, all_revisions: bool = True) -> int:
+        """Upload weight objects to the default remote; return how many were transferred.
+
+        Args:
+            targets: pointers or data paths to push; None for everything.
+            all_revisions: with no targets, push the objects of every commit, not only the work tree's
+                (DVC's default). A reverted edit or an old revision must stay materializable on
+                another machine, so history counts.
+        """
         from dvc.exceptions import DvcException
 
+        everything = targets is None and all_revisions
         try:
             with self._open() as repo:
-                return int(repo.push(targets=self._targets(targets)))
+                return int(repo.push(targets=self._targets(targets), all_commits=everything))
         except DvcException as exc:
             raise _dvc_error("push weights", exc, f"Check that the remote {self.remote_url()} is writable.") \
                 from None
