@@ -134,6 +134,7 @@ def _check_shape(envelope: Any, *, what: str) -> None:
 def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list[AllowedSigner],
                   *, what: str) -> str:
     from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
     principal, namespace = entry["principal"], envelope["namespace"]
@@ -144,7 +145,7 @@ def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list
         public = load_ssh_public_key(f"{key_type} {blob}".encode("ascii"))
     except (SigningError, binascii.Error, ValueError, UnicodeEncodeError):
         raise _malformed(what, f"the signature by {principal} does not decode") from None
-    if key_type != KEY_TYPE:
+    if key_type != KEY_TYPE or not isinstance(public, Ed25519PublicKey):
         raise _malformed(what, f"the signature by {principal} uses {key_type}, not {KEY_TYPE}")
     if fingerprint != entry["fingerprint"]:
         raise _malformed(what, f"the fingerprint recorded for {principal} is not its key's")
@@ -156,7 +157,7 @@ def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list
             hint="If this person may sign, add their public key to allowed_signers in a reviewed commit.",
         )
     try:
-        public.verify(sig, signed_message(namespace, envelope["payload_sha256"]))  # type: ignore[union-attr]
+        public.verify(sig, signed_message(namespace, envelope["payload_sha256"]))
     except InvalidSignature:
         raise VerificationError(
             f"{what}: the signature by {principal} ({fingerprint}) is not valid.",

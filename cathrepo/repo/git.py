@@ -223,6 +223,9 @@ class Git:
         detail = _first_line(raw) if raw.strip() else _STATUS_WORDS.get(code, f"status {code}")
         if code != "G" and code in _STATUS_WORDS and _STATUS_WORDS[code] not in detail:
             detail = f"{_STATUS_WORDS[code]}: {detail}"
+        trusted = str(allowed_signers) if allowed_signers else self.config_get("gpg.ssh.allowedSignersFile")
+        if code != "G" and code != "N" and (not trusted or not (self._root / trusted).is_file()):
+            detail += f" (the allowed signers file {trusted or '(not configured)'} does not exist)"
         return SignatureCheck(ok=code == "G", principal=signer.strip() or None,
                               fingerprint=fingerprint.strip() or None, detail=detail)
 

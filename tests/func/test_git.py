@@ -66,6 +66,8 @@ def test_verify_against_another_allowed_signers_file(signed_git, tmp_path):
     empty = tmp_path / "nobody"
     empty.write_text("")
     assert not signed_git.verify_commit(sha, allowed_signers=empty).ok
+    absent = signed_git.verify_commit(sha, allowed_signers=tmp_path / "absent")
+    assert not absent.ok and "does not exist" in absent.detail
     assert signed_git.verify_commit(sha).ok
 
 
