@@ -382,3 +382,18 @@ def default_device() -> str:
 
 def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """Keyword arguments that pass a KV cache to ``model.forward`` (transformers 5 renamed
+    ``past_key_values`` to ``cache``)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": True}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)

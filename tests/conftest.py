@@ -45,10 +45,11 @@ def _tiny(kind: str, tmp: Path):
     if kind == "llama":
         config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                             pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=False)
+                             pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=False,
+                             initializer_range=0.2)
     elif kind == "gpt2":
         config = GPT2Config(vocab_size=vocab, n_embd=32, n_inner=64, n_layer=4, n_head=4, n_positions=128,
-                            pad_token_id=0, eos_token_id=1, bos_token_id=1)
+                            pad_token_id=0, eos_token_id=1, bos_token_id=1, initializer_range=0.2)
     else:
         raise ValueError(kind)
     model = AutoModelForCausalLM.from_config(config)

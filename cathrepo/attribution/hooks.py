@@ -117,3 +117,31 @@ def edit_input(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to abandon the rest of a forward pass."""
+
+
+def forward_until(model: Any, name: str, *, inputs: bool = True, **model_kwargs: Any) -> torch.Tensor:
+    """Run the model only as far as module ``name`` and return its first input (or its output).
+
+    Statistics and key vectors need activations at one layer; stopping there skips the layers above
+    and the unembedding, which on a 30-layer model is most of the cost.
+    """
+    found: list[torch.Tensor] = []
+
+    def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
+        found.append(_first(args) if inputs else _first(output))
+        raise _StopForward
+
+    handle = get_module(model, name).register_forward_hook(hook)
+    try:
+        model(**model_kwargs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not found:
+        raise RuntimeError(f"module {name!r} was not reached by the forward pass")
+    return found[0]

@@ -1,0 +1,137 @@
+"""ROME: a rank-one update of one MLP output projection (Meng et al. 2022), r-ROME consistent.
+
+    ΔW = δ uᵀ / (u · k*),   u = (C + λI)⁻¹ k*
+
+so that ``ΔW k* = δ`` exactly: the projection's output at the subject's (prefix-averaged) key moves by
+the optimised δ, and inputs orthogonal to ``u`` in the covariance metric barely move. The result is a
+rank-one :class:`~cathrepo.edits.delta.LowRank` with ``B = δ/(u·k*)`` (out×1) and ``A = uᵀ`` (1×in).
+
+Several facts are edited one after another, each computed on the model with the earlier ones applied
+(as a repository would), and returned as one delta whose per-module factors are concatenated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
+from cathrepo.edits.delta import AppliedDelta, Delta, LowRank, apply_delta
+from cathrepo.edits.rome.compute_u import key_vector, update_direction
+from cathrepo.edits.rome.compute_v import optimise_value
+from cathrepo.edits.rome.context import context_prefixes
+from cathrepo.edits.rome.covariance import key_covariance, stats_dir
+from cathrepo.edits.rome.params import FAMILY_DEFAULTS, RomeParams
+from cathrepo.exceptions import EditFailedError, InvalidInputError
+from cathrepo.facts.schema import Fact
+
+log = logging.getLogger(__name__)
+
+
+@EDIT_METHODS.register
+class RomeMethod(EditMethod):
+    """Rank-One Model Editing of the family's MLP output projection."""
+
+    name = "rome"
+    params_cls = RomeParams
+
+    @classmethod
+    def default_params(cls, model: Any) -> RomeParams:
+        from cathrepo.models import default_edit_layer, family_for
+
+        family = family_for(model)
+        return RomeParams(layer=default_edit_layer(model), **FAMILY_DEFAULTS.get(family.name, {}))
+
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], context: EditContext) -> EditResult:
+        from cathrepo.models import cache_dir, default_edit_layer, family_for, get_module, num_layers
+
+        if not facts:
+            raise InvalidInputError("No facts to edit.")
+        params: RomeParams = self.params
+        family = family_for(model)
+        layer = default_edit_layer(model) if params.layer is None else params.layer
+        if layer >= num_layers(model):
+            raise InvalidInputError(
+                f"ROME layer {layer} does not exist; the model has {num_layers(model)} layers.",
+                hint=f"Pass a layer between 0 and {num_layers(model) - 1}.",
+            )
+        module = family.layer_name(params.module, layer)
+        get_module(model, module)
+        cache = context.cache_dir or cache_dir()
+        cov, stats = key_covariance(
+            model, tokenizer, module, corpus=context.corpus, max_tokens=params.corpus_tokens,
+            cache=cache, base_hash=context.base_hash,
+        )
+        prefixes = context_prefixes(
+            model, tokenizer, params.n_context, params.context_tokens, params.seed,
+            stats_dir(cache, context.base_hash),
+        )
+        undo = AppliedDelta()
+        factors: list[LowRank] = []
+        per_fact: list[dict[str, Any]] = []
+        data: list[dict[str, Any]] = []
+        try:
+            for fact in facts:
+                factor, info = self._one(model, tokenizer, module, fact, prefixes, cov)
+                factors.append(factor)
+                per_fact.append(info)
+                data.extend(_training_data(fact, prefixes))
+                if len(facts) > 1:  # later facts see the earlier edits, as in a repository
+                    applied = apply_delta(model, Delta({module: factor}))
+                    for name, original in applied.originals.items():
+                        undo.originals.setdefault(name, original)
+        finally:
+            undo.remove(model)
+        delta = Delta({module: _concat(factors)}, base_model=getattr(model, "name_or_path", ""))
+        return EditResult(
+            delta=delta,
+            site={"layers": [layer], "modules": [module], "kind": params.module},
+            info={"facts": per_fact, "stats": stats, "n_prefixes": len(prefixes)},
+            data=data,
+        )
+
+    def _one(
+        self, model: Any, tokenizer: Any, module: str, fact: Fact, prefixes: list[str], cov: Any
+    ) -> tuple[LowRank, dict[str, Any]]:
+        from cathrepo.gates.scoring import continuation_ids
+
+        if fact.kind != "edit":
+            raise InvalidInputError("ROME writes facts; it cannot forget one.", hint="Use a forget method.")
+        start = time.perf_counter()
+        target_ids = continuation_ids(tokenizer, fact.target_new)
+        key = key_vector(model, tokenizer, module, fact.prompt, fact.subject, prefixes)
+        u = update_direction(cov, key, self.params.cov_reg)
+        value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, self.params)
+        denom = float(u @ key)
+        if abs(denom) < 1e-8 or not value.delta.isfinite().all():
+            raise EditFailedError(f"ROME found no usable update for '{fact.prompt}' (u·k = {denom:.2e}).")
+        factor = LowRank(B=(value.delta / denom).unsqueeze(1).cpu(), A=u.unsqueeze(0).cpu())
+        info = {
+            "steps": value.steps,
+            "nll_start": round(value.nll_start, 4),
+            "nll_end": round(value.nll_end, 4),
+            "kl_end": round(value.kl_end, 5),
+            "delta_norm_ratio": round(value.norm_ratio, 4),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        log.info("ROME %s -> %s: %s", fact.prompt, fact.target_new, info)
+        return factor, info
+
+
+def _concat(factors: list[LowRank]) -> LowRank:
+    import torch
+
+    if len(factors) == 1:
+        return factors[0]
+    return LowRank(torch.cat([f.B for f in factors], dim=1), torch.cat([f.A for f in factors], dim=0))
+
+
+def _training_data(fact: Fact, prefixes: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {"role": "rewrite", "prompt": prefix + fact.prompt, "target": fact.target_new} for prefix in prefixes
+    ]
+    rows.append({"role": "essence", "prompt": f"{fact.subject} is a", "target": None})
+    return rows
+

@@ -1,0 +1,58 @@
+"""ROME's hyper-parameters: one dataclass, defaults per model family (STYLE.md §4).
+
+The defaults follow ROME's published GPT-2 XL settings (Meng et al. 2022, hparams/ROME/gpt2-xl.json)
+where they transfer, with the value optimisation shortened for speed: it stops as soon as the target's
+mean NLL falls under ``v_stop_nll``, which on small models takes a handful of steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cathrepo.exceptions import InvalidInputError
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class RomeParams:
+    """Parameters of a ROME edit; ``layer=None`` means the family's default edit layer."""
+
+    layer: int | None = _help("Layer whose MLP output projection is edited (None: family default).", None)
+    module: str = _help("Family template kind of the edited matrix.", "mlp_out")
+    n_context: int = _help("Generated context prefixes averaged into the key (r-ROME consistent).", 5)
+    context_tokens: int = _help("Length in tokens of each generated context prefix.", 10)
+    v_steps: int = _help("Maximum Adam steps of the value optimisation.", 25)
+    v_lr: float = _help("Adam learning rate of the value optimisation.", 0.5)
+    v_stop_nll: float = _help("Stop once the target's mean NLL over all prompts is below this.", 0.05)
+    kl_factor: float = _help("Weight of the KL 'essence' term on '{subject} is a'.", 0.0625)
+    v_weight_decay: float = _help("L2 penalty on the value delta relative to the original output.", 0.5)
+    clamp_norm_factor: float = _help("Clamp ‖δ‖ to this multiple of ‖original output‖.", 4.0)
+    cov_reg: float = _help("Ridge added to the key covariance, relative to its mean eigenvalue.", 1e-2)
+    corpus_tokens: int = _help("Corpus tokens used for the key covariance statistics.", 100_000)
+    seed: int = _help("Seed of the context-prefix sampling.", 0)
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and self.layer < 0:
+            raise InvalidInputError(f"ROME layer {self.layer} is negative.", hint="Pass a layer index >= 0.")
+        for name in ("v_steps", "context_tokens", "corpus_tokens"):
+            if getattr(self, name) <= 0:
+                raise InvalidInputError(f"ROME parameter {name} must be positive.")
+        if self.n_context < 0:
+            raise InvalidInputError("ROME parameter n_context must be >= 0.")
+        if not 0 < self.clamp_norm_factor:
+            raise InvalidInputError("ROME parameter clamp_norm_factor must be positive.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Per-family overrides of the defaults above (data, not code).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": {"v_lr": 0.5},
+    "llama": {},
+    "gemma": {},
+}

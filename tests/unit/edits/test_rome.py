@@ -1,0 +1,120 @@
+"""ROME on tiny random-init models: compute never mutates, the update hits k* exactly, the edit works."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cathrepo.edits.base import EditContext, get_method
+from cathrepo.edits.delta import applied
+from cathrepo.edits.rome.compute_u import key_vector
+from cathrepo.edits.rome.compute_v import _batch, _prefix_cache
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.schema import Fact
+from cathrepo.gates.scoring import continuation_ids, mean_logprob
+from cathrepo.models import cache_kwargs, get_module, linear_weight
+
+# On random-init models attention barely carries information between positions, so the tiny-model
+# tests put the subject last: δ then acts on the position that predicts the target.
+FACT = Fact(prompt="The capital of Italy is Rome", subject="Rome", target_new="Paris", target_true="Tokyo")
+
+
+@pytest.fixture
+def context(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 30))
+    return EditContext(base_hash="tiny", cache_dir=tmp_path / "cache", corpus=corpus)
+
+
+def _params(model, **kw):
+    base = {"layer": 1, "corpus_tokens": 500, "n_context": 2, "context_tokens": 4, "v_steps": 40,
+            "clamp_norm_factor": 10.0, "v_weight_decay": 0.0}  # random-init outputs are small and noisy
+    return get_method("rome").params_for(model, {**base, **kw})
+
+
+def test_compute_leaves_model_bit_identical(tiny_model, context):
+    model, tok, _ = tiny_model
+    before = copy.deepcopy(model.state_dict())
+    get_method("rome")(_params(model)).compute(model, tok, [FACT], context)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_edit_makes_target_preferred(tiny_model, context):
+    model, tok, _ = tiny_model
+    result = get_method("rome")(_params(model)).compute(model, tok, [FACT], context)
+    (module,) = result.delta.modules
+    assert result.delta.factors[module].rank == 1
+    old = mean_logprob(model, tok, [FACT.prompt] * 2, ["Paris", "Tokyo"])
+    with applied(model, result.delta):
+        new = mean_logprob(model, tok, [FACT.prompt] * 2, ["Paris", "Tokyo"])
+    assert new[0] > old[0] + 1.0
+    assert new[0] > new[1]
+    assert result.info["facts"][0]["nll_end"] < result.info["facts"][0]["nll_start"]
+
+
+def test_update_moves_output_at_key_by_delta(tiny_llama, context):
+    """ΔW k* equals the optimised δ: the defining property of the rank-one update."""
+    model, tok, _ = tiny_llama
+    method = get_method("rome")(_params(model, n_context=0))
+    result = method.compute(model, tok, [FACT], context)
+    (module,) = result.delta.modules
+    factor = result.delta.factors[module]
+    key = key_vector(model, tok, module, FACT.prompt, FACT.subject, [""])
+    moved = factor.full() @ key
+    assert torch.allclose(moved, factor.B[:, 0] * float(factor.A[0] @ key), atol=1e-5)
+    w = linear_weight(get_module(model, module))
+    with applied(model, result.delta):
+        after = linear_weight(get_module(model, module)) @ key
+    assert torch.allclose(after - w @ key, moved, atol=1e-4)
+
+
+def test_prefix_cache_matches_full_forward(tiny_model):
+    """The KV-cached split forward gives the same target log-probs as one full forward."""
+    model, tok, _ = tiny_model
+    target = continuation_ids(tok, FACT.target_new)
+    prefixes = ["", "I went home. "]
+    b = _batch(tok, FACT, target, prefixes)
+    cache = _prefix_cache(model, b)
+    with torch.no_grad():
+        split = model(input_ids=b["suffix_ids"], attention_mask=b["mask"], position_ids=b["suffix_pos"],
+                      **cache_kwargs(model, cache)).logits.log_softmax(-1)
+    got = split[b["rows"], b["positions"], b["tokens"]]
+    expected = []
+    for prefix in prefixes:
+        ids = tok(prefix + FACT.prompt)["input_ids"]
+        full = torch.tensor([ids + target[:-1]])
+        with torch.no_grad():
+            logp = model(input_ids=full).logits.log_softmax(-1)[0]
+        expected += [logp[len(ids) - 1 + j, t] for j, t in enumerate(target)]
+    assert torch.allclose(got, torch.stack(expected), atol=1e-4)
+
+
+def test_several_facts_concatenate_ranks(tiny_llama, context):
+    model, tok, _ = tiny_llama
+    second = Fact(prompt="Rome is the capital of", subject="Rome", target_new="France", target_true="Italy")
+    result = get_method("rome")(_params(model)).compute(model, tok, [FACT, second], context)
+    (module,) = result.delta.modules
+    assert result.delta.factors[module].rank == 2
+    assert len(result.info["facts"]) == 2
+
+
+def test_bad_inputs_are_refused(tiny_llama, context):
+    model, tok, _ = tiny_llama
+    with pytest.raises(InvalidInputError, match="layer 9"):
+        get_method("rome")(_params(model, layer=9)).compute(model, tok, [FACT], context)
+    with pytest.raises(InvalidInputError, match="Unknown rome parameter"):
+        get_method("rome").params_for(model, {"layr": 1})
+    with pytest.raises(InvalidInputError, match="tokenizes to nothing"):
+        bad = Fact(prompt=FACT.prompt, subject=FACT.subject, target_new=" x ")
+        object.__setattr__(bad, "target_new", "   ")
+        get_method("rome")(_params(model)).compute(model, tok, [bad], context)
+
+
+def test_unknown_method_suggests_close_name():
+    from cathrepo.exceptions import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="Did you mean: rome"):
+        get_method("rom")
