@@ -1,0 +1,139 @@
+"""Probes: relation templates, probe building from records and known facts, probes.jsonl round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.probes import Probe, ProbeSet, build_probes, load_known_facts
+from cathrepo.facts.schema import Fact, load_facts
+from cathrepo.facts.templates import RELATIONS, infer_relation, infer_relations, paraphrase_templates
+
+DATA = Path(__file__).parents[2] / "data"
+GOLDEN = Path(__file__).parent / "data" / "probes-golden.jsonl"
+
+
+@pytest.fixture(scope="module")
+def known():
+    return load_known_facts(DATA / "known-sample.json")
+
+
+@pytest.fixture(scope="module")
+def records():
+    return load_facts(DATA / "counterfact-sample.json")
+
+
+def test_templates_infer_the_relation():
+    assert infer_relation("The mother tongue of {} is") == "P103"
+    assert infer_relation("The  headquarters of {} is in ") == "P159"  # whitespace noise
+    assert infer_relation("The headquarters of {} are in") == "P159"  # a close phrasing
+    assert set(infer_relations("{} is located in")) >= {"P17", "P30", "P131", "P276"}
+    assert infer_relation("What colour is the sky above {}?") is None
+
+
+def test_ambiguous_templates_paraphrase_with_shared_phrasings_only():
+    shared = paraphrase_templates(infer_relations("{} is located in"), exclude="{} is located in")
+    assert shared and "{} is located in" not in shared
+    assert "{} belongs to the continent of" not in shared  # valid for P30 only
+    for rid in infer_relations("{} is located in"):
+        assert set(shared) <= set(RELATIONS[rid].templates)
+
+
+def test_every_sample_record_gets_a_relation(records):
+    assert all(infer_relations(f.template) for f in records)
+
+
+def test_build_probes_from_a_counterfact_record(records, known):
+    probes = build_probes(records[0], known_facts=known, n_paraphrases=2)
+    rewrite = probes.of_kind("rewrite")
+    assert rewrite == [Probe("rewrite", records[0].prompt, "English", "French", "record")]
+    paraphrases = probes.of_kind("paraphrase")
+    assert paraphrases[0].source == "record" and len(paraphrases) == 3
+    assert all(p.target == "English" and p.other == "French" for p in paraphrases)
+    neighbours = probes.of_kind("neighborhood")
+    assert neighbours[0] == Probe("neighborhood", "Michel Rocard is a native speaker of", "French", "English")
+    assert probes.relation_id == "P103" and probes.meta == {"case_id": 0}
+    assert probes.of_kind("generation")
+
+
+def test_neighbours_and_attributes_are_mined_from_the_same_relation(known):
+    fact = Fact(prompt="Toko Yasuda is located in the continent of", subject="Toko Yasuda",
+                target_new="Europe", target_true="Asia")
+    probes = build_probes(fact, known_facts=known, n_neighbors=3, n_attribute=1)
+    mined = [p for p in probes.of_kind("neighborhood") if p.source == "mined"]
+    assert len(mined) == 3
+    pool = {k.prompt: k for k in known}
+    assert all(pool[p.prompt].relation_id == "P30" and p.other == "Europe" for p in mined)
+    assert all(p.target != "Europe" for p in mined)
+    for p in probes.of_kind("attribute"):
+        assert p.target == "Europe" and pool[p.prompt].relation_id == "P30"
+
+
+def test_mining_with_a_model_keeps_only_answers_it_gives(tiny_llama, known):
+    from cathrepo.gates.scoring import first_token_id, score_continuations
+
+    model, tok, _ = tiny_llama
+    fact = Fact(prompt="Toko Yasuda is located in the continent of", subject="Toko Yasuda",
+                target_new="Europe", target_true="Asia")
+    probes = build_probes(fact, model, tok, known_facts=known, n_neighbors=5)
+    mined = [p for p in probes.of_kind("neighborhood") if p.source == "mined"]
+    if mined:
+        scores = score_continuations(model, tok, [p.prompt for p in mined], [[] for _ in mined])
+        assert all(s.top1 == first_token_id(tok, p.target) for s, p in zip(scores, mined, strict=True))
+
+
+def test_missing_target_true_is_filled_from_the_model(tiny_llama, known):
+    model, tok, _ = tiny_llama
+    fact = Fact(prompt="The Eiffel Tower is located in the city of", subject="The Eiffel Tower", target_new="Rome")
+    (rewrite,) = build_probes(fact, model, tok, known_facts=known).of_kind("rewrite")
+    assert rewrite.other  # whatever the random model says, it is recorded as the answer to beat
+
+
+def test_forget_probes(known):
+    fact = Fact(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux",
+                target_new="French", kind="forget")
+    probes = build_probes(fact, known_facts=known)
+    assert probes.fact_kind == "forget"
+    assert not probes.of_kind("rewrite", "paraphrase", "attribute")
+    forget = probes.of_kind("forget")
+    assert forget[0].prompt == fact.prompt and all(p.target == "French" and p.other is None for p in forget)
+
+
+def test_zsre_records_build_without_a_relation(known):
+    (fact,) = load_facts(DATA / "zsre-sample.json", limit=1)
+    probes = build_probes(fact, known_facts=known)
+    assert probes.relation_id is None
+    assert [p.source for p in probes.of_kind("paraphrase", "neighborhood")] == ["record", "record"]
+
+
+def test_jsonl_golden_file(records, known):
+    probes = build_probes(records[6], known_facts=known, n_paraphrases=2, n_neighbors=2)
+    assert probes.to_jsonl() == GOLDEN.read_text(encoding="utf-8")
+    assert ProbeSet.from_jsonl(GOLDEN.read_text(encoding="utf-8")) == probes
+
+
+def test_read_write_and_digest(tmp_path, records, known):
+    probes = build_probes(records[2], known_facts=known)
+    path = tmp_path / "probes.jsonl"
+    probes.write(path)
+    assert ProbeSet.read(path) == probes
+    assert ProbeSet.read(path).digest() == probes.digest()
+    headerless = "".join(line + "\n" for line in probes.to_jsonl().splitlines()[1:])
+    assert ProbeSet.from_jsonl(headerless).probes == probes.probes
+
+
+def test_bad_probes_are_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match="kind"):
+        Probe("rewrit", "p", "t")
+    with pytest.raises(InvalidInputError, match="No probes file"):
+        ProbeSet.read(tmp_path / "missing.jsonl")
+    (tmp_path / "future.jsonl").write_text('{"type": "cathrepo.probes", "schema_version": 9}\n')
+    with pytest.raises(InvalidInputError, match="schema_version"):
+        ProbeSet.read(tmp_path / "future.jsonl")
+
+
+def test_shipped_known_facts_load():
+    facts = load_known_facts()
+    assert len(facts) == 1209 and facts[0].subject == "Vinson Massif" and facts[0].relation_id == "P30"
