@@ -116,3 +116,174 @@ def greedy_continuation(model: Any, tokenizer: Any, prompt: str, max_new_tokens:
             pad_token_id=tokenizer.pad_token_id,
         )
     return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+# --- packed scoring: one prompt, several continuations, one row -----------------------------------
+#
+# Scoring "new" and "old" after the same prompt the plain way runs the prompt twice. Packing puts the
+# prompt once and every continuation after it in one row; a 4D attention mask lets each continuation see
+# the prompt and its own earlier tokens only, and position ids restart after the prompt for each branch,
+# so every branch computes exactly what it would alone. The unembedding is applied only at the positions
+# whose next-token distribution is needed (it is a fifth of a small model's work per token).
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """Scores of the continuations of one prompt.
+
+    Attributes:
+        logprobs: per continuation, the log-probability of each of its tokens.
+        top1: the most likely next token id at the end of the prompt.
+        next_logprobs: the next-token log-distribution at the end of the prompt, shape (vocab,), when
+            asked for (CounterFact+'s neighbourhood KL needs it), else None.
+    """
+
+    logprobs: tuple[tuple[float, ...], ...]
+    top1: int
+    next_logprobs: torch.Tensor | None = None
+
+    def mean(self, i: int) -> float:
+        """Length-normalised log-probability of continuation ``i``."""
+        lp = self.logprobs[i]
+        return sum(lp) / len(lp)
+
+
+@dataclass(frozen=True)
+class _Packed:
+    ids: list[int]
+    positions: list[int]
+    branches: list[tuple[int, int]]  # [start, end) of each continuation in ``ids``
+    prompt_len: int
+
+
+def _pack(prompt_ids: list[int], continuations: Sequence[list[int]]) -> _Packed:
+    ids, positions, branches = list(prompt_ids), list(range(len(prompt_ids))), []
+    for cont in continuations:
+        branches.append((len(ids), len(ids) + len(cont)))
+        ids += cont
+        positions += range(len(prompt_ids), len(prompt_ids) + len(cont))
+    return _Packed(ids, positions, branches, len(prompt_ids))
+
+
+def _packed_mask(rows: Sequence[_Packed], width: int, dtype: Any) -> torch.Tensor:
+    """Additive mask (batch, 1, width, width): 0 where a token may attend, the dtype's min elsewhere."""
+    import torch
+
+    allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for r, row in enumerate(rows):
+        p = row.prompt_len
+        allowed[r, :p, :p] = causal[:p, :p]
+        for start, end in row.branches:
+            allowed[r, start:end, :p] = True
+            allowed[r, start:end, start:end] = causal[: end - start, : end - start]
+        pad = torch.arange(len(row.ids), width)
+        allowed[r, pad, pad] = True  # padding attends to itself only, so no row is empty
+    mask = torch.zeros((len(rows), 1, width, width), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return mask
+
+
+def _logits_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+               rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Logits (n, vocab) at (rows[i], cols[i]) only, running the unembedding on those states alone."""
+    import torch
+
+    body = getattr(model, "base_model", model)
+    head = model.get_output_embeddings()
+    if body is model or head is None:  # a model we cannot split: fall back to the full forward
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        return logits[rows, cols].float()
+    hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+    logits = head(hidden[rows, cols]).float()  # (n, vocab)
+    config = getattr(model.config, "text_config", None) or model.config
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def score_continuations(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    continuations: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 64,
+    next_distribution: Sequence[bool] | bool = False,
+) -> list[PromptScores]:
+    """Token log-probabilities of several continuations of each prompt, with each prompt run once.
+
+    Args:
+        prompts: the prompts.
+        continuations: per prompt, the targets to score after it (each tokenized with a leading space);
+            may be empty, to get only the next-token prediction.
+        batch_size: packed rows per forward pass.
+        next_distribution: per prompt (or for all), whether to return the full next-token distribution.
+    """
+    import torch
+
+    from cathrepo.models import model_device
+
+    if len(prompts) != len(continuations):
+        raise ValueError("prompts and continuations differ in length")
+    keep = [next_distribution] * len(prompts) if isinstance(next_distribution, bool) else list(next_distribution)
+    packed = [
+        _pack(list(tokenizer(p)["input_ids"]), [continuation_ids(tokenizer, t) for t in conts])
+        for p, conts in zip(prompts, continuations, strict=True)
+    ]
+    order = sorted(range(len(packed)), key=lambda i: len(packed[i].ids))
+    out: list[PromptScores | None] = [None] * len(packed)
+    device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        rows = [packed[i] for i in idx]
+        width = max(len(r.ids) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        # Positions whose next-token distribution we need: the prompt's end, then each branch token but
+        # the last one (branch token t is predicted from the state of token t-1, or of the prompt's end).
+        need_r: list[int] = []
+        need_c: list[int] = []
+        for r, row in enumerate(rows):
+            ids[r, : len(row.ids)] = torch.tensor(row.ids)
+            pos[r, : len(row.ids)] = torch.tensor(row.positions)
+            need_r.append(r)
+            need_c.append(row.prompt_len - 1)
+            for b_start, b_end in row.branches:
+                need_r += [r] * (b_end - b_start - 1)
+                need_c += range(b_start, b_end - 1)
+        mask = _packed_mask(rows, width, dtype)
+        with torch.no_grad():
+            logits = _logits_at(model, ids.to(device), mask.to(device), pos.to(device),
+                                torch.tensor(need_r, device=device), torch.tensor(need_c, device=device))
+        logp = torch.log_softmax(logits, dim=-1).cpu()  # (n_needed, vocab)
+        cursor = 0
+        for i, row in zip(idx, rows, strict=True):
+            end_of_prompt = logp[cursor]
+            cursor += 1
+            branches = []
+            for b_start, b_end in row.branches:
+                tokens = row.ids[b_start:b_end]
+                states = [end_of_prompt] + [logp[cursor + k] for k in range(b_end - b_start - 1)]
+                cursor += b_end - b_start - 1
+                branches.append(tuple(float(s[t]) for s, t in zip(states, tokens, strict=True)))
+            out[i] = PromptScores(
+                logprobs=tuple(branches),
+                top1=int(end_of_prompt.argmax()),
+                next_logprobs=end_of_prompt.clone() if keep[i] else None,
+            )
+    return [s for s in out if s is not None]
+
+
+def first_token_id(tokenizer: Any, target: str) -> int:
+    """The first token of ``target`` as a continuation: what "the model gives the answer" checks."""
+    return continuation_ids(tokenizer, target)[0]
+
+
+def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
+    """KL(P ‖ Q) in nats from two log-distributions over the vocabulary."""
+    import torch
+
+    return float(torch.sum(p_log.exp() * (p_log - q_log)).clamp_min(0.0))

@@ -1,0 +1,267 @@
+"""Gates: the base class, the registry and :func:`run_gates` (stage ⑤ of DESIGN.md §2).
+
+A gate measures the model in one or more *states* and then judges the measurements:
+
+- ``base``: the base model, no edits (retention and MMLU baselines; cached on disk by base hash),
+- ``before``: the active edits before the change,
+- ``after``: the active edits after the change (a new edit: before + [new]; a revert: before minus one).
+
+The model handed to :func:`run_gates` has no delta applied. Each state is entered once with
+:func:`~cathrepo.edits.delta.applied`, every gate that needs it measures, and the weights are restored bit
+for bit on exit, so the model is unchanged afterwards whatever happens (kept as a test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cathrepo.edits.delta import Delta, applied
+from cathrepo.exceptions import CathrepoError
+from cathrepo.facts.probes import ProbeSet
+from cathrepo.gates.policy import STAGES, GatePolicy
+from cathrepo.gates.results import GateReport, GateResult
+from cathrepo.registry import Registry
+
+log = logging.getLogger(__name__)
+
+STATES = ("base", "before", "after")
+
+
+@dataclass
+class GateContext:
+    """What gates measure: the model, the change, the edit's probes and the suite of earlier probes.
+
+    Attributes:
+        base_hash: sha256 of the base weights; keys on-disk caches ("unknown" disables them).
+        cache_dir: where cached measurements live (baselines, regression results per state).
+        root: directory relative data paths in the policy resolve against (the repository root).
+        memo: measurements shared between gates within one run, keyed by (state, name).
+    """
+
+    model: Any
+    tokenizer: Any
+    before: tuple[Delta, ...]
+    after: tuple[Delta, ...]
+    probes: ProbeSet | None
+    suite: tuple[ProbeSet, ...]
+    policy: GatePolicy
+    stage: str
+    base_hash: str = "unknown"
+    cache_dir: Path | None = None
+    root: Path | None = None
+    progress: Callable[[str], None] | None = None
+    memo: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def deltas(self, state: str) -> tuple[Delta, ...]:
+        return {"base": (), "before": self.before, "after": self.after}[state]
+
+    def once(self, state: str, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (state, key) in this run; gates share scores through it."""
+        if (state, key) not in self.memo:
+            self.memo[(state, key)] = compute()
+        return self.memo[(state, key)]
+
+    def state_digest(self, state: str) -> str:
+        """A content hash of the model in ``state``: the base hash plus every applied delta's bytes."""
+        return deltas_digest(self.base_hash, self.deltas(state))
+
+    def cache_path(self, *parts: str) -> Path | None:
+        if self.cache_dir is None or self.base_hash == "unknown":
+            return None
+        return self.cache_dir.joinpath(*parts)
+
+    def say(self, message: str) -> None:
+        log.info(message)
+        if self.progress is not None:
+            self.progress(message)
+
+
+def deltas_digest(base_hash: str, deltas: Sequence[Delta]) -> str:
+    """sha256 over the base hash and, in order, each delta's module names, scales and factor bytes."""
+    h = hashlib.sha256(base_hash.encode())
+    for delta in deltas:
+        h.update(b"\x01")
+        for name in delta:
+            f = delta.factors[name]
+            h.update(name.encode() + b"\0" + repr(float(f.scale)).encode())
+            for t in (f.B, f.A):
+                h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Gate(ABC):
+    """Base class of the gates. Subclasses set ``name`` and ``states`` and register with ``@GATES.register``.
+
+    ``measure`` runs with the model in one state and returns anything; ``judge`` turns the measurements
+    (a dict state -> value) into a :class:`GateResult`. ``cacheable`` measurements (JSON values) of the
+    ``base`` state are kept on disk keyed by :meth:`cache_key`.
+    """
+
+    name: ClassVar[str]
+    states: ClassVar[tuple[str, ...]] = ("before", "after")
+    cacheable: ClassVar[bool] = False
+
+    def __init__(self, policy: GatePolicy) -> None:
+        self.policy = policy
+        #: measurements of the states already measured in this run (base comes first, after last)
+        self.measured: dict[str, Any] = {}
+
+    def skip_reason(self, ctx: GateContext) -> str | None:
+        """Why this gate has nothing to measure in ``ctx`` (it then passes as skipped), or None."""
+        return None
+
+    def cache_key(self, ctx: GateContext) -> str | None:
+        """What a cached ``base`` measurement depends on besides the base weights (None: no cache)."""
+        return None
+
+    @abstractmethod
+    def measure(self, ctx: GateContext, state: str) -> Any:
+        """Measure with the model in ``state`` (the deltas are already applied)."""
+
+    @abstractmethod
+    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+        """The verdict from the measurements of every state in ``states``."""
+
+    def result(self, passed: bool, metrics: dict[str, float], thresholds: dict[str, float],
+               detail: str = "") -> GateResult:
+        return GateResult(self.name, bool(passed), metrics, thresholds, detail)
+
+
+GATES: Registry[type[Gate]] = Registry(
+    "gate",
+    "cathrepo.gates",
+    builtins=("cathrepo.gates.counterfact", "cathrepo.gates.generation", "cathrepo.gates.regression",
+              "cathrepo.gates.retention", "cathrepo.gates.mmlu", "cathrepo.gates.perplexity",
+              "cathrepo.gates.norms"),
+)
+
+
+def run_gates(
+    model: Any,
+    tokenizer: Any,
+    *,
+    before: Sequence[Delta] = (),
+    after: Sequence[Delta] = (),
+    probes: ProbeSet | None = None,
+    suite: Sequence[ProbeSet] = (),
+    policy: GatePolicy | None = None,
+    stage: str = "edit",
+    gates: Sequence[str] | None = None,
+    base_hash: str = "unknown",
+    cache_dir: Path | None = None,
+    root: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> GateReport:
+    """Run the gates of ``stage`` on the change from ``before`` to ``after``.
+
+    Args:
+        model: the base model with no delta applied; it is bit-identical when this returns.
+        before: the active deltas before the change, in stack order.
+        after: the active deltas after it (new edit: ``[*before, new]``; revert: ``before`` minus one).
+        probes: the probes of the edit being gated (None for revert, merge, promote).
+        suite: the probe sets of the edits that must keep working (active in both states).
+        policy: thresholds and stage selection (default: :class:`GatePolicy` defaults).
+        gates: run these gates instead of the policy's list for ``stage``.
+        base_hash: sha256 of the base weights; enables on-disk caches under ``cache_dir``.
+        cache_dir: cache root (default: ``<cathrepo cache>/gates`` when ``base_hash`` is known).
+        root: directory the policy's relative data paths resolve against.
+        progress: called with a short message as each state and gate starts (the CLI drives a bar).
+    """
+    from cathrepo.models import cache_dir as default_cache
+
+    if stage not in STAGES:
+        raise CathrepoError(f"Unknown gate stage '{stage}'.", hint=f"Stages are {', '.join(STAGES)}.")
+    policy = policy or GatePolicy()
+    names = list(gates) if gates is not None else list(policy.gates_for(stage))
+    if cache_dir is None and base_hash != "unknown":
+        cache_dir = default_cache() / "gates"
+    ctx = GateContext(model, tokenizer, tuple(before), tuple(after), probes, tuple(suite), policy, stage,
+                      base_hash, cache_dir, root, progress)
+    # 1. instantiate, and set aside gates with nothing to measure
+    active: list[Gate] = []
+    skipped: dict[str, GateResult] = {}
+    for name in names:
+        gate = GATES.get(name)(policy)
+        reason = gate.skip_reason(ctx)
+        if reason:
+            skipped[name] = GateResult(name, True, detail=reason, skipped=True)
+        else:
+            active.append(gate)
+    # 2. measure state by state; each state is applied once and restored bit for bit
+    measured: dict[str, dict[str, Any]] = {g.name: g.measured for g in active}
+    seconds: dict[str, float] = {g.name: 0.0 for g in active}
+    errors: dict[str, str] = {}
+    for state in STATES:
+        users = [g for g in active if state in g.states and g.name not in errors]
+        if state == "before" and not ctx.before:  # the base model again: reuse its measurements
+            for g in users:
+                if "base" in measured[g.name]:
+                    measured[g.name]["before"] = measured[g.name]["base"]
+        todo = [g for g in users if state not in measured[g.name] and not _load_cached(ctx, g, state, measured)]
+        if not todo:
+            continue
+        ctx.say(f"measuring {state} ({len(ctx.deltas(state))} edits applied)")
+        with applied(model, *ctx.deltas(state)):
+            for gate in todo:
+                ctx.say(f"{gate.name}: {state}")
+                t0 = time.perf_counter()
+                try:
+                    measured[gate.name][state] = gate.measure(ctx, state)
+                except CathrepoError as exc:
+                    errors[gate.name] = str(exc)
+                seconds[gate.name] += time.perf_counter() - t0
+                if gate.name not in errors:
+                    _store_cached(ctx, gate, state, measured)
+    # 3. judge, in the order the gates were asked for
+    results = []
+    by_name = {g.name: g for g in active}
+    for name in names:
+        if name in skipped:
+            results.append(skipped[name])
+        elif name in errors:
+            results.append(GateResult(name, False, detail=f"error: {errors[name]}", seconds=seconds[name]))
+        else:
+            gate = by_name[name]
+            results.append(gate.judge(ctx, measured[name]).with_seconds(seconds[name]))
+    return GateReport(tuple(results), stage, {"before": len(ctx.before), "after": len(ctx.after),
+                                              "suite": len(ctx.suite), "base_hash": base_hash})
+
+
+def _cache_file(ctx: GateContext, gate: Gate, state: str) -> Path | None:
+    if not gate.cacheable or state != "base":
+        return None
+    key = gate.cache_key(ctx)
+    if key is None:
+        return None
+    digest = hashlib.sha256(f"{ctx.base_hash}\0{key}".encode()).hexdigest()[:32]
+    return ctx.cache_path(gate.name, f"base-{digest}.json")
+
+
+def _load_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> bool:
+    path = _cache_file(ctx, gate, state)
+    if path is None or not path.is_file():
+        return False
+    try:
+        measured[gate.name][state] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    log.info("%s: using the cached %s measurement %s", gate.name, state, path)
+    return True
+
+
+def _store_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> None:
+    path = _cache_file(ctx, gate, state)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(measured[gate.name][state]))
+    tmp.replace(path)

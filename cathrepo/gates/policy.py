@@ -1,0 +1,171 @@
+"""Gate policy: which gates run at which stage, and the thresholds they apply (the ``[gates]`` table).
+
+The policy is the ``[gates]`` table of ``cathrepo.toml``. Every threshold has help text and a default
+that a reasonable single ROME edit on the embedded model passes; the defaults were checked against
+measured edits (BENCHMARKS.md). Unknown keys are dropped with a warning; ``schema_version`` lets old
+tables be upgraded by explicit patches (STYLE.md §3).
+
+Stages:
+    edit: a new edit before it is committed (``before`` = active edits, ``after`` = before + new).
+    revert: an edit leaves the active set (``after`` = before minus the reverted edit).
+    merge: two lines of edits are joined (``after`` = the merged, possibly consolidated, stack).
+    promote: a revision goes to an environment (canary, production).
+    revision: ``cathrepo gate REV`` (``before`` = the parent's stack, ``after`` = REV's stack).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cathrepo.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STAGES = ("edit", "revert", "merge", "promote", "revision")
+
+DEFAULT_STAGES: dict[str, tuple[str, ...]] = {
+    "edit": ("efficacy", "paraphrase", "neighborhood", "cfplus", "generation", "fluency", "norms",
+             "regression", "retention"),
+    "revert": ("regression", "retention"),
+    "merge": ("regression", "retention", "norms", "perplexity"),
+    "promote": ("regression", "retention", "perplexity", "mmlu"),
+    "revision": ("efficacy", "paraphrase", "neighborhood", "generation", "regression", "retention",
+                 "perplexity"),
+}
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (dict, list, tuple)):
+        return field(default_factory=lambda: _copy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: tuple(v) for k, v in value.items()}
+    return tuple(value)
+
+
+@dataclass
+class GatePolicy:
+    """Thresholds and stage selection of the gates (the ``[gates]`` table of ``cathrepo.toml``)."""
+
+    schema_version: int = _f(SCHEMA_VERSION, "Version of this table's layout.")
+    stages: dict[str, tuple[str, ...]] = _f(DEFAULT_STAGES, "Gate names to run at each stage (stages left out "
+                                                            "keep their defaults).")
+    # -- the new edit's own probes (CounterFact, Meng et al. 2022) --
+    efficacy_min: float = _f(1.0, "ES: fraction of rewrite prompts where the new target beats the old one.")
+    forget_min: float = _f(1.0, "For a forget: fraction of forget prompts whose greedy answer no longer "
+                                "contains the forgotten answer.")
+    paraphrase_min: float = _f(0.5, "PS: fraction of paraphrases where the new target beats the old one.")
+    neighborhood_max_drop: float = _f(0.34, "NS: largest allowed drop (fraction of neighbour prompts) in "
+                                            "neighbours that still prefer their own answer, vs before.")
+    nkl_max: float = _f(0.2, "CounterFact+ NKL: largest mean KL (nats) of the neighbours' next-token "
+                             "distribution, before vs after.")
+    ns_plus_max_drop: float = _f(0.5, "CounterFact+ NS+: largest drop in neighbours (with the edit's "
+                                      "prompt prepended) preferring their own answer.")
+    generation_min: float = _f(0.5, "Fraction of rewrite and paraphrase prompts whose greedy continuation "
+                                    "contains the new target.")
+    generation_tokens: int = _f(12, "Tokens decoded for the free-generation check.")
+    fluency_max_drop: float = _f(0.5, "Largest drop in weighted n-gram entropy (bits) of generations.")
+    fluency_tokens: int = _f(48, "Tokens decoded per generation prompt for fluency.")
+    norms_max_growth: float = _f(0.05, "Largest relative growth of an edited weight's Frobenius norm.")
+    # -- everything that was there before --
+    regression_kinds: tuple[str, ...] = _f(("rewrite", "paraphrase", "neighborhood", "attribute", "forget"),
+                                           "Probe kinds of the active edits re-checked at every change.")
+    regression_max_broken_rewrite: int = _f(0, "Rewrite/forget probes of active edits that passed before "
+                                                "and may fail after (every edit must keep holding).")
+    regression_max_broken: float = _f(0.05, "Fraction of the other previously passing probes of active "
+                                            "edits that may fail after.")
+    retention_sample: int = _f(500, "Known facts checked by the retention gate (the first N of the file).")
+    retention_data: str = _f("", "Known-facts file (known_1000 format); empty: the copy shipped with cathrepo.")
+    retention_known_only: bool = _f(True, "Keep only facts whose answer the base model gives.")
+    retention_max_drop: float = _f(0.02, "Largest drop (fraction) of known facts keeping the base model's "
+                                         "answer, vs before.")
+    retention_min: float = _f(0.0, "Smallest fraction of known facts keeping the base model's answer.")
+    mmlu_data: str = _f("", "MMLU CSV directory with dev/ and test/ (hendrycks layout); empty: the sample "
+                            "shipped with cathrepo.")
+    mmlu_limit: int = _f(0, "Test questions per subject (0: all in the data directory).")
+    mmlu_subjects: tuple[str, ...] = _f((), "Subjects to evaluate (empty: every subject found).")
+    mmlu_num_fewshot: int = _f(0, "Few-shot examples from dev/ per question.")
+    mmlu_max_drop: float = _f(0.01, "Largest accuracy drop vs the base model (0.01 = 1 point).")
+    perplexity_data: str = _f("", "Held-out text file; empty: the text shipped with cathrepo.")
+    perplexity_max_growth: float = _f(0.05, "Largest relative perplexity growth on held-out text, vs before.")
+    batch_size: int = _f(64, "Rows per forward pass in teacher-forced scoring.")
+
+    def __post_init__(self) -> None:
+        self.stages = {**DEFAULT_STAGES, **{k: tuple(v) for k, v in self.stages.items()}}
+        self.regression_kinds = tuple(self.regression_kinds)
+        self.mmlu_subjects = tuple(self.mmlu_subjects)
+        bad = sorted(set(self.stages) - set(STAGES))
+        if bad:
+            raise ConfigError(f"Unknown gate stage(s) in [gates.stages]: {', '.join(bad)}.",
+                              hint=f"Stages are {', '.join(STAGES)}.")
+        for name in ("efficacy_min", "forget_min", "paraphrase_min", "neighborhood_max_drop",
+                     "ns_plus_max_drop", "generation_min", "regression_max_broken", "retention_max_drop",
+                     "retention_min", "mmlu_max_drop"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"[gates] {name} = {value} is outside [0, 1].", hint=_help(name))
+        for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"[gates] {name} must be positive.", hint=_help(name))
+        for name in ("nkl_max", "fluency_max_drop", "norms_max_growth", "perplexity_max_growth",
+                     "mmlu_limit", "mmlu_num_fewshot", "regression_max_broken_rewrite"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[gates] {name} must not be negative.", hint=_help(name))
+
+    def gates_for(self, stage: str) -> tuple[str, ...]:
+        """The gate names that run at ``stage``."""
+        if stage not in STAGES:
+            raise ConfigError(f"Unknown gate stage '{stage}'.", hint=f"Stages are {', '.join(STAGES)}.")
+        return self.stages[stage]
+
+    def path(self, name: str, root: Path | None = None) -> Path | None:
+        """A data path field as a Path (relative paths resolve against ``root``), or None when empty."""
+        value = getattr(self, name)
+        if not value:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or root is None else root / p
+
+    def to_dict(self) -> dict[str, Any]:
+        """A TOML-ready table: lists instead of tuples, every field present."""
+        data = dataclasses.asdict(self)
+        data["stages"] = {k: list(v) for k, v in self.stages.items()}
+        data["regression_kinds"] = list(self.regression_kinds)
+        data["mmlu_subjects"] = list(self.mmlu_subjects)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> GatePolicy:
+        """Build a policy from a ``[gates]`` table; unknown keys are dropped with a warning."""
+        data = dict(data or {})
+        version = int(data.pop("schema_version", SCHEMA_VERSION))
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"The [gates] table has schema_version {version}; this cathrepo reads "
+                              f"{SCHEMA_VERSION}.", hint="Upgrade cathrepo.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            log.warning("Ignoring unknown [gates] key(s): %s", ", ".join(unknown))
+        kwargs = {k: v for k, v in data.items() if k in known}
+        try:
+            return cls(schema_version=SCHEMA_VERSION, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"Bad [gates] table: {exc}.") from None
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help text (for ``cathrepo init``'s commented cathrepo.toml)."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _help(name: str) -> str:
+    return GatePolicy.help().get(name, "")

@@ -1,0 +1,97 @@
+"""Scoring probes: one packed, batched teacher-forced pass over any number of probes.
+
+Every gate that checks probes (efficacy, paraphrase, neighbourhood, CounterFact+, regression) goes through
+:func:`score_probes`, so a probe passes or fails by one rule everywhere:
+
+- with an ``other``: the target's length-normalised probability beats the other's (CounterFact's
+  ``P(new) > P(true)`` for rewrites, ``P(true) > P(new)`` for neighbours);
+- without one: the target's first token is the model's top next-token prediction;
+- a forget probe: the forgotten answer's first token is no longer the top prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.facts.probes import SCORED_KINDS, Probe
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """A probe's teacher-forced scores in one model state.
+
+    Attributes:
+        target: mean log-probability of the probe's target.
+        other: mean log-probability of its ``other`` answer, when it has one.
+        top1_is_target: whether the target's first token is the top next-token prediction.
+        next_logprobs: the next-token log-distribution after the prompt, when asked for.
+    """
+
+    probe: Probe
+    target: float
+    other: float | None
+    top1_is_target: bool
+    next_logprobs: torch.Tensor | None = None
+
+    @property
+    def margin(self) -> float:
+        """CounterFact's magnitude: ``P(target) - P(other)`` with length-normalised probabilities."""
+        return math.exp(self.target) - (math.exp(self.other) if self.other is not None else 0.0)
+
+    @property
+    def passed(self) -> bool:
+        if self.probe.kind == "forget":
+            return not self.top1_is_target
+        if self.other is None:
+            return self.top1_is_target
+        return self.target > self.other
+
+
+def score_probes(
+    model: Any,
+    tokenizer: Any,
+    probes: Sequence[Probe],
+    *,
+    batch_size: int = 64,
+    next_distribution: Sequence[str] = (),
+) -> list[ProbeOutcome]:
+    """Score teacher-forced probes in packed batches; keep next-token distributions of the given kinds."""
+    from cathrepo.gates.scoring import first_token_id, score_continuations
+
+    bad = sorted({p.kind for p in probes} - set(SCORED_KINDS))
+    if bad:
+        raise ValueError(f"probe kinds {bad} are decoded, not scored")
+    scores = score_continuations(
+        model,
+        tokenizer,
+        [p.prompt for p in probes],
+        [[p.target] if p.other is None else [p.target, p.other] for p in probes],
+        batch_size=batch_size,
+        next_distribution=[p.kind in next_distribution for p in probes],
+    )
+    return [
+        ProbeOutcome(
+            probe=p,
+            target=s.mean(0),
+            other=s.mean(1) if p.other is not None else None,
+            top1_is_target=s.top1 == first_token_id(tokenizer, p.target),
+            next_logprobs=s.next_logprobs,
+        )
+        for p, s in zip(probes, scores, strict=True)
+    ]
+
+
+def rate(outcomes: Sequence[ProbeOutcome]) -> float:
+    """Fraction of outcomes that pass (CounterFact's ES/PS/NS)."""
+    return sum(o.passed for o in outcomes) / len(outcomes) if outcomes else float("nan")
+
+
+def magnitude(outcomes: Sequence[ProbeOutcome]) -> float:
+    """Mean ``P(target) - P(other)`` (CounterFact's EM/PM/NM)."""
+    return sum(o.margin for o in outcomes) / len(outcomes) if outcomes else float("nan")

@@ -1,0 +1,149 @@
+"""The gates on hand-made deltas, and run_gates' promise to leave the model bit-identical."""
+
+from __future__ import annotations
+
+import pytest
+from gate_helpers import FACT, OTHER, oracle_delta, probes_for, same_weights, snapshot
+
+from cathrepo.exceptions import UnknownNameError
+from cathrepo.gates.base import GATES, run_gates
+from cathrepo.gates.policy import GatePolicy
+
+FAST = ("efficacy", "paraphrase", "neighborhood", "cfplus", "generation", "fluency", "norms", "regression")
+
+
+def _fact_base_rejects(model, tok, fact):
+    """The fact with new/old swapped if needed, so that the unedited model prefers the old answer."""
+    from dataclasses import replace
+
+    from cathrepo.gates.scoring import prefers
+
+    ((new, old),) = prefers(model, tok, [fact.prompt], [fact.target_new], [fact.target_true])
+    return fact if new < old else replace(fact, target_new=fact.target_true, target_true=fact.target_new)
+
+
+def test_certain_delta_passes_efficacy_and_tiny_one_fails(tiny_model):
+    model, tok, _ = tiny_model
+    fact = _fact_base_rejects(model, tok, FACT)
+    probes = probes_for(fact)
+    strong = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true)
+    weak = strong.scaled(1e-6)
+    good = run_gates(model, tok, after=[strong], probes=probes, gates=["efficacy"])
+    bad = run_gates(model, tok, after=[weak], probes=probes, gates=["efficacy"])
+    assert good.passed and good["efficacy"].metrics["es"] == 1.0
+    assert good["efficacy"].metrics["es_before"] == 0.0
+    assert not bad.passed and bad["efficacy"].metrics["es"] == 0.0
+    assert "does not beat" in bad["efficacy"].detail
+
+
+def test_kl_is_zero_without_change(tiny_llama):
+    model, tok, _ = tiny_llama
+    delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    report = run_gates(model, tok, before=[delta], after=[delta], probes=probes_for(FACT),
+                       gates=["cfplus", "neighborhood"])
+    assert report["cfplus"].metrics["nkl"] == pytest.approx(0.0, abs=1e-7)
+    assert report["neighborhood"].metrics["drop"] == 0.0
+    assert report.passed
+
+
+def test_regression_catches_a_delta_that_undoes_an_earlier_edit(tiny_model):
+    model, tok, _ = tiny_model
+    fact = _fact_base_rejects(model, tok, FACT)
+    first = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true)
+    undo = first.scaled(-1.0)
+    unrelated = oracle_delta(model, tok, OTHER.prompt, OTHER.target_new, OTHER.target_true, strength=1e-3)
+    suite = [probes_for(fact)]
+    bad = run_gates(model, tok, before=[first], after=[first, undo], suite=suite, gates=["regression"])
+    ok = run_gates(model, tok, before=[first], after=[first, unrelated], suite=suite, gates=["regression"])
+    assert not bad.passed
+    assert bad["regression"].metrics["broken_rewrite"] == 1.0
+    assert "rewrite" in bad["regression"].detail
+    assert ok.passed and ok["regression"].metrics["broken_rewrite"] == 0.0
+
+
+def test_run_gates_leaves_the_model_bit_identical(tiny_model, tmp_path):
+    model, tok, _ = tiny_model
+    snap = snapshot(model)
+    first = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    second = oracle_delta(model, tok, OTHER.prompt, OTHER.target_new, OTHER.target_true)
+    policy = GatePolicy(retention_data=str(_known_sample()), retention_sample=20, retention_known_only=False)
+    report = run_gates(model, tok, before=[first], after=[first, second], probes=probes_for(OTHER),
+                       suite=[probes_for(FACT)], policy=policy, gates=(*FAST, "retention", "perplexity"),
+                       base_hash="test", cache_dir=tmp_path)
+    assert same_weights(model, snap)
+    assert report.names() == [*FAST, "retention", "perplexity"]
+    assert all(r.seconds >= 0 for r in report.results)
+
+
+def test_model_restored_when_a_gate_raises(tiny_llama, monkeypatch):
+    model, tok, _ = tiny_llama
+    snap = snapshot(model)
+    delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    from cathrepo.gates import counterfact
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(counterfact, "score_probes", boom)
+    with pytest.raises(RuntimeError):
+        run_gates(model, tok, after=[delta], probes=probes_for(FACT), gates=["efficacy"])
+    assert same_weights(model, snap)
+
+
+def test_gates_without_inputs_are_skipped(tiny_llama):
+    model, tok, _ = tiny_llama
+    report = run_gates(model, tok, stage="revert", gates=["efficacy", "regression", "norms"])
+    assert report.passed
+    assert all(r.skipped for r in report.results)
+
+
+def test_norms_gate_bounds_growth(tiny_llama):
+    model, tok, _ = tiny_llama
+    delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    big = run_gates(model, tok, after=[delta], gates=["norms"])
+    small = run_gates(model, tok, after=[delta.scaled(1e-6)], gates=["norms"])
+    assert not big.passed and big["norms"].metrics["max_growth"] > 0.05
+    assert small.passed
+
+
+def test_retention_counts_changed_answers_and_caches_the_base(tiny_llama, tmp_path):
+    model, tok, _ = tiny_llama
+    policy = GatePolicy(retention_data=str(_known_sample()), retention_sample=30, retention_known_only=False)
+    delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true, strength=1e4)
+    same = run_gates(model, tok, after=[], policy=policy, gates=["retention"], base_hash="h", cache_dir=tmp_path)
+    assert same["retention"].metrics["retention"] == 1.0
+    assert list(tmp_path.glob("retention/base-*.json"))
+    broken = run_gates(model, tok, after=[delta], policy=policy, gates=["retention"], base_hash="h",
+                       cache_dir=tmp_path)
+    assert broken["retention"].metrics["retention"] < 1.0
+    assert not broken.passed
+
+
+def test_generation_and_fluency_report_numbers(tiny_llama):
+    model, tok, _ = tiny_llama
+    delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    report = run_gates(model, tok, after=[delta], probes=probes_for(FACT), gates=["generation", "fluency"])
+    assert 0.0 <= report["generation"].metrics["gen_success"] <= 1.0
+    assert report["fluency"].metrics["entropy"] >= 0.0
+
+
+def test_forget_probes_are_judged_by_greedy_answers(tiny_llama):
+    from cathrepo.facts.probes import Probe, ProbeSet
+    from cathrepo.gates.decoding import greedy_continuations
+
+    model, tok, _ = tiny_llama
+    answer = greedy_continuations(model, tok, [FACT.prompt], max_new_tokens=3)[0].split()[0]
+    probes = ProbeSet((Probe("forget", FACT.prompt, answer),), FACT.subject, fact_kind="forget")
+    kept = run_gates(model, tok, after=[], probes=probes, gates=["efficacy"])
+    assert not kept.passed and kept["efficacy"].metrics["forget"] == 0.0
+
+
+def test_unknown_gate_name_suggests_the_closest():
+    with pytest.raises(UnknownNameError, match="efficacy"):
+        GATES.get("eficacy")
+
+
+def _known_sample():
+    from pathlib import Path
+
+    return Path(__file__).parents[2] / "data" / "known-sample.json"

@@ -1,0 +1,40 @@
+"""GateResult/GateReport: JSON round trip, trailers, Markdown and HTML rendering."""
+
+from __future__ import annotations
+
+from cathrepo.gates.results import GateReport, GateResult
+
+REPORT = GateReport(
+    (
+        GateResult("efficacy", True, {"es": 1.0, "em": 0.42}, {"efficacy_min": 1.0}, seconds=0.5),
+        GateResult("regression", False, {"broken_rewrite": 1.0}, {"regression_max_broken_rewrite": 0.0},
+                   "broke: edit 0 (X) rewrite 'a|b' -> 'c'"),
+        GateResult("mmlu", True, detail="no probes", skipped=True),
+    ),
+    stage="edit",
+)
+
+
+def test_json_round_trip():
+    again = GateReport.from_json(REPORT.to_json())
+    assert again == REPORT
+    assert not again.passed
+    assert [r.name for r in again.failures] == ["regression"]
+    assert again["efficacy"].metrics["es"] == 1.0
+
+
+def test_trailers_name_every_gate():
+    trailers = REPORT.trailers()
+    assert trailers[0] == ("Gates", "FAIL (1/2 at edit)")
+    assert ("Gate", "efficacy pass es=1 em=0.42") in trailers
+    assert ("Gate", "mmlu skip") in trailers
+
+
+def test_markdown_and_html():
+    md = REPORT.to_markdown()
+    assert "## Gates (edit): FAILED" in md
+    assert "| regression | FAIL |" in md
+    assert "a\\|b" in md  # a pipe inside a cell is escaped
+    html = REPORT.to_html()
+    assert '<tr class="fail"><td>regression</td>' in html
+    assert "&#x27;a|b&#x27;" in html

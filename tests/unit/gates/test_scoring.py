@@ -1,0 +1,66 @@
+"""Packed scoring, batched decoding and text statistics agree with the plain, one-at-a-time versions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cathrepo.gates.decoding import contains_answer, greedy_continuations, ngram_entropy, perplexity
+from cathrepo.gates.scoring import greedy_continuation, kl_divergence, score_continuations, target_logprobs
+
+PROMPTS = ["The Eiffel Tower is located in the city of", "Rome is the capital of", "Apple was founded by"]
+PAIRS = [["Rome", "Paris"], ["Italy", "Spain Berlin"], ["Steve Jobs", "London"]]
+
+
+def test_packed_scores_equal_separate_runs(tiny_model):
+    model, tok, _ = tiny_model
+    packed = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, next_distribution=True)
+    flat_prompts = [p for p, pair in zip(PROMPTS, PAIRS, strict=True) for _ in pair]
+    flat_targets = [t for pair in PAIRS for t in pair]
+    plain = target_logprobs(model, tok, flat_prompts, flat_targets)
+    got = [lp for s in packed for lp in s.logprobs]
+    for a, b in zip(got, plain, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    for s in packed:
+        assert s.next_logprobs is not None
+        assert int(s.next_logprobs.argmax()) == s.top1
+        assert math.isclose(float(s.next_logprobs.exp().sum()), 1.0, rel_tol=1e-4)
+
+
+def test_prompt_only_rows_give_the_top_prediction(tiny_llama):
+    model, tok, _ = tiny_llama
+    only = score_continuations(model, tok, PROMPTS, [[] for _ in PROMPTS])
+    with_targets = score_continuations(model, tok, PROMPTS, PAIRS)
+    assert [s.top1 for s in only] == [s.top1 for s in with_targets]
+    assert all(s.logprobs == () for s in only)
+
+
+def test_batched_greedy_matches_single(tiny_model):
+    model, tok, _ = tiny_model
+    batched = greedy_continuations(model, tok, PROMPTS, max_new_tokens=5, batch_size=3)
+    assert batched == [greedy_continuation(model, tok, p, max_new_tokens=5) for p in PROMPTS]
+
+
+def test_kl_of_identical_distributions_is_zero(tiny_llama):
+    model, tok, _ = tiny_llama
+    (s,) = score_continuations(model, tok, PROMPTS[:1], [[]], next_distribution=True)
+    assert kl_divergence(s.next_logprobs, s.next_logprobs) == 0.0
+
+
+def test_ngram_entropy_rewards_variety():
+    assert ngram_entropy("the cat the cat the cat the cat the cat") < ngram_entropy(
+        "the quick brown fox jumps over the lazy dog near a river bank")
+    assert ngram_entropy("") == 0.0
+
+
+def test_contains_answer_matches_whole_words():
+    assert contains_answer("Paris, France.", "paris")
+    assert not contains_answer("Parisian food", "Paris")
+    assert contains_answer("the Steve Jobs company", "Steve Jobs")
+
+
+def test_perplexity_is_finite_and_above_one(tiny_llama):
+    model, tok, _ = tiny_llama
+    ppl = perplexity(model, tok, " ".join(PROMPTS * 10), window=16)
+    assert 1.0 < ppl < float("inf")
