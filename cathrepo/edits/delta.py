@@ -234,20 +234,29 @@ def load_delta(directory: Path, *, weights: Path | None = None) -> Delta:
         directory: holds ``adapter_config.json`` (and normally the weights).
         weights: the safetensors file when it lives elsewhere (a DVC cache object).
     """
+    config_path = directory / CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError as exc:
+        raise DeltaError(f"Missing adapter file '{exc.filename}'.") from exc
+    except (json.JSONDecodeError, OSError) as exc:
+        raise DeltaError(f"Cannot read '{config_path}': {exc}") from exc
+    return delta_from_parts(config, weights or directory / WEIGHTS_NAME, what=str(directory))
+
+
+def delta_from_parts(config: Mapping[str, Any], weights: Path, *, what: str = "the adapter") -> Delta:
+    """Build a Delta from a parsed ``adapter_config.json`` and a safetensors file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    config_path = directory / CONFIG_NAME
-    weights = weights or directory / WEIGHTS_NAME
     try:
-        config = json.loads(config_path.read_text())
         tensors = load_file(str(weights))
     except FileNotFoundError as exc:
-        raise DeltaError(f"Missing adapter file '{exc.filename}'.") from exc
-    except (json.JSONDecodeError, SafetensorError, OSError) as exc:
-        raise DeltaError(f"Cannot read the adapter in '{directory}': {exc}") from exc
+        raise DeltaError(f"Missing adapter weights '{weights}'.") from exc
+    except (SafetensorError, OSError) as exc:
+        raise DeltaError(f"Cannot read the weights of {what}: {exc}") from exc
     if config.get("peft_type") != "LORA":
-        raise DeltaError(f"'{config_path}' is not a LoRA adapter (peft_type={config.get('peft_type')!r}).")
+        raise DeltaError(f"{what} is not a LoRA adapter (peft_type={config.get('peft_type')!r}).")
     factors: dict[str, LowRank] = {}
     names = {k[len(_PEFT_PREFIX) : -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight")}
     for name in sorted(names):
@@ -257,6 +266,8 @@ def load_delta(directory: Path, *, weights: Path | None = None) -> Delta:
         alpha = _pattern(config.get("alpha_pattern") or {}, name, config["lora_alpha"])
         scale = alpha / (r**0.5 if config.get("use_rslora") else r)
         factors[name] = LowRank(B, A, float(scale))
+    if not factors:
+        raise DeltaError(f"{what} holds no LoRA factors.")
     return Delta(factors, config.get("base_model_name_or_path") or "")
 
 

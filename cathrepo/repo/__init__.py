@@ -1,1 +1,213 @@
-"""Repository verbs: the Repo class and one module per writing verb (init, edit, commit, revert, ...)."""
+"""The edit repository: the :class:`Repo` class, with one module per verb (STYLE.md §1, §2).
+
+``Repo`` holds what every verb needs (the root, the git and DVC adapters, the config, readers of the
+stack and of edit records at any revision) and delegates each verb to its own module: ``init``,
+``edit``, ``commit``, ``revert``, ``log``, ``status``, ``verify``, ``materialize``, ``remote``.
+Writing verbs take the repository lock and undo what they staged when they fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.config import RepoConfig, load_config, parse_config
+from cathrepo.exceptions import (
+    BaseModelMismatchError,
+    NotARepositoryError,
+    NotFoundError,
+    SigningError,
+)
+from cathrepo.repo import layout
+from cathrepo.repo.layout import Stack
+
+if TYPE_CHECKING:
+    from cathrepo.facts.schema import EditRequest
+    from cathrepo.provenance.keys import SigningKey
+    from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo.git import Git
+    from cathrepo.repo.lock import RepoLock
+    from cathrepo.repo.storage import Storage
+
+
+class Repo:
+    """An edit repository rooted at ``root`` (a git work tree holding ``cathrepo.toml``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str = ".") -> Repo:
+        """Open the repository containing ``path`` (searching parent directories, like git)."""
+        start = Path(path).expanduser().resolve()
+        if not start.exists():
+            raise NotARepositoryError(f"'{path}' does not exist.")
+        for candidate in (start, *start.parents):
+            if (candidate / layout.CONFIG).is_file() and (candidate / ".git").exists():
+                return cls(candidate)
+        raise NotARepositoryError(
+            f"'{start}' is not a cathrepo repository (no {layout.CONFIG} with a .git beside it).",
+            hint="Run 'cathrepo init' there, or pass -C PATH.",
+        )
+
+    @classmethod
+    def init(
+        cls,
+        path: Path | str,
+        *,
+        base: str | None = None,
+        remote: str | None = None,
+        author: str | None = None,
+    ) -> Repo:
+        from cathrepo.repo.init import init_repo
+
+        return init_repo(Path(path), base=base, remote=remote, author=author)
+
+    # --- adapters and settings -------------------------------------------------------------------
+
+    @cached_property
+    def git(self) -> Git:
+        from cathrepo.repo.git import Git
+
+        return Git(self.root)
+
+    @cached_property
+    def storage(self) -> Storage:
+        from cathrepo.repo.storage import Storage
+
+        return Storage(self.root)
+
+    @property
+    def config(self) -> RepoConfig:
+        return load_config(self.root / layout.CONFIG)
+
+    def config_at(self, rev: str) -> RepoConfig:
+        data = self.git.show_file(rev, layout.CONFIG)
+        if data is None:
+            raise NotFoundError(f"Revision {rev} has no {layout.CONFIG}.")
+        return parse_config(data.decode("utf-8"), f"{rev}:{layout.CONFIG}")
+
+    def lock(self, command: str) -> RepoLock:
+        from cathrepo.repo.lock import RepoLock
+
+        return RepoLock(self.root, command=command)
+
+    def signing_key(self) -> SigningKey:
+        """The key git signs with here (``user.signingkey``), which also signs edit records."""
+        from cathrepo.provenance.keys import load_key
+
+        path = self.git.config_get("user.signingkey")
+        if not path:
+            raise SigningError(
+                "This repository has no signing key configured (git config user.signingkey).",
+                hint="Run 'cathrepo init' again in it to configure signing.",
+            )
+        return load_key(Path(path).expanduser())
+
+    # --- reading state at a revision -------------------------------------------------------------
+
+    def stack(self, rev: str = "HEAD") -> Stack:
+        if rev == "WORKTREE":
+            path = self.root / layout.STACK
+            return Stack.from_bytes(path.read_bytes() if path.exists() else None)
+        return Stack.from_bytes(self.git.show_file(rev, layout.STACK))
+
+    def edit_ids(self, rev: str = "HEAD") -> list[str]:
+        """Every edit directory present at ``rev`` (active or reverted)."""
+        files = self.git.list_files(rev, layout.EDITS)
+        return sorted({f.split("/")[1] for f in files if f.endswith("/" + layout.RECORD)})
+
+    def resolve_edit(self, ref: str, rev: str = "HEAD") -> str:
+        """The full edit id for an id or unique prefix (at least 4 characters)."""
+        ref = ref.strip().lower()
+        ids = self.edit_ids(rev)
+        matches = [e for e in ids if e.startswith(ref)] if len(ref) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFoundError(f"No edit '{ref}' at {rev}.", hint="List edits with 'cathrepo log'.")
+        raise NotFoundError(f"Edit prefix '{ref}' is ambiguous: {', '.join(matches)}.", hint="Give more digits.")
+
+    def record(self, edit_id: str, rev: str = "HEAD") -> EditRecord:
+        from cathrepo.provenance.manifest import EditRecord
+
+        data = self.git.show_file(rev, layout.edit_path(edit_id, layout.RECORD))
+        if data is None:
+            raise NotFoundError(f"Edit {edit_id} has no record at {rev}.")
+        return EditRecord.from_bytes(data, what=layout.edit_path(edit_id, layout.RECORD))
+
+    # --- the base model --------------------------------------------------------------------------
+
+    def check_base(self) -> Path:
+        """The base model's directory, after checking its weights still hash to the recorded sha256."""
+        from cathrepo.models import resolve_model, weights_sha256
+
+        base = self.config.base
+        resolved = resolve_model(base.source)
+        actual = weights_sha256(resolved.path)
+        if actual != base.sha256:
+            raise BaseModelMismatchError(
+                f"The base model at '{resolved.path}' has sha256 {actual[:12]}…, but {layout.CONFIG} "
+                f"records {base.sha256[:12]}….",
+                hint="Restore the original weights (or re-create the converted cache by deleting it); "
+                "deltas computed on other weights would not mean the same.",
+            )
+        return resolved.path
+
+    def load_base(self) -> tuple[Any, Any]:
+        """(model, tokenizer) of the verified base model, with no edits applied."""
+        from cathrepo.models import load_model
+
+        return load_model(self.check_base())
+
+    # --- verbs -----------------------------------------------------------------------------------
+
+    def edit(self, requests: Sequence[EditRequest], **options: Any) -> Any:
+        from cathrepo.repo.edit import edit
+
+        return edit(self, requests, **options)
+
+    def revert(self, ref: str, **options: Any) -> Any:
+        from cathrepo.repo.revert import revert
+
+        return revert(self, ref, **options)
+
+    def log(self, rev: str = "HEAD", **options: Any) -> Any:
+        from cathrepo.repo.log import log
+
+        return log(self, rev, **options)
+
+    def show(self, ref: str, rev: str = "HEAD") -> Any:
+        from cathrepo.repo.log import show
+
+        return show(self, ref, rev)
+
+    def status(self) -> Any:
+        from cathrepo.repo.status import status
+
+        return status(self)
+
+    def verify(self, rev: str = "HEAD") -> Any:
+        from cathrepo.repo.verify import verify
+
+        return verify(self, rev)
+
+    def materialize(self, rev: str = "HEAD", **options: Any) -> Any:
+        from cathrepo.repo.materialize import materialize
+
+        return materialize(self, rev, **options)
+
+    def generate(self, prompt: str, rev: str = "HEAD", **options: Any) -> Any:
+        from cathrepo.repo.materialize import generate
+
+        return generate(self, prompt, rev, **options)
+
+    def push(self) -> int:
+        return self.storage.push()
+
+    def pull(self) -> int:
+        return self.storage.pull()

@@ -1,0 +1,93 @@
+"""cathrepo bench edits --data FILE [...] | cathrepo bench gates --data FILE [...]"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cathrepo.cli.context import progress
+from cathrepo.cli.options import parse_params
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.group("bench")
+def bench_group() -> None:
+    """Benchmarks: edit quality and speed, gate speed."""
+
+
+@bench_group.command("edits")
+@click.option("--data", required=True, type=_FILE, help="CounterFact (flat or ROME layout) or zsRE records.")
+@click.option("--n", "n", type=int, default=100, show_default=True, help="Records to edit.")
+@click.option("--method", default="rome", show_default=True, help="Edit method, or 'none' for the unedited model.")
+@click.option("--sequential", is_flag=True, help="Apply all N edits to one model; score them, retention and MMLU at the end.")
+@click.option("--model", help="Model directory or hub id (default: the embedded model).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
+@click.option("--skip", type=int, default=0, show_default=True, help="Skip the first records.")
+@click.option("--known", type=_FILE, help="Known facts for neighbour mining and retention (default: shipped).")
+@click.option("--mmlu-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="MMLU directory with dev/ and test/ (default: the shipped sample).")
+@click.option("--mmlu-limit", type=int, default=0, show_default=True, help="Test questions per subject (0: all).")
+@click.option("--no-mmlu", is_flag=True, help="Skip MMLU in --sequential runs.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def edits_cmd(data: Path, n: int, method: str, sequential: bool, model: str | None, params: tuple[str, ...],
+              skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
+              json_out: Path | None) -> None:
+    """Edit N CounterFact/zsRE records and report ES, PS, NS, NS+, NKL, generation, retention, MMLU."""
+    from cathrepo.bench.edits import EditBenchConfig, bench_edits
+
+    config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, model=model,
+                             params=parse_params(params), skip=skip, known=known, mmlu=not no_mmlu,
+                             mmlu_data=mmlu_data, mmlu_limit=mmlu_limit)
+    with progress("Benchmarking") as say:
+        result = bench_edits(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+    out = result.to_dict()
+    _table(f"{method} on {out['n']} records ({'sequential' if sequential else 'one edit per model'}), {out['model']}",
+           out, out["unedited"])
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@bench_group.command("gates")
+@click.option("--data", required=True, type=_FILE, help="CounterFact or zsRE records (probe sets are built from them).")
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Active edits in the regression suite.")
+@click.option("--model", help="Model directory or hub id (default: the embedded model).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, json_out: Path | None) -> None:
+    """Time the regression gate over N active edits (cold, and with the previous state cached)."""
+    from cathrepo.bench.gates import GateBenchConfig, bench_gates
+
+    with progress("Benchmarking gates") as say:
+        out = bench_gates(GateBenchConfig(data=data, n=n, model=model, batch_size=batch_size), say)
+    _table(f"regression gate over {out['n']} edits, {out['model']}", out, None)
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+def _table(title: str, values: dict[str, Any], beside: dict[str, Any] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if beside is not None:
+        table.add_column("unedited", justify="right")
+    for key, value in values.items():
+        if isinstance(value, (dict, list)) or key in ("n", "method", "model", "sequential"):
+            continue
+        row = [key, _fmt(value)] + ([_fmt(beside.get(key))] if beside is not None else [])
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,61 @@
+"""cathrepo edit --prompt P --subject S --target T [...] | --file FACTS"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cathrepo.cli.context import echo_json, open_repo, progress
+from cathrepo.cli.options import parse_params
+
+
+@click.command("edit")
+@click.option("--prompt", help="The prompt, containing the subject ('The Eiffel Tower is in').")
+@click.option("--subject", help="The subject as it appears in the prompt.")
+@click.option("--target", help="The new answer.")
+@click.option("--true", "target_true", help="The current answer, if known (else the model's own).")
+@click.option("--file", "facts_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON array or JSONL of facts (CounterFact flat or ROME format, zsRE, or plain).")
+@click.option("--limit", type=int, help="Edit only the first N facts of --file.")
+@click.option("--method", help="Edit method (default from cathrepo.toml, normally rome).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
+@click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Text for covariance statistics.")
+@click.option("--source", help="Where the fact comes from (URL, ticket, document).")
+@click.option("--author", help="Who asked for the edit (default: git user.name).")
+@click.option("--confidence", type=float, default=1.0, show_default=True, help="Confidence in the fact, 0..1.")
+@click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="low", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Compute and gate, but commit nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.pass_context
+def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, method, params,
+             corpus, source, author, confidence, risk, dry_run, as_json) -> None:
+    """Compute, gate and commit an edit (one fact, or every fact of a file)."""
+    from cathrepo.exceptions import InvalidInputError
+    from cathrepo.facts.schema import EditRequest, Fact, load_facts
+
+    if facts_file and (prompt or subject or target):
+        raise InvalidInputError("Give either --file or --prompt/--subject/--target, not both.")
+    if facts_file:
+        facts = load_facts(facts_file, limit)
+    elif prompt and subject and target:
+        facts = [Fact(prompt=prompt, subject=subject, target_new=target, target_true=target_true)]
+    else:
+        raise InvalidInputError("Nothing to edit.", hint="Pass --prompt, --subject and --target, or --file.")
+    requests = [EditRequest(f, source=source, author=author, confidence=confidence, risk=risk) for f in facts]
+    repo = open_repo(ctx)
+
+    def report(outcome) -> None:
+        if not as_json:
+            head = f"[{outcome.edit_id}] {outcome.commit[:12]}" if outcome.commit else "[dry run]"
+            click.echo(f"{head} {outcome.fact.prompt} -> {outcome.fact.target_new} "
+                       f"(was: {outcome.fact.target_true or '?'})")
+            for result in outcome.report.results:
+                click.echo(f"    {result.summary()}")
+
+    with progress("Editing") as say:
+        outcomes = repo.edit(requests, method=method, params=parse_params(params), corpus=corpus,
+                             dry_run=dry_run, progress=say, on_outcome=report)
+    if as_json:
+        echo_json([{"id": o.edit_id, "commit": o.commit, "fact": o.fact.to_dict(), "gates": o.report.to_dict()}
+                   for o in outcomes])

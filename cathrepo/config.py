@@ -1,0 +1,154 @@
+"""``cathrepo.toml``: the repository's settings as dataclasses (STYLE.md §3).
+
+Each table is a frozen dataclass with help text per field and validation in ``__post_init__``. The file
+carries ``schema_version``; unknown keys are dropped with a warning; older files are upgraded by the
+explicit patches in :data:`UPGRADES`. The ``[gates]`` table belongs to ``cathrepo.gates.policy`` and is
+kept here as a plain mapping so this module stays free of the gate code.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cathrepo.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "cathrepo.toml"
+SCHEMA_VERSION = 1
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """The base model every delta applies to."""
+
+    name: str = _f("", "Human name of the base model.")
+    source: str = _f("", "Where it comes from: 'embedded:<key>', a local directory or a hub id.")
+    sha256: str = _f("", "sha256 over its weight files; a mismatch refuses to open the repository.")
+    family: str = _f("", "Model family from cathrepo.models.FAMILIES (llama, gpt2, gemma, ...).")
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError("cathrepo.toml [base] has no 'source'.", hint="Re-run cathrepo init --base.")
+        if len(self.sha256) != 64:
+            raise ConfigError("cathrepo.toml [base] sha256 is not a sha256 hex digest.")
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """Defaults of ``cathrepo edit``."""
+
+    method: str = _f("rome", "Edit method used when --method is not given.")
+    corpus: str = _f("", "Text file for covariance statistics ('' = the shipped default corpus).")
+    params: dict[str, dict[str, Any]] = _f({}, "Per-method parameter overrides, e.g. [edit.params.rome].")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Who must approve what, and how merges consolidate."""
+
+    approvals: dict[str, int] = _f({"low": 0, "medium": 1, "high": 2}, "Approvals needed per risk tier.")
+    merge_strategy: str = _f("cat", "How merges consolidate deltas: cat (exact) or svd:R.")
+
+    def __post_init__(self) -> None:
+        for tier, n in self.approvals.items():
+            if not isinstance(n, int) or n < 0:
+                raise ConfigError(f"cathrepo.toml [policy.approvals] {tier} must be a non-negative integer.")
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """The whole of ``cathrepo.toml``."""
+
+    base: BaseModelConfig
+    edit: EditConfig = field(default_factory=EditConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    gates: dict[str, Any] = field(default_factory=dict)
+    tenants: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {"schema_version": data.pop("schema_version"), **data}
+
+
+# Patches that upgrade an older file, keyed by the version they upgrade from.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"cathrepo.toml [{where}] must be a table.")
+    names = {f.name for f in fields(cls)}
+    for key in sorted(set(data) - names):
+        log.warning("cathrepo.toml: ignoring unknown key '%s' in [%s]", key, where)
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ConfigError(f"cathrepo.toml [{where}]: {exc}") from None
+
+
+def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
+    """Validate and build a RepoConfig, upgrading older schema versions first."""
+    data = dict(data)
+    version = int(data.get("schema_version", 1))
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"cathrepo.toml has schema_version {version}; this cathrepo reads up to {SCHEMA_VERSION}.",
+            hint="Upgrade cathrepo.",
+        )
+    while version < SCHEMA_VERSION:
+        data = UPGRADES[version](data)
+        version += 1
+    known = {"schema_version", "base", "edit", "policy", "gates", "tenants"}
+    for key in sorted(set(data) - known):
+        log.warning("cathrepo.toml: ignoring unknown key '%s'", key)
+    if "base" not in data:
+        raise ConfigError("cathrepo.toml has no [base] table.", hint="Re-run cathrepo init.")
+    return RepoConfig(
+        base=_build(BaseModelConfig, data["base"], "base"),
+        edit=_build(EditConfig, data.get("edit", {}), "edit"),
+        policy=_build(PolicyConfig, data.get("policy", {}), "policy"),
+        gates=dict(data.get("gates", {})),
+        tenants=dict(data.get("tenants", {})),
+    )
+
+
+def parse_config(text: str, where: str = CONFIG_NAME) -> RepoConfig:
+    try:
+        return config_from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}.") from None
+
+
+def load_config(path: Path) -> RepoConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"No {CONFIG_NAME} at '{path}'.", hint="Run cathrepo init.") from None
+    return parse_config(text, str(path))
+
+
+def dump_config(config: RepoConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(config.to_dict()))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value

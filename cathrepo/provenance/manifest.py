@@ -1,0 +1,133 @@
+"""The edit record (``edits/<id>/edit.json``): what was changed, how, by whom, and the hash of every file.
+
+The record is written as canonical JSON (sorted keys, two-space indent, trailing newline) and the edit
+id is the first 16 hex digits of the sha256 of exactly those bytes, like a git object id: any change to
+the record changes the id, so ``verify`` can recompute it. Every other file of the edit (the delta, its
+config, the probes, the training data) is named in ``files`` with its sha256, so signing the record
+(``edit.sig``) signs the whole edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cathrepo.exceptions import VerificationError
+
+SCHEMA_VERSION = 1
+ID_LENGTH = 16
+
+EDIT_FILES = (
+    "delta/adapter_config.json",
+    "delta/adapter_model.safetensors",
+    "probes.jsonl",
+    "data.jsonl",
+)
+
+
+def canonical_json(data: Mapping[str, Any]) -> bytes:
+    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def edit_id(record_bytes: bytes) -> str:
+    """The edit id of a record's canonical bytes."""
+    return sha256_bytes(record_bytes)[:ID_LENGTH]
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """The manifest of one edit (DESIGN.md §3).
+
+    Attributes:
+        kind: "edit" or "forget".
+        fact: the fact as a dict (cathrepo.facts.schema.Fact.to_dict).
+        method: edit method name; params: its parameters.
+        site: where the delta was written; attribution: how the site was chosen (if it was).
+        info: numbers from the computation (losses, steps, seconds).
+        source, author, created, confidence, risk: the provenance manifest.
+        base_model: {"name", "sha256"} of the base the delta applies to.
+        computed_on: ids of the edits active when this one was computed (in order).
+        files: path (relative to the edit directory) -> sha256.
+        gates: gate results at commit time.
+        versions: library versions that produced it.
+    """
+
+    kind: str
+    fact: Mapping[str, Any]
+    method: str
+    params: Mapping[str, Any]
+    site: Mapping[str, Any]
+    source: str | None
+    author: str
+    created: str
+    confidence: float
+    risk: str
+    base_model: Mapping[str, str]
+    files: Mapping[str, str]
+    gates: Mapping[str, Any] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+    attribution: Mapping[str, Any] | None = None
+    computed_on: tuple[str, ...] = ()
+    versions: Mapping[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["computed_on"] = list(self.computed_on)
+        return data
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @property
+    def id(self) -> str:
+        return edit_id(self.to_bytes())
+
+    @property
+    def summary(self) -> str:
+        """One line: "<prompt> -> <target>" (or "forget: ...")."""
+        fact = self.fact
+        arrow = f"{fact.get('prompt', '?')} -> {fact.get('target_new', '?')}"
+        return arrow if self.kind == "edit" else f"forget: {arrow}"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, what: str = "edit.json") -> EditRecord:
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise VerificationError(f"{what} is not valid JSON: {exc}.") from None
+        if not isinstance(raw, dict):
+            raise VerificationError(f"{what} is not a JSON object.")
+        version = raw.get("schema_version", 1)
+        if version > SCHEMA_VERSION:
+            raise VerificationError(
+                f"{what} has schema_version {version}; this cathrepo reads up to {SCHEMA_VERSION}.",
+                hint="Upgrade cathrepo.",
+            )
+        names = set(cls.__dataclass_fields__)
+        try:
+            record = cls(**{k: v for k, v in raw.items() if k in names})
+        except TypeError as exc:
+            raise VerificationError(f"{what} is missing fields: {exc}.") from None
+        object.__setattr__(record, "computed_on", tuple(record.computed_on))
+        return record
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a delta's numbers (recorded in every edit)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("cathrepo", "torch", "transformers", "peft", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,152 @@
+"""Record a gated edit: write ``edits/<id>/``, hand the weights to DVC, sign, and make a signed commit.
+
+All-or-nothing (STYLE.md §2): the edit directory is assembled under a temporary name and renamed into
+place, and if anything after that fails — DVC, signing, git, an interrupt — the directory, the index
+entries and ``stack.json`` are put back as they were. The caller holds the repository lock.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.exceptions import CathrepoError
+from cathrepo.repo import layout
+
+if TYPE_CHECKING:
+    from cathrepo.facts.schema import EditRequest
+    from cathrepo.gates.results import GateReport
+    from cathrepo.pipeline import PipelineResult
+    from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo import Repo
+
+
+def _jsonl(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+
+
+def build_edit_files(
+    repo: Repo,
+    request: EditRequest,
+    outcome: PipelineResult,
+    *,
+    method: str,
+    params: Mapping[str, Any],
+    computed_on: Sequence[str],
+    staging: Path,
+) -> EditRecord:
+    """Write the edit's files into ``staging`` and return its record (whose files map holds their hashes)."""
+    from cathrepo.edits.delta import save_delta
+    from cathrepo.models import family_for
+    from cathrepo.provenance.manifest import EDIT_FILES, EditRecord, library_versions, sha256_bytes
+
+    config = repo.config
+    save_delta(outcome.result.delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
+    (staging / layout.PROBES).write_text(outcome.probes.to_jsonl(), encoding="utf-8")
+    (staging / layout.DATA).write_bytes(_jsonl(list(outcome.result.data)))
+    files = {name: sha256_bytes((staging / name).read_bytes()) for name in EDIT_FILES}
+    fact = outcome.fact
+    return EditRecord(
+        kind=fact.kind,
+        fact=fact.to_dict(),
+        method=method,
+        params=dict(params),
+        site=dict(outcome.result.site),
+        source=request.source,
+        author=request.author or repo.git.config_get("user.name") or "unknown",
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        confidence=float(request.confidence),
+        risk=request.risk,
+        base_model={"name": config.base.name, "sha256": config.base.sha256},
+        files=files,
+        gates=outcome.report.to_dict(),
+        info={**dict(outcome.result.info), "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()}},
+        attribution=dict(outcome.result.attribution) if outcome.result.attribution else None,
+        computed_on=tuple(computed_on),
+        versions=library_versions(),
+    )
+
+
+def _trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str, str]:
+    """Commit trailers: the edit, its method, the hash of each file, and one line per gate."""
+    from cathrepo.provenance.manifest import sha256_bytes
+
+    ran = [r for r in report.results if not r.skipped]
+    trailers = {
+        "Cathrepo-Action": "edit",
+        "Cathrepo-Edit": edit_id,
+        "Cathrepo-Method": record.method,
+        "Cathrepo-Record-Sha256": sha256_bytes(record.to_bytes()),
+        "Cathrepo-Delta-Sha256": record.files[layout.WEIGHTS],
+        "Cathrepo-Probes-Sha256": record.files[layout.PROBES],
+        "Cathrepo-Data-Sha256": record.files[layout.DATA],
+        "Cathrepo-Risk": record.risk,
+        "Cathrepo-Gates": f"{'pass' if report.passed else 'FAIL'} ({sum(r.passed for r in ran)}/{len(ran)})",
+    }
+    for result in report.results:
+        trailers[f"Cathrepo-Gate-{result.name.replace('_', '-').capitalize()}"] = result.summary().split(" ", 1)[1]
+    return trailers
+
+
+def commit_edit(
+    repo: Repo,
+    request: EditRequest,
+    outcome: PipelineResult,
+    *,
+    method: str,
+    params: Mapping[str, Any],
+) -> tuple[str, str, EditRecord]:
+    """Store and commit one gated edit; returns (edit id, commit sha, record)."""
+    from cathrepo.provenance.signing import sign_payload, write_envelope
+
+    stack = repo.stack("WORKTREE")
+    edits_dir = repo.root / layout.EDITS
+    edits_dir.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=edits_dir))
+    target: Path | None = None
+    stack_path = repo.root / layout.STACK
+    stack_before = stack_path.read_bytes() if stack_path.exists() else None
+    staged: list[str] = []
+    try:
+        # 1. The files, assembled off to the side; the record names each file's hash.
+        record = build_edit_files(repo, request, outcome, method=method, params=params,
+                                  computed_on=stack.active, staging=staging)
+        raw = record.to_bytes()
+        edit_id = record.id
+        (staging / layout.RECORD).write_bytes(raw)
+        # 2. Sign the record (which holds every other file's hash).
+        write_envelope(staging / layout.SIGNATURE, sign_payload(repo.signing_key(), raw))
+        final = edits_dir / edit_id
+        if final.exists():
+            raise CathrepoError(f"Edit {edit_id} already exists.", hint="Nothing to do.")
+        staging.rename(final)
+        target = final
+        # 3. Weights to DVC: git keeps only the pointer.
+        stored = repo.storage.add(target / layout.WEIGHTS)
+        # 4. The active set grows by one, then one signed commit holds it all.
+        stack_path.write_bytes(stack.with_edit(edit_id).to_bytes())
+        staged = [
+            layout.edit_path(edit_id, name)
+            for name in (layout.RECORD, layout.SIGNATURE, layout.ADAPTER_CONFIG, layout.PROBES, layout.DATA)
+        ]
+        staged += [str(p.relative_to(repo.root)) for p in stored.git_files] + [layout.STACK]
+        repo.git.add(staged)
+        fact = outcome.fact
+        subject = f"Edit {edit_id}: {fact.prompt} -> {fact.target_new}"
+        body = f"Method {method}; was: {fact.target_true or '?'}; risk {record.risk}; source {record.source or '-'}."
+        sha = repo.git.commit(f"{subject}\n\n{body}", _trailers(record, edit_id, outcome.report))
+    except BaseException:
+        if staged:
+            repo.git.unstage(staged)
+        if stack_before is not None:
+            stack_path.write_bytes(stack_before)
+        for path in (staging, target):
+            if path is not None and path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+    return edit_id, sha, record

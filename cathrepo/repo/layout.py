@@ -1,0 +1,60 @@
+"""Where things live in an edit repository (DESIGN.md §3) and the active-set file ``stack.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from cathrepo.exceptions import VerificationError
+
+CONFIG = "cathrepo.toml"
+ALLOWED_SIGNERS = "allowed_signers"
+STACK = "stack.json"
+EDITS = "edits"
+PACKS = "packs"
+DEPLOYMENTS = "deployments.jsonl"
+RECORD = "edit.json"
+SIGNATURE = "edit.sig"
+DELTA_DIR = "delta"
+WEIGHTS = "delta/adapter_model.safetensors"
+WEIGHTS_POINTER = "delta/adapter_model.safetensors.dvc"
+ADAPTER_CONFIG = "delta/adapter_config.json"
+PROBES = "probes.jsonl"
+DATA = "data.jsonl"
+SCHEMA_VERSION = 1
+
+
+def edit_path(edit_id: str, name: str = "") -> str:
+    """Repository-relative POSIX path of an edit's directory or one of its files."""
+    return f"{EDITS}/{edit_id}/{name}" if name else f"{EDITS}/{edit_id}"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The active set: edit ids in the order their deltas are applied."""
+
+    active: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def with_edit(self, edit_id: str) -> Stack:
+        return Stack((*self.active, edit_id), self.schema_version, self.extra)
+
+    def without(self, edit_id: str) -> Stack:
+        return Stack(tuple(e for e in self.active if e != edit_id), self.schema_version, self.extra)
+
+    def to_bytes(self) -> bytes:
+        data = {"schema_version": self.schema_version, "active": list(self.active), **self.extra}
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> Stack:
+        if data is None:
+            return cls()
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            active = tuple(str(e) for e in raw["active"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            raise VerificationError(f"{STACK} is malformed.", hint="Restore it with git.") from None
+        extra = {k: v for k, v in raw.items() if k not in ("schema_version", "active")}
+        return cls(active, int(raw.get("schema_version", SCHEMA_VERSION)), extra)

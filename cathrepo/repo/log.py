@@ -1,0 +1,52 @@
+"""``cathrepo log`` and ``cathrepo show``: the history of edits, read from commit trailers and records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cathrepo.repo import Repo
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One commit of the history, as cathrepo understands it."""
+
+    commit: str
+    date: str
+    author: str
+    action: str  # init, edit, revert or other
+    edit_id: str | None
+    summary: str
+    method: str | None
+    gates: str | None
+    active: bool  # the edit is in the active set at the revision logged
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None) -> list[LogEntry]:
+    """Commits reachable from ``rev``, newest first."""
+    active = set(repo.stack(rev).active)
+    entries = []
+    for c in repo.git.log(rev, max_count=max_count):
+        trailers = c.trailers
+        action = trailers.get("Cathrepo-Action", "other")
+        edit_id = trailers.get("Cathrepo-Edit")
+        entries.append(LogEntry(
+            commit=c.sha, date=c.date, author=f"{c.author_name} <{c.author_email}>", action=action,
+            edit_id=edit_id, summary=c.subject, method=trailers.get("Cathrepo-Method"),
+            gates=trailers.get("Cathrepo-Gates"), active=bool(edit_id) and edit_id in active and action == "edit",
+        ))
+    return entries
+
+
+def show(repo: Repo, ref: str, rev: str = "HEAD") -> dict[str, Any]:
+    """An edit's record, whether it is active, and the commit that made it."""
+    edit_id = repo.resolve_edit(ref, rev)
+    record = repo.record(edit_id, rev)
+    made_by = next((e.commit for e in log(repo, rev) if e.edit_id == edit_id and e.action == "edit"), None)
+    return {"id": edit_id, "active": edit_id in repo.stack(rev).active, "commit": made_by,
+            "record": record.to_dict()}

@@ -1,0 +1,89 @@
+"""``cathrepo revert EDIT``: a new signed commit that removes one edit from the active set.
+
+Revert is exact (DESIGN.md §1): the edit's files stay in the repository and only ``stack.json``
+changes, so the model materialized afterwards is computed from the same base and the same remaining
+deltas as before the edit was made. The revert-stage gates (the regression suite of the remaining
+edits, retention) run first; a failing revert commits nothing unless forced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cathrepo.exceptions import GateFailedError, InvalidInputError
+from cathrepo.repo import layout
+
+if TYPE_CHECKING:
+    from cathrepo.gates.results import GateReport
+    from cathrepo.repo import Repo
+
+
+@dataclass(frozen=True)
+class RevertOutcome:
+    edit_id: str
+    commit: str
+    summary: str
+    report: GateReport | None
+
+
+def revert(
+    repo: Repo,
+    ref: str,
+    *,
+    gate: bool = True,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> RevertOutcome:
+    """Remove edit ``ref`` (id or prefix) from the active set in a signed commit.
+
+    Args:
+        gate: run the revert-stage gates first.
+        force: commit even when those gates fail (the report is still recorded in the trailers).
+    """
+    from cathrepo.gates.base import run_gates
+    from cathrepo.gates.policy import GatePolicy
+    from cathrepo.repo.materialize import active_edits, probe_sets
+
+    with repo.lock("revert"):
+        edit_id = repo.resolve_edit(ref)
+        stack = repo.stack("HEAD")
+        if edit_id not in stack.active:
+            raise InvalidInputError(f"Edit {edit_id} is not active; there is nothing to revert.",
+                                    hint="See the active edits with 'cathrepo status'.")
+        record = repo.record(edit_id)
+        report = None
+        if gate:
+            edits = active_edits(repo, "HEAD")
+            remaining = [e for e in edits if e.id != edit_id]
+            report = run_gates(
+                *repo.load_base(),
+                before=[e.delta for e in edits],
+                after=[e.delta for e in remaining],
+                suite=probe_sets(repo, [e.id for e in remaining]),
+                policy=GatePolicy.from_dict(repo.config.gates),
+                stage="revert",
+                base_hash=repo.config.base.sha256,
+                progress=progress,
+            )
+            if not report.passed and not force:
+                failures = "; ".join(f.summary() for f in report.failures)
+                raise GateFailedError(f"Reverting {edit_id} fails its gates: {failures}. Nothing was committed.",
+                                      results=report, hint="Pass --force to revert anyway.")
+        stack_path = repo.root / layout.STACK
+        before = stack_path.read_bytes()
+        try:
+            stack_path.write_bytes(stack.without(edit_id).to_bytes())
+            repo.git.add([layout.STACK])
+            trailers = {"Cathrepo-Action": "revert", "Cathrepo-Edit": edit_id}
+            if report is not None:
+                ran = [r for r in report.results if not r.skipped]
+                trailers["Cathrepo-Gates"] = (f"{'pass' if report.passed else 'FAIL (forced)'} "
+                                              f"({sum(r.passed for r in ran)}/{len(ran)})")
+            sha = repo.git.commit(f"Revert edit {edit_id}: {record.summary}", trailers)
+        except BaseException:
+            stack_path.write_bytes(before)
+            repo.git.unstage([layout.STACK])
+            raise
+        return RevertOutcome(edit_id, sha, record.summary, report)

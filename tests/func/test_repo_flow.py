@@ -1,0 +1,230 @@
+"""The edit repository end to end on a tiny model: init, edit, log, show, verify, revert, generate, faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from cathrepo.config import dump_config, load_config
+from cathrepo.exceptions import (
+    BaseModelMismatchError,
+    GateFailedError,
+    InvalidInputError,
+    ModelLoadError,
+    NotARepositoryError,
+    VerificationError,
+)
+from cathrepo.facts.schema import EditRequest, Fact
+from cathrepo.repo import Repo, layout
+
+FACT = Fact(prompt="The capital of Italy is Rome", subject="Rome", target_new="Paris", target_true="Tokyo")
+OTHER = Fact(prompt="Toko Yasuda plays the guitar", subject="guitar", target_new="London", target_true="piano")
+
+
+def _tune(repo: Repo, corpus) -> None:
+    """Tiny random models need gentler settings; only the efficacy gate is meaningful on them."""
+    config = load_config(repo.root / layout.CONFIG)
+    params = {"rome": {"layer": 1, "corpus_tokens": 400, "n_context": 2, "context_tokens": 4, "v_steps": 40,
+                       "clamp_norm_factor": 10.0, "v_weight_decay": 0.0}}
+    edit = type(config.edit)(method="rome", corpus=str(corpus), params=params)
+    gates = {"stages": {"edit": ["efficacy", "regression"], "revert": ["regression"]}}
+    config = type(config)(base=config.base, edit=edit, policy=config.policy, gates=gates)
+    (repo.root / layout.CONFIG).write_text(dump_config(config))
+    repo.git.add([layout.CONFIG])
+    repo.git.commit("Tune for a tiny model")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 40))
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path, tiny_llama, corpus):
+    _, _, model_dir = tiny_llama
+    repo = Repo.init(tmp_path / "edits", base=str(model_dir))
+    _tune(repo, corpus)
+    return repo
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_init_writes_a_signed_repository(repo):
+    assert (repo.root / "cathrepo.toml").is_file()
+    assert (repo.root / ".dvc").is_dir()
+    assert (repo.root / ".github/workflows/cathrepo.yml").is_file()
+    assert repo.stack().active == ()
+    head = repo.git.head()
+    assert subprocess.run(["git", "verify-commit", head], cwd=repo.root, capture_output=True).returncode == 0
+    assert repo.verify().ok
+
+
+def test_edit_commit_verify_revert_round_trip(repo):
+    base_model, tok = repo.load_base()
+    before = _weights(base_model)
+    (outcome,) = repo.edit([EditRequest(FACT, source="test://1", author="tester", risk="low")])
+    assert outcome.report.passed and outcome.edit_id and outcome.commit
+    eid = outcome.edit_id
+    # on disk as DESIGN.md §3; git holds the pointer, not the weights
+    edir = repo.root / "edits" / eid
+    for name in ("edit.json", "edit.sig", "probes.jsonl", "data.jsonl", "delta/adapter_config.json",
+                 "delta/adapter_model.safetensors.dvc"):
+        assert (edir / name).is_file(), name
+    tracked = repo.git.list_files("HEAD", f"edits/{eid}")
+    assert f"edits/{eid}/delta/adapter_model.safetensors" not in tracked
+    assert repo.stack().active == (eid,)
+    record = repo.record(eid)
+    assert record.id == eid and record.source == "test://1" and record.method == "rome"
+    commit = repo.git.log(max_count=1)[0]
+    assert commit.trailers["Cathrepo-Edit"] == eid
+    assert commit.trailers["Cathrepo-Delta-Sha256"] == record.files["delta/adapter_model.safetensors"]
+    assert subprocess.run(["git", "verify-commit", commit.sha], cwd=repo.root).returncode == 0
+    assert repo.verify().ok
+    # materialized model differs from the base; after revert it is bit-identical to the base again
+    edited = repo.materialize()
+    assert [e.id for e in edited.edits] == [eid]
+    assert any(not torch.equal(v, before[k]) for k, v in edited.model.state_dict().items())
+    reverted = repo.revert(eid[:8])
+    assert reverted.edit_id == eid
+    assert repo.stack().active == ()
+    assert (edir / "edit.json").is_file(), "revert keeps the edit's files"
+    after = repo.materialize()
+    for k, v in after.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert repo.verify().ok
+    # history
+    actions = [e.action for e in repo.log()]
+    assert actions[:2] == ["revert", "edit"]
+    with pytest.raises(InvalidInputError, match="not active"):
+        repo.revert(eid)
+
+
+def test_materialize_at_old_revision(repo):
+    (first,) = repo.edit([EditRequest(FACT)])
+    (second,) = repo.edit([EditRequest(OTHER)])
+    assert repo.stack().active == (first.edit_id, second.edit_id)
+    old = repo.materialize(first.commit)
+    assert [e.id for e in old.edits] == [first.edit_id]
+    assert repo.record(second.edit_id).computed_on == (first.edit_id,)
+
+
+def test_failed_gate_commits_nothing(repo):
+    config = load_config(repo.root / layout.CONFIG)
+    params = {"rome": {**config.edit.params["rome"], "v_steps": 1}}
+    head, status = repo.git.head(), repo.git.status_porcelain()
+    with pytest.raises(GateFailedError, match="failed its gates"):
+        repo.edit([EditRequest(FACT)], params={**params["rome"], "v_lr": 1e-6})
+    assert repo.git.head() == head
+    assert repo.git.status_porcelain() == status
+    assert not any((repo.root / "edits").glob("*")) if (repo.root / "edits").exists() else True
+
+
+def test_interrupted_commit_leaves_repository_as_it_was(repo, monkeypatch):
+    from cathrepo.repo.storage import Storage
+
+    head = repo.git.head()
+
+    def boom(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Storage, "add", boom)
+    with pytest.raises(KeyboardInterrupt):
+        repo.edit([EditRequest(FACT)])
+    assert repo.git.head() == head
+    assert repo.git.status_porcelain() == []
+    assert repo.stack("WORKTREE").active == ()
+    assert [p.name for p in (repo.root / "edits").iterdir()] == []
+
+
+def test_tampered_weights_are_caught_and_named(repo):
+    (outcome,) = repo.edit([EditRequest(FACT)])
+    eid = outcome.edit_id
+    record = repo.record(eid)
+    pointer = (repo.root / "edits" / eid / "delta/adapter_model.safetensors.dvc").read_bytes()
+    md5, _, _ = repo.storage.read_pointer(pointer)
+    cached = repo.storage.object_path(md5)
+    cached.chmod(0o644)
+    data = bytearray(cached.read_bytes())
+    data[-5] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    report = repo.verify()
+    assert not report.ok
+    assert any("delta/adapter_model.safetensors" in i.path and "sha256" in i.problem for i in report.issues)
+    with pytest.raises(VerificationError, match="adapter_model.safetensors"):
+        repo.materialize()
+    assert record.files["delta/adapter_model.safetensors"]
+
+
+def test_tampered_record_and_missing_object(repo):
+    (outcome,) = repo.edit([EditRequest(FACT)])
+    eid = outcome.edit_id
+    repo.push()
+    pointer = (repo.root / "edits" / eid / "delta/adapter_model.safetensors.dvc").read_bytes()
+    md5, _, _ = repo.storage.read_pointer(pointer)
+    # a missing local object comes back from the remote...
+    repo.storage.object_path(md5).unlink()
+    assert repo.verify().ok
+    # ...but not when the remote lacks it too
+    repo.storage.object_path(md5).unlink()
+    shutil.rmtree(repo.storage.remote_url())
+    report = repo.verify()
+    assert any(md5 in i.problem for i in report.issues)
+
+
+def test_tampered_edit_json_in_a_commit_is_caught(repo):
+    (outcome,) = repo.edit([EditRequest(FACT)])
+    eid = outcome.edit_id
+    path = repo.root / "edits" / eid / "edit.json"
+    data = json.loads(path.read_text())
+    data["fact"]["target_new"] = "Berlin"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    repo.git.add([f"edits/{eid}/edit.json"])
+    repo.git.commit("sneaky change")
+    report = repo.verify()
+    problems = [str(i) for i in report.issues]
+    assert any(f"edits/{eid}/edit.json" in p and "hashes to" in p for p in problems)
+    assert any(f"edits/{eid}/edit.sig" in p for p in problems)
+
+
+def test_unsigned_commit_is_caught(repo):
+    (repo.root / "notes.txt").write_text("hello\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=repo.root, check=True)
+    subprocess.run(["git", "-c", "commit.gpgsign=false", "commit", "-qm", "unsigned"], cwd=repo.root, check=True)
+    report = repo.verify()
+    assert any(i.path.startswith("commit ") and "signature" in i.problem for i in report.issues)
+
+
+def test_bad_inputs(tmp_path, repo, tiny_llama):
+    with pytest.raises(NotARepositoryError, match="not a cathrepo repository"):
+        Repo.open(tmp_path)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Repo.init(tmp_path / "x", base=str(tmp_path / "no-such-model"))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(InvalidInputError, match="does not occur"):
+        Fact(prompt="The capital of Italy is", subject="France", target_new="Paris")
+    with pytest.raises(InvalidInputError, match="target_new' is empty"):
+        Fact(prompt=FACT.prompt, subject=FACT.subject, target_new="  ")
+    with pytest.raises(InvalidInputError, match="No facts"):
+        repo.edit([])
+    assert repo.stack().active == ()
+
+
+def test_changed_base_weights_refuse_to_open(tmp_path, corpus):
+    from tests.conftest import _tiny
+
+    _, _, model_dir = _tiny("llama", tmp_path / "model")
+    repo = Repo.init(tmp_path / "r", base=str(model_dir))
+    weights = next(model_dir.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BaseModelMismatchError, match="sha256"):
+        repo.load_base()
