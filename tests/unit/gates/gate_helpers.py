@@ -33,6 +33,8 @@ def oracle_delta(model, tokenizer, prompt: str, new: str, old: str, strength: fl
         key = forward_until(model, name, inputs=True, input_ids=ids)[0, -1].float()  # (d_in,)
     unembed = model.get_output_embeddings().weight.detach().float()  # (vocab, d_model)
     u = unembed[first_token_id(tokenizer, new)] - unembed[first_token_id(tokenizer, old)]
+    if float(u.norm()) == 0.0:  # both start with the same token (a bare space in the tiny tokenizer)
+        u = unembed[first_token_id(tokenizer, new)]
     B = (strength * u / u.norm())[:, None]  # (d_model, 1)
     A = (key / key.norm() ** 2)[None, :]  # (1, d_in)
     return Delta({name: LowRank(B, A)})
