@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.facts.probes import Probe, ProbeSet, build_probes, load_known_facts
+from cathrepo.facts.probes import Probe, ProbeSet, build_probes, known_by_model, load_known_facts
 from cathrepo.facts.schema import Fact, load_facts
 
 log = logging.getLogger(__name__)
@@ -184,13 +184,15 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> Ed
     model, tokenizer = load_model(resolved.path)
     base_hash = weights_sha256(resolved.path)
     facts = _facts(config)
-    known = load_known_facts(config.known) if config.known else load_known_facts()
-    # 1. probes, checked against the unedited model
+    # 1. probes: mined prompts only from known facts the unedited model answers (checked once, batched)
+    say("probes", 0, len(facts))
+    known = known_by_model(model, tokenizer, load_known_facts(config.known) if config.known else load_known_facts(),
+                           batch_size=config.batch_size)
     probesets = []
     for i, fact in enumerate(facts):
         say("probes", i, len(facts))
         probesets.append(build_probes(fact, model, tokenizer, known, n_paraphrases=config.n_paraphrases,
-                                      n_neighbors=config.n_neighbors))
+                                      n_neighbors=config.n_neighbors, check_known=False))
     # 2. the unedited model on the same records
     say("unedited", 0, 1)
     base_scores, base_dists = score_records(model, tokenizer, probesets, generation_tokens=config.generation_tokens,

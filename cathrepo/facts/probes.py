@@ -186,6 +186,7 @@ def build_probes(
     n_neighbors: int = 3,
     n_attribute: int = 1,
     n_generation: int = 2,
+    check_known: bool = True,
 ) -> ProbeSet:
     """Synthesize an edit's probes.
 
@@ -200,8 +201,10 @@ def build_probes(
         n_neighbors: mined neighbours added to the record's own.
         n_attribute: mined attribute prompts (other subjects whose true answer is the new target).
         n_generation: template generation prompts when the record has none.
+        check_known: check mined prompts with the model; pass False when ``known_facts`` has already been
+            filtered with :func:`known_by_model` (one batched pass for many facts).
     """
-    checking = model is not None and tokenizer is not None
+    checking = model is not None and tokenizer is not None and check_known
     relations = (fact.relation_id,) if fact.relation_id else infer_relations(fact.template)
     templates = paraphrase_templates(relations, exclude=fact.template)
     paraphrases = _unique([fact.prompt], fact.paraphrases)
@@ -211,7 +214,7 @@ def build_probes(
                      and k.subject not in fact.prompt and fact.subject not in k.prompt]
     forget = fact.kind == "forget"
     old = fact.target_true
-    if checking and old is None and not forget:
+    if model is not None and tokenizer is not None and old is None and not forget:
         old = _model_answer(model, tokenizer, fact.prompt)
     probes: list[Probe] = []
     # 1. the prompts the edit is about
@@ -272,16 +275,21 @@ def _ranked(pool: Sequence[KnownFact], fact: Fact, prefer: str | None = None) ->
     return out
 
 
+def known_by_model(model: Any, tokenizer: Any, facts: Sequence[KnownFact], *, batch_size: int = 64) -> list[KnownFact]:
+    """The facts whose answer's first token is the model's top prediction after the prompt."""
+    from cathrepo.gates.scoring import first_token_id, score_continuations
+
+    scores = score_continuations(model, tokenizer, [k.prompt for k in facts], [[] for _ in facts],
+                                 batch_size=batch_size)
+    return [k for k, s in zip(facts, scores, strict=True) if s.top1 == first_token_id(tokenizer, k.answer)]
+
+
 def _known_by_model(candidates: Sequence[KnownFact], model: Any, tokenizer: Any, n: int,
                     chunk: int = 16) -> list[KnownFact]:
     """The first ``n`` candidates whose answer's first token is the model's top prediction."""
-    from cathrepo.gates.scoring import first_token_id, score_continuations
-
     kept: list[KnownFact] = []
     for start in range(0, len(candidates), chunk):
-        batch = candidates[start : start + chunk]
-        scores = score_continuations(model, tokenizer, [k.prompt for k in batch], [[] for _ in batch])
-        kept += [k for k, s in zip(batch, scores, strict=True) if s.top1 == first_token_id(tokenizer, k.answer)]
+        kept += known_by_model(model, tokenizer, candidates[start : start + chunk])
         if len(kept) >= n:
             break
     return kept[:n]

@@ -137,3 +137,13 @@ def test_bad_probes_are_refused(tmp_path):
 def test_shipped_known_facts_load():
     facts = load_known_facts()
     assert len(facts) == 1209 and facts[0].subject == "Vinson Massif" and facts[0].relation_id == "P30"
+
+
+def test_prefiltered_known_facts_give_the_same_probes(tiny_llama, known, records):
+    from cathrepo.facts.probes import known_by_model
+
+    model, tok, _ = tiny_llama
+    answered = known_by_model(model, tok, known)
+    for fact in records[:8]:
+        checked = build_probes(fact, model, tok, known)
+        assert build_probes(fact, model, tok, answered, check_known=False) == checked
