@@ -1,0 +1,205 @@
+"""Teacher→student activation patching: which activations carry a fact read from the context (stage ③).
+
+The teacher is the base model with the fact (or a passage) in its context; the student is the same model
+on the bare prompt. Copying one teacher activation (a module's output at one layer, at one token or at
+every token from the subject on) into the student's run and measuring the target's probability shows
+where the context's information would have to be written for the student to answer like the teacher.
+That is exactly the question an edit asks, so patching is the default locator of the LoRA trainer.
+
+Tokens are aligned by :func:`~cathrepo.attribution.align`: the student's prompt tokens are the last tokens
+of the teacher's sequence. Per-token runs are grouped by token with the student's clean prefix as a KV
+cache, as in :mod:`~cathrepo.attribution.causal_trace`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.attribution import (
+    Aligned,
+    ScoreMap,
+    align,
+    check_kinds,
+    first_token,
+    forward_kwargs,
+    module_names,
+    token_strings,
+)
+from cathrepo.attribution.hooks import capture, edit_output
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def patch(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    subject: str,
+    target: str,
+    *,
+    context: str | None = None,
+    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+    per_token: bool = True,
+) -> ScoreMap:
+    """Patch teacher activations into the student, per (layer, token) and per layer.
+
+    Args:
+        model: the base model (left unchanged).
+        tokenizer: its tokenizer.
+        prompt: the student's prompt (contains ``subject``).
+        subject: the subject; per-layer scores patch every token from its first on.
+        target: the answer the context teaches.
+        context: the teacher's context; None states the fact twice
+            (:func:`~cathrepo.facts.passage.stated_context`).
+        kinds: which module outputs to patch: "hidden", "mlp", "attn".
+        per_token: also patch one token at a time (the heatmap); off for site selection.
+
+    Returns:
+        A ScoreMap: ``scores[kind][layer][token]`` is p(target's first token) in the student with that one
+        activation patched, ``layer_scores[kind][layer]`` the gain in log p(target) with all tokens from
+        the subject on patched (log, so that a target the student finds very unlikely still ranks the
+        layers), ``low``/``high`` the student's and the teacher's probabilities.
+    """
+    import torch
+
+    from cathrepo.facts.passage import stated_context
+    from cathrepo.models import model_device, num_layers
+
+    started = time.perf_counter()
+    kinds = check_kinds(kinds)
+    context = context or stated_context(prompt, target)
+    al = align(tokenizer, context, prompt, subject)
+    answer = first_token(tokenizer, target)
+    device = model_device(model)
+    student = torch.tensor([al.student], device=device)
+    names = {kind: module_names(model, kind) for kind in kinds}
+    n_layers, n_tokens = num_layers(model), len(al.student)
+
+    # 1. Teacher and student runs: the baselines and the teacher's activations at aligned positions.
+    with torch.no_grad(), capture(model, [n for ns in names.values() for n in ns]) as rec:
+        high = _prob(model(input_ids=torch.tensor([al.teacher], device=device), logits_to_keep=1), answer)[0]
+    teacher = {n: out[0, al.shift :] for n, out in rec.outputs.items()}  # (T_student, d) aligned
+    with torch.no_grad():
+        low = _prob(model(input_ids=student, logits_to_keep=1), answer)[0]
+
+    # 2. Per layer: patch every token from the subject on, all layers of a kind in one batch.
+    positions = list(range(al.subject[0], n_tokens))
+    layer_scores = {}
+    for kind in kinds:
+        probs = _patched_run(model, student, names[kind], teacher, positions, None, answer)
+        layer_scores[kind] = _log_gain(probs, low)
+
+    # 3. Per token (the heatmap): rows = layers, the student's clean prefix as a KV cache.
+    scores = {kind: [[float(low)] * n_tokens for _ in range(n_layers)] for kind in kinds}
+    if per_token:
+        for t in range(al.start, n_tokens):
+            prefix = _prefix_cache(model, student, t)
+            for kind in kinds:
+                probs = _patched_run(model, student, names[kind], teacher, [t], prefix, answer)
+                for layer in range(n_layers):
+                    scores[kind][layer][t] = float(probs[layer])
+    seconds = time.perf_counter() - started
+    log.info("Patching of %r: %s in %.1f s", prompt, ",".join(kinds), seconds)
+    return ScoreMap(
+        method="patching",
+        prompt=prompt,
+        subject=subject,
+        target=target,
+        tokens=token_strings(tokenizer, al.student),
+        subject_range=al.subject,
+        scores=scores,
+        low=float(low),
+        high=float(high),
+        layer_scores=layer_scores,
+        meta={"context": context, "seconds": round(seconds, 3),
+              "answer_token": answer, "per_layer_positions": [positions[0], n_tokens]},
+    )
+
+
+def _log_gain(probs: torch.Tensor, low: torch.Tensor | float) -> list[float]:
+    import math
+
+    floor = 1e-12
+    base = math.log(max(float(low), floor))
+    return [math.log(max(float(p), floor)) - base for p in probs]
+
+
+def layer_gains(model: Any, tokenizer: Any, al: Aligned, answer: int, kind: str) -> tuple[list[float], float, float]:
+    """Per-layer gain in log p(answer) with all tokens from the subject on patched, plus (low, high)."""
+    import torch
+
+    from cathrepo.models import model_device
+
+    device = model_device(model)
+    names = module_names(model, kind)
+    student = torch.tensor([al.student], device=device)
+    with torch.no_grad(), capture(model, names) as rec:
+        high = _prob(model(input_ids=torch.tensor([al.teacher], device=device), logits_to_keep=1), answer)[0]
+    with torch.no_grad():
+        low = _prob(model(input_ids=student, logits_to_keep=1), answer)[0]
+    teacher = {n: rec.outputs[n][0, al.shift :] for n in names}
+    positions = list(range(al.subject[0], len(al.student)))
+    probs = _patched_run(model, student, names, teacher, positions, None, answer)
+    return _log_gain(probs, low), float(low), float(high)
+
+
+def _prob(out: Any, answer: int) -> torch.Tensor:
+    import torch
+
+    return torch.softmax(out.logits[:, -1].float(), -1)[:, answer]
+
+
+def _prefix_cache(model: Any, ids: torch.Tensor, t: int) -> Any:
+    import torch
+    from transformers import DynamicCache
+
+    if t == 0:
+        return None
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=ids[:, :t], use_cache=True, logits_to_keep=1, **{forward_kwargs(model)["cache"]: cache})
+    return cache
+
+
+def _patched_run(
+    model: Any,
+    ids: torch.Tensor,
+    names: list[str],
+    teacher: dict[str, torch.Tensor],
+    positions: list[int],
+    cache: Any,
+    answer: int,
+) -> torch.Tensor:
+    """p(answer) for row j = the student with module ``names[j]`` patched at ``positions``.
+
+    With a prefix ``cache`` of length t the run covers positions [t, T) and ``positions`` must be [t].
+    """
+    import torch
+
+    n = len(names)
+    start = 0 if cache is None else cache.get_seq_length()
+    local = [p - start for p in positions]
+
+    def make(j: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(out: torch.Tensor) -> torch.Tensor:  # (n, len, d)
+            out = out.clone()
+            out[j, local] = teacher[names[j]][positions].to(out.dtype)
+            return out
+
+        return fn
+
+    kwargs: dict[str, Any] = {"use_cache": cache is not None}
+    if cache is not None:
+        prefix = copy.deepcopy(cache)
+        prefix.batch_repeat_interleave(n)
+        kwargs[forward_kwargs(model)["cache"]] = prefix
+    with torch.no_grad(), edit_output(model, {names[j]: make(j) for j in range(n)}):
+        out = model(input_ids=ids[:, start:].expand(n, -1), logits_to_keep=1, **kwargs)
+    return _prob(out, answer)

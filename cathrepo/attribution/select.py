@@ -1,0 +1,153 @@
+"""Site selection: turn attribution scores into the modules an edit writes to (stage ③ → ④).
+
+``select_sites`` runs one locator on a fact, ranks the layers by its per-layer score and names the
+projection an adapter is attached to at each chosen layer, from the family templates (the MLP output
+projection for "mlp" and "hidden", the attention output projection for "attn"). The summary goes into
+the edit record, so a reviewer sees why the edit sits where it sits.
+
+What each locator scores per layer:
+
+- ``patching`` (default): the gain in log p(new target) in the student after patching the teacher's
+  (fact in context) module outputs at every token from the subject on. The question an edit asks.
+- ``causal_trace``: p(true answer) with the subject corrupted and one module's clean output restored,
+  best over the subject tokens. Where the old fact is recalled (ROME's choice of layer).
+- ``saliency``: |gradient × activation| of log p(new target), summed over the tokens from the subject on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cathrepo.attribution import ADAPTER_TEMPLATES, check_kinds
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.schema import Fact
+
+METHODS = ("patching", "causal_trace", "saliency")
+
+
+@dataclass(frozen=True)
+class SiteSelection:
+    """The chosen edit sites and the scores that chose them.
+
+    Attributes:
+        method: the locator ("patching", "causal_trace", "saliency").
+        kind: the scored module kind ("mlp", "attn", "hidden").
+        layers: chosen layers, best first.
+        modules: the module names an adapter is attached to, one per chosen layer.
+        scores: kind -> per-layer score (higher is a better site).
+        seconds: wall time of the attribution.
+        details: method-specific numbers (baselines, facts scored).
+    """
+
+    method: str
+    kind: str
+    layers: list[int]
+    modules: list[str]
+    scores: dict[str, list[float]]
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-ready record for ``edit.json``."""
+        ranked = self.scores[self.kind]
+        return {
+            "method": self.method,
+            "kind": self.kind,
+            "layers": list(self.layers),
+            "modules": list(self.modules),
+            "top_scores": {str(layer): round(float(ranked[layer]), 6) for layer in self.layers},
+            "best_layers": _ranking(ranked)[:5],
+            "seconds": round(self.seconds, 3),
+            **{k: v for k, v in self.details.items() if isinstance(v, int | float | str)},
+        }
+
+
+def _ranking(scores: Sequence[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda layer: (-scores[layer], layer))
+
+
+def layer_scores(model: Any, tokenizer: Any, fact: Fact, *, method: str, kind: str,
+                 context: str | None = None, samples: int = 3) -> tuple[list[float], dict[str, Any]]:
+    """Per-layer scores of one fact by one locator, plus the baselines it measured against."""
+    from cathrepo.attribution import align, first_token
+    from cathrepo.attribution.causal_trace import trace
+    from cathrepo.attribution.patching import layer_gains
+    from cathrepo.attribution.saliency import saliency
+    from cathrepo.facts.passage import teacher_context
+
+    if method == "patching":
+        al = align(tokenizer, context or teacher_context(fact), fact.prompt, fact.subject)
+        scores, low, high = layer_gains(model, tokenizer, al, first_token(tokenizer, fact.target_new), kind)
+        return scores, {"low": low, "high": high}
+    if method == "causal_trace":
+        from cathrepo.attribution import subject_range
+
+        s0, s1 = subject_range(tokenizer, fact.prompt, fact.subject)
+        result = trace(model, tokenizer, fact.prompt, fact.subject, fact.target_true, kinds=(kind,),
+                       samples=samples, tokens=range(s0, s1))
+        return result.layer_scores[kind], {"low": result.low, "high": result.high}
+    if method == "saliency":
+        result = saliency(model, tokenizer, fact.prompt, fact.subject, fact.target_new, kinds=(kind,))
+        return result.layer_scores[kind], {"high": result.high}
+    raise InvalidInputError(f"Unknown attribution method '{method}'.", hint=f"Use one of: {', '.join(METHODS)}.")
+
+
+def select_sites(
+    model: Any,
+    tokenizer: Any,
+    fact: Fact | Sequence[Fact],
+    *,
+    method: str = "patching",
+    kind: str = "mlp",
+    top_k: int = 1,
+    context: str | None = None,
+    layers: Sequence[int] | None = None,
+) -> SiteSelection:
+    """Rank the layers for an edit of ``fact`` and name the modules to adapt.
+
+    Args:
+        model: the base model (left bit-identical: only hooks and no-grad runs, or gradients that
+            stop at the activations).
+        tokenizer: its tokenizer.
+        fact: one fact, or several (a passage's probes): their per-layer scores are averaged.
+        method: "patching", "causal_trace" or "saliency".
+        kind: "mlp", "attn" or "hidden" (adapters for "hidden" go on the MLP output projection).
+        top_k: how many layers to choose.
+        context: the teacher's context for patching (a passage); None states each fact.
+        layers: restrict the choice to these layers (None: any layer).
+    """
+    from cathrepo.models import family_for, num_layers
+
+    started = time.perf_counter()
+    check_kinds([kind])
+    if method not in METHODS:
+        raise InvalidInputError(f"Unknown attribution method '{method}'.", hint=f"Use one of: {', '.join(METHODS)}.")
+    facts = [fact] if isinstance(fact, Fact) else list(fact)
+    if not facts:
+        raise InvalidInputError("No fact to locate.")
+    n = num_layers(model)
+    if not 1 <= top_k <= n:
+        raise InvalidInputError(f"top_k={top_k} is outside 1..{n}.", hint=f"The model has {n} layers.")
+    total = [0.0] * n
+    details: dict[str, Any] = {"facts": len(facts)}
+    for f in facts:
+        scores, base = layer_scores(model, tokenizer, f, method=method, kind=kind, context=context)
+        total = [a + b / len(facts) for a, b in zip(total, scores, strict=True)]
+        for key, value in base.items():
+            details[key] = details.get(key, 0.0) + value / len(facts)
+    allowed = set(range(n) if layers is None else layers)
+    chosen = [layer for layer in _ranking(total) if layer in allowed][:top_k]
+    family = family_for(model)
+    modules = [family.layer_name(ADAPTER_TEMPLATES[kind], layer) for layer in chosen]
+    return SiteSelection(
+        method=method,
+        kind=kind,
+        layers=chosen,
+        modules=modules,
+        scores={kind: total},
+        seconds=time.perf_counter() - started,
+        details={k: round(v, 6) if isinstance(v, float) else v for k, v in details.items()},
+    )
