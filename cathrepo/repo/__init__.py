@@ -206,6 +206,11 @@ class Repo:
 
         return generate(self, prompt, rev, **options)
 
+    def gate(self, rev: str = "HEAD", **options: Any) -> Any:
+        from cathrepo.repo.gate import gate
+
+        return gate(self, rev, **options)
+
     def push(self) -> int:
         return self.storage.push()
 

@@ -228,3 +228,17 @@ def test_changed_base_weights_refuse_to_open(tmp_path, corpus):
     weights.write_bytes(bytes(data))
     with pytest.raises(BaseModelMismatchError, match="sha256"):
         repo.load_base()
+
+
+def test_gate_a_revision(repo):
+    (first,) = repo.edit([EditRequest(FACT)])
+    report = repo.gate("HEAD", gates=["efficacy", "regression"])
+    assert report.passed and report["efficacy"].metrics["es"] == 1.0
+    assert report["regression"].skipped  # nothing was active before
+    (second,) = repo.edit([EditRequest(OTHER)])
+    report = repo.gate(second.commit, gates=["efficacy", "regression"])
+    assert report.passed and not report["regression"].skipped
+    # the change from the root commit to HEAD carries both edits' probes
+    root = repo.git.rev_list("HEAD")[-1]
+    both = repo.gate("HEAD", gates=["efficacy"], against=root)
+    assert both.passed and both["efficacy"].metrics["es"] == 1.0

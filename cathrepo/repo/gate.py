@@ -1,0 +1,71 @@
+"""``cathrepo gate [REV]``: run a stage's gates on the change a revision makes.
+
+``before`` is the active set of ``against`` (default: REV's first parent; empty for a root commit),
+``after`` the active set of REV. The probes of the edits REV adds are the new probes; the probes of the
+edits active in both states are the regression suite. Every delta is verified before it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from cathrepo.repo.materialize import load_edit, probe_sets
+
+if TYPE_CHECKING:
+    from cathrepo.facts.probes import ProbeSet
+    from cathrepo.gates.results import GateReport
+    from cathrepo.repo import Repo
+
+
+def _combined(sets: Sequence[ProbeSet]) -> ProbeSet | None:
+    from cathrepo.facts.probes import ProbeSet
+
+    if not sets:
+        return None
+    if len(sets) == 1:
+        return sets[0]
+    return ProbeSet(tuple(p for s in sets for p in s.probes), meta={"edits": len(sets)})
+
+
+def gate(
+    repo: Repo,
+    rev: str = "HEAD",
+    *,
+    stage: str = "revision",
+    gates: Sequence[str] | None = None,
+    against: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> GateReport:
+    """Gate the change from ``against`` (default: first parent) to ``rev``."""
+    from cathrepo.gates.base import run_gates
+    from cathrepo.gates.policy import GatePolicy
+
+    commit = repo.git.rev_parse(rev)
+    if against is None:
+        parents = repo.git.log(commit, max_count=1)[0].parents
+        base_rev = parents[0] if parents else None
+    else:
+        base_rev = repo.git.rev_parse(against)
+    before_ids = list(repo.stack(base_rev).active) if base_rev else []
+    after_ids = list(repo.stack(commit).active)
+    before = [load_edit(repo, eid, base_rev) for eid in before_ids] if base_rev else []
+    after = [load_edit(repo, eid, commit) for eid in after_ids]
+    new = [eid for eid in after_ids if eid not in before_ids]
+    kept = [eid for eid in after_ids if eid in before_ids]
+    config = repo.config_at(commit)
+    model, tokenizer = repo.load_base()
+    return run_gates(
+        model,
+        tokenizer,
+        before=[e.delta for e in before],
+        after=[e.delta for e in after],
+        probes=_combined(probe_sets(repo, new, commit)),
+        suite=probe_sets(repo, kept, commit),
+        policy=GatePolicy.from_dict(config.gates),
+        stage=stage,
+        gates=gates,
+        base_hash=config.base.sha256,
+        root=repo.root,
+        progress=progress,
+    )
