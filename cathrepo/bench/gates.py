@@ -29,6 +29,7 @@ class GateBenchConfig:
     n_paraphrases: int = 3
     n_neighbors: int = 3
     batch_size: int = 64
+    dtype: str = "float32"
     seed: int = 0
 
 
@@ -63,7 +64,7 @@ def bench_gates(config: GateBenchConfig, progress: Callable[[str], None] | None 
              for f in facts]
     build_seconds = time.perf_counter() - t0
     deltas = random_deltas(model, len(facts) + 1, seed=config.seed)
-    policy = GatePolicy(batch_size=config.batch_size)
+    policy = GatePolicy(batch_size=config.batch_size, regression_dtype=config.dtype)
     kinds = policy.regression_kinds
     probes = sum(len(ps.of_kind(*kinds)) for ps in suite)
     timings = {}
@@ -80,7 +81,7 @@ def bench_gates(config: GateBenchConfig, progress: Callable[[str], None] | None 
             timings[label] = time.perf_counter() - t0
     result = report["regression"]
     return {
-        "n": len(suite), "model": resolved.name, "probes": probes, "kinds": list(kinds),
+        "n": len(suite), "model": resolved.name, "dtype": config.dtype, "probes": probes, "kinds": list(kinds),
         "probes_per_edit": statistics.mean(len(ps.of_kind(*kinds)) for ps in suite),
         "seconds_cold": round(timings["cold"], 2), "seconds_warm": round(timings["warm"], 2),
         "build_seconds": round(build_seconds, 2), "passed": result.passed,

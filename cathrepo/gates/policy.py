@@ -83,6 +83,8 @@ class GatePolicy:
                                                 "and may fail after (every edit must keep holding).")
     regression_max_broken: float = _f(0.05, "Fraction of the other previously passing probes of active "
                                             "edits that may fail after.")
+    regression_dtype: str = _f("float32", "Precision the suite is scored in: float32, or bfloat16 (about "
+                                          "2.5x faster on CPUs with AVX-512 BF16; rounding may flip near-ties).")
     retention_sample: int = _f(500, "Known facts checked by the retention gate (the first N of the file).")
     retention_data: str = _f("", "Known-facts file (known_1000 format); empty: the copy shipped with cathrepo.")
     retention_known_only: bool = _f(True, "Keep only facts whose answer the base model gives.")
@@ -103,6 +105,9 @@ class GatePolicy:
         self.stages = {**DEFAULT_STAGES, **{k: tuple(v) for k, v in self.stages.items()}}
         self.regression_kinds = tuple(self.regression_kinds)
         self.mmlu_subjects = tuple(self.mmlu_subjects)
+        if self.regression_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"[gates] regression_dtype = {self.regression_dtype!r} is not supported.",
+                              hint="Use float32 or bfloat16.")
         bad = sorted(set(self.stages) - set(STAGES))
         if bad:
             raise ConfigError(f"Unknown gate stage(s) in [gates.stages]: {', '.join(bad)}.",

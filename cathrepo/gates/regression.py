@@ -51,12 +51,14 @@ class RegressionGate(Gate):
                 cached = json.loads(cache_file.read_text())
             except (OSError, json.JSONDecodeError):
                 cached = {}
-        keys = [_key(ps, kinds) for ps in ctx.suite]
+        keys = [_key(ps, kinds, self.policy.regression_dtype) for ps in ctx.suite]
         missing = [i for i, k in enumerate(keys) if k not in cached]
         if missing:
             ctx.say(f"regression: scoring {len(missing)} of {len(keys)} probe sets ({state})")
             flat = [(i, p) for i in missing for p in ctx.suite[i].of_kind(*kinds)]
-            outcomes = score_probes(ctx.model, ctx.tokenizer, [p for _, p in flat], batch_size=self.policy.batch_size)
+            model = ctx.model if self.policy.regression_dtype == "float32" else _cast(ctx.model, self.policy.regression_dtype)
+            outcomes = score_probes(model, ctx.tokenizer, [p for _, p in flat], batch_size=self.policy.batch_size)
+            del model
             fresh: dict[str, list[bool]] = {keys[i]: [] for i in missing}
             for (i, _), outcome in zip(flat, outcomes, strict=True):
                 fresh[keys[i]].append(outcome.passed)
@@ -101,5 +103,14 @@ class RegressionGate(Gate):
         return self.result(ok, metrics, thresholds, detail)
 
 
-def _key(probes: ProbeSet, kinds: tuple[str, ...]) -> str:
-    return f"{probes.digest()[:24]}:{','.join(kinds)}"
+def _key(probes: ProbeSet, kinds: tuple[str, ...], dtype: str) -> str:
+    return f"{probes.digest()[:24]}:{','.join(kinds)}:{dtype}"
+
+
+def _cast(model: Any, dtype: str) -> Any:
+    """A copy of the model (in its current state, deltas applied) in ``dtype``; the original is untouched."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(model).to(getattr(torch, dtype))

@@ -61,6 +61,17 @@ def test_regression_catches_a_delta_that_undoes_an_earlier_edit(tiny_model):
     assert ok.passed and ok["regression"].metrics["broken_rewrite"] == 0.0
 
 
+def test_regression_in_bfloat16_agrees_on_clear_cases(tiny_llama):
+    model, tok, _ = tiny_llama
+    fact = _fact_base_rejects(model, tok, FACT)
+    first = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true)
+    policy = GatePolicy(regression_dtype="bfloat16")
+    bad = run_gates(model, tok, before=[first], after=[first, first.scaled(-1.0)], suite=[probes_for(fact)],
+                    policy=policy, gates=["regression"])
+    assert bad["regression"].metrics["broken_rewrite"] == 1.0
+    assert next(model.parameters()).dtype.is_floating_point and str(next(model.parameters()).dtype) == "torch.float32"
+
+
 def test_run_gates_leaves_the_model_bit_identical(tiny_model, tmp_path):
     model, tok, _ = tiny_model
     snap = snapshot(model)
