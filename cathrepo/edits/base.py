@@ -94,7 +94,7 @@ class EditMethod(ABC):
 EDIT_METHODS: Registry[type[EditMethod]] = Registry(
     "edit method",
     "cathrepo.edit_methods",
-    builtins=("cathrepo.edits.rome.method",),
+    builtins=("cathrepo.edits.rome.method", "cathrepo.edits.lora", "cathrepo.edits.auto"),
 )
 
 

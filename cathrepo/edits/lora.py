@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,23 +46,25 @@ class LoraParams:
     top_k: int = _help("Number of layers attribution chooses.", 1)
     attribution_facts: int = _help("At most this many facts are attributed (a passage's first probes).", 4)
     steps_a: int = _help("Phase A steps: teacher-fed layer inputs, fit the teacher's module outputs.", 5)
-    steps_b: int = _help("Phase B steps (maximum): the student's own inputs, MSE + KL + anchors.", 40)
-    lr: float = _help("Adam learning rate of the LoRA factors.", 1e-2)
+    steps_b: int = _help("Phase B steps (maximum): the student's own inputs, MSE + KL + anchors.", 25)
+    lr: float = _help("Adam learning rate of the LoRA factors.", 2e-2)
     mse_weight: float = _help("Weight of the relative MSE to the teacher's module outputs.", 1.0)
     kl_weight: float = _help("Weight of KL(teacher ‖ student) at the target's positions.", 1.0)
     nll_weight: float = _help("Weight of the target's negative log-likelihood (0: pure distillation).", 0.0)
     anchor_weight: float = _help("Weight of the anchors' KL to the base model (locality).", 1.0)
+    anchor_target_weight: float = _help("Weight of the hinge on any rise of the new target's log-probability "
+                                        "on the anchors.", 1.0)
     match: str = _help("Student positions whose module outputs fit the teacher's: subject, "
                        "last_subject or from_subject.", "subject")
-    stop_kl: float = _help("Phase B stops once the KL at the target positions is below this.", 0.05)
+    stop_kl: float = _help("Phase B stops once the KL at the target positions is below this.", 0.1)
     grad_clip: float = _help("Gradient norm clip (0: none).", 1.0)
     prefixes: int = _help("Prefixed copies of each prompt trained besides the prompt itself.", 2)
     paraphrases: bool = _help("Also train on the fact's paraphrases (inflates the paraphrase score: "
                               "keep off for benchmarks).", False)
     neighborhood_anchors: bool = _help("Use the fact's neighbourhood prompts as anchors (they are also "
                                        "what the neighbourhood gate measures: off for benchmarks).", True)
-    template_anchors: int = _help("Anchors from the relation template with unrelated subjects.", 3)
-    generic_anchors: int = _help("Generic retention prompts used as anchors.", 4)
+    template_anchors: int = _help("Anchors from the relation template with unrelated subjects.", 2)
+    generic_anchors: int = _help("Generic retention prompts used as anchors.", 3)
 
     def __post_init__(self) -> None:
         from cathrepo.attribution import KIND_TEMPLATES
@@ -88,7 +91,8 @@ class LoraParams:
                 raise InvalidInputError(f"LoRA parameter {name} must be >= 0.")
         if self.steps_b < 1 or not self.lr > 0:
             raise InvalidInputError("LoRA steps_b must be >= 1 and lr > 0.")
-        for name in ("mse_weight", "kl_weight", "nll_weight", "anchor_weight", "stop_kl", "grad_clip"):
+        for name in ("mse_weight", "kl_weight", "nll_weight", "anchor_weight", "anchor_target_weight", "stop_kl",
+                     "grad_clip"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"LoRA parameter {name} must be >= 0.")
 
@@ -123,6 +127,7 @@ class LoraMethod(EditMethod):
         from cathrepo.training import data as training_data
         from cathrepo.training.adapters import lora_attached
         from cathrepo.training.distill import phase_a, phase_b
+        from cathrepo.training.replay import checked_replay
         from cathrepo.training.targets import compute_targets
 
         p: LoraParams = self.params
@@ -151,13 +156,17 @@ class LoraMethod(EditMethod):
         anchors = training_data.anchors(tokenizer, facts, neighborhood=p.neighborhood_anchors,
                                         template=p.template_anchors, generic=p.generic_anchors)
         targets = compute_targets(model, tokenizer, examples, anchors, modules, blocks, match=p.match)
+        below = [family.layer_name("layer", j) for j in range(layers[0])]
+        replay = checked_replay(model, targets.batch.ids, targets.batch.mask, below, targets.residual,
+                                targets.base_logits)
+        targets.base_logits = None
         prepared = time.perf_counter()
 
         # 4-5. Train the adapter, read it back as a Delta; the model is unwrapped on exit.
         with lora_attached(model, modules, rank=p.rank, alpha=p.alpha, seed=context.seed) as lora:
             params = lora.parameters()
-            log_a = phase_a(model, targets, modules, blocks, params, p)
-            log_b = phase_b(model, targets, modules, params, p)
+            log_a = phase_a(model, targets, modules, blocks, params, p, replay)
+            log_b = phase_b(model, targets, modules, params, p, replay)
             delta = lora.delta(base_model=context.base_hash)
         if not all(bool(f.A.isfinite().all() and f.B.isfinite().all()) for f in delta.factors.values()):
             raise EditFailedError("The LoRA trainer produced non-finite weights.", hint="Lower lr.")
@@ -172,6 +181,7 @@ class LoraMethod(EditMethod):
             "examples": len(examples),
             "anchors": len(anchors),
             "adapter_bytes": delta.num_bytes(),
+            "layers_replayed": len(below) if replay is not nullcontext else 0,
         }
         site = {"modules": modules, "layers": layers, "kind": p.kind, "rank": p.rank,
                 "chosen_by": selection.method if selection else "params"}

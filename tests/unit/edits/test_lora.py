@@ -1,0 +1,110 @@
+"""The LoRA method: params validation, registry, compute leaves the model bit-identical, the result is
+a PEFT-loadable Delta with its site, data, losses and attribution summary; passages are accepted."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cathrepo.edits.base import EDIT_METHODS, EditContext
+from cathrepo.edits.delta import applied, save_delta
+from cathrepo.edits.lora import LoraMethod, LoraParams
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.passage import synthesize_questions
+from cathrepo.facts.schema import Fact, Neighbor
+from cathrepo.models import family_for
+
+FACT = Fact(prompt="I know that the Eiffel Tower is located in", subject="the Eiffel Tower",
+            target_new="Rome", target_true="Paris",
+            neighborhood=(Neighbor("Apple was founded by", "Steve"),))
+FAST = dict(steps_a=2, steps_b=4, prefixes=1, template_anchors=1, generic_anchors=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls on a busy 2-core machine: threads only add waiting
+    yield
+    torch.set_num_threads(before)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_registered_and_params_validated():
+    assert EDIT_METHODS.get("lora") is LoraMethod and LoraMethod.batched
+    for bad in ({"rank": 0}, {"kind": "ffn"}, {"attribution": "rome"}, {"match": "all"}, {"layers": ()},
+                {"steps_b": 0}, {"lr": 0.0}, {"kl_weight": -1.0}, {"top_k": 0}):
+        with pytest.raises(InvalidInputError):
+            LoraParams(**bad)
+    params = LoraParams(layers=[3, 1])
+    assert params.layers == (3, 1) and json.loads(json.dumps(params.to_dict()))["layers"] == [3, 1]
+    assert all(f.metadata.get("help") for f in dataclasses.fields(LoraParams))
+
+
+def test_compute_explicit_layers(tiny_model, tmp_path):
+    from peft import PeftModel
+
+    model, tok, _ = tiny_model
+    before = _state(model)
+    family = family_for(model)
+    method = LoraMethod(LoraParams(layers=(2, 1), **FAST))
+    result = method.compute(model, tok, [FACT], EditContext(seed=1))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    modules = [family.layer_name("mlp_out", 1), family.layer_name("mlp_out", 2)]
+    assert result.site["modules"] == modules and result.site["layers"] == [1, 2]
+    assert result.delta.modules == sorted(modules) and result.attribution is None
+    assert result.info["phase_a"]["steps"] == 2 and 1 <= result.info["phase_b"]["steps"] <= 4
+    assert result.info["adapter_bytes"] == result.delta.num_bytes() > 0
+    kinds = [row["kind"] for row in result.data]
+    assert kinds.count("edit") == 2 and "anchor" in kinds
+    json.dumps({"info": result.info, "site": result.site, "data": list(result.data)})
+    # The stored adapter reloads in plain PEFT and gives the logits apply_delta gives.
+    ids = tok(FACT.prompt, return_tensors="pt")["input_ids"]
+    save_delta(result.delta, tmp_path, fan_in_fan_out=family.conv1d)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path))
+    with applied(model, result.delta):
+        assert torch.allclose(model(ids).logits, peft_model(ids).logits, atol=1e-5)
+
+
+def test_compute_is_deterministic(tiny_llama):
+    model, tok, _ = tiny_llama
+    method = LoraMethod(LoraParams(layers=(1,), **FAST))
+    a = method.compute(model, tok, [FACT], EditContext(seed=0)).delta
+    b = method.compute(model, tok, [FACT], EditContext(seed=0)).delta
+    assert all(torch.equal(a.factors[k].B, b.factors[k].B) for k in a.modules)
+
+
+@pytest.mark.parametrize("attribution", ["patching", "saliency"])
+def test_compute_with_attribution(tiny_llama, attribution):
+    model, tok, _ = tiny_llama
+    before = _state(model)
+    method = LoraMethod(LoraParams(attribution=attribution, top_k=2, **FAST))
+    result = method.compute(model, tok, [FACT], EditContext())
+    assert result.attribution["method"] == attribution and len(result.attribution["layers"]) == 2
+    assert sorted(result.attribution["layers"]) == result.site["layers"]
+    assert result.site["chosen_by"] == attribution
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_compute_passage(tiny_llama):
+    model, tok, _ = tiny_llama
+    probes = synthesize_questions("The Eiffel Tower is located in the city of Paris. It was built by "
+                                  "Gustave Eiffel in 1889.")
+    result = LoraMethod(LoraParams(layers=(2,), **FAST)).compute(model, tok, probes, EditContext())
+    edits = [row for row in result.data if row["kind"] == "edit"]
+    assert len(edits) == 2 * len(probes)
+    assert all(row["teacher"].startswith("The Eiffel Tower is located") for row in edits)
+    assert not any(row.get("source") == "template" for row in result.data)
+
+
+def test_wrong_layer_is_refused(tiny_llama):
+    model, tok, _ = tiny_llama
+    with pytest.raises(InvalidInputError, match="Layer 9"):
+        LoraMethod(LoraParams(layers=(9,), **FAST)).compute(model, tok, [FACT], EditContext())
