@@ -138,14 +138,6 @@ def first_token(tokenizer: Any, target: str) -> int:
     return continuation_ids(tokenizer, target)[0]
 
 
-def forward_kwargs(model: Any) -> dict[str, str]:
-    """Names of the cache keyword of ``model.forward`` across transformers versions."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return {"cache": "cache" if "cache" in params else "past_key_values"}
-
-
 # --- the score map every method returns -------------------------------------------------------------
 
 

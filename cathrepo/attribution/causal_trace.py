@@ -24,7 +24,6 @@ from cathrepo.attribution import (
     ScoreMap,
     check_kinds,
     first_token,
-    forward_kwargs,
     module_names,
     subject_range,
     token_strings,
@@ -177,7 +176,6 @@ class _Runner:
         self.model, self.ids, self.subject, self.noise, self.answer = model, ids, subject, noise, answer
         self.samples = noise.shape[0]
         self.embed = family_for(model).embed
-        self.cache_kw = forward_kwargs(model)["cache"]
 
     def _noise_fn(self, start: int, repeat: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Add each row's noise to the subject tokens that fall inside positions [start, start + len)."""
@@ -213,18 +211,22 @@ class _Runner:
         import torch
         from transformers import DynamicCache
 
+        from cathrepo.models import cache_kwargs
+
         if t == 0:
             return None
         cache = DynamicCache()
         rows = self.ids[:, :t].expand(self.samples, -1)
         with torch.no_grad(), edit_output(self.model, {self.embed: self._noise_fn(0, 1)}):
-            self.model(input_ids=rows, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
+            self.model(input_ids=rows, logits_to_keep=1, **cache_kwargs(self.model, cache))
         return cache
 
     def restored(self, t: int, names: list[str], clean: dict[str, torch.Tensor], span: int,
                  cache: Any) -> torch.Tensor:
         """Mean p(answer) over samples for restoring token ``t`` at each layer (rows: sample-major)."""
         import torch
+
+        from cathrepo.models import cache_kwargs
 
         n_layers, samples = len(names), self.samples
         layer_of_row = torch.arange(n_layers).repeat(samples)  # row = sample * n_layers + layer
@@ -239,11 +241,11 @@ class _Runner:
 
             return fn
 
-        kwargs: dict[str, Any] = {"use_cache": cache is not None}
+        kwargs: dict[str, Any] = {}
         if cache is not None:
             prefix = copy.deepcopy(cache)  # the suffix run appends to it
             prefix.batch_repeat_interleave(n_layers)
-            kwargs[self.cache_kw] = prefix
+            kwargs = cache_kwargs(self.model, prefix)
         suffix = self.ids[:, t:].expand(samples * n_layers, -1)
         edits = {self.embed: self._noise_fn(t, n_layers), **{names[j]: restore(j) for j in range(n_layers)}}
         with torch.no_grad(), edit_output(self.model, edits):

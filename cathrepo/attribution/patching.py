@@ -25,7 +25,6 @@ from cathrepo.attribution import (
     align,
     check_kinds,
     first_token,
-    forward_kwargs,
     module_names,
     token_strings,
 )
@@ -160,11 +159,13 @@ def _prefix_cache(model: Any, ids: torch.Tensor, t: int) -> Any:
     import torch
     from transformers import DynamicCache
 
+    from cathrepo.models import cache_kwargs
+
     if t == 0:
         return None
     cache = DynamicCache()
     with torch.no_grad():
-        model(input_ids=ids[:, :t], use_cache=True, logits_to_keep=1, **{forward_kwargs(model)["cache"]: cache})
+        model(input_ids=ids[:, :t], logits_to_keep=1, **cache_kwargs(model, cache))
     return cache
 
 
@@ -183,6 +184,8 @@ def _patched_run(
     """
     import torch
 
+    from cathrepo.models import cache_kwargs
+
     n = len(names)
     start = 0 if cache is None else cache.get_seq_length()
     local = [p - start for p in positions]
@@ -195,11 +198,11 @@ def _patched_run(
 
         return fn
 
-    kwargs: dict[str, Any] = {"use_cache": cache is not None}
+    kwargs: dict[str, Any] = {}
     if cache is not None:
         prefix = copy.deepcopy(cache)
         prefix.batch_repeat_interleave(n)
-        kwargs[forward_kwargs(model)["cache"]] = prefix
+        kwargs = cache_kwargs(model, prefix)
     with torch.no_grad(), edit_output(model, {names[j]: make(j) for j in range(n)}):
         out = model(input_ids=ids[:, start:].expand(n, -1), logits_to_keep=1, **kwargs)
     return _prob(out, answer)
