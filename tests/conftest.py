@@ -50,6 +50,13 @@ def _tiny(kind: str, tmp: Path):
     elif kind == "gpt2":
         config = GPT2Config(vocab_size=vocab, n_embd=32, n_inner=64, n_layer=4, n_head=4, n_positions=128,
                             pad_token_id=0, eos_token_id=1, bos_token_id=1, initializer_range=0.2)
+    elif kind == "gemma":
+        from transformers import Gemma3TextConfig
+
+        config = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                  max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+                                  sliding_window=16, initializer_range=0.2)
     else:
         raise ValueError(kind)
     model = AutoModelForCausalLM.from_config(config)
@@ -71,9 +78,16 @@ def tiny_gpt2(tmp_path_factory):
     return _tiny("gpt2", tmp_path_factory.mktemp("tiny-gpt2"))
 
 
-@pytest.fixture(params=["llama", "gpt2"])
-def tiny_model(request, tiny_llama, tiny_gpt2):
-    return tiny_llama if request.param == "llama" else tiny_gpt2
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory):
+    """(model, tokenizer, path) of a 4-layer random-init Gemma-3 text model (sliding-window layers)."""
+    return _tiny("gemma", tmp_path_factory.mktemp("tiny-gemma"))
+
+
+@pytest.fixture(params=["llama", "gpt2", "gemma"])
+def tiny_model(request):
+    """Each model family's layout in turn: Llama, GPT-2 (Conv1D) and Gemma-3."""
+    return request.getfixturevalue(f"tiny_{request.param}")
 
 
 @pytest.fixture(scope="session")
