@@ -218,6 +218,7 @@ def run_methods(
     kinds: Sequence[str] = ("hidden", "mlp", "attn"),
     samples: int | None = None,
     seed: int = 0,
+    precision: str = "float32",
 ) -> dict[str, ScoreMap]:
     """Run each attribution method on one prompt (what ``cathrepo trace`` shows)."""
     from cathrepo.attribution import causal_trace, patching, saliency
@@ -227,7 +228,7 @@ def run_methods(
         if method == "causal_trace":
             extra = {"samples": samples} if samples else {}
             results[method] = causal_trace.trace(
-                model, tokenizer, prompt, subject, target, kinds=kinds, seed=seed, **extra
+                model, tokenizer, prompt, subject, target, kinds=kinds, seed=seed, precision=precision, **extra
             )
         elif method == "patching":
             if not target:

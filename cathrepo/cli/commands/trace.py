@@ -21,8 +21,10 @@ ALL_METHODS = ("causal_trace", "patching", "saliency")
 @click.option("--method", "methods", default="causal_trace", show_default=True,
               type=click.Choice([*ALL_METHODS, "all"]), help="Attribution method.")
 @click.option("--seed", default=0, show_default=True, help="Noise seed.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
+              help="Causal-trace runs in bfloat16 where that is fast (auto), or exact float32.")
 def trace_cmd(prompt: str, subject: str, target: str | None, out_dir: Path, model_src: str | None, kinds: str,
-              samples: int, methods: str, seed: int) -> None:
+              samples: int, methods: str, seed: int, precision: str) -> None:
     """Trace PROMPT's answer through the layers (causal tracing, patching, saliency)."""
     from cathrepo.attribution import run_methods
     from cathrepo.attribution.plots import write_results
@@ -31,7 +33,8 @@ def trace_cmd(prompt: str, subject: str, target: str | None, out_dir: Path, mode
     model, tokenizer = load_model(resolve_model(model_src).path)
     chosen = ALL_METHODS if methods == "all" else (methods,)
     results = run_methods(model, tokenizer, prompt, subject, target, methods=chosen,
-                          kinds=[k.strip() for k in kinds.split(",") if k.strip()], samples=samples, seed=seed)
+                          kinds=[k.strip() for k in kinds.split(",") if k.strip()], samples=samples, seed=seed,
+                          precision=precision)
     for name, result in results.items():
         click.echo(f"{name}: p({result.target!r}) low {result.low:.4f} high {result.high:.4f} "
                    f"({result.meta.get('seconds', 0):.1f} s)")

@@ -102,3 +102,16 @@ def test_unknown_kind_is_refused(tiny_llama):
     model, tok, _ = tiny_llama
     with pytest.raises(InvalidInputError, match="kind"):
         trace(model, tok, PROMPT, SUBJECT, kinds=("ffn",))
+
+
+def test_bfloat16_runs_stay_close(tiny_llama, traced):
+    from cathrepo.exceptions import InvalidInputError
+
+    model, tok, _ = tiny_llama
+    fast = trace(model, tok, PROMPT, SUBJECT, "Paris", samples=2, seed=1, precision="bfloat16")
+    assert fast.meta["precision"] == "bfloat16"
+    for kind in traced.scores:
+        for a, b in zip(fast.scores[kind], traced.scores[kind], strict=True):
+            assert a == pytest.approx(b, abs=0.05)
+    with pytest.raises(InvalidInputError, match="precision"):
+        trace(model, tok, PROMPT, SUBJECT, "Paris", precision="fp8")
