@@ -79,6 +79,10 @@ class GatePolicy:
     # -- everything that was there before --
     regression_kinds: tuple[str, ...] = _f(("rewrite", "paraphrase", "neighborhood", "attribute", "forget"),
                                            "Probe kinds of the active edits re-checked at every change.")
+    regression_fast_kinds: tuple[str, ...] = _f(("rewrite", "forget"),
+                                                "At the edit stage, the kinds re-checked for active edits of "
+                                                "another relation and subject (those sharing the new edit's get "
+                                                "regression_kinds); empty: regression_kinds for every edit.")
     regression_max_broken_rewrite: int = _f(0, "Rewrite/forget probes of active edits that passed before "
                                                 "and may fail after (every edit must keep holding).")
     regression_max_broken: float = _f(0.05, "Fraction of the other previously passing probes of active "
@@ -104,6 +108,7 @@ class GatePolicy:
     def __post_init__(self) -> None:
         self.stages = {**DEFAULT_STAGES, **{k: tuple(v) for k, v in self.stages.items()}}
         self.regression_kinds = tuple(self.regression_kinds)
+        self.regression_fast_kinds = tuple(self.regression_fast_kinds)
         self.mmlu_subjects = tuple(self.mmlu_subjects)
         if self.regression_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"[gates] regression_dtype = {self.regression_dtype!r} is not supported.",
@@ -145,6 +150,7 @@ class GatePolicy:
         data = dataclasses.asdict(self)
         data["stages"] = {k: list(v) for k, v in self.stages.items()}
         data["regression_kinds"] = list(self.regression_kinds)
+        data["regression_fast_kinds"] = list(self.regression_fast_kinds)
         data["mmlu_subjects"] = list(self.mmlu_subjects)
         return data
 

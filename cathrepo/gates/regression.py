@@ -5,18 +5,22 @@ the change and fails after it; probes that never passed (a paraphrase the edit d
 are not held against the change. Rewrite and forget probes may not break at all by default (every edit
 must keep holding); a small share of the other kinds may.
 
-All suite probes are scored in one packed, batched pass per state. Results are cached on disk per model
-state (the hash of the base and every applied delta) and probe set, so in a sequential workflow the
-``before`` state of one edit is the cached ``after`` state of the previous one.
+Scale: at the edit stage the gate checks every active edit's rewrite (and forget) probes, and all probe
+kinds of the edits that share the new edit's relation or subject, where interference concentrates; merge,
+promote and revision stages check every kind of every edit (``regression_fast_kinds`` sets this; empty
+means every kind everywhere). All selected probes are scored in one packed, batched pass per state, and
+each probe's outcome is cached on disk per model state (the hash of the base and every applied delta), so
+in a sequential workflow the ``before`` state of one edit is the cached ``after`` state of the previous one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
 
-from cathrepo.facts.probes import ProbeSet
+from cathrepo.facts.probes import Probe, ProbeSet
 from cathrepo.gates.base import GATES, Gate, GateContext
 from cathrepo.gates.probing import score_probes
 from cathrepo.gates.results import GateResult
@@ -24,6 +28,7 @@ from cathrepo.gates.results import GateResult
 log = logging.getLogger(__name__)
 
 HARD_KINDS = ("rewrite", "forget")
+FAST_STAGES = ("edit",)
 
 
 @GATES.register
@@ -32,51 +37,45 @@ class RegressionGate(Gate):
 
     name = "regression"
 
-    def _kinds(self) -> tuple[str, ...]:
-        return tuple(k for k in self.policy.regression_kinds if k != "generation")
+    def selection(self, ctx: GateContext) -> list[list[Probe]]:
+        """Per suite probe set, the probes this run checks."""
+        full = tuple(k for k in self.policy.regression_kinds if k != "generation")
+        fast = tuple(self.policy.regression_fast_kinds)
+        if ctx.stage not in FAST_STAGES or not fast:
+            return [ps.of_kind(*full) for ps in ctx.suite]
+        return [ps.of_kind(*(full if _related(ps, ctx.probes) else fast)) for ps in ctx.suite]
 
     def skip_reason(self, ctx: GateContext) -> str | None:
         if not ctx.suite:
             return "no earlier edits to re-check"
-        if not any(ps.of_kind(*self._kinds()) for ps in ctx.suite):
+        if not any(self.selection(ctx)):
             return "the earlier edits have no probes of the checked kinds"
         return None
 
     def measure(self, ctx: GateContext, state: str) -> list[list[bool]]:
-        kinds = self._kinds()
-        cache_file = ctx.cache_path("regression", f"{ctx.state_digest(state)[:32]}.json")
-        cached: dict[str, list[bool]] = {}
-        if cache_file is not None and cache_file.is_file():
-            try:
-                cached = json.loads(cache_file.read_text())
-            except (OSError, json.JSONDecodeError):
-                cached = {}
-        keys = [_key(ps, kinds, self.policy.regression_dtype) for ps in ctx.suite]
-        missing = [i for i, k in enumerate(keys) if k not in cached]
+        chosen = self.selection(ctx)
+        dtype = self.policy.regression_dtype
+        cache_file = ctx.cache_path("regression", f"{ctx.state_digest(state)[:32]}-{dtype}.json")
+        cached = _read(cache_file)
+        keys = [[_key(p) for p in probes] for probes in chosen]
+        missing = {k: p for probes, ks in zip(chosen, keys, strict=True) for p, k in zip(probes, ks, strict=True)
+                   if k not in cached}
         if missing:
-            ctx.say(f"regression: scoring {len(missing)} of {len(keys)} probe sets ({state})")
-            flat = [(i, p) for i in missing for p in ctx.suite[i].of_kind(*kinds)]
-            model = ctx.model if self.policy.regression_dtype == "float32" else _cast(ctx.model, self.policy.regression_dtype)
-            outcomes = score_probes(model, ctx.tokenizer, [p for _, p in flat], batch_size=self.policy.batch_size)
+            ctx.say(f"regression: scoring {len(missing)} of {sum(map(len, keys))} probes ({state})")
+            model = ctx.model if dtype == "float32" else _cast(ctx.model, dtype)
+            outcomes = score_probes(model, ctx.tokenizer, list(missing.values()), batch_size=self.policy.batch_size)
             del model
-            fresh: dict[str, list[bool]] = {keys[i]: [] for i in missing}
-            for (i, _), outcome in zip(flat, outcomes, strict=True):
-                fresh[keys[i]].append(outcome.passed)
-            cached.update(fresh)
-            if cache_file is not None:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(cached))
-                tmp.replace(cache_file)
-        return [cached[k] for k in keys]
+            cached.update({k: o.passed for k, o in zip(missing, outcomes, strict=True)})
+            _write(cache_file, cached)
+        return [[cached[k] for k in ks] for ks in keys]
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
-        kinds = self._kinds()
+        chosen = self.selection(ctx)
         before, after = measured["before"], measured["after"]
         hard_broken, soft_broken, soft_passing, fixed, total = 0, 0, 0, 0, 0
         examples = []
-        for i, ps in enumerate(ctx.suite):
-            for probe, b, a in zip(ps.of_kind(*kinds), before[i], after[i], strict=True):
+        for i, (ps, probes) in enumerate(zip(ctx.suite, chosen, strict=True)):
+            for probe, b, a in zip(probes, before[i], after[i], strict=True):
                 total += 1
                 fixed += (not b) and a
                 if probe.kind not in HARD_KINDS:
@@ -103,8 +102,35 @@ class RegressionGate(Gate):
         return self.result(ok, metrics, thresholds, detail)
 
 
-def _key(probes: ProbeSet, kinds: tuple[str, ...], dtype: str) -> str:
-    return f"{probes.digest()[:24]}:{','.join(kinds)}:{dtype}"
+def _related(probes: ProbeSet, changed: ProbeSet | None) -> bool:
+    """Whether an active edit shares the changed edit's relation or subject (or nothing is known)."""
+    if changed is None:
+        return True
+    same_relation = probes.relation_id is not None and probes.relation_id == changed.relation_id
+    return same_relation or (bool(probes.subject) and probes.subject == changed.subject)
+
+
+def _key(probe: Probe) -> str:
+    text = json.dumps(probe.to_dict(), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _read(path: Any) -> dict[str, bool]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError):
+        return {}
+
+
+def _write(path: Any, cached: dict[str, bool]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cached))
+    tmp.replace(path)
 
 
 def _cast(model: Any, dtype: str) -> Any:

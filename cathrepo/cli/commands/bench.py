@@ -59,13 +59,17 @@ def edits_cmd(data: Path, n: int, method: str, sequential: bool, model: str | No
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Precision the suite is scored in.")
+@click.option("--stage", type=click.Choice(["edit", "merge"]), default="edit", show_default=True,
+              help="edit: rewrites of all edits, every kind for related ones; merge: every kind of every edit.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
-def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, dtype: str, json_out: Path | None) -> None:
+def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, dtype: str, stage: str,
+              json_out: Path | None) -> None:
     """Time the regression gate over N active edits (cold, and with the previous state cached)."""
     from cathrepo.bench.gates import GateBenchConfig, bench_gates
 
+    config = GateBenchConfig(data=data, n=n, model=model, batch_size=batch_size, dtype=dtype, stage=stage)
     with progress("Benchmarking gates") as say:
-        out = bench_gates(GateBenchConfig(data=data, n=n, model=model, batch_size=batch_size, dtype=dtype), say)
+        out = bench_gates(config, say)
     _table(f"regression gate over {out['n']} edits, {out['model']}", out, None)
     if json_out:
         json_out.write_text(json.dumps(out, indent=2) + "\n")

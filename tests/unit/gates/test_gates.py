@@ -158,3 +158,28 @@ def _known_sample():
     from pathlib import Path
 
     return Path(__file__).parents[2] / "data" / "known-sample.json"
+
+
+def test_regression_checks_rewrites_everywhere_and_everything_for_related_edits():
+    from cathrepo.facts.probes import Probe, ProbeSet
+    from cathrepo.gates.base import GateContext
+    from cathrepo.gates.regression import RegressionGate
+
+    def probeset(subject, relation):
+        return ProbeSet((Probe("rewrite", f"{subject} is in", "Rome", "Paris"),
+                         Probe("paraphrase", f"Where is {subject}?", "Rome", "Paris")), subject, relation)
+
+    suite = (probeset("A", "P17"), probeset("B", "P36"), probeset("C", None))
+    new = probeset("D", "P17")
+    policy = GatePolicy()
+    gate = RegressionGate(policy)
+
+    def kinds(stage, probes=new, fast=None):
+        p = policy if fast is None else GatePolicy(regression_fast_kinds=fast)
+        ctx = GateContext(None, None, (), (), probes, suite, p, stage)
+        return [[x.kind for x in probes] for probes in RegressionGate(p).selection(ctx)]
+
+    assert kinds("edit") == [["rewrite", "paraphrase"], ["rewrite"], ["rewrite"]]
+    assert kinds("merge") == [["rewrite", "paraphrase"]] * 3
+    assert kinds("edit", fast=()) == [["rewrite", "paraphrase"]] * 3
+    assert gate.name == "regression"
