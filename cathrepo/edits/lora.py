@@ -50,21 +50,24 @@ class LoraParams:
     lr: float = _help("Adam learning rate of the LoRA factors.", 2e-2)
     mse_weight: float = _help("Weight of the relative MSE to the teacher's module outputs.", 1.0)
     kl_weight: float = _help("Weight of KL(teacher ‖ student) at the target's positions.", 1.0)
-    nll_weight: float = _help("Weight of the target's negative log-likelihood (0: pure distillation).", 0.0)
+    nll_weight: float = _help("Weight of the target's negative log-likelihood: pushes the new target past "
+                              "a teacher that reads it but still half-prefers the old one (0: pure "
+                              "distillation).", 1.0)
     anchor_weight: float = _help("Weight of the anchors' KL to the base model (locality).", 1.0)
     anchor_target_weight: float = _help("Weight of the hinge on any rise of the new target's log-probability "
                                         "on the anchors.", 1.0)
     match: str = _help("Student positions whose module outputs fit the teacher's: subject, "
                        "last_subject or from_subject.", "subject")
-    stop_kl: float = _help("Phase B stops once the KL at the target positions is below this.", 0.1)
+    stop_kl: float = _help("Phase B stops once the KL at the target positions is below this...", 1.0)
+    stop_nll: float = _help("...and the target's mean NLL on the training prompts is below this.", 0.3)
     grad_clip: float = _help("Gradient norm clip (0: none).", 1.0)
-    prefixes: int = _help("Prefixed copies of each prompt trained besides the prompt itself.", 2)
+    prefixes: int = _help("Prefixed copies of each prompt trained besides the prompt itself.", 1)
     paraphrases: bool = _help("Also train on the fact's paraphrases (inflates the paraphrase score: "
                               "keep off for benchmarks).", False)
     neighborhood_anchors: bool = _help("Use the fact's neighbourhood prompts as anchors (they are also "
                                        "what the neighbourhood gate measures: off for benchmarks).", True)
-    template_anchors: int = _help("Anchors from the relation template with unrelated subjects.", 2)
-    generic_anchors: int = _help("Generic retention prompts used as anchors.", 3)
+    template_anchors: int = _help("Anchors from the relation's phrasings with unrelated subjects.", 4)
+    generic_anchors: int = _help("Generic retention prompts used as anchors.", 2)
 
     def __post_init__(self) -> None:
         from cathrepo.attribution import KIND_TEMPLATES
@@ -92,7 +95,7 @@ class LoraParams:
         if self.steps_b < 1 or not self.lr > 0:
             raise InvalidInputError("LoRA steps_b must be >= 1 and lr > 0.")
         for name in ("mse_weight", "kl_weight", "nll_weight", "anchor_weight", "anchor_target_weight", "stop_kl",
-                     "grad_clip"):
+                     "stop_nll", "grad_clip"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"LoRA parameter {name} must be >= 0.")
 

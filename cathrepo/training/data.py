@@ -6,8 +6,8 @@ Each fact gives its prompt and a few prefixed variants of it (the prefixes make 
 the subject in running text, not to one exact string; ROME uses generated prefixes for the same reason).
 
 Anchors are prompts whose next-token distributions must not move: the fact's neighbourhood prompts
-(other subjects, same relation), the relation template filled with unrelated subjects, and generic
-prompts. They make locality part of the objective instead of a hope.
+(other subjects, same relation), the relation's phrasings (:mod:`cathrepo.facts.templates`) filled with
+unrelated subjects, and generic prompts. They make locality part of the objective instead of a hope.
 """
 
 from __future__ import annotations
@@ -92,6 +92,20 @@ def edit_examples(tokenizer: Any, facts: Sequence[Fact], *, prefixes: int, parap
     return examples
 
 
+def relation_prompts(fact: Fact, n: int) -> list[str]:
+    """``n`` prompts of the fact's relation about unrelated subjects, cycling through its phrasings.
+
+    The phrasings are the fact's own template and the other templates of its relation (when
+    :func:`~cathrepo.facts.templates.infer_relations` recognises it), so the adapter learns that the
+    relation's answer changes for this subject only, however the relation is worded.
+    """
+    from cathrepo.facts.templates import fill, infer_relations, paraphrase_templates
+
+    templates = [fact.template] + paraphrase_templates(infer_relations(fact.template), exclude=fact.template)
+    others = [s for s in OTHER_SUBJECTS if s != fact.subject]
+    return [fill(templates[i % len(templates)], others[i % len(others)]) for i in range(max(0, n))]
+
+
 def anchors(
     tokenizer: Any,
     facts: Sequence[Fact],
@@ -109,8 +123,7 @@ def anchors(
         if neighborhood:
             wanted += [(n.prompt, n.answer, "neighborhood") for n in fact.neighborhood]
         if not getattr(fact, "passage", ""):  # a passage's cloze prompts have no reusable template
-            others = [s for s in OTHER_SUBJECTS if s != fact.subject][: max(0, template)]
-            wanted += [(fact.template.format(s), None, "template") for s in others]
+            wanted += [(p, None, "template") for p in relation_prompts(fact, template)]
     wanted += [(p, None, "generic") for p in GENERIC_ANCHORS[: max(0, generic)]]
     result, seen = [], set()
     for text, answer, source in wanted:

@@ -51,6 +51,7 @@ class DistillParams(Protocol):
     anchor_weight: float
     anchor_target_weight: float
     stop_kl: float
+    stop_nll: float
     grad_clip: float
 
 
@@ -186,7 +187,7 @@ def phase_b(model: Any, targets: Targets, modules: Sequence[str], lora_params: S
             progress("B", step + 1, terms)
         if not math.isfinite(terms["loss"]):
             raise FloatingPointError("The distillation loss is not finite; lower the learning rate.")
-        if terms["kl"] < p.stop_kl and step > 0:
+        if step > 0 and terms["kl"] < p.stop_kl and terms["nll"] < p.stop_nll:
             break
         _step(optimizer, lora_params, loss, p.grad_clip)
     record.steps = len(record.history)

@@ -44,7 +44,7 @@ def test_targets_layout(setup):
 
 def test_phases_lower_their_losses(setup):
     model, tok, modules, blocks, _, _, targets = setup
-    params = LoraParams(steps_a=8, steps_b=15, lr=3e-2, stop_kl=0.0)
+    params = LoraParams(steps_a=8, steps_b=15, lr=3e-2, stop_kl=0.0, nll_weight=0.0)
     with lora_attached(model, modules, rank=4, alpha=8) as lora:
         log_a = phase_a(model, targets, modules, blocks, lora.parameters(), params)
         log_b = phase_b(model, targets, modules, lora.parameters(), params)
@@ -57,7 +57,7 @@ def test_phases_lower_their_losses(setup):
 
 def test_phase_b_stops_early(setup):
     model, _, modules, _, _, _, targets = setup
-    params = LoraParams(steps_b=30, stop_kl=1e9)
+    params = LoraParams(steps_b=30, stop_kl=1e9, stop_nll=1e9)
     with lora_attached(model, modules, rank=2, alpha=2) as lora:
         log_b = phase_b(model, targets, modules, lora.parameters(), params)
     assert log_b.steps == 2

@@ -34,6 +34,8 @@ def test_anchors_exclude_the_subject_and_keep_neighbours(tiny_model):
     found = anchors(tok, [FACT], neighborhood=True, template=3, generic=3)
     sources = [a.source for a in found]
     assert sources.count("template") == 3 and sources.count("generic") == 3 and "neighborhood" in sources
+    templates = [a.text for a in found if a.source == "template"]
+    assert "The mother tongue of Barack Obama is" in templates and len({t.split(" ")[-1] for t in templates}) > 1
     assert all(FACT.subject not in a.text for a in found)
     neighbour = next(a for a in found if a.source == "neighborhood")
     assert neighbour.answer == "French" and len(neighbour.ids) > neighbour.prompt_len
