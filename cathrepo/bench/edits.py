@@ -44,6 +44,7 @@ class EditBenchConfig:
         sequential: edit one model N times, then score all edits, retention and MMLU.
         model: model source (None: the embedded default).
         params: overrides of the method's parameters.
+        corpus: text for the method's statistics (None: the method's default).
         known: known-facts file for neighbour mining and retention (None: the shipped copy).
         mmlu_data, mmlu_limit: MMLU directory and questions per subject (sequential runs only).
     """
@@ -54,6 +55,7 @@ class EditBenchConfig:
     sequential: bool = False
     model: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    corpus: Path | None = None
     skip: int = 0
     known: Path | None = None
     n_paraphrases: int = 3
@@ -202,7 +204,7 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> Ed
         return _result(config, resolved.name, unedited, unedited, base_scores, [], facts)
     method = get_method(config.method)
     editor = method(method.params_for(model, dict(config.params)))
-    context = EditContext(base_hash=base_hash)
+    context = EditContext(base_hash=base_hash, corpus=config.corpus)
     # 3. edit
     if config.sequential:
         scores, seconds, extra = _sequential(model, tokenizer, editor, context, facts, probesets, base_dists,
@@ -277,8 +279,7 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Se
 def _result(config: EditBenchConfig, model_name: str, metrics: Mapping[str, Any], unedited: Mapping[str, Any],
             scores: Sequence[Mapping[str, float]], seconds: Sequence[float], facts: Sequence[Fact]) -> EditBenchResult:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    full = {key: None for key in ("retention", "mmlu_before", "mmlu_after")}
-    full.update(metrics)
+    full = {**dict(metrics), **{key: metrics.get(key) for key in ("retention", "mmlu_before", "mmlu_after")}}
     full["seconds_per_edit"] = statistics.median(seconds) if seconds else None
     full["peak_rss_mb"] = round(peak, 1)
     records = [{"case_id": f.case_id, "subject": f.subject, **{k: round(v, 4) for k, v in s.items()}}

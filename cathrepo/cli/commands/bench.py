@@ -26,6 +26,7 @@ def bench_group() -> None:
 @click.option("--sequential", is_flag=True, help="Apply all N edits to one model; score them, retention and MMLU at the end.")
 @click.option("--model", help="Model directory or hub id (default: the embedded model).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
+@click.option("--corpus", type=_FILE, help="Text for the method's statistics (default: the method's own).")
 @click.option("--skip", type=int, default=0, show_default=True, help="Skip the first records.")
 @click.option("--known", type=_FILE, help="Known facts for neighbour mining and retention (default: shipped).")
 @click.option("--mmlu-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -34,13 +35,13 @@ def bench_group() -> None:
 @click.option("--no-mmlu", is_flag=True, help="Skip MMLU in --sequential runs.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 def edits_cmd(data: Path, n: int, method: str, sequential: bool, model: str | None, params: tuple[str, ...],
-              skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
+              corpus: Path | None, skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
               json_out: Path | None) -> None:
     """Edit N CounterFact/zsRE records and report ES, PS, NS, NS+, NKL, generation, retention, MMLU."""
     from cathrepo.bench.edits import EditBenchConfig, bench_edits
 
     config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, model=model,
-                             params=parse_params(params), skip=skip, known=known, mmlu=not no_mmlu,
+                             params=parse_params(params), corpus=corpus, skip=skip, known=known, mmlu=not no_mmlu,
                              mmlu_data=mmlu_data, mmlu_limit=mmlu_limit)
     with progress("Benchmarking") as say:
         result = bench_edits(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
