@@ -2,9 +2,14 @@
 
 The teacher is the base model with the fact (or a passage) in its context; the student is the same model
 on the bare prompt. Copying one teacher activation (a module's output at one layer, at one token or at
-every token from the subject on) into the student's run and measuring the target's probability shows
-where the context's information would have to be written for the student to answer like the teacher.
-That is exactly the question an edit asks, so patching is the default locator of the LoRA trainer.
+all the subject's tokens) into the student's run and measuring the target's probability shows where the
+context's information would have to be written for the student to answer like the teacher.
+
+Per-layer scores patch the subject's tokens only. Patching the last token finds where the teacher
+*reads* the fact from its context (attention in the last third of the network); a write there acts on
+every prompt of the relation and bleeds into other subjects (measured: neighbourhood score 0.4 against
+0.7 at a fixed layer on 10 CounterFact records). At the subject's tokens the same patch finds the MLPs
+whose output, for this subject, carries the new fact: the place to write an edit that stays local.
 
 Tokens are aligned by :func:`~cathrepo.attribution.align`: the student's prompt tokens are the last tokens
 of the teacher's sequence. Per-token runs are grouped by token with the student's clean prefix as a KV
@@ -53,7 +58,7 @@ def patch(
         model: the base model (left unchanged).
         tokenizer: its tokenizer.
         prompt: the student's prompt (contains ``subject``).
-        subject: the subject; per-layer scores patch every token from its first on.
+        subject: the subject; per-layer scores patch its tokens.
         target: the answer the context teaches.
         context: the teacher's context; None states the fact twice
             (:func:`~cathrepo.facts.passage.stated_context`).
@@ -62,9 +67,9 @@ def patch(
 
     Returns:
         A ScoreMap: ``scores[kind][layer][token]`` is p(target's first token) in the student with that one
-        activation patched, ``layer_scores[kind][layer]`` the gain in log p(target) with all tokens from
-        the subject on patched (log, so that a target the student finds very unlikely still ranks the
-        layers), ``low``/``high`` the student's and the teacher's probabilities.
+        activation patched, ``layer_scores[kind][layer]`` the gain in log p(target) with the subject's
+        tokens patched (log, so that a target the student finds very unlikely still ranks the layers),
+        ``low``/``high`` the student's and the teacher's probabilities.
     """
     import torch
 
@@ -88,8 +93,8 @@ def patch(
     with torch.no_grad():
         low = _prob(model(input_ids=student, logits_to_keep=1), answer)[0]
 
-    # 2. Per layer: patch every token from the subject on, all layers of a kind in one batch.
-    positions = list(range(al.subject[0], n_tokens))
+    # 2. Per layer: patch the subject's tokens, all layers of a kind in one batch.
+    positions = list(range(*al.subject))
     layer_scores = {}
     for kind in kinds:
         probs = _patched_run(model, student, names[kind], teacher, positions, None, answer)
@@ -118,7 +123,7 @@ def patch(
         high=float(high),
         layer_scores=layer_scores,
         meta={"context": context, "seconds": round(seconds, 3),
-              "answer_token": answer, "per_layer_positions": [positions[0], n_tokens]},
+              "answer_token": answer, "per_layer_positions": list(al.subject)},
     )
 
 
@@ -131,7 +136,7 @@ def _log_gain(probs: torch.Tensor, low: torch.Tensor | float) -> list[float]:
 
 
 def layer_gains(model: Any, tokenizer: Any, al: Aligned, answer: int, kind: str) -> tuple[list[float], float, float]:
-    """Per-layer gain in log p(answer) with all tokens from the subject on patched, plus (low, high)."""
+    """Per-layer gain in log p(answer) with the subject's tokens patched, plus (low, high)."""
     import torch
 
     from cathrepo.models import model_device
@@ -144,7 +149,7 @@ def layer_gains(model: Any, tokenizer: Any, al: Aligned, answer: int, kind: str)
     with torch.no_grad():
         low = _prob(model(input_ids=student, logits_to_keep=1), answer)[0]
     teacher = {n: rec.outputs[n][0, al.shift :] for n in names}
-    positions = list(range(al.subject[0], len(al.student)))
+    positions = list(range(*al.subject))
     probs = _patched_run(model, student, names, teacher, positions, None, answer)
     return _log_gain(probs, low), float(low), float(high)
 

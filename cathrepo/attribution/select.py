@@ -8,7 +8,8 @@ the edit record, so a reviewer sees why the edit sits where it sits.
 What each locator scores per layer:
 
 - ``patching`` (default): the gain in log p(new target) in the student after patching the teacher's
-  (fact in context) module outputs at every token from the subject on. The question an edit asks.
+  (fact in context) module outputs at the subject's tokens: where, for this subject, the new fact
+  would have to be written (see :mod:`~cathrepo.attribution.patching` for why not the last token).
 - ``causal_trace``: p(true answer) with the subject corrupted and one module's clean output restored,
   best over the subject tokens. Where the old fact is recalled (ROME's choice of layer).
 - ``saliency``: |gradient × activation| of log p(new target), summed over the tokens from the subject on.
