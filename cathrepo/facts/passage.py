@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cathrepo.exceptions import InvalidInputError
@@ -79,6 +80,21 @@ class Passage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "title": self.title, "source": self.source}
+
+    @classmethod
+    def from_file(cls, path: Path) -> Passage:
+        """Read a UTF-8 text (or Markdown) file; a first line ``# Title`` becomes the title."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InvalidInputError(f"No such file: '{path}'.") from None
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"'{path}' is not UTF-8 text.", hint="Pass a plain-text passage.") from None
+        title = None
+        lines = text.strip().splitlines()
+        if lines and lines[0].startswith("#"):
+            title, text = lines[0].lstrip("#").strip() or None, "\n".join(lines[1:])
+        return cls(text=text.strip(), title=title, source=str(path))
 
 
 @dataclass(frozen=True)

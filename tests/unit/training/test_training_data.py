@@ -53,6 +53,15 @@ def test_passage_probes():
     assert len(synthesize_questions(PASSAGE, max_questions=2)) == 2
 
 
+def test_passage_from_file(tmp_path):
+    path = tmp_path / "zorblat.md"
+    path.write_text("# The Zorblat Institute\n\n" + PASSAGE + "\n", encoding="utf-8")
+    passage = Passage.from_file(path)
+    assert passage.title == "The Zorblat Institute" and passage.text == PASSAGE and passage.source == str(path)
+    with pytest.raises(InvalidInputError, match="No such file"):
+        Passage.from_file(tmp_path / "missing.txt")
+
+
 def test_passage_without_probes_is_refused():
     with pytest.raises(InvalidInputError, match="probe"):
         synthesize_questions("hello there")
