@@ -66,7 +66,7 @@ class EditBenchConfig:
     mmlu: bool = True
     mmlu_data: Path | None = None
     mmlu_limit: int = 0
-    batch_size: int = 64
+    batch_size: int = 128
 
 
 @dataclass

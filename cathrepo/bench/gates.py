@@ -28,7 +28,7 @@ class GateBenchConfig:
     known: Path | None = None
     n_paraphrases: int = 3
     n_neighbors: int = 3
-    batch_size: int = 64
+    batch_size: int = 128
     dtype: str = "float32"
     stage: str = "edit"
     seed: int = 0

@@ -103,7 +103,7 @@ class GatePolicy:
     mmlu_max_drop: float = _f(0.01, "Largest accuracy drop vs the base model (0.01 = 1 point).")
     perplexity_data: str = _f("", "Held-out text file; empty: the text shipped with cathrepo.")
     perplexity_max_growth: float = _f(0.05, "Largest relative perplexity growth on held-out text, vs before.")
-    batch_size: int = _f(64, "Rows per forward pass in teacher-forced scoring.")
+    batch_size: int = _f(128, "Rows per forward pass in teacher-forced scoring.")
 
     def __post_init__(self) -> None:
         self.stages = {**DEFAULT_STAGES, **{k: tuple(v) for k, v in self.stages.items()}}

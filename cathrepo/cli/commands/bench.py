@@ -57,7 +57,7 @@ def edits_cmd(data: Path, n: int, method: str, sequential: bool, model: str | No
 @click.option("--data", required=True, type=_FILE, help="CounterFact or zsRE records (probe sets are built from them).")
 @click.option("--n", "n", type=int, default=1000, show_default=True, help="Active edits in the regression suite.")
 @click.option("--model", help="Model directory or hub id (default: the embedded model).")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Rows per forward pass.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Rows per forward pass.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Precision the suite is scored in.")
 @click.option("--stage", type=click.Choice(["edit", "merge"]), default="edit", show_default=True,
