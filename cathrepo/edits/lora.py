@@ -170,7 +170,7 @@ class LoraMethod(EditMethod):
             params = lora.parameters()
             log_a = phase_a(model, targets, modules, blocks, params, p, replay)
             log_b = phase_b(model, targets, modules, params, p, replay)
-            delta = lora.delta(base_model=context.base_hash)
+            delta = lora.delta(base_model=getattr(model, "name_or_path", ""))
         if not all(bool(f.A.isfinite().all() and f.B.isfinite().all()) for f in delta.factors.values()):
             raise EditFailedError("The LoRA trainer produced non-finite weights.", hint="Lower lr.")
         seconds = time.perf_counter() - started

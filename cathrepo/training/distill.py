@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cathrepo.attribution.hooks import capture, edit_input, edit_output
+from cathrepo.exceptions import EditFailedError
 from cathrepo.training.targets import Targets
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ def phase_b(model: Any, targets: Targets, modules: Sequence[str], lora_params: S
         if progress:
             progress("B", step + 1, terms)
         if not math.isfinite(terms["loss"]):
-            raise FloatingPointError("The distillation loss is not finite; lower the learning rate.")
+            raise EditFailedError("The distillation loss is not finite.", hint="Lower the LoRA lr.")
         if step > 0 and terms["kl"] < p.stop_kl and terms["nll"] < p.stop_nll:
             break
         _step(optimizer, lora_params, loss, p.grad_clip)
