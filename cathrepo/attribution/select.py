@@ -7,7 +7,7 @@ the edit record, so a reviewer sees why the edit sits where it sits.
 
 What each locator scores per layer:
 
-- ``patching`` (default): the gain in log p(new target) in the student after patching the teacher's
+- ``patching`` (the default here; the LoRA trainer defaults to ``causal_trace``): the gain in log p(new target) in the student after patching the teacher's
   (fact in context) module outputs at the subject's tokens: where, for this subject, the new fact
   would have to be written (see :mod:`~cathrepo.attribution.patching` for why not the last token).
 - ``causal_trace``: p(true answer) with the subject corrupted and one module's clean output restored,

@@ -1,7 +1,8 @@
 """``--method lora``: a LoRA on the attributed modules, trained by two-phase distillation (stage ④).
 
-1. Locate: :func:`~cathrepo.attribution.select.select_sites` ranks the layers for the facts (teacher →
-   student patching by default) unless ``layers`` are given; the adapter goes on the chosen projections.
+1. Locate: :func:`~cathrepo.attribution.select.select_sites` ranks the layers for the facts (causal
+   tracing within ``layer_window`` of ROME's layer by default) unless ``layers`` are given; the adapter
+   goes on the chosen projections.
 2. Data: teacher/student pairs (the fact stated, or the passage, in the teacher's context) and anchors
    (:mod:`cathrepo.training.data`), recorded as the edit's ``data.jsonl``.
 3. Targets: one no-grad pass of the teacher and of the base model (:mod:`cathrepo.training.targets`).
@@ -35,15 +36,24 @@ def _help(text: str, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class LoraParams:
-    """Parameters of a LoRA distillation edit (defaults measured on SmolLM2-135M, see BENCHMARKS.md)."""
+    """Parameters of a LoRA distillation edit.
+
+    Defaults were chosen on 30 CounterFact records with SmolLM2-135M, neighbourhood prompts not trained
+    on. Where attribution may pick (``attribution``, ``layer_window``), measured as ES / PS / NS:
+    causal tracing within 2 layers of ROME's layer 1.00 / 0.80 / 0.67, ROME's fixed layer 6
+    (``layers=(6,)``) 1.00 / 0.80 / 0.70 and a third faster, causal tracing anywhere 1.00 / 0.73 / 0.67,
+    subject-token patching anywhere 1.00 / 0.80 / 0.50 (unedited NS 0.67).
+    """
 
     rank: int = _help("LoRA rank r of each adapted projection.", 4)
     alpha: float = _help("LoRA alpha; PEFT scales the update by alpha / r.", 8.0)
     kind: str = _help("Module kind to attribute and adapt: mlp (MLP output projection), attn "
                       "(attention output projection) or hidden (residual, adapted at the MLP).", "mlp")
     layers: tuple[int, ...] | None = _help("Explicit layers to adapt; None lets attribution choose.", None)
-    attribution: str = _help("Locator that chooses the layers: patching, causal_trace or saliency.", "patching")
+    attribution: str = _help("Locator that chooses the layers: causal_trace, patching or saliency.", "causal_trace")
     top_k: int = _help("Number of layers attribution chooses.", 1)
+    layer_window: int | None = _help("Attribution chooses only layers within this distance of the family's "
+                                     "default edit layer (ROME's); None lets it choose any layer.", 2)
     attribution_facts: int = _help("At most this many facts are attributed (a passage's first probes).", 4)
     steps_a: int = _help("Phase A steps: teacher-fed layer inputs, fit the teacher's module outputs.", 5)
     steps_b: int = _help("Phase B steps (maximum): the student's own inputs, MSE + KL + anchors.", 25)
@@ -86,6 +96,8 @@ class LoraParams:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
             if not self.layers or min(self.layers) < 0:
                 raise InvalidInputError("LoRA layers must be non-negative layer indices.")
+        if self.layer_window is not None and self.layer_window < 0:
+            raise InvalidInputError("LoRA layer_window must be >= 0 (or None for any layer).")
         for name in ("top_k", "attribution_facts"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"LoRA parameter {name} must be at least 1.")
@@ -126,7 +138,7 @@ class LoraMethod(EditMethod):
     def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], context: EditContext) -> EditResult:
         from cathrepo.attribution import ADAPTER_TEMPLATES
         from cathrepo.attribution.select import SiteSelection, select_sites
-        from cathrepo.models import family_for, num_layers
+        from cathrepo.models import default_edit_layer, family_for, num_layers
         from cathrepo.training import data as training_data
         from cathrepo.training.adapters import lora_attached
         from cathrepo.training.distill import phase_a, phase_b
@@ -143,9 +155,13 @@ class LoraMethod(EditMethod):
         selection: SiteSelection | None = None
         if p.layers is None:
             passage = getattr(facts[0], "passage", "") or None
+            allowed = None
+            if p.layer_window is not None:
+                center = default_edit_layer(model)
+                allowed = [j for j in range(n_layers) if abs(j - center) <= p.layer_window]
             selection = select_sites(model, tokenizer, list(facts)[: p.attribution_facts], method=p.attribution,
-                                     kind=p.kind, top_k=min(p.top_k, n_layers),
-                                     context=passage + "\n\n" if passage else None)
+                                     kind=p.kind, top_k=min(p.top_k, len(allowed or range(n_layers))),
+                                     context=passage + "\n\n" if passage else None, layers=allowed)
             layers = sorted(selection.layers)
         else:
             if max(p.layers) >= n_layers:

@@ -93,6 +93,17 @@ def test_compute_with_attribution(tiny_llama, attribution):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_layer_window_keeps_attribution_near_the_default_layer(tiny_llama):
+    from cathrepo.models import default_edit_layer
+
+    model, tok, _ = tiny_llama
+    result = LoraMethod(LoraParams(attribution="saliency", layer_window=0, **FAST)).compute(
+        model, tok, [FACT], EditContext())
+    assert result.site["layers"] == [default_edit_layer(model)]
+    with pytest.raises(InvalidInputError):
+        LoraParams(layer_window=-1)
+
+
 def test_compute_passage(tiny_llama):
     model, tok, _ = tiny_llama
     probes = synthesize_questions("The Eiffel Tower is located in the city of Paris. It was built by "
