@@ -1,0 +1,45 @@
+"""The LoRA distillation trainer on the real embedded model. Run with ``pytest -m slow``.
+
+One CounterFact record each: after the edit the new target beats the true one on the rewrite prompt,
+the model is bit-identical afterwards, and the adapter is a few tens of kilobytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cathrepo.edits.base import EditContext
+from cathrepo.edits.delta import applied
+from cathrepo.edits.lora import LoraMethod, LoraParams
+from cathrepo.facts.schema import load_facts
+from cathrepo.gates.scoring import prefers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads made one edit take 400 s, not 20 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+DATA = Path(__file__).parents[1] / "data"
+
+
+@pytest.mark.parametrize("case", [0, 5])
+def test_lora_edit_is_effective(smollm2, case):
+    model, tok, _ = smollm2
+    fact = next(f for f in load_facts(DATA / "counterfact-sample.json") if f.case_id == case)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (new0, old0), = prefers(model, tok, [fact.prompt], [fact.target_new], [fact.target_true])
+    assert new0 < old0  # the model knows the true answer
+    result = LoraMethod(LoraParams(layers=(6,))).compute(model, tok, [fact], EditContext())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert result.info["adapter_bytes"] < 64_000
+    with applied(model, result.delta):
+        (new, old), = prefers(model, tok, [fact.prompt], [fact.target_new], [fact.target_true])
+    assert new > old, (new, old)
