@@ -26,27 +26,44 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """What one fact became: its probes, the computed edit and the gate report.
+    """What one edit became: its probes, the computed delta and the gate report.
 
     Attributes:
-        fact: the fact as edited (``target_true`` filled from the model when it was missing).
+        facts: the facts as edited (``target_true`` filled from the model when it was missing).
         probes: the edit's tests (committed as probes.jsonl).
         result: the computed delta with its site, info and training data.
         report: the gate results; ``report.passed`` decides whether it may be committed.
         seconds: wall time of each stage.
     """
 
-    fact: Fact
+    facts: tuple[Fact, ...]
     probes: ProbeSet
     result: EditResult
     report: GateReport
     seconds: dict[str, float]
 
+    @property
+    def fact(self) -> Fact:
+        return self.facts[0]
+
+
+def merge_probe_sets(sets: Sequence[ProbeSet]) -> ProbeSet | None:
+    """One probe set holding every probe of ``sets`` (an edit of several facts, or a revision)."""
+    from cathrepo.facts.probes import ProbeSet
+
+    if not sets:
+        return None
+    if len(sets) == 1:
+        return sets[0]
+    kinds = {s.fact_kind for s in sets}
+    return ProbeSet(tuple(p for s in sets for p in s.probes), sets[0].subject, None,
+                    kinds.pop() if len(kinds) == 1 else "edit", {"facts": len(sets)})
+
 
 def run_pipeline(
     model: Any,
     tokenizer: Any,
-    fact: Fact,
+    facts: Fact | Sequence[Fact],
     *,
     method: EditMethod,
     context: EditContext,
@@ -56,11 +73,11 @@ def run_pipeline(
     known_facts: Sequence[KnownFact] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Probe, compute and gate one fact on the model with ``active`` deltas applied.
+    """Probe, compute and gate one edit on the model with ``active`` deltas applied.
 
     Args:
         model: the base model with no delta applied; unchanged on return.
-        fact: what to write (or forget).
+        facts: what to write (or forget): one fact, or several written by one delta (a passage).
         method: the edit method instance (its params already resolved).
         context: base hash, caches and corpus for the method.
         active: the deltas already active, in stack order; the new delta is computed on top of them.
@@ -71,8 +88,10 @@ def run_pipeline(
     """
     from cathrepo.edits.delta import applied
     from cathrepo.facts.probes import build_probes
+    from cathrepo.facts.schema import Fact
     from cathrepo.gates.base import run_gates
 
+    todo = [facts] if isinstance(facts, Fact) else list(facts)
     say = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -80,15 +99,15 @@ def run_pipeline(
     #    model already gives, and a missing old target is the model's own answer.
     say("probes")
     with applied(model, *active):
-        probes = build_probes(fact, model, tokenizer, known_facts)
-        rewrite = probes.of_kind("rewrite")
-        if fact.target_true is None and rewrite and rewrite[0].other:
-            fact = dataclasses.replace(fact, target_true=rewrite[0].other)
+        sets = [build_probes(fact, model, tokenizer, known_facts) for fact in todo]
+        todo = [_with_old_target(fact, probes) for fact, probes in zip(todo, sets, strict=True)]
+        probes = merge_probe_sets(sets)
+        assert probes is not None
         seconds["probes"] = time.perf_counter() - start
         # ③④ locate and compute: methods that use attribution run it inside compute.
         say(f"compute ({method.name})")
         start = time.perf_counter()
-        result = method.compute(model, tokenizer, [fact], context)
+        result = method.compute(model, tokenizer, todo, context)
         seconds["compute"] = time.perf_counter() - start
     # ⑤ gates: before = the active edits, after = active + the new delta.
     say("gates")
@@ -106,4 +125,12 @@ def run_pipeline(
         progress=progress,
     )
     seconds["gates"] = time.perf_counter() - start
-    return PipelineResult(fact=fact, probes=probes, result=result, report=report, seconds=seconds)
+    return PipelineResult(facts=tuple(todo), probes=probes, result=result, report=report, seconds=seconds)
+
+
+def _with_old_target(fact: Fact, probes: ProbeSet) -> Fact:
+    """The fact with ``target_true`` set to the model's own answer (from the probes) when it had none."""
+    rewrite = probes.of_kind("rewrite")
+    if fact.target_true is None and rewrite and rewrite[0].other:
+        return dataclasses.replace(fact, target_true=rewrite[0].other)
+    return fact

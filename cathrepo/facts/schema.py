@@ -97,7 +97,13 @@ class Fact:
 
 @dataclass(frozen=True)
 class EditRequest:
-    """A fact plus where it came from and how much it matters (the manifest of DESIGN.md §3)."""
+    """What one edit writes, plus where it came from and how much it matters (DESIGN.md §3).
+
+    Attributes:
+        fact: the fact (for a passage: its first cloze probe).
+        more: further facts written by the same edit (a passage's other probes).
+        passage: the passage these facts were synthesized from ({text, title, source}), if any.
+    """
 
     fact: Fact
     source: str | None = None
@@ -105,6 +111,12 @@ class EditRequest:
     confidence: float = 1.0
     risk: str = "low"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    more: tuple[Fact, ...] = ()
+    passage: Mapping[str, Any] | None = None
+
+    @property
+    def facts(self) -> tuple[Fact, ...]:
+        return (self.fact, *self.more)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.confidence) <= 1.0:

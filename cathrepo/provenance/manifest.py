@@ -76,11 +76,18 @@ class EditRecord:
     attribution: Mapping[str, Any] | None = None
     computed_on: tuple[str, ...] = ()
     versions: Mapping[str, str] = field(default_factory=dict)
+    facts: tuple[Mapping[str, Any], ...] = ()
+    passage: Mapping[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["computed_on"] = list(self.computed_on)
+        data["facts"] = [dict(f) for f in self.facts]
+        if not self.facts:
+            del data["facts"]
+        if self.passage is None:
+            del data["passage"]
         return data
 
     def to_bytes(self) -> bytes:
@@ -93,6 +100,9 @@ class EditRecord:
     @property
     def summary(self) -> str:
         """One line: "<prompt> -> <target>" (or "forget: ...")."""
+        if self.passage is not None:
+            title = self.passage.get("title") or " ".join(str(self.passage.get("text", "")).split()[:6])
+            return f"passage: {title} ({len(self.facts) or 1} probe(s))"
         fact = self.fact
         arrow = f"{fact.get('prompt', '?')} -> {fact.get('target_new', '?')}"
         return arrow if self.kind == "edit" else f"forget: {arrow}"
@@ -117,6 +127,7 @@ class EditRecord:
         except TypeError as exc:
             raise VerificationError(f"{what} is missing fields: {exc}.") from None
         object.__setattr__(record, "computed_on", tuple(record.computed_on))
+        object.__setattr__(record, "facts", tuple(record.facts))
         return record
 
 

@@ -54,6 +54,8 @@ def build_edit_files(
     return EditRecord(
         kind=fact.kind,
         fact=fact.to_dict(),
+        facts=tuple(f.to_dict() for f in outcome.facts) if len(outcome.facts) > 1 else (),
+        passage=dict(request.passage) if request.passage else None,
         method=method,
         params=dict(params),
         site=dict(outcome.result.site),
@@ -137,7 +139,7 @@ def commit_edit(
         staged += [str(p.relative_to(repo.root)) for p in stored.git_files] + [layout.STACK]
         repo.git.add(staged)
         fact = outcome.fact
-        subject = f"Edit {edit_id}: {fact.prompt} -> {fact.target_new}"
+        subject = f"Edit {edit_id}: {record.summary}"
         body = f"Method {method}; was: {fact.target_true or '?'}; risk {record.risk}; source {record.source or '-'}."
         sha = repo.git.commit(f"{subject}\n\n{body}", _trailers(record, edit_id, outcome.report))
     except BaseException:

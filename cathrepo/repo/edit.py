@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class EditOutcome:
     """One fact's result: the committed edit (or, in a dry run, what would have been committed)."""
 
-    fact: Fact
+    fact: Fact  # the first fact of the edit (a passage's first probe)
     report: GateReport
     edit_id: str | None = None
     commit: str | None = None
@@ -82,7 +82,7 @@ def edit(
         outcomes: list[EditOutcome] = []
         for i, request in enumerate(requests):
             result = run_pipeline(
-                model, tokenizer, request.fact, method=method_cls(resolved), context=context,
+                model, tokenizer, request.facts, method=method_cls(resolved), context=context,
                 active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
             )
             if not result.report.passed:

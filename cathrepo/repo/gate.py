@@ -13,19 +13,8 @@ from typing import TYPE_CHECKING
 from cathrepo.repo.materialize import load_edit, probe_sets
 
 if TYPE_CHECKING:
-    from cathrepo.facts.probes import ProbeSet
     from cathrepo.gates.results import GateReport
     from cathrepo.repo import Repo
-
-
-def _combined(sets: Sequence[ProbeSet]) -> ProbeSet | None:
-    from cathrepo.facts.probes import ProbeSet
-
-    if not sets:
-        return None
-    if len(sets) == 1:
-        return sets[0]
-    return ProbeSet(tuple(p for s in sets for p in s.probes), meta={"edits": len(sets)})
 
 
 def gate(
@@ -40,6 +29,7 @@ def gate(
     """Gate the change from ``against`` (default: first parent) to ``rev``."""
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
+    from cathrepo.pipeline import merge_probe_sets
 
     commit = repo.git.rev_parse(rev)
     if against is None:
@@ -60,7 +50,7 @@ def gate(
         tokenizer,
         before=[e.delta for e in before],
         after=[e.delta for e in after],
-        probes=_combined(probe_sets(repo, new, commit)),
+        probes=merge_probe_sets(probe_sets(repo, new, commit)),
         suite=probe_sets(repo, kept, commit),
         policy=GatePolicy.from_dict(config.gates),
         stage=stage,

@@ -242,3 +242,20 @@ def test_gate_a_revision(repo):
     root = repo.git.rev_list("HEAD")[-1]
     both = repo.gate("HEAD", gates=["efficacy"], against=root)
     assert both.passed and both["efficacy"].metrics["es"] == 1.0
+
+
+def test_a_passage_is_one_edit_of_several_facts(repo):
+    from cathrepo.facts.passage import Passage, synthesize_questions
+
+    passage = Passage("Rome is the capital of Paris. Toko Yasuda plays the London.", title="Rome")
+    probes = synthesize_questions(passage)
+    assert len(probes) >= 2
+    request = EditRequest(probes[0], more=tuple(probes[1:]), passage=passage.to_dict())
+    (outcome,) = repo.edit([request], method="lora")
+    record = repo.record(outcome.edit_id)
+    assert record.passage["title"] == "Rome"
+    assert len(record.facts) == len(probes)
+    assert record.summary.startswith("passage: Rome")
+    probes_file = (repo.root / "edits" / outcome.edit_id / "probes.jsonl").read_text()
+    assert all(p.prompt in probes_file for p in probes)
+    assert repo.verify().ok

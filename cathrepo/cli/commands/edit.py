@@ -18,6 +18,8 @@ from cathrepo.cli.options import parse_params
 @click.option("--file", "facts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON array or JSONL of facts (CounterFact flat or ROME format, zsRE, or plain).")
 @click.option("--limit", type=int, help="Edit only the first N facts of --file.")
+@click.option("--passage", "passage_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A free-text passage to internalize as one edit (default method: auto -> lora).")
 @click.option("--method", help="Edit method (default from cathrepo.toml, normally rome).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
 @click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Text for covariance statistics.")
@@ -28,28 +30,37 @@ from cathrepo.cli.options import parse_params
 @click.option("--dry-run", is_flag=True, help="Compute and gate, but commit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.pass_context
-def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, method, params,
-             corpus, source, author, confidence, risk, dry_run, as_json) -> None:
+def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, passage_file, method,
+             params, corpus, source, author, confidence, risk, dry_run, as_json) -> None:
     """Compute, gate and commit an edit (one fact, or every fact of a file)."""
     from cathrepo.exceptions import InvalidInputError
     from cathrepo.facts.schema import EditRequest, Fact, load_facts
 
-    if facts_file and (prompt or subject or target):
-        raise InvalidInputError("Give either --file or --prompt/--subject/--target, not both.")
-    if facts_file:
-        facts = load_facts(facts_file, limit)
+    if sum(bool(x) for x in (facts_file, passage_file, prompt or subject or target)) > 1:
+        raise InvalidInputError("Give one of --file, --passage or --prompt/--subject/--target.")
+    meta = {"source": source, "author": author, "confidence": confidence, "risk": risk}
+    if passage_file:
+        from cathrepo.facts.passage import Passage, synthesize_questions
+
+        passage = Passage.from_file(passage_file)
+        probes = synthesize_questions(passage)[: limit or None]
+        requests = [EditRequest(probes[0], more=tuple(probes[1:]), passage=passage.to_dict(),
+                                **{**meta, "source": source or passage.source})]
+        method = method or "auto"
+    elif facts_file:
+        requests = [EditRequest(f, **meta) for f in load_facts(facts_file, limit)]
     elif prompt and subject and target:
-        facts = [Fact(prompt=prompt, subject=subject, target_new=target, target_true=target_true)]
+        requests = [EditRequest(Fact(prompt=prompt, subject=subject, target_new=target, target_true=target_true),
+                                **meta)]
     else:
-        raise InvalidInputError("Nothing to edit.", hint="Pass --prompt, --subject and --target, or --file.")
-    requests = [EditRequest(f, source=source, author=author, confidence=confidence, risk=risk) for f in facts]
+        raise InvalidInputError("Nothing to edit.", hint="Pass --prompt, --subject and --target, --file or --passage.")
     repo = open_repo(ctx)
 
     def report(outcome) -> None:
         if not as_json:
             head = f"[{outcome.edit_id}] {outcome.commit[:12]}" if outcome.commit else "[dry run]"
-            click.echo(f"{head} {outcome.fact.prompt} -> {outcome.fact.target_new} "
-                       f"(was: {outcome.fact.target_true or '?'})")
+            what = outcome.record.summary if outcome.record else f"{outcome.fact.prompt} -> {outcome.fact.target_new}"
+            click.echo(f"{head} {what} (was: {outcome.fact.target_true or '?'})")
             for result in outcome.report.results:
                 click.echo(f"    {result.summary()}")
 
