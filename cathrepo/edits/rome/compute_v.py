@@ -108,6 +108,45 @@ def _prefix_cache(model: Any, b: dict[str, Any]) -> Any:
     return output_cache(out)
 
 
+def _read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any) -> torch.Tensor:
+    """Log-probabilities at the positions the loss reads: each target token's, then the essence row's.
+
+    With the model split into body and head, the vocabulary projection runs only at those positions.
+    """
+    import torch
+
+    from cathrepo.models import cache_kwargs
+
+    runner = split[0] if split else model
+    out = runner(
+        input_ids=b["suffix_ids"],
+        attention_mask=b["mask"],
+        position_ids=b["suffix_pos"],
+        **(cache_kwargs(runner, copy.deepcopy(cache)) if cache is not None else {}),
+    )
+    states = out.last_hidden_state if split else out.logits  # (batch, suffix, d_model or vocab)
+    last = states.shape[0] - 1
+    picked = torch.cat([states[b["rows"], b["positions"]], states[last, :1]], dim=0)
+    logits = split[1](picked) if split else picked
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def working_copy(model: Any, precision: str) -> Any:
+    """The model to optimise on: itself, or a bfloat16 copy of its current weights (active deltas
+    included) where bfloat16 matmuls are faster. δ stays float32; the gates judge the float32 result."""
+    import copy as copying
+
+    import torch
+
+    from cathrepo.attribution.causal_trace import bf16_is_fast
+    from cathrepo.models import model_device
+
+    use_bf16 = precision == "bfloat16" or (precision == "auto" and bf16_is_fast(model_device(model)))
+    if not use_bf16 or next(model.parameters()).dtype == torch.bfloat16:
+        return model
+    return copying.deepcopy(model).to(torch.bfloat16)
+
+
 def optimise_value(
     model: Any,
     tokenizer: Any,
@@ -121,38 +160,33 @@ def optimise_value(
     import torch
 
     from cathrepo.attribution.hooks import edit_output
-    from cathrepo.models import cache_kwargs, model_device
+    from cathrepo.models import hidden_and_head, model_device
 
+    model = working_copy(model, params.precision)
     device = model_device(model)
     b = {k: v.to(device) if hasattr(v, "to") else v for k, v in _batch(tokenizer, fact, target_ids, prefixes).items()}
-    n_rows = b["suffix_ids"].shape[0]
     cache = _prefix_cache(model, b)
+    split = hidden_and_head(model)
     state: dict[str, Any] = {}
     delta: torch.Tensor | None = None
 
     def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (batch, suffix, d_out); column 0 = subject
         nonlocal delta
         if "v0" not in state:
-            state["v0"] = out[0, 0].detach().clone()
+            state["v0"] = out[0, 0].detach().float()
         if delta is None:
             delta = torch.zeros(out.shape[-1], device=device, requires_grad=True)
-        return torch.cat([(out[:, :1] + delta), out[:, 1:]], dim=1)
+        return torch.cat([(out[:, :1] + delta).to(out.dtype), out[:, 1:]], dim=1)
 
     optimizer: torch.optim.Optimizer | None = None
     nll_start = nll = kl = float("nan")
     steps = 0
     with edit_output(model, {module: add_delta}), torch.enable_grad():
         for step in range(params.v_steps + 1):
-            logits = model(
-                input_ids=b["suffix_ids"],
-                attention_mask=b["mask"],
-                position_ids=b["suffix_pos"],
-                **(cache_kwargs(model, copy.deepcopy(cache)) if cache is not None else {}),
-            ).logits  # (batch, suffix, vocab)
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            token_lp = logp[b["rows"], b["positions"], b["tokens"]]  # (n_rewrite * n_target,)
+            logp = _read_logprobs(model, split, b, cache)  # (n_rewrite * n_target + 1, vocab)
+            token_lp = logp[:-1].gather(1, b["tokens"][:, None]).squeeze(1)
             nll_t = -token_lp.view(b["n_rewrite"], b["n_target"]).mean(1).mean()
-            essence = logp[n_rows - 1, 0]
+            essence = logp[-1]
             if "p0" not in state:
                 state["p0"] = essence.detach()
             kl_t = torch.nn.functional.kl_div(essence, state["p0"], log_target=True, reduction="sum")

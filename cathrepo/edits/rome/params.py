@@ -34,6 +34,7 @@ class RomeParams:
     cov_reg: float = _help("Ridge added to the key covariance, relative to its mean eigenvalue.", 1e-2)
     corpus_tokens: int = _help("Corpus tokens used for the key covariance statistics.", 100_000)
     seed: int = _help("Seed of the context-prefix sampling.", 0)
+    precision: str = _help("Value optimisation: auto (bfloat16 where faster), float32 or bfloat16.", "auto")
 
     def __post_init__(self) -> None:
         if self.layer is not None and self.layer < 0:
@@ -43,6 +44,9 @@ class RomeParams:
                 raise InvalidInputError(f"ROME parameter {name} must be positive.")
         if self.n_context < 0:
             raise InvalidInputError("ROME parameter n_context must be >= 0.")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise InvalidInputError(f"ROME precision '{self.precision}' is unknown.",
+                                    hint="Use auto, float32 or bfloat16.")
         if not 0 < self.clamp_norm_factor:
             raise InvalidInputError("ROME parameter clamp_norm_factor must be positive.")
 

@@ -10,11 +10,11 @@ import torch
 from cathrepo.edits.base import EditContext, get_method
 from cathrepo.edits.delta import applied
 from cathrepo.edits.rome.compute_u import key_vector
-from cathrepo.edits.rome.compute_v import _batch, _prefix_cache
+from cathrepo.edits.rome.compute_v import _batch, _prefix_cache, _read_logprobs, working_copy
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.gates.scoring import continuation_ids, mean_logprob
-from cathrepo.models import cache_kwargs, get_module, linear_weight
+from cathrepo.models import cache_kwargs, get_module, hidden_and_head, linear_weight
 
 # On random-init models attention barely carries information between positions, so the tiny-model
 # tests put the subject last: δ then acts on the position that predicts the target.
@@ -90,6 +90,34 @@ def test_prefix_cache_matches_full_forward(tiny_model):
             logp = model(input_ids=full).logits.log_softmax(-1)[0]
         expected += [logp[len(ids) - 1 + j, t] for j, t in enumerate(target)]
     assert torch.allclose(got, torch.stack(expected), atol=1e-4)
+
+
+def test_head_only_where_the_loss_reads_matches_the_full_model(tiny_model):
+    """Body then head at the loss's positions gives the full model's log-probs (incl. the essence row)."""
+    model, tok, _ = tiny_model
+    b = _batch(tok, FACT, continuation_ids(tok, FACT.target_new), ["", "I went home. "])
+    cache = _prefix_cache(model, b)
+    split = hidden_and_head(model)
+    assert split is not None
+    with torch.no_grad():
+        fast = _read_logprobs(model, split, b, cache)
+        full = _read_logprobs(model, None, b, cache)
+    assert fast.shape == (len(b["tokens"]) + 1, full.shape[1])
+    assert torch.allclose(fast, full, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_value_precision_keeps_the_model_and_still_edits(tiny_llama, context, precision):
+    model, tok, _ = tiny_llama
+    copy_ = working_copy(model, precision)
+    assert (copy_ is model) == (precision == "float32")
+    assert next(model.parameters()).dtype == torch.float32
+    result = get_method("rome")(_params(model, precision=precision)).compute(model, tok, [FACT], context)
+    with applied(model, result.delta):
+        new = mean_logprob(model, tok, [FACT.prompt] * 2, ["Paris", "Tokyo"])
+    assert new[0] > new[1]
+    with pytest.raises(InvalidInputError, match="precision"):
+        _params(model, precision="fp8")
 
 
 def test_several_facts_concatenate_ranks(tiny_llama, context):
