@@ -90,3 +90,17 @@ def test_help_is_fast_and_lists_commands(tmp_path):
     check = subprocess.run([sys.executable, "-c", "import sys, cathrepo.cli; "
                             "sys.exit('torch' in sys.modules or 'dvc' in sys.modules)"])
     assert check.returncode == 0, "cathrepo --help must not import torch or dvc"
+
+
+def test_edit_a_passage_is_one_commit(repo_dir, tmp_path):
+    passage = tmp_path / "rome.md"
+    passage.write_text("# Rome\nRome is the capital of Paris. Toko Yasuda plays the London.\n")
+    out = cathrepo("edit", "--passage", str(passage), "--method", "lora", "--json", cwd=repo_dir)
+    (edit,) = json.loads(out.stdout)
+    shown = json.loads(cathrepo("show", edit["id"], "--json", cwd=repo_dir).stdout)["record"]
+    assert shown["passage"]["title"] == "Rome" and len(shown["facts"]) >= 2
+    assert shown["method"] == "lora"
+    subject = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=repo_dir, text=True, capture_output=True)
+    assert subject.stdout.startswith(f"Edit {edit['id']}: passage: Rome")
+    proc = cathrepo("edit", "--passage", str(passage), "--prompt", "x", cwd=repo_dir, ok=False)
+    assert proc.returncode == 2 and "one of --file, --passage" in proc.stderr

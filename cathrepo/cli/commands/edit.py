@@ -1,4 +1,4 @@
-"""cathrepo edit --prompt P --subject S --target T [...] | --file FACTS"""
+"""cathrepo edit --prompt P --subject S --target T [...] | --file FACTS | --passage FILE"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cathrepo.cli.context import echo_json, open_repo, progress
-from cathrepo.cli.options import parse_params
+from cathrepo.cli.options import edit_requests, parse_params
 
 
 @click.command("edit")
@@ -32,28 +32,12 @@ from cathrepo.cli.options import parse_params
 @click.pass_context
 def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, passage_file, method,
              params, corpus, source, author, confidence, risk, dry_run, as_json) -> None:
-    """Compute, gate and commit an edit (one fact, or every fact of a file)."""
-    from cathrepo.exceptions import InvalidInputError
-    from cathrepo.facts.schema import EditRequest, Fact, load_facts
-
-    if sum(bool(x) for x in (facts_file, passage_file, prompt or subject or target)) > 1:
-        raise InvalidInputError("Give one of --file, --passage or --prompt/--subject/--target.")
-    meta = {"source": source, "author": author, "confidence": confidence, "risk": risk}
-    if passage_file:
-        from cathrepo.facts.passage import Passage, synthesize_questions
-
-        passage = Passage.from_file(passage_file)
-        probes = synthesize_questions(passage)[: limit or None]
-        requests = [EditRequest(probes[0], more=tuple(probes[1:]), passage=passage.to_dict(),
-                                **{**meta, "source": source or passage.source})]
-        method = method or "auto"
-    elif facts_file:
-        requests = [EditRequest(f, **meta) for f in load_facts(facts_file, limit)]
-    elif prompt and subject and target:
-        requests = [EditRequest(Fact(prompt=prompt, subject=subject, target_new=target, target_true=target_true),
-                                **meta)]
-    else:
-        raise InvalidInputError("Nothing to edit.", hint="Pass --prompt, --subject and --target, --file or --passage.")
+    """Compute, gate and commit an edit (one fact, every fact of a file, or a passage)."""
+    requests, method = edit_requests(
+        prompt=prompt, subject=subject, target=target, target_true=target_true, facts_file=facts_file,
+        passage_file=passage_file, limit=limit, method=method,
+        meta={"source": source, "author": author, "confidence": confidence, "risk": risk},
+    )
     repo = open_repo(ctx)
 
     def report(outcome) -> None:
