@@ -230,7 +230,7 @@ def _independent(model: Any, tokenizer: Any, editor: Any, context: Any, facts: S
         with applied(model, result.delta):
             (s,), _ = score_records(model, tokenizer, [probes], base_dists=[base_dists[i]],
                                     generation_tokens=config.generation_tokens, batch_size=config.batch_size)
-        scores.append(s)
+        scores.append({**s, "adapter_bytes": result.delta.num_bytes()})
     say("edits", len(facts), len(facts))
     return scores, seconds
 
@@ -242,7 +242,7 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Se
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
 
-    deltas, seconds = [], []
+    deltas, seconds, sizes = [], [], []
     undo = AppliedDelta()
     try:
         for i, fact in enumerate(facts):
@@ -251,6 +251,7 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Se
             result = editor.compute(model, tokenizer, [fact], context)
             seconds.append(time.perf_counter() - t0)
             deltas.append(result.delta)
+            sizes.append(result.delta.num_bytes())
             for name, original in apply_delta(model, result.delta).originals.items():
                 undo.originals.setdefault(name, original)
     finally:
@@ -268,6 +269,7 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Se
     gates = ["retention", "norms"] + (["mmlu"] if config.mmlu else [])
     report = run_gates(model, tokenizer, before=[], after=deltas, policy=policy, stage="promote", gates=gates,
                        base_hash=base_hash)
+    scores = [{**s, "adapter_bytes": n} for s, n in zip(scores, sizes, strict=True)]
     extra: dict[str, Any] = {"retention": report["retention"].metrics.get("retention"),
                              "norm_growth": report["norms"].metrics.get("max_growth")}
     if config.mmlu:
@@ -281,6 +283,8 @@ def _result(config: EditBenchConfig, model_name: str, metrics: Mapping[str, Any]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     full = {**dict(metrics), **{key: metrics.get(key) for key in ("retention", "mmlu_before", "mmlu_after")}}
     full["seconds_per_edit"] = statistics.median(seconds) if seconds else None
+    sizes = [s["adapter_bytes"] for s in scores if "adapter_bytes" in s]
+    full["adapter_bytes"] = statistics.median(sizes) if sizes else None  # float32 factors, as stored
     full["peak_rss_mb"] = round(peak, 1)
     records = [{"case_id": f.case_id, "subject": f.subject, **{k: round(v, 4) for k, v in s.items()}}
                for f, s in zip(facts, scores, strict=True)]

@@ -95,6 +95,7 @@ def test_independent_edits_report_every_field(tiny_llama, data):
     assert len(out["records"]) == 3 and len(out["edit_seconds"]) == 3
     assert out["nkl"] >= 0.0 and out["unedited"]["nkl"] is None
     assert out["peak_rss_mb"] > 0
+    assert out["adapter_bytes"] == out["records"][0]["adapter_bytes"] > 0  # float32 A and B of the delta
     assert all(v.equal(before[k]) for k, v in model.state_dict().items())  # the fixture's own copy untouched
 
 
@@ -105,6 +106,7 @@ def test_sequential_edits_add_retention(tiny_llama, data):
     assert 0.0 <= out["retention"] <= 1.0
     assert out["norm_growth"] > 0.0
     assert out["mmlu_before"] is None
+    assert out["adapter_bytes"] > 0
 
 
 def test_method_none_scores_the_unedited_model(tiny_llama, data):
