@@ -38,8 +38,10 @@ def main() -> None:
     for fact in facts:
         run("generate", fact["prompt"], "--max-new-tokens", "8", cwd=repo)
     print("\n== Edit three facts (ROME), each gated, then committed and signed")
-    out = run("edit", "--file", str(FACTS), "--source", "demo:counterfact", "--json", cwd=repo, capture=True)
-    edits = json.loads(out)
+    run("edit", "--file", str(FACTS), "--source", "demo:counterfact", cwd=repo)
+    log = json.loads(subprocess.run(["cathrepo", "log", "--json"], cwd=repo, text=True, check=True,
+                                    stdout=subprocess.PIPE).stdout)
+    edits = [{"id": e["edit_id"]} for e in reversed(log) if e["action"] == "edit"]  # oldest first
     print("\n== After: the edited model")
     for fact in facts:
         run("generate", fact["prompt"], "--max-new-tokens", "8", cwd=repo)
