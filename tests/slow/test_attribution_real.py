@@ -14,16 +14,8 @@ from cathrepo.attribution.causal_trace import trace
 from cathrepo.attribution.select import select_sites
 from cathrepo.facts.schema import Fact
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads made one edit take 400 s, not 20 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 EIFFEL = "The Eiffel Tower is located in the city of"
 
 

@@ -17,16 +17,8 @@ from cathrepo.edits.lora import LoraMethod, LoraParams
 from cathrepo.facts.schema import load_facts
 from cathrepo.gates.scoring import prefers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads made one edit take 400 s, not 20 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 DATA = Path(__file__).parents[1] / "data"
 
 
