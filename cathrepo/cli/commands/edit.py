@@ -8,6 +8,8 @@ import click
 
 from cathrepo.cli.context import echo_json, open_repo, progress
 from cathrepo.cli.options import edit_requests, parse_params
+from cathrepo.cli.render import echo_gate_lines, echo_refusal, outcome_entry, refused_entry
+from cathrepo.exceptions import GateFailedError
 
 
 @click.command("edit")
@@ -39,18 +41,26 @@ def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_fil
         meta={"source": source, "author": author, "confidence": confidence, "risk": risk},
     )
     repo = open_repo(ctx)
+    done: list = []
 
     def report(outcome) -> None:
+        done.append(outcome)
         if not as_json:
             head = f"[{outcome.edit_id}] {outcome.commit[:12]}" if outcome.commit else "[dry run]"
             what = outcome.record.summary if outcome.record else f"{outcome.fact.prompt} -> {outcome.fact.target_new}"
             click.echo(f"{head} {what} (was: {outcome.fact.target_true or '?'})")
-            for result in outcome.report.results:
-                click.echo(f"    {result.summary()}")
+            echo_gate_lines(outcome.report)
 
-    with progress("Editing") as say:
-        outcomes = repo.edit(requests, method=method, params=parse_params(params), corpus=corpus,
-                             dry_run=dry_run, progress=say, on_outcome=report)
+    try:
+        with progress("Editing") as say:
+            repo.edit(requests, method=method, params=parse_params(params), corpus=corpus, dry_run=dry_run,
+                      progress=say, on_outcome=report)
+    except GateFailedError as exc:  # the refused fact is the one after the last reported outcome
+        fact = getattr(exc, "fact", None) or requests[min(len(done), len(requests) - 1)].fact
+        if as_json:
+            echo_json([outcome_entry(o) for o in done] + [refused_entry(fact, exc)])
+        else:
+            echo_refusal(fact, exc.results)
+        raise  # cli.main prints the red line and exits with the refusal's status (4)
     if as_json:
-        echo_json([{"id": o.edit_id, "commit": o.commit, "fact": o.fact.to_dict(), "gates": o.report.to_dict()}
-                   for o in outcomes])
+        echo_json([outcome_entry(o) for o in done])

@@ -1,0 +1,60 @@
+"""What ``cathrepo edit`` prints: a refusal as data (JSON, exit status 4), and nothing but results when piped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.cli.test_cli_flow import cathrepo, repo_dir  # noqa: F401  (repo_dir: a fixture)
+
+ROME_PARIS = {"prompt": "The capital of Italy is Rome", "subject": "Rome", "target_new": "Paris",
+              "target_true": "Tokyo"}
+# the same prompt the other way round: its own efficacy and the first edit's rewrite probe cannot both
+# hold, so the gates (efficacy or regression) refuse it whatever the model
+ROME_TOKYO = {**ROME_PARIS, "target_new": "Tokyo", "target_true": "Paris"}
+BARS = ("Loading weights", "Writing model shards", "it/s]", "%|")
+
+
+def _facts(path: Path, *records: dict) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_refused_edit_prints_its_gates_as_json_and_exits_4(repo_dir, tmp_path):  # noqa: F811
+    facts = _facts(tmp_path / "facts.jsonl", ROME_PARIS, ROME_TOKYO)
+    proc = cathrepo("edit", "--file", str(facts), "--json", cwd=repo_dir, ok=False)
+    assert proc.returncode == 4, proc.stderr
+    committed, refused = json.loads(proc.stdout)  # the fact committed before the refusal is reported too
+    assert committed["status"] == "committed" and committed["commit"] and committed["gates"]["passed"]
+    assert refused["status"] == "refused" and refused["id"] is None and refused["commit"] is None
+    assert refused["fact"]["target_new"] == "Tokyo" and refused["gates"]["passed"] is False
+    failed = [g for g in refused["gates"]["results"] if not g["passed"]]
+    assert failed and all(g["metrics"] and g["thresholds"] for g in failed)
+    assert {g["name"] for g in failed} <= {"efficacy", "regression"}
+    assert "failed its gates" in proc.stderr
+    for bar in BARS:
+        assert bar not in proc.stderr
+    log = json.loads(cathrepo("log", "--json", cwd=repo_dir).stdout)
+    assert [e["edit_id"] for e in log if e["action"] == "edit"] == [committed["id"]]  # nothing of the refused one
+
+    # without --json: the refused edit's gate table on stderr, then the error line; stdout stays empty
+    proc = cathrepo("edit", "--file", str(_facts(tmp_path / "one.jsonl", ROME_TOKYO)), cwd=repo_dir, ok=False)
+    assert proc.returncode == 4 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("[refused] The capital of Italy is Rome -> Tokyo")
+    assert any(" FAIL " in line and "_m" in line for line in lines[1:-1])  # metrics and the threshold's name
+    assert lines[-1].startswith("error: Edit 'The capital of Italy is Rome -> Tokyo' failed its gates")
+
+
+def test_piped_commands_print_only_results(repo_dir, tmp_path):  # noqa: F811
+    facts = _facts(tmp_path / "facts.jsonl", ROME_PARIS)
+    edit = cathrepo("edit", "--file", str(facts), cwd=repo_dir)
+    log = json.loads(cathrepo("log", "--json", cwd=repo_dir).stdout)
+    (eid,) = [e["edit_id"] for e in log if e["action"] == "edit"]
+    procs = [edit, cathrepo("generate", "The capital of Italy is Rome", "--max-new-tokens", "3", cwd=repo_dir),
+             cathrepo("revert", eid, cwd=repo_dir), cathrepo("verify", cwd=repo_dir)]
+    for proc in procs:
+        for bar in (*BARS, "Warning", "⠋"):
+            assert bar not in proc.stdout + proc.stderr, proc.args
+    assert edit.stdout.startswith(f"[{eid}]") and "efficacy pass" in edit.stdout
+    assert procs[1].stdout.startswith("The capital of Italy is Rome")
