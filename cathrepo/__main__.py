@@ -1,3 +1,5 @@
+import sys
+
 from cathrepo.cli import main
 
-main()
+sys.exit(main())

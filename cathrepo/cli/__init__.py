@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -85,6 +86,18 @@ def cli(ctx: click.Context, repo_dir: str, traceback: bool, verbose: int) -> Non
     ctx.obj["traceback"] = traceback
 
 
+def _quiet_libraries() -> None:
+    """Results only: no weight-loading bars, no deprecation notices meant for library authors.
+
+    transformers reads ``HF_HUB_DISABLE_PROGRESS_BARS`` when it is first imported (its "Loading weights"
+    and "Writing model shards" bars, and huggingface_hub's), which happens later, inside a command.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (in-process callers): switch the bars off directly
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the group and map cathrepo errors to one red line and an exit code."""
     from cathrepo.exceptions import CathrepoError
@@ -92,6 +105,7 @@ def main(argv: list[str] | None = None) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time; set HF_HUB_OFFLINE=0 to allow it
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
     args = sys.argv[1:] if argv is None else argv
     try:
         return cli.main(args=args, prog_name="cathrepo", standalone_mode=False)
