@@ -1,4 +1,4 @@
-"""``cathrepo bench edits/gates`` and ``cathrepo gate`` through the real command line (tiny models)."""
+"""``cathrepo bench edits/gates/repo`` and ``cathrepo gate`` through the real command line (tiny models)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from cathrepo.cli import cli, main
 from cathrepo.gates.results import GateReport, GateResult
+from tests.cli.test_cli_flow import repo_dir  # noqa: F401  (a fixture)
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -82,3 +83,26 @@ def test_gate_command_renders_and_exits(monkeypatch, passed, capsys):
         assert "retention FAIL" in captured.out and "fails its gates: retention" in captured.err
     result = CliRunner().invoke(cli, ["gate", "--report", "md"])
     assert "## Gates (revision)" in result.output
+
+
+def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path):  # noqa: F811
+    records = [{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome", "target_new": "Paris",
+                "target_true": "Tokyo"},
+               {"prompt": "Rome is the capital of Italy", "subject": "Rome", "target_new": "London"},  # no true target
+               {"case_id": 9, "prompt": "Toko Yasuda plays the guitar", "subject": "guitar", "target_new": "London",
+                "target_true": "piano"}]
+    data, out = tmp_path / "records.json", tmp_path / "bench.json"
+    data.write_text(json.dumps(records))
+    result = CliRunner().invoke(cli, ["bench", "repo", "--data", str(data), "--n", "2", "--repo", str(repo_dir),
+                                      "--param", "v_steps=40", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "committed_share" in result.output and "verify_clean" in result.output
+    report = json.loads(out.read_text())
+    assert [r["index"] for r in report["records"]] == [0, 2]  # the record without a true target is skipped
+    assert [r["case_id"] for r in report["records"]] == [7, 9]
+    assert report["n"] == 2 and report["committed"] + report["refused"] == 2 and report["errors"] == 0
+    assert report["verify_clean"] is True
+    assert 0 < report["wall_min_s"] <= report["wall_median_s"] <= report["wall_p90_s"] <= report["wall_max_s"]
+    for row in report["records"]:
+        assert (row["status"] == "committed") == bool(row["commit"])
+        assert row["status"] == "committed" or row["failed_gates"]

@@ -1,4 +1,4 @@
-"""cathrepo bench edits --data FILE [...] | cathrepo bench gates --data FILE [...]"""
+"""cathrepo bench edits|gates|repo --data FILE [...]"""
 
 from __future__ import annotations
 
@@ -75,6 +75,36 @@ def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, dtype: str
     if json_out:
         json_out.write_text(json.dumps(out, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
+
+
+@bench_group.command("repo")
+@click.option("--data", required=True, type=_FILE, help="CounterFact (flat or ROME layout) or zsRE records.")
+@click.option("--n", "n", type=int, default=100, show_default=True, help="Records to edit, one commit each.")
+@click.option("--skip", type=int, default=0, show_default=True, help="Skip the first records (with a true target).")
+@click.option("--repo", "repo", type=click.Path(file_okay=False, path_type=Path),
+              help="Edit this repository (created when missing; default: a fresh one in a temporary directory).")
+@click.option("--base", metavar="MODEL", help="Base model of a repository this run creates (default: embedded).")
+@click.option("--method", help="Edit method of every edit (default: the repository's).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter for every edit.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the per-record JSON here.")
+def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None, method: str | None,
+             params: tuple[str, ...], out: Path | None) -> None:
+    """Edit N records with one real `cathrepo edit` each into one repository with its gates: the share
+    committed, refusals by gate, wall seconds per edit, and `cathrepo verify` at the end."""
+    from cathrepo.bench.repo import RepoBenchConfig, bench_repo
+
+    parse_params(params)  # a malformed --param fails here, not once per record
+    config = RepoBenchConfig(data=data, n=n, skip=skip, repo=repo, base=base, method=method, params=params)
+    with progress("Editing") as say:
+        result = bench_repo(config, lambda done, total, last: say(f"{done}/{total} {last}".strip()))
+    title = f"{result['n']} edits, one `cathrepo edit` each, into {result['repo']}"
+    rows = {k: result[k] for k in ("committed", "refused", "errors", "committed_share", "wall_median_s",
+                                     "wall_p90_s", "wall_min_s", "wall_max_s", "verify_clean")}
+    rows.update({f"refused by {gate}": count for gate, count in result["refusals_by_gate"].items()})
+    _table(title, rows, None)
+    if out:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {out}")
 
 
 def _table(title: str, values: dict[str, Any], beside: dict[str, Any] | None) -> None:

@@ -1,0 +1,149 @@
+"""``cathrepo bench repo``: the product as a user meets it, one real ``cathrepo edit`` per record.
+
+Each record is edited by its own ``cathrepo edit --file <one record> --json`` process in one repository,
+one signed commit each, with the repository's own gates; the wall time runs from process start to
+signed commit (model loading, statistics, gates and signing included). The report gives the share
+committed, refusals by gate (an edit can fail several), errors (exit statuses other than 0 and 4), the
+wall-time distribution, and whether ``cathrepo verify`` is clean at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cathrepo.exceptions import GateFailedError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class RepoBenchConfig:
+    """What ``cathrepo bench repo`` runs.
+
+    Attributes:
+        data: CounterFact (flat or ROME layout) or zsRE records.
+        n: records to edit (the first N after ``skip``, keeping only records with a true target).
+        skip: records with a true target to pass over first.
+        repo: the repository to edit (created by ``cathrepo init`` when missing); None: a fresh one in a
+            temporary directory.
+        base: base model for a repository this run creates (None: the embedded default).
+        method: ``--method`` of every edit (None: the repository's default).
+        params: ``--param KEY=VALUE`` items passed to every edit.
+    """
+
+    data: Path
+    n: int = 100
+    skip: int = 0
+    repo: Path | None = None
+    base: str | None = None
+    method: str | None = None
+    params: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.n <= 0 or self.skip < 0:
+            raise InvalidInputError("--n must be positive and --skip not negative.")
+
+
+def records(config: RepoBenchConfig) -> list[tuple[int, dict[str, Any]]]:
+    """``(index in the file, record)`` of the records to edit: those with a true target, after ``skip``."""
+    from cathrepo.facts.schema import load_records, parse_records
+
+    raw = load_records(config.data)
+    facts = parse_records(raw)
+    kept = [(i, r) for i, (r, f) in enumerate(zip(raw, facts, strict=True)) if f.target_true][config.skip :]
+    if not kept:
+        raise InvalidInputError(f"No record in '{config.data}' has a true target to compare against.",
+                                hint="CounterFact and zsRE records carry one; plain records need target_true.")
+    return kept[: config.n]
+
+
+def _cathrepo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cathrepo", *args], cwd=cwd, text=True, capture_output=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def edit_one(repo: Path, index: int, record: dict[str, Any], config: RepoBenchConfig, scratch: Path) -> dict[str, Any]:
+    """Edit one record in its own ``cathrepo edit`` process; its status, failing gates and wall seconds."""
+    path = scratch / f"record-{index}.json"
+    path.write_text(json.dumps([record]) + "\n")
+    args = ["edit", "--file", str(path), "--json", "--source", f"bench:{config.data.name}#{index}"]
+    args += ["--method", config.method] if config.method else []
+    for item in config.params:
+        args += ["--param", item]
+    start = time.perf_counter()
+    proc = _cathrepo(*args, cwd=repo)
+    wall = time.perf_counter() - start
+    status = {0: "committed", GateFailedError.exit_code: "refused"}.get(proc.returncode, "error")
+    row: dict[str, Any] = {"index": index, "case_id": record.get("case_id"), "status": status,
+                           "exit_code": proc.returncode, "wall_s": round(wall, 3), "failed_gates": []}
+    try:
+        entry = json.loads(proc.stdout)[-1] if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        entry = {}
+    row["id"], row["commit"] = entry.get("id"), entry.get("commit")
+    gates = entry.get("gates") or {}
+    row["failed_gates"] = [{k: g.get(k) for k in ("name", "metrics", "thresholds", "detail")}
+                           for g in gates.get("results", ()) if not g.get("passed", True)]
+    if "attempts" in entry:
+        row["attempts"] = entry["attempts"]
+    if status != "committed":
+        row["error"] = _last_line(proc.stderr)
+    return row
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, refusals by gate and the wall-time distribution of the edited records."""
+    status = Counter(r["status"] for r in rows)
+    by_gate = Counter(g["name"] for r in rows if r["status"] == "refused" for g in r["failed_gates"])
+    walls = sorted(r["wall_s"] for r in rows)
+    return {
+        "n": len(rows), "committed": status["committed"], "refused": status["refused"], "errors": status["error"],
+        "committed_share": status["committed"] / len(rows) if rows else 0.0,
+        "refusals_by_gate": dict(by_gate.most_common()),
+        "wall_median_s": round(statistics.median(walls), 3) if walls else None,
+        "wall_p90_s": walls[math.ceil(0.9 * len(walls)) - 1] if walls else None,  # nearest rank
+        "wall_min_s": walls[0] if walls else None, "wall_max_s": walls[-1] if walls else None,
+    }
+
+
+def bench_repo(config: RepoBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the benchmark; ``progress(done, total, last status)`` reports each record."""
+    say = progress or (lambda done, total, last: None)
+    todo = records(config)
+    scratch = Path(tempfile.mkdtemp(prefix="cathrepo-bench-repo-"))
+    # 1. the repository: the one given (created when missing) or a fresh one
+    repo = config.repo or scratch / "repo"
+    if not (repo / "cathrepo.toml").is_file():
+        init = _cathrepo("init", str(repo), *(["--base", config.base] if config.base else []), cwd=scratch)
+        if init.returncode != 0:
+            raise InvalidInputError(f"cathrepo init {repo} failed: {_last_line(init.stderr)}")
+    # 2. one edit process per record, in order, each on top of the ones committed before
+    rows: list[dict[str, Any]] = []
+    for done, (index, record) in enumerate(todo):
+        say(done, len(todo), rows[-1]["status"] if rows else "")
+        rows.append(edit_one(repo, index, record, config, scratch))
+        log.info("record %d: %s in %.1f s", index, rows[-1]["status"], rows[-1]["wall_s"])
+    say(len(todo), len(todo), rows[-1]["status"])
+    # 3. every signature and hash of what was committed
+    verify = _cathrepo("verify", cwd=repo)
+    return {"data": str(config.data), "repo": str(repo), "method": config.method, "params": list(config.params),
+            **summarize(rows), "verify_clean": verify.returncode == 0,
+            "verify": _last_line(verify.stdout if verify.returncode == 0 else verify.stderr), "records": rows}
