@@ -1,7 +1,9 @@
 """The demo behind `make demo`: every step is a real `cathrepo` command on the embedded model.
 
-init a repository in a temporary directory, edit three CounterFact facts, show generations before and
-after, log, verify, revert one edit and show its answer restored, verify again.
+In a fresh repository, for each fact of docs/demo-facts.json: the model's answer before, the edit with
+its gate table (a signed commit), the answer after. Then the last edit is reverted and its prompt must
+give, character for character, the answer it gave before that edit; `cathrepo verify` closes. Any
+command that fails (a refused edit included) stops the demo with its exit status.
 """
 
 from __future__ import annotations
@@ -15,17 +17,29 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
 FACTS = HERE / "docs" / "demo-facts.json"
+TOKENS = "8"
 
 
-def run(*args: str, cwd: Path, capture: bool = False) -> str:
-    print(f"\n$ cathrepo {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    proc = subprocess.run(["cathrepo", *args], cwd=cwd, text=True,
-                          stdout=subprocess.PIPE if capture else None)
-    if proc.returncode != 0:
-        sys.exit(f"demo: 'cathrepo {args[0]}' failed with exit code {proc.returncode}")
-    if capture:
+def run(*args: str, cwd: Path, show: bool = True) -> str:
+    """Run `cathrepo ARGS`, echo the command and its output, return stdout; exit on failure."""
+    if show:
+        print(f"\n$ cathrepo {' '.join(shlex.quote(a) for a in args)}", flush=True)
+    proc = subprocess.run(["cathrepo", *args], cwd=cwd, text=True, capture_output=True)
+    if show or proc.returncode != 0:  # results first, then notes and errors (a refusal's gate table)
         print(proc.stdout, end="", flush=True)
-    return proc.stdout or ""
+        print(proc.stderr, end="", file=sys.stderr, flush=True)
+    if proc.returncode != 0:
+        sys.exit(f"demo: 'cathrepo {args[0]}' failed with exit status {proc.returncode}")
+    return proc.stdout
+
+
+def answer(prompt: str, repo: Path) -> str:
+    """The greedy continuation `cathrepo generate` prints after the prompt."""
+    return run("generate", prompt, "--max-new-tokens", TOKENS, cwd=repo).strip().removeprefix(prompt).strip()
+
+
+def _line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def main() -> None:
@@ -34,26 +48,35 @@ def main() -> None:
     facts = json.loads(FACTS.read_text())
     print(f"== cathrepo demo in {repo}")
     run("init", str(repo), cwd=work)
-    print("\n== Before: what the base model says")
-    for fact in facts:
-        run("generate", fact["prompt"], "--max-new-tokens", "8", cwd=repo)
-    print("\n== Edit three facts (ROME), each gated, then committed and signed")
-    run("edit", "--file", str(FACTS), "--source", "demo:counterfact", cwd=repo)
-    log = json.loads(subprocess.run(["cathrepo", "log", "--json"], cwd=repo, text=True, check=True,
-                                    stdout=subprocess.PIPE).stdout)
-    edits = [{"id": e["edit_id"]} for e in reversed(log) if e["action"] == "edit"]  # oldest first
-    print("\n== After: the edited model")
-    for fact in facts:
-        run("generate", fact["prompt"], "--max-new-tokens", "8", cwd=repo)
+    rows = []
+    for i, fact in enumerate(facts, 1):
+        prompt, new, old = fact["prompt"], fact["target_new"], fact["ground_truth"]
+        print(f"\n== Fact {i}/{len(facts)}: {prompt} -> {new} (was: {old}), CounterFact case {fact['case_id']}")
+        before = answer(prompt, repo)
+        path = work / f"fact-{i}.json"
+        path.write_text(json.dumps([fact], indent=1) + "\n")
+        run("edit", "--file", str(path), "--source", f"demo:counterfact#{fact['case_id']}", cwd=repo)
+        after = answer(prompt, repo)
+        rows.append((prompt, new, before, after))
+    log = json.loads(run("log", "--json", cwd=repo, show=False))
+    last = next(e["edit_id"] for e in log if e["action"] == "edit")  # newest first
     run("log", cwd=repo)
-    run("show", edits[0]["id"], cwd=repo)
     run("verify", cwd=repo)
-    print(f"\n== Revert the first edit ({edits[0]['id']}); its answer is restored")
-    run("revert", edits[0]["id"], cwd=repo)
-    run("generate", facts[0]["prompt"], "--max-new-tokens", "8", cwd=repo)
+
+    prompt, _, before, _ = rows[-1]
+    print(f"\n== Revert the last edit ({last}): its prompt must answer exactly as before the edit")
+    run("revert", last, cwd=repo)
+    restored = answer(prompt, repo)
     run("verify", cwd=repo)
-    run("status", cwd=repo)
-    print(f"\n== Done. The repository is at {repo}")
+
+    print("\n== Summary (+: the answer after the edit contains the new target)")
+    for prompt, new, before, after in rows:
+        mark = "+" if new.lower() in after.lower() else "-"
+        print(f"  {mark} {prompt} ...\n      before: {_line(before)}\n      after:  {_line(after)}")
+    print(f"  reverted: {rows[-1][0]} ... {_line(restored)}")
+    if restored != before:
+        sys.exit(f"demo: after the revert the model answers {restored!r}, before the edit it answered {before!r}")
+    print(f"\n== Done: the revert restored the answer exactly. The repository is at {repo}")
 
 
 if __name__ == "__main__":
