@@ -27,7 +27,7 @@ from typing import Any
 
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
-from cathrepo.facts.templates import fill, infer_relations, normalize, paraphrase_templates
+from cathrepo.facts.templates import fill, infer_relations, normalize, split_templates
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,26 @@ def default_known_facts_path() -> Path:
     return Path(str(resources.files("cathrepo") / "data" / "known" / "known_1000.json"))
 
 
-def load_known_facts(path: Path | None = None) -> list[KnownFact]:
-    """Read known facts (``subject``, ``prompt``, ``attribute``, ``relation_id`` per record)."""
+#: Halves of a known-facts file, split by a hash of the subject: the gates measure one half (retention,
+#: mined neighbours) and edit methods protect the other (their keys are preserved), so no gate measures
+#: a fact an editor was told to leave alone. A subject's facts all fall in one half.
+KNOWN_PARTS = ("all", "measure", "protect")
+
+
+def known_part(subject: str) -> str:
+    """The half of the known facts ``subject`` belongs to: ``measure`` or ``protect``."""
+    return "protect" if hashlib.sha256(subject.strip().encode()).digest()[0] & 1 else "measure"
+
+
+def load_known_facts(path: Path | None = None, part: str = "all") -> list[KnownFact]:
+    """Read known facts (``subject``, ``prompt``, ``attribute``, ``relation_id`` per record).
+
+    Args:
+        path: a known_1000-format file (default: the shipped copy).
+        part: ``all``, or one half of the file (see :data:`KNOWN_PARTS`).
+    """
+    if part not in KNOWN_PARTS:
+        raise ValueError(f"unknown part {part!r}")
     path = path or default_known_facts_path()
     try:
         records = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -170,7 +188,7 @@ def load_known_facts(path: Path | None = None) -> list[KnownFact]:
         if not (r.get("subject") and r.get("prompt") and answer):
             continue
         facts.append(KnownFact(r["subject"], r["prompt"], str(answer).strip(), r.get("relation_id")))
-    return facts
+    return facts if part == "all" else [f for f in facts if known_part(f.subject) == part]
 
 
 # --- building ---------------------------------------------------------------------------------------
@@ -196,7 +214,8 @@ def build_probes(
         model, tokenizer: the model as it is before the edit; when given, mined neighbours and attribute
             prompts are kept only if the model already gives their answer, and a missing ``target_true``
             is filled with the model's own answer.
-        known_facts: the pool to mine neighbours from (default: the shipped known_1000 copy).
+        known_facts: the pool to mine neighbours from (default: the measured half of the shipped
+            known_1000 copy).
         n_paraphrases: template paraphrases added to the record's own.
         n_neighbors: mined neighbours added to the record's own.
         n_attribute: mined attribute prompts (other subjects whose true answer is the new target).
@@ -206,16 +225,16 @@ def build_probes(
     """
     checking = model is not None and tokenizer is not None and check_known
     relations = (fact.relation_id,) if fact.relation_id else infer_relations(fact.template)
-    templates = paraphrase_templates(relations, exclude=fact.template)
+    templates, _ = split_templates(relations, exclude=fact.template)
     paraphrases = _unique([fact.prompt], fact.paraphrases)
     template_paraphrases = _unique([fact.prompt, *paraphrases], [fill(t, fact.subject) for t in templates])
-    pool = list(known_facts) if known_facts is not None else load_known_facts()
+    pool = list(known_facts) if known_facts is not None else load_known_facts(part="measure")
     same_relation = [k for k in pool if k.relation_id in relations and k.subject != fact.subject
                      and k.subject not in fact.prompt and fact.subject not in k.prompt]
     forget = fact.kind == "forget"
     old = fact.target_true
     if model is not None and tokenizer is not None and old is None and not forget:
-        old = _model_answer(model, tokenizer, fact.prompt)
+        old = model_answer(model, tokenizer, fact.prompt)
     probes: list[Probe] = []
     # 1. the prompts the edit is about
     kind, other = ("forget", None) if forget else ("rewrite", old)
@@ -295,7 +314,7 @@ def _known_by_model(candidates: Sequence[KnownFact], model: Any, tokenizer: Any,
     return kept[:n]
 
 
-def _model_answer(model: Any, tokenizer: Any, prompt: str) -> str | None:
+def model_answer(model: Any, tokenizer: Any, prompt: str) -> str | None:
     """The model's own short answer to ``prompt`` (its greedy continuation up to punctuation)."""
     import re
 

@@ -237,3 +237,17 @@ def paraphrase_templates(relation_ids: str | Sequence[str], *, exclude: str | No
 def fill(template: str, subject: str) -> str:
     """Put the subject into a template (``str.format`` would choke on braces inside the subject)."""
     return template.replace("{}", subject, 1)
+
+
+#: How many of a relation's other phrasings the probes use; edit methods may train on the rest.
+PROBE_PHRASINGS = 3
+
+
+def split_templates(relation_ids: str | Sequence[str], *, exclude: str | None = None) -> tuple[list[str], list[str]]:
+    """(probe, train): the relation's other phrasings the probes test, and the ones an editor may train on.
+
+    The probes take the first :data:`PROBE_PHRASINGS`; the rest are left to the editors, so no gate scores
+    a phrasing the edit was optimised on.
+    """
+    templates = paraphrase_templates(relation_ids, exclude=exclude)
+    return templates[:PROBE_PHRASINGS], templates[PROBE_PHRASINGS:]
