@@ -32,9 +32,11 @@ def key_vector(
     return keys[torch.arange(len(texts)), lookups.to(keys.device)].float().mean(0)
 
 
-def update_direction(cov: torch.Tensor, key: torch.Tensor, reg: float) -> torch.Tensor:
-    """``u = (C + λI)⁻¹ k*`` with ``λ = reg · tr(C)/d`` (a ridge for statistics from a small corpus).
+def update_direction(cov: torch.Tensor, key: torch.Tensor, reg: float,
+                     preserved: torch.Tensor | None = None) -> torch.Tensor:
+    """``u = (C + P + λI)⁻¹ k*`` with ``λ = reg · tr(C)/d`` (a ridge for statistics from a small corpus).
 
+    ``P`` is the weighted second moment of keys to preserve (:mod:`cathrepo.edits.rome.protect`), or None.
     Solved in float64; returned in float32 with unit norm (the scale cancels in ΔW = δ uᵀ / (u·k*)).
     """
     import torch
@@ -42,5 +44,7 @@ def update_direction(cov: torch.Tensor, key: torch.Tensor, reg: float) -> torch.
     c = cov.double().to(key.device)
     d = c.shape[0]
     ridge = reg * torch.trace(c) / d
+    if preserved is not None:
+        c = c + preserved.double().to(key.device)
     u = torch.linalg.solve(c + ridge * torch.eye(d, dtype=c.dtype, device=c.device), key.double())
     return (u / u.norm()).float()

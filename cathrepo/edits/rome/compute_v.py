@@ -2,8 +2,9 @@
 
 Optimises ``δ`` added to the output of the edited module at the subject's last token (ROME §3.1, eq. 4):
 
-    L(δ) = mean_j NLL(target | prefix_j + prompt)                  (rewrite, over all context prefixes)
+    L(δ) = mean_j NLL(target | prefix_j + prompt_i)                (rewrite, every prefix × phrasing)
          + kl_factor · KL(P₀(· | "{subject} is a") ‖ P_δ(·))        (essence drift)
+         + context_kl · mean_c KL(P₀(· | c) ‖ P_δ(· | c))           (bleed: c = the edit, then another subject)
          + v_weight_decay · ‖δ‖² / ‖v₀‖²                             (keep the change small)
 
 with ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖`` after each Adam step, where v₀ is the module's
@@ -38,7 +39,8 @@ class ValueResult:
     norm_ratio: float  # ‖δ‖ / ‖v₀‖
 
 
-def _batch(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence[str]) -> dict[str, Any]:
+def _batch(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence[str],
+           prompts: Sequence[str], context: Sequence[str] = ()) -> dict[str, Any]:
     """Rows aligned so every subject-last token sits in one column ``P``.
 
     Tokens before the subject's last token cannot see δ, so their keys and values are computed once
@@ -47,11 +49,11 @@ def _batch(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence
     """
     import torch
 
-    rewrite = [prefix + fact.prompt for prefix in prefixes]
+    rewrite = [prefix + prompt for prompt in prompts for prefix in prefixes]
     essence = f"{fact.subject} is a"
     prompt_ids = [list(tokenizer(t)["input_ids"]) for t in rewrite]
-    seqs = [ids + target_ids[:-1] for ids in prompt_ids] + [list(tokenizer(essence)["input_ids"])]
-    lookups = [subject_last_index(tokenizer, t, fact.subject) for t in [*rewrite, essence]]
+    seqs = [ids + target_ids[:-1] for ids in prompt_ids] + [list(tokenizer(t)["input_ids"]) for t in [essence, *context]]
+    lookups = [subject_last_index(tokenizer, t, fact.subject) for t in [*rewrite, essence, *context]]
     width_p = max(lookups)
     width_s = max(len(s) - at for s, at in zip(seqs, lookups, strict=True))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -75,7 +77,12 @@ def _batch(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence
             rows.append(i)
             positions.append(len(p) - 1 + j - lookups[i])
             tokens.append(tok)
+    # KL rows: the essence row read at the subject (ROME), each context row at its last token
+    kl_rows = list(range(len(rewrite), n))
+    kl_cols = [0] + [len(seqs[i]) - 1 - lookups[i] for i in kl_rows[1:]]
     return {
+        "kl_rows": torch.tensor(kl_rows),
+        "kl_cols": torch.tensor(kl_cols),
         "prefix_ids": prefix_ids,
         "suffix_ids": suffix_ids,
         "mask": mask,
@@ -109,7 +116,7 @@ def _prefix_cache(model: Any, b: dict[str, Any]) -> Any:
 
 
 def _read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any) -> torch.Tensor:
-    """Log-probabilities at the positions the loss reads: each target token's, then the essence row's.
+    """Log-probabilities at the positions the loss reads: each target token's, then each KL row's.
 
     With the model split into body and head, the vocabulary projection runs only at those positions.
     """
@@ -125,24 +132,20 @@ def _read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any) -> tor
         **(cache_kwargs(runner, copy.deepcopy(cache)) if cache is not None else {}),
     )
     states = out.last_hidden_state if split else out.logits  # (batch, suffix, d_model or vocab)
-    last = states.shape[0] - 1
-    picked = torch.cat([states[b["rows"], b["positions"]], states[last, :1]], dim=0)
+    picked = torch.cat([states[b["rows"], b["positions"]], states[b["kl_rows"], b["kl_cols"]]], dim=0)
     logits = split[1](picked) if split else picked
     return torch.log_softmax(logits.float(), dim=-1)
 
 
 def working_copy(model: Any, precision: str) -> Any:
-    """The model to optimise on: itself, or a bfloat16 copy of its current weights (active deltas
-    included) where bfloat16 matmuls are faster. δ stays float32; the gates judge the float32 result."""
+    """The model to optimise on: itself (float32), or a bfloat16 copy of its current weights (active
+    deltas included) when asked for. Never chosen by the machine: the same fact must give the same delta
+    on every CPU. δ stays float32; the gates judge the float32 result."""
     import copy as copying
 
     import torch
 
-    from cathrepo.attribution.causal_trace import bf16_is_fast
-    from cathrepo.models import model_device
-
-    use_bf16 = precision == "bfloat16" or (precision == "auto" and bf16_is_fast(model_device(model)))
-    if not use_bf16 or next(model.parameters()).dtype == torch.bfloat16:
+    if precision != "bfloat16" or next(model.parameters()).dtype == torch.bfloat16:
         return model
     return copying.deepcopy(model).to(torch.bfloat16)
 
@@ -155,8 +158,17 @@ def optimise_value(
     target_ids: list[int],
     prefixes: Sequence[str],
     params: RomeParams,
+    phrasings: Sequence[str] = (),
+    context: Sequence[str] = (),
 ) -> ValueResult:
-    """Find δ (1-D, the module's output width) as described in the module docstring."""
+    """Find δ (1-D, the module's output width) as described in the module docstring.
+
+    ``phrasings`` are other prompts stating the same fact about the same subject; they join the rewrite
+    prompt in the NLL term (each with every prefix), so δ must work for more than one wording.
+    ``context`` are texts that state the edit and then ask about another subject; their next-token
+    distributions are held to the unedited model's (``context_kl``), so the edited subject does not
+    bleed into what is said about others after it (CounterFact+'s NS+).
+    """
     import torch
 
     from cathrepo.attribution.hooks import edit_output
@@ -164,7 +176,9 @@ def optimise_value(
 
     model = working_copy(model, params.precision)
     device = model_device(model)
-    b = {k: v.to(device) if hasattr(v, "to") else v for k, v in _batch(tokenizer, fact, target_ids, prefixes).items()}
+    b = {k: v.to(device) if hasattr(v, "to") else v for k, v in _batch(tokenizer, fact, target_ids, prefixes,
+                                                                         [fact.prompt, *phrasings],
+                                                                         context).items()}
     cache = _prefix_cache(model, b)
     split = hidden_and_head(model)
     state: dict[str, Any] = {}
@@ -183,16 +197,19 @@ def optimise_value(
     steps = 0
     with edit_output(model, {module: add_delta}), torch.enable_grad():
         for step in range(params.v_steps + 1):
-            logp = _read_logprobs(model, split, b, cache)  # (n_rewrite * n_target + 1, vocab)
-            token_lp = logp[:-1].gather(1, b["tokens"][:, None]).squeeze(1)
+            logp = _read_logprobs(model, split, b, cache)  # (n_rewrite * n_target + n_kl, vocab)
+            n_kl = len(b["kl_rows"])
+            token_lp = logp[:-n_kl].gather(1, b["tokens"][:, None]).squeeze(1)
             nll_t = -token_lp.view(b["n_rewrite"], b["n_target"]).mean(1).mean()
-            essence = logp[-1]
-            if "p0" not in state:
-                state["p0"] = essence.detach()
-            kl_t = torch.nn.functional.kl_div(essence, state["p0"], log_target=True, reduction="sum")
+            if "p0" not in state:  # δ is still zero: the unedited distributions
+                state["p0"] = logp[-n_kl:].detach()
+            kls = torch.nn.functional.kl_div(logp[-n_kl:], state["p0"], log_target=True, reduction="none").sum(-1)
+            kl_t = kls[0]  # (n_kl,): the essence row, then the context rows
+            bleed_t = kls[1:].mean() if n_kl > 1 else kl_t * 0
             assert delta is not None
             v0_norm2 = state["v0"].norm() ** 2
-            loss = nll_t + params.kl_factor * kl_t + params.v_weight_decay * delta.norm() ** 2 / v0_norm2
+            loss = (nll_t + params.kl_factor * kl_t + params.context_kl * bleed_t
+                    + params.v_weight_decay * delta.norm() ** 2 / v0_norm2)
             nll, kl = float(nll_t.detach()), float(kl_t.detach())
             if step == 0:
                 nll_start = nll

@@ -24,8 +24,10 @@ from cathrepo.edits.rome.compute_v import optimise_value
 from cathrepo.edits.rome.context import context_prefixes
 from cathrepo.edits.rome.covariance import key_covariance, stats_dir
 from cathrepo.edits.rome.params import FAMILY_DEFAULTS, RomeParams
+from cathrepo.edits.rome.protect import context_prompts, known_subject_keys, preserved_moment, subject_keys
 from cathrepo.exceptions import EditFailedError, InvalidInputError
 from cathrepo.facts.schema import Fact
+from cathrepo.facts.templates import fill, infer_relations, split_templates
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +70,17 @@ class RomeMethod(EditMethod):
             model, tokenizer, params.n_context, params.context_tokens, params.seed,
             stats_dir(cache, context.base_hash),
         )
+        protected = self._protected(model, tokenizer, module, stats_dir(cache, context.base_hash))
         undo = AppliedDelta()
         factors: list[LowRank] = []
         per_fact: list[dict[str, Any]] = []
         data: list[dict[str, Any]] = []
         try:
             for fact in facts:
-                factor, info = self._one(model, tokenizer, module, fact, prefixes, cov)
+                factor, info = self._one(model, tokenizer, module, fact, prefixes, cov, protected)
                 factors.append(factor)
                 per_fact.append(info)
-                data.extend(_training_data(fact, prefixes))
+                data.extend(_training_data(fact, prefixes, info["phrasings"]))
                 if len(facts) > 1:  # later facts see the earlier edits, as in a repository
                     applied = apply_delta(model, Delta({module: factor}))
                     for name, original in applied.originals.items():
@@ -92,18 +95,41 @@ class RomeMethod(EditMethod):
             data=data,
         )
 
+    def _protected(self, model: Any, tokenizer: Any, module: str, cache: Any) -> tuple[Any, list[Any]]:
+        """(keys of the protected known facts' subjects or None, those facts) as the params ask."""
+        from cathrepo.facts.probes import load_known_facts
+
+        p: RomeParams = self.params
+        if p.protect_weight <= 0 and (p.context_kl <= 0 or p.context_subjects == 0):
+            return None, []
+        facts = load_known_facts(part="protect")
+        if p.protect_weight <= 0:
+            return None, facts
+        return known_subject_keys(model, tokenizer, module, facts[: p.protect_facts], cache=cache), facts
+
     def _one(
-        self, model: Any, tokenizer: Any, module: str, fact: Fact, prefixes: list[str], cov: Any
+        self, model: Any, tokenizer: Any, module: str, fact: Fact, prefixes: list[str], cov: Any,
+        protected: tuple[Any, list[Any]],
     ) -> tuple[LowRank, dict[str, Any]]:
+        import torch
+
         from cathrepo.gates.scoring import continuation_ids
 
         if fact.kind != "edit":
             raise InvalidInputError("ROME writes facts; it cannot forget one.", hint="Use a forget method.")
+        p: RomeParams = self.params
         start = time.perf_counter()
         target_ids = continuation_ids(tokenizer, fact.target_new)
         key = key_vector(model, tokenizer, module, fact.prompt, fact.subject, prefixes)
-        u = update_direction(cov, key, self.params.cov_reg)
-        value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, self.params)
+        keys, pool = protected
+        preserved = None
+        if keys is not None:
+            extra = subject_keys(model, tokenizer, module, context_prompts(fact, pool, p.protect_context))
+            preserved = preserved_moment(cov, torch.cat([keys, extra]) if extra.numel() else keys, p.protect_weight)
+        u = update_direction(cov, key, p.cov_reg, preserved)
+        phrasings = _phrasings(fact, p.phrasings)
+        context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.context_kl > 0 else []
+        value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, p, phrasings, context)
         denom = float(u @ key)
         if abs(denom) < 1e-8 or not value.delta.isfinite().all():
             raise EditFailedError(f"ROME found no usable update for '{fact.prompt}' (u·k = {denom:.2e}).")
@@ -114,10 +140,20 @@ class RomeMethod(EditMethod):
             "nll_end": round(value.nll_end, 4),
             "kl_end": round(value.kl_end, 5),
             "delta_norm_ratio": round(value.norm_ratio, 4),
+            "phrasings": phrasings,
             "seconds": round(time.perf_counter() - start, 3),
         }
         log.info("ROME %s -> %s: %s", fact.prompt, fact.target_new, info)
         return factor, info
+
+
+def _phrasings(fact: Fact, n: int) -> list[str]:
+    """Up to ``n`` other wordings of the fact's prompt: relation templates the probes leave out."""
+    if n <= 0:
+        return []
+    relations = (fact.relation_id,) if fact.relation_id else infer_relations(fact.template)
+    _, train = split_templates(relations, exclude=fact.template)
+    return [fill(t, fact.subject) for t in train[:n]]
 
 
 def _concat(factors: list[LowRank]) -> LowRank:
@@ -128,10 +164,10 @@ def _concat(factors: list[LowRank]) -> LowRank:
     return LowRank(torch.cat([f.B for f in factors], dim=1), torch.cat([f.A for f in factors], dim=0))
 
 
-def _training_data(fact: Fact, prefixes: list[str]) -> list[dict[str, Any]]:
+def _training_data(fact: Fact, prefixes: list[str], phrasings: Sequence[str] = ()) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
-        {"role": "rewrite", "prompt": prefix + fact.prompt, "target": fact.target_new} for prefix in prefixes
+        {"role": "rewrite", "prompt": prefix + prompt, "target": fact.target_new}
+        for prompt in (fact.prompt, *phrasings) for prefix in prefixes
     ]
     rows.append({"role": "essence", "prompt": f"{fact.subject} is a", "target": None})
     return rows
-

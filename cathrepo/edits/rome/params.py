@@ -39,7 +39,22 @@ class RomeParams:
     cov_reg: float = _help("Ridge added to the key covariance, relative to its mean eigenvalue.", 1e-2)
     corpus_tokens: int = _help("Corpus tokens used for the key covariance statistics.", 100_000)
     seed: int = _help("Seed of the context-prefix sampling.", 0)
-    precision: str = _help("Value optimisation: auto (bfloat16 where faster), float32 or bfloat16.", "auto")
+    precision: str = _help("Value optimisation precision: float32 (the same delta on every CPU) or bfloat16 "
+                           "(faster where the CPU has bfloat16 matmuls, but the delta then depends on the "
+                           "machine).", "float32")
+    phrasings: int = _help("Other phrasings of the fact's relation (templates the probes never use) optimised "
+                           "together with the prompt, so the new value is read by more than one wording.", 0)
+    protect_weight: float = _help("Weight of the preserved keys (subjects of known facts, and other subjects "
+                                  "read after the edited sentence) against the corpus keys: the update "
+                                  "direction avoids them (0: plain ROME).", 0.0)
+    protect_facts: int = _help("Known facts (the protected half of the known-facts file) whose subject keys "
+                               "are preserved.", 600)
+    context_kl: float = _help("Weight of the KL that holds other subjects' next-token distributions, read after "
+                              "the edited sentence, to the unedited model's (0: off).", 0.0)
+    context_subjects: int = _help("Other subjects (protected half of the known facts) read after the edited "
+                                  "sentence for context_kl.", 8)
+    protect_context: int = _help("Other subjects, in the relation's templates after the edited sentence, "
+                                 "whose keys are preserved (CounterFact+'s bleed through context).", 0)
 
     def __post_init__(self) -> None:
         if self.layer is not None and self.layer < 0:
@@ -49,9 +64,14 @@ class RomeParams:
                 raise InvalidInputError(f"ROME parameter {name} must be positive.")
         if self.n_context < 0:
             raise InvalidInputError("ROME parameter n_context must be >= 0.")
-        if self.precision not in ("auto", "float32", "bfloat16"):
+        if self.precision not in ("float32", "bfloat16"):
             raise InvalidInputError(f"ROME precision '{self.precision}' is unknown.",
-                                    hint="Use auto, float32 or bfloat16.")
+                                    hint="Use float32 (the default) or bfloat16.")
+        for name in ("phrasings", "protect_facts", "protect_context", "context_subjects"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"ROME parameter {name} must be >= 0.")
+        if self.protect_weight < 0 or self.context_kl < 0:
+            raise InvalidInputError("ROME parameters protect_weight and context_kl must be >= 0.")
         if not 0 < self.clamp_norm_factor:
             raise InvalidInputError("ROME parameter clamp_norm_factor must be positive.")
 

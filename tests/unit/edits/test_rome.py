@@ -76,7 +76,7 @@ def test_prefix_cache_matches_full_forward(tiny_model):
     model, tok, _ = tiny_model
     target = continuation_ids(tok, FACT.target_new)
     prefixes = ["", "I went home. "]
-    b = _batch(tok, FACT, target, prefixes)
+    b = _batch(tok, FACT, target, prefixes, [FACT.prompt])
     cache = _prefix_cache(model, b)
     with torch.no_grad():
         split = model(input_ids=b["suffix_ids"], attention_mask=b["mask"], position_ids=b["suffix_pos"],
@@ -95,7 +95,7 @@ def test_prefix_cache_matches_full_forward(tiny_model):
 def test_head_only_where_the_loss_reads_matches_the_full_model(tiny_model):
     """Body then head at the loss's positions gives the full model's log-probs (incl. the essence row)."""
     model, tok, _ = tiny_model
-    b = _batch(tok, FACT, continuation_ids(tok, FACT.target_new), ["", "I went home. "])
+    b = _batch(tok, FACT, continuation_ids(tok, FACT.target_new), ["", "I went home. "], [FACT.prompt])
     cache = _prefix_cache(model, b)
     split = hidden_and_head(model)
     assert split is not None
