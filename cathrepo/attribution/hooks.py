@@ -98,6 +98,28 @@ def edit_output(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
 
 
 @contextmanager
+def add_to_output(model: Any, edits: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Replace each named module's output by ``fn(input, output)`` (its first positional input and
+    output) while the context is open: a change that depends on what the module read (a low-rank delta
+    applied to some rows only)."""
+    handles = []
+
+    def make(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+        def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+            return _replace_first(output, fn(_first(args), _first(output)))
+
+        return hook
+
+    try:
+        for name, fn in edits.items():
+            handles.append(get_module(model, name).register_forward_hook(make(fn)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def edit_input(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
     """Replace each named module's first positional input by ``fn(input)`` while the context is open."""
     handles = []

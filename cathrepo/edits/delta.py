@@ -13,7 +13,7 @@ permanently: they compute a Delta and leave the model unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +177,34 @@ def applied(model: Any, *deltas: Delta) -> Iterator[Any]:
         yield model
     finally:
         record.remove(model)
+
+
+@contextmanager
+def applied_to_rows(model: Any, delta: Delta, rows: torch.Tensor) -> Iterator[Any]:
+    """Context manager: forward passes see ``delta`` only in the batch rows flagged by ``rows`` (bool,
+    (batch,)), as ``output += rows · scale · (x Aᵀ) Bᵀ`` at each module; the weights are not touched.
+
+    Two model states then share one batch: decoding, bound by reading the weights, costs one pass
+    instead of two. The rows must keep their order for as long as the context is open.
+    """
+    import torch
+
+    from cathrepo.attribution.hooks import add_to_output
+
+    for name, factor in delta.factors.items():
+        _check(model, name, factor)
+
+    def make(factor: LowRank) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        def extra(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # x (batch, seq, in), out (batch, seq, out)
+            a = factor.A.to(device=x.device, dtype=torch.float32)
+            b = (factor.B * factor.scale).to(device=x.device, dtype=torch.float32)
+            gate = rows.to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
+            return out + ((x.float() @ a.T) @ b.T * gate).to(out.dtype)
+
+        return extra
+
+    with add_to_output(model, {name: make(f) for name, f in delta.factors.items()}):
+        yield model
 
 
 # --- PEFT layout I/O ------------------------------------------------------------------------------

@@ -78,6 +78,12 @@ class GateContext:
             return None
         return self.cache_dir.joinpath(*parts)
 
+    def decoded(self, state: str, prompt: str, tokens: int) -> str:
+        """The greedy continuation of ``prompt`` in ``state``, cut to ``tokens`` tokens; it must have been
+        asked for through :meth:`Gate.decodes` (run_gates decodes every gate's prompts in one pass)."""
+        ids = self.memo[("decode", state, prompt)]
+        return self.tokenizer.decode(ids[:tokens], skip_special_tokens=True).strip()
+
     def say(self, message: str) -> None:
         log.info(message)
         if self.progress is not None:
@@ -108,6 +114,8 @@ class Gate(ABC):
     name: ClassVar[str]
     states: ClassVar[tuple[str, ...]] = ("before", "after")
     cacheable: ClassVar[bool] = False
+    #: states whose measurement is cached on disk (by the state's content hash) when ``cacheable``
+    cache_states: ClassVar[tuple[str, ...]] = ("base",)
 
     def __init__(self, policy: GatePolicy) -> None:
         self.policy = policy
@@ -121,6 +129,14 @@ class Gate(ABC):
     def cache_key(self, ctx: GateContext) -> str | None:
         """What a cached ``base`` measurement depends on besides the base weights (None: no cache)."""
         return None
+
+    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
+        """(state, prompt, tokens) greedy continuations the gate reads with :meth:`GateContext.decoded`.
+
+        :func:`run_gates` decodes every gate's requests together before measuring, with "before" and
+        "after" rows in the same batches where the change is one added delta.
+        """
+        return []
 
     @abstractmethod
     def measure(self, ctx: GateContext, state: str) -> Any:
@@ -195,7 +211,9 @@ def run_gates(
             skipped[name] = GateResult(name, True, detail=reason, skipped=True)
         else:
             active.append(gate)
-    # 2. measure state by state; each state is applied once and restored bit for bit
+    # 2. the free-generation continuations every gate reads, decoded together
+    _decode_requests(ctx, active)
+    # 3. measure state by state; each state is applied once and restored bit for bit
     measured: dict[str, dict[str, Any]] = {g.name: g.measured for g in active}
     seconds: dict[str, float] = {g.name: 0.0 for g in active}
     errors: dict[str, str] = {}
@@ -220,7 +238,7 @@ def run_gates(
                 seconds[gate.name] += time.perf_counter() - t0
                 if gate.name not in errors:
                     _store_cached(ctx, gate, state, measured)
-    # 3. judge, in the order the gates were asked for
+    # 4. judge, in the order the gates were asked for
     results = []
     by_name = {g.name: g for g in active}
     for name in names:
@@ -235,14 +253,46 @@ def run_gates(
                                               "suite": len(ctx.suite), "base_hash": base_hash})
 
 
+def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
+    """Decode what ``gates`` ask for into ``ctx.memo``: one batched pass when "after" is "before" plus
+    one delta (its rows see the delta through :func:`~cathrepo.edits.delta.applied_to_rows`), else one
+    pass per state."""
+    from cathrepo.gates.decoding import greedy_token_ids
+
+    wanted: dict[tuple[str, str], int] = {}
+    for gate in gates:
+        for state, prompt, tokens in gate.decodes(ctx):
+            wanted[(state, prompt)] = max(tokens, wanted.get((state, prompt), 0))
+    if not wanted:
+        return
+    keys = sorted(wanted)
+    one_more = len(ctx.after) == len(ctx.before) + 1 and all(a is b for a, b in zip(ctx.after[:-1], ctx.before, strict=True))
+    added = ctx.after[-1] if one_more else None
+    if added is not None and {state for state, _ in keys} <= {"before", "after"}:
+        ctx.say(f"decoding {len(keys)} continuations (before and after together)")
+        with applied(ctx.model, *ctx.before):
+            ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in keys], max_new_tokens=[wanted[k] for k in keys],
+                                   rows_changed=[s == "after" for s, _ in keys], change=added)
+        ctx.memo.update({("decode", *k): v for k, v in zip(keys, ids, strict=True)})
+        return
+    for state in STATES:
+        mine = [k for k in keys if k[0] == state]
+        if mine:
+            ctx.say(f"decoding {len(mine)} continuations ({state})")
+            with applied(ctx.model, *ctx.deltas(state)):
+                ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in mine],
+                                       max_new_tokens=[wanted[k] for k in mine])
+            ctx.memo.update({("decode", *k): v for k, v in zip(mine, ids, strict=True)})
+
+
 def _cache_file(ctx: GateContext, gate: Gate, state: str) -> Path | None:
-    if not gate.cacheable or state != "base":
+    if not gate.cacheable or state not in gate.cache_states:
         return None
     key = gate.cache_key(ctx)
     if key is None:
         return None
-    digest = hashlib.sha256(f"{ctx.base_hash}\0{key}".encode()).hexdigest()[:32]
-    return ctx.cache_path(gate.name, f"base-{digest}.json")
+    digest = hashlib.sha256(f"{ctx.state_digest(state)}\0{key}".encode()).hexdigest()[:32]
+    return ctx.cache_path(gate.name, f"state-{digest}.json")
 
 
 def _load_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> bool:
@@ -261,7 +311,7 @@ def _store_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, 
     path = _cache_file(ctx, gate, state)
     if path is None:
         return
+    from cathrepo.provenance._fs import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(measured[gate.name][state]))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(measured[gate.name][state]).encode())

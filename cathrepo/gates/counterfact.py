@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from cathrepo.gates.base import GATES, Gate, GateContext
-from cathrepo.gates.probing import ProbeOutcome, magnitude, rate, score_probes
+from cathrepo.gates.probing import ProbeOutcome, broke, magnitude, rate, score_probes
 from cathrepo.gates.results import GateResult
 
 _SCORED = ("rewrite", "paraphrase", "neighborhood", "attribute", "forget")
@@ -58,6 +58,12 @@ class EfficacyGate(_ProbeGate):
     name = "efficacy"
     kinds = ("rewrite", "forget")
 
+    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
+        if ctx.probes is None or ctx.probes.fact_kind != "forget":
+            return []
+        return [(state, p.prompt, self.policy.generation_tokens) for state in self.states
+                for p in ctx.probes.of_kind("forget")]
+
     def measure(self, ctx: GateContext, state: str) -> Any:
         if ctx.probes is not None and ctx.probes.fact_kind == "forget":
             return _forget_measure(ctx, state)
@@ -81,12 +87,11 @@ class EfficacyGate(_ProbeGate):
 
 def _forget_measure(ctx: GateContext, state: str) -> list[bool]:
     """Per forget probe: True when the greedy continuation no longer contains the forgotten answer."""
-    from cathrepo.gates.decoding import contains_answer, greedy_continuations
+    from cathrepo.gates.decoding import contains_answer
 
     assert ctx.probes is not None
     probes = ctx.probes.of_kind("forget")
-    texts = greedy_continuations(ctx.model, ctx.tokenizer, [p.prompt for p in probes],
-                                 max_new_tokens=ctx.policy.generation_tokens)
+    texts = [ctx.decoded(state, p.prompt, ctx.policy.generation_tokens) for p in probes]
     return [not contains_answer(t, p.target) for p, t in zip(probes, texts, strict=True)]
 
 
@@ -115,14 +120,15 @@ class NeighborhoodGate(_ProbeGate):
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
         after, before = measured["after"], measured["before"]
-        ns_after, ns_before = rate(after), rate(before)
-        drop = ns_before - ns_after
-        metrics = {"ns": ns_after, "nm": magnitude(after), "ns_before": ns_before, "nm_before": magnitude(before),
+        tol = self.policy.flip_tolerance
+        broken = [a for a, b in zip(after, before, strict=True) if broke(b, a, tol)]
+        drop = len(broken) / len(after)
+        metrics = {"ns": rate(after), "nm": magnitude(after), "ns_before": rate(before), "nm_before": magnitude(before),
                    "drop": drop, "n": float(len(after))}
         ok = drop <= self.policy.neighborhood_max_drop + 1e-9
-        broken = [a for a, b in zip(after, before, strict=True) if b.passed and not a.passed]
         detail = "" if ok else _worst(broken, "neighbours now give the new target")
-        return self.result(ok, metrics, {"neighborhood_max_drop": self.policy.neighborhood_max_drop}, detail)
+        return self.result(ok, metrics, {"neighborhood_max_drop": self.policy.neighborhood_max_drop,
+                                         "flip_tolerance": tol}, detail)
 
 
 @GATES.register
@@ -158,9 +164,11 @@ class CounterFactPlusGate(_ProbeGate):
         reasons = [] if ok else [f"neighbour KL {nkl:.3g} nats is above {self.policy.nkl_max}"]
         if after["plus"]:
             plus_after, plus_before = rate(after["plus"]), rate(before["plus"])
-            metrics.update({"ns_plus": plus_after, "ns_plus_before": plus_before})
-            thresholds["ns_plus_max_drop"] = self.policy.ns_plus_max_drop
-            if plus_before - plus_after > self.policy.ns_plus_max_drop + 1e-9:
+            tol = self.policy.flip_tolerance
+            drop = sum(broke(b, a, tol) for b, a in zip(before["plus"], after["plus"], strict=True)) / len(after["plus"])
+            metrics.update({"ns_plus": plus_after, "ns_plus_before": plus_before, "ns_plus_drop": drop})
+            thresholds.update({"ns_plus_max_drop": self.policy.ns_plus_max_drop, "flip_tolerance": tol})
+            if drop > self.policy.ns_plus_max_drop + 1e-9:
                 ok = False
                 reasons.append(f"NS+ fell from {plus_before:.2f} to {plus_after:.2f}")
         return self.result(ok, metrics, thresholds, "; ".join(reasons))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,44 +22,134 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def greedy_continuations(
-    model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 32
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int | Sequence[int] = 12,
+    batch_size: int = 32,
+    rows_changed: Sequence[bool] | None = None,
+    change: Any = None,
 ) -> list[str]:
     """The greedy continuation of each prompt (decoded, special tokens dropped), in batches.
 
-    Prompts are left-padded so that every row's next token sits at the same column; the attention mask
-    keeps padding out and ``generate`` derives position ids from it, so a row decodes as it would alone.
+    Args:
+        max_new_tokens: one budget for all prompts, or one per prompt (a batch runs as long as its
+            longest budget; shorter rows are cut).
+        rows_changed, change: decode the rows flagged in ``rows_changed`` with the delta ``change``
+            added on top of the model's weights and the others without it, in the same batches: the
+            "before" and "after" continuations of a gate cost one decode (decoding is bound by reading
+            the weights, not by the rows).
+    """
+    ids = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           rows_changed=rows_changed, change=change)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def greedy_token_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int | Sequence[int] = 12,
+    batch_size: int = 32,
+    rows_changed: Sequence[bool] | None = None,
+    change: Any = None,
+) -> list[list[int]]:
+    """:func:`greedy_continuations` as token ids (stop tokens dropped), so callers can cut them shorter."""
+    import torch
+
+    from cathrepo.edits.delta import applied_to_rows
+
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    flags = list(rows_changed) if rows_changed is not None else [False] * len(prompts)
+    if len(budgets) != len(prompts) or len(flags) != len(prompts):
+        raise ValueError("one budget and one flag per prompt")
+    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (budgets[i], len(encoded[i])))
+    out: list[list[int]] = [[] for _ in prompts]
+    stop = _stop_ids(model, tokenizer)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        mask = torch.tensor([flags[i] for i in idx])
+        with applied_to_rows(model, change, mask) if change is not None and bool(mask.any()) else _nothing():
+            ids = greedy_ids(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, _pad(tokenizer))
+        for row, i in enumerate(idx):
+            out[i] = ids[row]
+    return out
+
+
+def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int], stop: set[int],
+               pad: int) -> list[list[int]]:
+    """Greedy decoding of token-id prompts with a KV cache; each row stops at a stop id or its budget.
+
+    Prompts are left-padded so every row's next token sits in the last column; the attention mask keeps
+    padding out and position ids count real tokens only, so a row decodes as it would alone. Logits are
+    computed only for the last position of each step.
     """
     import torch
 
-    from cathrepo.models import model_device
+    from cathrepo.models import cache_kwargs, hidden_and_head, model_device, output_cache
 
     device = model_device(model)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    split = hidden_and_head(model)
+    results: list[list[int]] = [[] for _ in prompts]
+    done = torch.tensor([b <= 0 for b in budgets], device=device)
+    cache = None
+    step_ids, step_pos = ids, positions
+    with torch.no_grad():
+        for _ in range(max(budgets, default=0)):
+            kwargs = cache_kwargs(split[0] if split else model, cache) if cache is not None else {"use_cache": True}
+            if split:
+                out = split[0](input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                logits = split[1](out.last_hidden_state[:, -1])  # (rows, vocab)
+            else:
+                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                logits = out.logits[:, -1]
+            cache = output_cache(out)
+            nxt = logits.float().argmax(-1)  # (rows,)
+            for row in range(len(prompts)):
+                if not done[row]:
+                    token = int(nxt[row])
+                    if token in stop:
+                        done[row] = True
+                    else:
+                        results[row].append(token)
+                        done[row] = len(results[row]) >= budgets[row]
+            if bool(done.all()):
+                break
+            step_ids = nxt[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return results
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids from the generation config (as ``generate`` stops), else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+def _pad(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    out = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-        for row, i in enumerate(idx):
-            out[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
-    return out
+    return int(pad or 0)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def contains_answer(text: str, answer: str) -> bool:

@@ -2,8 +2,13 @@
 
 - generation: the greedy continuation of the rewrite prompt and its paraphrases contains the new target
   (teacher-forced scores alone overstate success two- to three-fold on small models).
-- fluency: ROME's weighted bi-/tri-gram entropy of longer generations from the generation prompts,
-  judged as the drop from before to after; ``mention`` reports how often they name the new target.
+- fluency: ROME's weighted bi-/tri-gram entropy of longer continuations of every prompt about the
+  subject (the rewrite prompt, its paraphrases and the generation prompts), paired prompt by prompt
+  before and after the change and judged on the mean drop; ``mention`` reports how often they name the
+  new target.
+
+Both read continuations that :func:`~cathrepo.gates.base.run_gates` decodes once for all gates, the
+"before" and "after" rows in one batch.
 """
 
 from __future__ import annotations
@@ -12,6 +17,12 @@ from typing import Any
 
 from cathrepo.gates.base import GATES, Gate, GateContext
 from cathrepo.gates.results import GateResult
+
+
+def subject_prompts(ctx: GateContext, *kinds: str) -> list[str]:
+    """The distinct prompts of the edit's probes of ``kinds``, in probe order."""
+    assert ctx.probes is not None
+    return list(dict.fromkeys(p.prompt for p in ctx.probes.of_kind(*kinds)))
 
 
 @GATES.register
@@ -31,11 +42,11 @@ class GenerationGate(Gate):
             return "no probes: this stage gates no single edit"
         return None if self._probes(ctx) else "no rewrite or paraphrase probes (a forget is checked by efficacy)"
 
-    def measure(self, ctx: GateContext, state: str) -> list[str]:
-        from cathrepo.gates.decoding import greedy_continuations
+    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
+        return [("after", p.prompt, self.policy.generation_tokens) for p in self._probes(ctx)]
 
-        return greedy_continuations(ctx.model, ctx.tokenizer, [p.prompt for p in self._probes(ctx)],
-                                    max_new_tokens=self.policy.generation_tokens)
+    def measure(self, ctx: GateContext, state: str) -> list[str]:
+        return [ctx.decoded(state, p.prompt, self.policy.generation_tokens) for p in self._probes(ctx)]
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
         from cathrepo.gates.decoding import contains_answer
@@ -53,33 +64,38 @@ class GenerationGate(Gate):
 
 @GATES.register
 class FluencyGate(Gate):
-    """Generations keep their n-gram entropy (an edit that makes the model repeat itself fails)."""
+    """Continuations about the subject keep their n-gram entropy (an edit that makes the model repeat
+    itself fails)."""
 
     name = "fluency"
+    kinds = ("rewrite", "paraphrase", "generation")
 
     def skip_reason(self, ctx: GateContext) -> str | None:
         if ctx.probes is None:
             return "no probes: this stage gates no single edit"
-        return None if ctx.probes.of_kind("generation") else "the edit has no generation probes"
+        return None if subject_prompts(ctx, *self.kinds) else "the edit has no prompts to continue"
+
+    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
+        return [(state, prompt, self.policy.fluency_tokens) for state in self.states
+                for prompt in subject_prompts(ctx, *self.kinds)]
 
     def measure(self, ctx: GateContext, state: str) -> list[str]:
-        from cathrepo.gates.decoding import greedy_continuations
-
-        assert ctx.probes is not None
-        prompts = [p.prompt for p in ctx.probes.of_kind("generation")]
-        return greedy_continuations(ctx.model, ctx.tokenizer, prompts, max_new_tokens=self.policy.fluency_tokens)
+        return [ctx.decoded(state, prompt, self.policy.fluency_tokens) for prompt in subject_prompts(ctx, *self.kinds)]
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
         from cathrepo.gates.decoding import contains_answer, ngram_entropy
 
         assert ctx.probes is not None
-        probes = ctx.probes.of_kind("generation")
-        before = _mean([ngram_entropy(t) for t in measured["before"]])
-        after = _mean([ngram_entropy(t) for t in measured["after"]])
-        mention = _mean([float(contains_answer(t, p.target)) for p, t in zip(probes, measured["after"], strict=True)])
-        ok = before - after <= self.policy.fluency_max_drop + 1e-9
-        detail = "" if ok else f"generations repeat themselves: {measured['after'][0][:80]!r}"
-        return self.result(ok, {"entropy": after, "entropy_before": before, "mention": mention},
+        target = ctx.probes.of_kind("rewrite", "forget")[0].target if ctx.probes.of_kind("rewrite", "forget") else ""
+        before = [ngram_entropy(t) for t in measured["before"]]
+        after = [ngram_entropy(t) for t in measured["after"]]
+        drop = _mean([b - a for b, a in zip(before, after, strict=True)])
+        mention = _mean([float(contains_answer(t, target)) for t in measured["after"]]) if target else float("nan")
+        ok = drop <= self.policy.fluency_max_drop + 1e-9
+        worst = min(range(len(after)), key=lambda i: after[i] - before[i])
+        detail = "" if ok else f"generations repeat themselves: {measured['after'][worst][:80]!r}"
+        return self.result(ok, {"entropy": _mean(after), "entropy_before": _mean(before), "drop": drop,
+                                "mention": mention, "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)
 
 

@@ -59,6 +59,10 @@ class GatePolicy:
     schema_version: int = _f(SCHEMA_VERSION, "Version of this table's layout.")
     stages: dict[str, tuple[str, ...]] = _f(DEFAULT_STAGES, "Gate names to run at each stage (stages left out "
                                                             "keep their defaults).")
+    flip_tolerance: float = _f(0.1, "A probe that passed before counts as broken only if it fails after with its lead "
+                                    "(log-probability of its answer over the competing one, nats) fallen by at "
+                                    "least this much: smaller flips are near-ties tipping over (neighbourhood, NS+, "
+                                    "regression, retention).")
     # -- the new edit's own probes (CounterFact, Meng et al. 2022) --
     efficacy_min: float = _f(1.0, "ES: fraction of rewrite prompts where the new target beats the old one.")
     forget_min: float = _f(1.0, "For a forget: fraction of forget prompts whose greedy answer no longer "
@@ -126,7 +130,7 @@ class GatePolicy:
         for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"[gates] {name} must be positive.", hint=_help(name))
-        for name in ("nkl_max", "fluency_max_drop", "norms_max_growth", "perplexity_max_growth",
+        for name in ("flip_tolerance", "nkl_max", "fluency_max_drop", "norms_max_growth", "perplexity_max_growth",
                      "mmlu_limit", "mmlu_num_fewshot", "regression_max_broken_rewrite"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[gates] {name} must not be negative.", hint=_help(name))

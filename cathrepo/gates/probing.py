@@ -38,11 +38,23 @@ class ProbeOutcome:
     other: float | None
     top1_is_target: bool
     next_logprobs: torch.Tensor | None = None
+    first_margin: float = 0.0
 
     @property
     def margin(self) -> float:
         """CounterFact's magnitude: ``P(target) - P(other)`` with length-normalised probabilities."""
         return math.exp(self.target) - (math.exp(self.other) if self.other is not None else 0.0)
+
+    @property
+    def lead(self) -> float:
+        """By how much the probe passes (positive) or fails (negative), in nats: ``log P(target) -
+        log P(other)`` (length-normalised) with an ``other``, else the target's first token against the
+        best other next token (negated for a forget probe, which passes when the answer is not top)."""
+        if self.probe.kind == "forget":
+            return -self.first_margin
+        if self.other is not None:
+            return self.target - self.other
+        return self.first_margin
 
     @property
     def passed(self) -> bool:
@@ -75,16 +87,30 @@ def score_probes(
         batch_size=batch_size,
         next_distribution=[p.kind in next_distribution for p in probes],
     )
-    return [
-        ProbeOutcome(
+    outcomes = []
+    for p, s in zip(probes, scores, strict=True):
+        first = first_token_id(tokenizer, p.target)
+        outcomes.append(ProbeOutcome(
             probe=p,
             target=s.mean(0),
             other=s.mean(1) if p.other is not None else None,
-            top1_is_target=s.top1 == first_token_id(tokenizer, p.target),
+            top1_is_target=s.top1 == first,
             next_logprobs=s.next_logprobs,
-        )
-        for p, s in zip(probes, scores, strict=True)
-    ]
+            first_margin=s.first_margin(first, 0),
+        ))
+    return outcomes
+
+
+def broke(before: ProbeOutcome | float, after: ProbeOutcome | float, tolerance: float) -> bool:
+    """Whether a probe that passed before fails after, by a fall of its lead of at least ``tolerance``.
+
+    A flip smaller than that is a near-tie tipping over: rounding, the thread count or any harmless
+    change can cause it, so it is not counted as harm (BENCHMARKS.md calibrates the tolerance on null
+    edits). Outcomes or bare leads (nats) may be passed.
+    """
+    b = before.lead if isinstance(before, ProbeOutcome) else before
+    a = after.lead if isinstance(after, ProbeOutcome) else after
+    return b > 0 >= a and b - a >= tolerance
 
 
 def rate(outcomes: Sequence[ProbeOutcome]) -> float:

@@ -1,7 +1,8 @@
 """Regression gate: every active edit keeps passing its own probes at each new edit, merge and revert.
 
 The suite is the probe sets of the edits active in both states. A probe *breaks* when it passed before
-the change and fails after it; probes that never passed (a paraphrase the edit did not generalise to)
+the change and fails after it with its lead fallen by at least ``flip_tolerance`` (a near-tie tipping
+over is not harm); probes that never passed (a paraphrase the edit did not generalise to)
 are not held against the change. Rewrite and forget probes may not break at all by default (every edit
 must keep holding); a small share of the other kinds may.
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from cathrepo.facts.probes import Probe, ProbeSet
 from cathrepo.gates.base import GATES, Gate, GateContext
-from cathrepo.gates.probing import score_probes
+from cathrepo.gates.probing import broke, score_probes
 from cathrepo.gates.results import GateResult
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,11 @@ class RegressionGate(Gate):
             return "the earlier edits have no probes of the checked kinds"
         return None
 
-    def measure(self, ctx: GateContext, state: str) -> list[list[bool]]:
+    def measure(self, ctx: GateContext, state: str) -> list[list[float]]:
+        """Each selected probe's lead (nats; positive = passing) in ``state``."""
         chosen = self.selection(ctx)
         dtype = self.policy.regression_dtype
-        cache_file = ctx.cache_path("regression", f"{ctx.state_digest(state)[:32]}-{dtype}.json")
+        cache_file = ctx.cache_path("regression", f"{ctx.state_digest(state)[:32]}-{dtype}-lead.json")
         cached = _read(cache_file)
         keys = [[_key(p) for p in probes] for probes in chosen]
         missing = {k: p for probes, ks in zip(chosen, keys, strict=True) for p, k in zip(probes, ks, strict=True)
@@ -65,7 +67,7 @@ class RegressionGate(Gate):
             model = ctx.model if dtype == "float32" else _cast(ctx.model, dtype)
             outcomes = score_probes(model, ctx.tokenizer, list(missing.values()), batch_size=self.policy.batch_size)
             del model
-            cached.update({k: o.passed for k, o in zip(missing, outcomes, strict=True)})
+            cached.update({k: o.lead for k, o in zip(missing, outcomes, strict=True)})
             _write(cache_file, cached)
         return [[cached[k] for k in ks] for ks in keys]
 
@@ -74,13 +76,14 @@ class RegressionGate(Gate):
         before, after = measured["before"], measured["after"]
         hard_broken, soft_broken, soft_passing, fixed, total = 0, 0, 0, 0, 0
         examples = []
+        tol = self.policy.flip_tolerance
         for i, (ps, probes) in enumerate(zip(ctx.suite, chosen, strict=True)):
             for probe, b, a in zip(probes, before[i], after[i], strict=True):
                 total += 1
-                fixed += (not b) and a
+                fixed += b <= 0 < a
                 if probe.kind not in HARD_KINDS:
-                    soft_passing += b
-                if b and not a:
+                    soft_passing += b > 0
+                if broke(b, a, tol):
                     if probe.kind in HARD_KINDS:
                         hard_broken += 1
                     else:
@@ -92,12 +95,13 @@ class RegressionGate(Gate):
               and soft_fraction <= self.policy.regression_max_broken + 1e-12)
         metrics = {
             "edits": float(len(ctx.suite)), "probes": float(total),
-            "pass_before": sum(map(sum, before)) / total, "pass_after": sum(map(sum, after)) / total,
+            "pass_before": sum(x > 0 for xs in before for x in xs) / total,
+            "pass_after": sum(x > 0 for xs in after for x in xs) / total,
             "broken_rewrite": float(hard_broken), "broken_other": float(soft_broken),
             "broken_fraction": soft_fraction, "fixed": float(fixed),
         }
         thresholds = {"regression_max_broken_rewrite": float(self.policy.regression_max_broken_rewrite),
-                      "regression_max_broken": self.policy.regression_max_broken}
+                      "regression_max_broken": self.policy.regression_max_broken, "flip_tolerance": tol}
         detail = "" if ok else "broke: " + "; ".join(examples)
         return self.result(ok, metrics, thresholds, detail)
 
@@ -115,7 +119,7 @@ def _key(probe: Probe) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _read(path: Any) -> dict[str, bool]:
+def _read(path: Any) -> dict[str, float]:
     if path is None or not path.is_file():
         return {}
     try:
@@ -124,7 +128,7 @@ def _read(path: Any) -> dict[str, bool]:
         return {}
 
 
-def _write(path: Any, cached: dict[str, bool]) -> None:
+def _write(path: Any, cached: dict[str, float]) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)

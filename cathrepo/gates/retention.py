@@ -1,10 +1,18 @@
-"""Retention gate: a fixed sample of facts the base model knows keeps the base model's answer.
+"""Retention gate: facts the base model knows keep the base model's answer.
 
-The sample is the first ``retention_sample`` facts of a known-facts file (ROME's known_1000 by default).
-The base model's answer to each is its top next-token prediction after the prompt; with
-``retention_known_only`` only facts where that token starts the recorded answer count ("facts the base
-model knows"). Retention in a state is the share of those facts whose top prediction is unchanged. The
-base measurement is cached on disk by base hash and sample.
+The sample is the first ``retention_sample`` facts of the *measured* half of a known-facts file (ROME's
+known_1000 by default; the other half is what edit methods may protect, so the gate never scores a fact
+an editor was told to leave alone). A fact counts when its recorded answer's first token is the base
+model's top next-token prediction ("facts the base model knows"; ``retention_known_only``).
+
+In every state the gate reads each counted fact's *lead*: the log-probability of the answer's first
+token minus that of the best other token (nats; positive while the model still gives the answer). A fact
+is *broken* by the change when it led before and trails after, with its lead fallen by at least
+``flip_tolerance``: a paired, margin-aware count, so a near-tie tipping over does not refuse an edit.
+The gate fails when the broken share exceeds ``retention_max_drop``.
+
+Every state's measurement is cached on disk by the state's content hash (the base hash and every
+applied delta), so the ``before`` state of an edit is the cached ``after`` state of the edit before it.
 """
 
 from __future__ import annotations
@@ -15,20 +23,32 @@ from typing import Any
 
 from cathrepo.facts.probes import KnownFact, default_known_facts_path, load_known_facts
 from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.probing import broke
 from cathrepo.gates.results import GateResult
 
 
 def retention_sample(ctx: GateContext, n: int) -> tuple[Path, list[KnownFact]]:
+    """The known-facts file and the first ``n`` facts of its measured half."""
     path = ctx.policy.path("retention_data", ctx.root) or default_known_facts_path()
-    return path, load_known_facts(path)[:n]
+    return path, load_known_facts(path, part="measure")[:n]
 
 
-def top1_answers(model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 64) -> list[int]:
-    """The top next-token id after each prompt (one packed forward pass per batch, no continuation)."""
+def answer_leads(model: Any, tokenizer: Any, prompts: list[str], tokens: list[int],
+                 batch_size: int = 64) -> list[tuple[int, float]]:
+    """Per prompt: (top next-token id, lead of ``tokens[i]`` over the best other next token, nats)."""
+    import torch
+
     from cathrepo.gates.scoring import score_continuations
 
-    return [s.top1 for s in score_continuations(model, tokenizer, prompts, [[] for _ in prompts],
-                                                batch_size=batch_size)]
+    scores = score_continuations(model, tokenizer, prompts, [[] for _ in prompts], batch_size=batch_size,
+                                 next_distribution=True)
+    out = []
+    for s, token in zip(scores, tokens, strict=True):
+        assert s.next_logprobs is not None
+        lp = s.next_logprobs
+        rival = float(torch.cat([lp[:token], lp[token + 1 :]]).max())
+        out.append((s.top1, float(lp[token]) - rival))
+    return out
 
 
 @GATES.register
@@ -38,46 +58,51 @@ class RetentionGate(Gate):
     name = "retention"
     states = ("base", "before", "after")
     cacheable = True
+    cache_states = ("base", "before", "after")
 
     def cache_key(self, ctx: GateContext) -> str | None:
         path, _ = retention_sample(ctx, self.policy.retention_sample)
         data = hashlib.sha256(path.read_bytes()).hexdigest()
-        return f"retention:v1:{data}:{self.policy.retention_sample}"
+        return f"retention:v2:{data}:{self.policy.retention_sample}:{self.policy.retention_known_only}"
 
-    def measure(self, ctx: GateContext, state: str) -> dict[str, list[int]]:
-        """Top predictions on the sample; after the base state, only on the facts that count."""
+    def measure(self, ctx: GateContext, state: str) -> dict[str, list[float]]:
+        """Base: which facts count; then the counted facts' leads in ``state``."""
         from cathrepo.gates.scoring import first_token_id
 
         _, facts = retention_sample(ctx, self.policy.retention_sample)
+        prompts = [f.prompt for f in facts]
         if state == "base":
-            top1 = top1_answers(ctx.model, ctx.tokenizer, [f.prompt for f in facts], self.policy.batch_size)
-            known = [int(t == first_token_id(ctx.tokenizer, f.answer)) for t, f in zip(top1, facts, strict=True)]
-            return {"top1": top1, "known": known}
-        keep = self._counted(self.measured["base"])
-        return {"top1": top1_answers(ctx.model, ctx.tokenizer, [facts[i].prompt for i in keep],
-                                     self.policy.batch_size)}
-
-    def _counted(self, base: dict[str, Any]) -> list[int]:
-        return [i for i, k in enumerate(base["known"]) if k or not self.policy.retention_known_only]
+            answers = [first_token_id(ctx.tokenizer, f.answer) for f in facts]
+            leads = answer_leads(ctx.model, ctx.tokenizer, prompts, answers, self.policy.batch_size)
+            if self.policy.retention_known_only:  # the recorded answer, where the base model gives it
+                counted = [i for i, (_, lead) in enumerate(leads) if lead > 0]
+                tokens = [answers[i] for i in counted]
+            else:  # whatever the base model answers
+                counted = list(range(len(facts)))
+                tokens = [top for top, _ in leads]
+            base = answer_leads(ctx.model, ctx.tokenizer, [prompts[i] for i in counted], tokens, self.policy.batch_size)
+            return {"counted": counted, "tokens": tokens, "leads": [lead for _, lead in base], "sampled": len(facts)}
+        base = self.measured["base"]
+        leads = answer_leads(ctx.model, ctx.tokenizer, [prompts[i] for i in base["counted"]], base["tokens"],
+                             self.policy.batch_size)
+        return {"leads": [lead for _, lead in leads]}
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
         base = measured["base"]
-        keep = self._counted(base)
-        if not keep:
+        n = len(base["counted"])
+        if not n:
             return GateResult(self.name, True, {"n": 0.0}, detail="the base model knows none of the sampled facts",
                               skipped=True)
-
-        def share(state: str) -> float:
-            top = measured[state]["top1"]
-            if "known" in measured[state]:  # a base-format measurement (before == base): every sampled fact
-                top = [top[i] for i in keep]
-            return sum(t == base["top1"][i] for t, i in zip(top, keep, strict=True)) / len(keep)
-
-        before, after = share("before"), share("after")
-        drop = before - after
-        ok = drop <= self.policy.retention_max_drop + 1e-9 and after >= self.policy.retention_min
-        metrics = {"retention": after, "retention_before": before, "drop": drop, "n": float(len(keep)),
-                   "known_fraction": sum(base["known"]) / len(base["known"])}
-        thresholds = {"retention_max_drop": self.policy.retention_max_drop, "retention_min": self.policy.retention_min}
-        detail = "" if ok else f"{round(drop * len(keep))} known fact(s) changed their answer"
+        before, after = measured["before"]["leads"], measured["after"]["leads"]
+        tol = self.policy.flip_tolerance
+        broken = sum(broke(b, a, tol) for b, a in zip(before, after, strict=True))
+        kept_before = sum(x > 0 for x in before) / n
+        kept_after = sum(x > 0 for x in after) / n
+        drop = broken / n
+        ok = drop <= self.policy.retention_max_drop + 1e-9 and kept_after >= self.policy.retention_min
+        metrics = {"retention": kept_after, "retention_before": kept_before, "drop": drop,
+                   "broken": float(broken), "n": float(n), "known_fraction": n / base["sampled"]}
+        thresholds = {"retention_max_drop": self.policy.retention_max_drop, "retention_min": self.policy.retention_min,
+                      "flip_tolerance": tol}
+        detail = "" if ok else f"{broken} known fact(s) lost their answer"
         return self.result(ok, metrics, thresholds, detail)

@@ -141,6 +141,15 @@ class PromptScores:
     logprobs: tuple[tuple[float, ...], ...]
     top1: int
     next_logprobs: torch.Tensor | None = None
+    top: tuple[float, float] = (0.0, 0.0)  # log-probabilities of the two most likely next tokens
+
+    def first_margin(self, token: int, i: int | None = None) -> float:
+        """How far ``token`` leads (positive) or trails the best other next token, in nats.
+
+        ``token``'s log-probability is continuation ``i``'s first one when given, else it must be top1.
+        """
+        lp = self.logprobs[i][0] if i is not None else self.top[0]
+        return lp - (self.top[1] if token == self.top1 else self.top[0])
 
     def mean(self, i: int) -> float:
         """Length-normalised log-probability of continuation ``i``."""
@@ -269,10 +278,12 @@ def score_continuations(
                 states = [end_of_prompt] + [logp[cursor + k] for k in range(b_end - b_start - 1)]
                 cursor += b_end - b_start - 1
                 branches.append(tuple(float(s[t]) for s, t in zip(states, tokens, strict=True)))
+            best = torch.topk(end_of_prompt, 2)
             out[i] = PromptScores(
                 logprobs=tuple(branches),
-                top1=int(end_of_prompt.argmax()),
+                top1=int(best.indices[0]),
                 next_logprobs=end_of_prompt.clone() if keep[i] else None,
+                top=(float(best.values[0]), float(best.values[1])),
             )
     return [s for s in out if s is not None]
 

@@ -123,7 +123,7 @@ def test_retention_counts_changed_answers_and_caches_the_base(tiny_llama, tmp_pa
     delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true, strength=1e4)
     same = run_gates(model, tok, after=[], policy=policy, gates=["retention"], base_hash="h", cache_dir=tmp_path)
     assert same["retention"].metrics["retention"] == 1.0
-    assert list(tmp_path.glob("retention/base-*.json"))
+    assert list(tmp_path.glob("retention/state-*.json"))
     broken = run_gates(model, tok, after=[delta], policy=policy, gates=["retention"], base_hash="h",
                        cache_dir=tmp_path)
     assert broken["retention"].metrics["retention"] < 1.0
