@@ -107,6 +107,51 @@ def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None,
         click.echo(f"wrote {out}")
 
 
+@bench_group.command("calibrate")
+@click.option("--data", required=True, type=_FILE, help="CounterFact (flat or ROME layout) or zsRE records.")
+@click.option("--n", "n", type=int, default=20, show_default=True, help="Records (each gives one edit per variant).")
+@click.option("--skip", type=int, default=5000, show_default=True, help="Skip the first records (tune on 5000+).")
+@click.option("--variant", "variants", multiple=True, help="Variants to run (default: all; see --help of the module).")
+@click.option("--config", "config_file", type=_FILE, help="A cathrepo.toml whose [gates] table judges (default: defaults).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="ROME parameter of the rome-based variants.")
+@click.option("--gate", "gate_params", multiple=True, metavar="KEY=VALUE", help="[gates] key overriding the policy.")
+@click.option("--overscale", type=float, default=4.0, show_default=True, help="Factor of the overscale variant.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def calibrate_cmd(data: Path, n: int, skip: int, variants: tuple[str, ...], config_file: Path | None,
+                  params: tuple[str, ...], gate_params: tuple[str, ...], overscale: float,
+                  json_out: Path | None) -> None:
+    """Each edit-stage gate's refusals on null edits (noise), the real edit and harmful edits (signal)."""
+    from cathrepo.bench.calibrate import VARIANTS, CalibrateConfig, bench_calibrate, summary_table
+
+    policy: dict[str, Any] = {}
+    if config_file:
+        import tomllib
+
+        policy = dict(tomllib.loads(config_file.read_text()).get("gates", {}))
+    policy.update(parse_params(gate_params))
+    config = CalibrateConfig(data=data, n=n, skip=skip, variants=variants or VARIANTS, policy=policy,
+                             params=parse_params(params), overscale=overscale)
+    with progress("Calibrating") as say:
+        result = bench_calibrate(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"gate refusals, records {skip}-{skip + n - 1}")
+    for column in ("gate", "null edits (false refusals)", "real edit", "harmful edits (catches)"):
+        table.add_column(column)
+    for row in summary_table(result):
+        table.add_row(*row)
+    Console().print(table)
+    summary = result.summary()
+    click.echo(f"harmful edits refused by some gate: {summary['catch_rate']['share']:.0%} of "
+               f"{summary['catch_rate']['n']}")
+    for variant, entry in summary["variants"].items():
+        click.echo(f"  {variant}: refused {entry['refused']['share']:.0%} of {entry['n']}")
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
 def _table(title: str, values: dict[str, Any], beside: dict[str, Any] | None) -> None:
     from rich.console import Console
     from rich.table import Table
