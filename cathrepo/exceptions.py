@@ -71,13 +71,18 @@ class GateFailedError(CathrepoError):
 
     Attributes:
         results: the gate results, so callers can render the measured numbers.
+        attempts: what was tried (method, site, failed gates with their numbers), when the caller says.
+        fact: the refused fact, when known.
     """
 
     exit_code = 4
 
-    def __init__(self, message: str, *, results: object = None, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, results: object = None, hint: str | None = None,
+                 attempts: list[dict[str, object]] | None = None, fact: object = None) -> None:
         super().__init__(message, hint=hint)
         self.results = results
+        self.attempts = attempts
+        self.fact = fact
 
 
 class VerificationError(CathrepoError):

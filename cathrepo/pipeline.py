@@ -1,6 +1,6 @@
 """The edit pipeline, ① → ⑤ of DESIGN.md §2 in one readable function.
 
-    fact ─▶ probes ─▶ locate + compute delta ─▶ gates
+    fact ─▶ probes ─▶ locate + compute delta ─▶ gates  (─▶ on refusal: the next attributed layer)
 
 No repository here: the caller (``cathrepo.repo.edit`` or a benchmark) passes the base model, the
 deltas already active, their probe sets and the gate policy, and decides what to do with the result.
@@ -126,6 +126,74 @@ def run_pipeline(
     )
     seconds["gates"] = time.perf_counter() - start
     return PipelineResult(facts=tuple(todo), probes=probes, result=result, report=report, seconds=seconds)
+
+
+def attempt_summary(result: PipelineResult, method: str) -> dict[str, Any]:
+    """What one attempt was and how its gates judged it (a refusal's ``attempts`` list)."""
+    return {"method": method, "site": dict(result.result.site), "passed": result.report.passed,
+            "failed": [{"gate": r.name, "metrics": dict(r.metrics), "thresholds": dict(r.thresholds),
+                        "detail": r.detail} for r in result.report.failures],
+            "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+
+
+def run_with_retries(
+    model: Any,
+    tokenizer: Any,
+    facts: Fact | Sequence[Fact],
+    *,
+    method_name: str,
+    params: Any,
+    context: EditContext,
+    retry_layers: int = 0,
+    layer_fixed: bool = False,
+    **pipeline: Any,
+) -> tuple[PipelineResult, list[dict[str, Any]]]:
+    """:func:`run_pipeline`, and when the gates refuse an edit written at one layer, the same edit at the
+    next ``retry_layers`` layers that causal tracing ranks highest for the fact (near the default layer).
+
+    Returns the first attempt the gates pass (else the first attempt) and a summary of every attempt.
+    Methods without a single ``layer`` parameter, and calls that fixed the layer, are not retried.
+    """
+    import dataclasses
+
+    from cathrepo.edits.base import get_method
+
+    method_cls = get_method(method_name)
+    first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, **pipeline)
+    attempts = [attempt_summary(first, method_name)]
+    if first.report.passed or retry_layers <= 0 or layer_fixed or not hasattr(params, "layer"):
+        return first, attempts
+    say = pipeline.get("progress") or (lambda _msg: None)
+    say("locating other layers")
+    tried = set(first.result.site.get("layers", ()))
+    for layer in _ranked_layers(model, tokenizer, first.facts[0], pipeline.get("active", ())):
+        if layer in tried:
+            continue
+        if len(attempts) > retry_layers:
+            break
+        tried.add(layer)
+        say(f"retry at layer {layer}")
+        retry = run_pipeline(model, tokenizer, facts, method=method_cls(dataclasses.replace(params, layer=layer)),
+                             context=context, **pipeline)
+        attempts.append(attempt_summary(retry, method_name))
+        if retry.report.passed:
+            return retry, attempts
+    return first, attempts
+
+
+def _ranked_layers(model: Any, tokenizer: Any, fact: Fact, active: Sequence[Delta], window: int = 3) -> list[int]:
+    """Layers within ``window`` of the family's default edit layer, best causal-trace site first (the
+    MLP at the subject's tokens), traced on the model with the active edits applied."""
+    from cathrepo.attribution.select import select_sites
+    from cathrepo.edits.delta import applied
+    from cathrepo.models import default_edit_layer, num_layers
+
+    center, n = default_edit_layer(model), num_layers(model)
+    allowed = [j for j in range(n) if abs(j - center) <= window]
+    with applied(model, *active):
+        selection = select_sites(model, tokenizer, fact, method="causal_trace", kind="mlp", top_k=len(allowed),
+                                 layers=allowed)
+    return list(selection.layers)
 
 
 def _with_old_target(fact: Fact, probes: ProbeSet) -> Fact:

@@ -88,7 +88,7 @@ def layer_scores(model: Any, tokenizer: Any, fact: Fact, *, method: str, kind: s
 
         s0, s1 = subject_range(tokenizer, fact.prompt, fact.subject)
         result = trace(model, tokenizer, fact.prompt, fact.subject, fact.target_true, kinds=(kind,),
-                       samples=samples, tokens=range(s0, s1), precision="auto")
+                       samples=samples, tokens=range(s0, s1), precision="float32")  # the same sites on every CPU
         return result.layer_scores[kind], {"low": result.low, "high": result.high}
     if method == "saliency":
         result = saliency(model, tokenizer, fact.prompt, fact.subject, fact.target_new, kinds=(kind,))

@@ -137,8 +137,8 @@ def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None) -
                 continue
             report = run_gates(model, tokenizer, before=(), after=(delta,), probes=used, policy=policy,
                                stage="edit", base_hash=base_hash)
-            gates = {r.name: {"passed": r.passed, "skipped": r.skipped, "metrics": dict(r.metrics)}
-                     for r in report.results}
+            gates = {r.name: {"passed": r.passed, "skipped": r.skipped, "metrics": dict(r.metrics),
+                              "flips": list(r.flips)} for r in report.results}
             side = any(not r.passed for r in report.results if r.name not in WRITE_GATES)
             rows.append({"record": config.skip + i, "case_id": fact.case_id, "variant": variant,
                          "passed": report.passed, "side_effect_refused": side, "gates": gates,

@@ -147,8 +147,8 @@ class Gate(ABC):
         """The verdict from the measurements of every state in ``states``."""
 
     def result(self, passed: bool, metrics: dict[str, float], thresholds: dict[str, float],
-               detail: str = "") -> GateResult:
-        return GateResult(self.name, bool(passed), metrics, thresholds, detail)
+               detail: str = "", flips: Sequence[float] = ()) -> GateResult:
+        return GateResult(self.name, bool(passed), metrics, thresholds, detail, flips=tuple(flips))
 
 
 GATES: Registry[type[Gate]] = Registry(

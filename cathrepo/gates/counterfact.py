@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from cathrepo.gates.base import GATES, Gate, GateContext
-from cathrepo.gates.probing import ProbeOutcome, broke, magnitude, rate, score_probes
+from cathrepo.gates.probing import ProbeOutcome, broke, flip_falls, magnitude, rate, score_probes
 from cathrepo.gates.results import GateResult
 
 _SCORED = ("rewrite", "paraphrase", "neighborhood", "attribute", "forget")
@@ -128,7 +128,7 @@ class NeighborhoodGate(_ProbeGate):
         ok = drop <= self.policy.neighborhood_max_drop + 1e-9
         detail = "" if ok else _worst(broken, "neighbours now give the new target")
         return self.result(ok, metrics, {"neighborhood_max_drop": self.policy.neighborhood_max_drop,
-                                         "flip_tolerance": tol}, detail)
+                                         "flip_tolerance": tol}, detail, flip_falls(before, after))
 
 
 @GATES.register
@@ -162,16 +162,18 @@ class CounterFactPlusGate(_ProbeGate):
         thresholds = {"nkl_max": self.policy.nkl_max}
         ok = nkl <= self.policy.nkl_max
         reasons = [] if ok else [f"neighbour KL {nkl:.3g} nats is above {self.policy.nkl_max}"]
+        falls: list[float] = []
         if after["plus"]:
             plus_after, plus_before = rate(after["plus"]), rate(before["plus"])
             tol = self.policy.flip_tolerance
             drop = sum(broke(b, a, tol) for b, a in zip(before["plus"], after["plus"], strict=True)) / len(after["plus"])
+            falls = flip_falls(before["plus"], after["plus"])
             metrics.update({"ns_plus": plus_after, "ns_plus_before": plus_before, "ns_plus_drop": drop})
             thresholds.update({"ns_plus_max_drop": self.policy.ns_plus_max_drop, "flip_tolerance": tol})
             if drop > self.policy.ns_plus_max_drop + 1e-9:
                 ok = False
                 reasons.append(f"NS+ fell from {plus_before:.2f} to {plus_after:.2f}")
-        return self.result(ok, metrics, thresholds, "; ".join(reasons))
+        return self.result(ok, metrics, thresholds, "; ".join(reasons), falls)
 
 
 def _worst(outcomes: list[ProbeOutcome], what: str) -> str:

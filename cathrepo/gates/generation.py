@@ -79,23 +79,29 @@ class FluencyGate(Gate):
         return [(state, prompt, self.policy.fluency_tokens) for state in self.states
                 for prompt in subject_prompts(ctx, *self.kinds)]
 
-    def measure(self, ctx: GateContext, state: str) -> list[str]:
-        return [ctx.decoded(state, prompt, self.policy.fluency_tokens) for prompt in subject_prompts(ctx, *self.kinds)]
+    def measure(self, ctx: GateContext, state: str) -> dict[str, list[str]]:
+        n = self.policy.fluency_tokens
+        prompts = subject_prompts(ctx, *self.kinds)
+        return {"texts": [ctx.decoded(state, p, n) for p in prompts],
+                "half": [ctx.decoded(state, p, max(1, n // 2)) for p in prompts]}
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
         from cathrepo.gates.decoding import contains_answer, ngram_entropy
 
         assert ctx.probes is not None
         target = ctx.probes.of_kind("rewrite", "forget")[0].target if ctx.probes.of_kind("rewrite", "forget") else ""
-        before = [ngram_entropy(t) for t in measured["before"]]
-        after = [ngram_entropy(t) for t in measured["after"]]
+        texts = measured["after"]["texts"]
+        before = [ngram_entropy(t) for t in measured["before"]["texts"]]
+        after = [ngram_entropy(t) for t in texts]
         drop = _mean([b - a for b, a in zip(before, after, strict=True)])
-        mention = _mean([float(contains_answer(t, target)) for t in measured["after"]]) if target else float("nan")
+        half = _mean([ngram_entropy(b) - ngram_entropy(a)
+                      for b, a in zip(measured["before"]["half"], measured["after"]["half"], strict=True)])
+        mention = _mean([float(contains_answer(t, target)) for t in texts]) if target else float("nan")
         ok = drop <= self.policy.fluency_max_drop + 1e-9
         worst = min(range(len(after)), key=lambda i: after[i] - before[i])
-        detail = "" if ok else f"generations repeat themselves: {measured['after'][worst][:80]!r}"
+        detail = "" if ok else f"generations repeat themselves: {texts[worst][:80]!r}"
         return self.result(ok, {"entropy": _mean(after), "entropy_before": _mean(before), "drop": drop,
-                                "mention": mention, "n": float(len(after))},
+                                "drop_half": half, "mention": mention, "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)
 
 

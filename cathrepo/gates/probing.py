@@ -101,6 +101,17 @@ def score_probes(
     return outcomes
 
 
+def flip_falls(before: Sequence[ProbeOutcome | float], after: Sequence[ProbeOutcome | float]) -> list[float]:
+    """How far each probe that passed before and fails after fell (nats of lead), any size."""
+    out = []
+    for b, a in zip(before, after, strict=True):
+        lb = b.lead if isinstance(b, ProbeOutcome) else b
+        la = a.lead if isinstance(a, ProbeOutcome) else a
+        if lb > 0 >= la:
+            out.append(lb - la)
+    return out
+
+
 def broke(before: ProbeOutcome | float, after: ProbeOutcome | float, tolerance: float) -> bool:
     """Whether a probe that passed before fails after, by a fall of its lead of at least ``tolerance``.
 

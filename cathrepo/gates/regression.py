@@ -23,7 +23,7 @@ from typing import Any
 
 from cathrepo.facts.probes import Probe, ProbeSet
 from cathrepo.gates.base import GATES, Gate, GateContext
-from cathrepo.gates.probing import broke, score_probes
+from cathrepo.gates.probing import broke, flip_falls, score_probes
 from cathrepo.gates.results import GateResult
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ class RegressionGate(Gate):
         thresholds = {"regression_max_broken_rewrite": float(self.policy.regression_max_broken_rewrite),
                       "regression_max_broken": self.policy.regression_max_broken, "flip_tolerance": tol}
         detail = "" if ok else "broke: " + "; ".join(examples)
-        return self.result(ok, metrics, thresholds, detail)
+        falls = flip_falls([x for xs in before for x in xs], [x for xs in after for x in xs])
+        return self.result(ok, metrics, thresholds, detail, falls)
 
 
 def _related(probes: ProbeSet, changed: ProbeSet | None) -> bool:

@@ -27,6 +27,8 @@ class GateResult:
         detail: one human sentence: why it failed, or why it was skipped.
         seconds: time spent measuring.
         skipped: True when the gate had nothing to measure (no probes of its kind, no earlier edits).
+        flips: how far each probe that passed before and failed after fell (nats of lead), for the gates
+            that count broken probes; a reviewer sees how close the flips were to the tolerance.
     """
 
     name: str
@@ -36,6 +38,7 @@ class GateResult:
     detail: str = ""
     seconds: float = 0.0
     skipped: bool = False
+    flips: tuple[float, ...] = ()
 
     @property
     def status(self) -> str:
@@ -45,13 +48,15 @@ class GateResult:
         return {"name": self.name, "passed": self.passed, "skipped": self.skipped,
                 "metrics": {k: _num(v) for k, v in self.metrics.items()},
                 "thresholds": {k: _num(v) for k, v in self.thresholds.items()},
-                "detail": self.detail, "seconds": round(self.seconds, 3)}
+                "detail": self.detail, "seconds": round(self.seconds, 3),
+                **({"flips": [round(x, 4) for x in self.flips]} if self.flips else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GateResult:
         return cls(name=data["name"], passed=bool(data["passed"]), metrics=dict(data.get("metrics") or {}),
                    thresholds=dict(data.get("thresholds") or {}), detail=data.get("detail", ""),
-                   seconds=float(data.get("seconds", 0.0)), skipped=bool(data.get("skipped", False)))
+                   seconds=float(data.get("seconds", 0.0)), skipped=bool(data.get("skipped", False)),
+                   flips=tuple(data.get("flips") or ()))
 
     def with_seconds(self, seconds: float) -> GateResult:
         return replace(self, seconds=seconds)

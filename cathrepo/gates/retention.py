@@ -23,7 +23,7 @@ from typing import Any
 
 from cathrepo.facts.probes import KnownFact, default_known_facts_path, load_known_facts
 from cathrepo.gates.base import GATES, Gate, GateContext
-from cathrepo.gates.probing import broke
+from cathrepo.gates.probing import broke, flip_falls
 from cathrepo.gates.results import GateResult
 
 
@@ -105,4 +105,4 @@ class RetentionGate(Gate):
         thresholds = {"retention_max_drop": self.policy.retention_max_drop, "retention_min": self.policy.retention_min,
                       "flip_tolerance": tol}
         detail = "" if ok else f"{broken} known fact(s) lost their answer"
-        return self.result(ok, metrics, thresholds, detail)
+        return self.result(ok, metrics, thresholds, detail, flip_falls(before, after))

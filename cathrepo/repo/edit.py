@@ -34,6 +34,7 @@ class EditOutcome:
     commit: str | None = None
     record: EditRecord | None = None
     seconds: Mapping[str, float] | None = None
+    attempts: Sequence[Mapping[str, Any]] = ()
 
 
 def edit(
@@ -61,7 +62,7 @@ def edit(
     from cathrepo.edits.base import EditContext, get_method
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import cache_dir
-    from cathrepo.pipeline import run_pipeline
+    from cathrepo.pipeline import run_with_retries
     from cathrepo.repo.commit import commit_edit
     from cathrepo.repo.materialize import active_edits, probe_sets
 
@@ -81,27 +82,32 @@ def edit(
         suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
         outcomes: list[EditOutcome] = []
         for i, request in enumerate(requests):
-            result = run_pipeline(
-                model, tokenizer, request.facts, method=method_cls(resolved), context=context,
+            result, attempts = run_with_retries(
+                model, tokenizer, request.facts, method_name=name, params=resolved, context=context,
+                retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
                 active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
             )
             if not result.report.passed:
                 done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
                 failures = "; ".join(f.summary() for f in result.report.failures)
-                raise GateFailedError(
+                tried = "" if len(attempts) == 1 else " Tried layers " + ", ".join(
+                    str(a["site"].get("layers", ["?"])[0]) for a in attempts) + "; every one was refused."
+                error = GateFailedError(
                     f"Edit '{request.fact.prompt} -> {request.fact.target_new}' failed its gates: {failures}."
-                    f" Nothing was committed for it.{done}",
+                    f"{tried} Nothing was committed for it.{done}",
                     results=result.report,
-                    hint="Try another layer (--param layer=N) or method, or adjust [gates] in cathrepo.toml.",
+                    hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
+                    attempts=attempts, fact=result.fact,
                 )
+                raise error
             if dry_run:
-                outcome = EditOutcome(result.fact, result.report, seconds=result.seconds)
+                outcome = EditOutcome(result.fact, result.report, seconds=result.seconds, attempts=attempts)
             else:
                 edit_id, sha, record = commit_edit(repo, request, result, method=name,
                                                    params=_params_dict(resolved))
                 active.append((edit_id, result.result.delta))
                 suite.append(result.probes)
-                outcome = EditOutcome(result.fact, result.report, edit_id, sha, record, result.seconds)
+                outcome = EditOutcome(result.fact, result.report, edit_id, sha, record, result.seconds, attempts)
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)

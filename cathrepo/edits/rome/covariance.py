@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,39 +59,56 @@ def key_covariance(
     max_tokens: int,
     cache: Path,
     base_hash: str,
+    also: Sequence[str] = (),
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """``E[k kᵀ]`` of the inputs of ``module`` over up to ``max_tokens`` corpus tokens, cached.
 
+    When the statistics must be computed, those of the ``also`` modules that are missing are computed in
+    the same pass over the corpus (the layers a retry may move to cost one pass, not one each).
     Returns the (in, in) float32 matrix and a provenance dict (corpus name and hash, tokens, path).
     """
-    import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     lines, corpus_hash, corpus_name = read_corpus(corpus)
-    path = stats_dir(cache, base_hash) / module / f"cov-{corpus_hash[:16]}-{max_tokens}.safetensors"
+
+    def path(name: str) -> Path:
+        return stats_dir(cache, base_hash) / name / f"cov-{corpus_hash[:16]}-{max_tokens}.safetensors"
+
     info = {"corpus": corpus_name, "corpus_sha256": corpus_hash, "max_tokens": max_tokens}
-    if path.is_file():
-        stored = load_file(str(path))
+    if path(module).is_file():
+        stored = load_file(str(path(module)))
         return stored["mom2"], {**info, "tokens": int(stored["count"].item()), "cached": True}
-    log.info("Computing key statistics of %s over %d corpus tokens (once)...", module, max_tokens)
-    mom2, count = _accumulate(model, tokenizer, module, lines, max_tokens)
+    todo = [module, *(m for m in also if m != module and not path(m).is_file())]
+    log.info("Computing key statistics of %s over %d corpus tokens (once)...", ", ".join(todo), max_tokens)
+    moments, count = _accumulate(model, tokenizer, todo, lines, max_tokens)
+    for name, mom2 in moments.items():
+        _store(path(name), mom2, count)
+    return moments[module], {**info, "tokens": count, "cached": False}
+
+
+def _store(path: Path, mom2: torch.Tensor, count: int) -> None:
+    import torch
+    from safetensors.torch import save
+
+    from cathrepo.provenance._fs import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"mom2": mom2, "count": torch.tensor([count])}, str(tmp))
-    tmp.replace(path)
-    return mom2, {**info, "tokens": count, "cached": False}
+    atomic_write(path, save({"mom2": mom2.contiguous(), "count": torch.tensor([count])}))
 
 
-def _accumulate(model: Any, tokenizer: Any, module: str, lines: list[str], max_tokens: int) -> tuple[Any, int]:
+def _accumulate(model: Any, tokenizer: Any, modules: Sequence[str], lines: list[str],
+                max_tokens: int) -> tuple[dict[str, Any], int]:
+    """Second moments of every module's inputs in one pass over the corpus (float64 sums)."""
     import torch
 
-    from cathrepo.attribution.hooks import forward_until
+    from cathrepo.attribution.hooks import capture, forward_until
     from cathrepo.models import model_device
 
     device = model_device(model)
-    total: torch.Tensor | None = None
+    totals: dict[str, torch.Tensor] = {}
     count = 0
     batch: list[str] = []
+    deepest = max(modules, key=_depth)
     for i, line in enumerate(lines):
         batch.append(line)
         if len(batch) < 8 and i < len(lines) - 1:
@@ -98,12 +116,18 @@ def _accumulate(model: Any, tokenizer: Any, module: str, lines: list[str], max_t
         enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=MAX_SEQ)
         enc = enc.to(device)
         batch = []
-        with torch.no_grad():
-            keys = forward_until(model, module, inputs=True, **enc)  # (batch, seq, d_in)
-        keys = keys[enc["attention_mask"].bool()].double()  # (tokens, d_in)
-        total = keys.T @ keys if total is None else total + keys.T @ keys
-        count += keys.shape[0]
+        keep = enc["attention_mask"].bool()
+        with torch.no_grad(), capture(model, [m for m in modules if m != deepest], inputs=True, outputs=False) as seen:
+            last = forward_until(model, deepest, inputs=True, **enc)  # (batch, seq, d_in)
+        for name in modules:
+            keys = (last if name == deepest else seen.inputs[name])[keep].double()  # (tokens, d_in)
+            totals[name] = keys.T @ keys if name not in totals else totals[name] + keys.T @ keys
+        count += int(keep.sum())
         if count >= max_tokens:
             break
-    assert total is not None
-    return (total / count).float().cpu(), count
+    return {name: (total / count).float().cpu() for name, total in totals.items()}, count
+
+
+def _depth(name: str) -> tuple[int, ...]:
+    """Order module names by the layer numbers in them (a later layer runs later)."""
+    return tuple(int(part) for part in name.split(".") if part.isdigit())

@@ -62,9 +62,11 @@ class RomeMethod(EditMethod):
         module = family.layer_name(params.module, layer)
         get_module(model, module)
         cache = context.cache_dir or cache_dir()
+        center = default_edit_layer(model)
+        near = [family.layer_name(params.module, j) for j in range(max(0, center - 3), min(num_layers(model), center + 4))]
         cov, stats = key_covariance(
             model, tokenizer, module, corpus=context.corpus, max_tokens=params.corpus_tokens,
-            cache=cache, base_hash=context.base_hash,
+            cache=cache, base_hash=context.base_hash, also=near,
         )
         prefixes = context_prefixes(
             model, tokenizer, params.n_context, params.context_tokens, params.seed,
