@@ -183,3 +183,30 @@ def test_regression_checks_rewrites_everywhere_and_everything_for_related_edits(
     assert kinds("merge") == [["rewrite", "paraphrase"]] * 3
     assert kinds("edit", fast=()) == [["rewrite", "paraphrase"]] * 3
     assert gate.name == "regression"
+
+
+def test_an_exact_no_op_passes_every_gate_of_the_default_policy(tiny_llama, tmp_path):
+    """A zero delta with probes whose targets are the model's own answers is a null edit: with the default
+    policy every gate of the edit stage passes, and only regression skips (no earlier edits)."""
+    from cathrepo.edits.delta import Delta, LowRank
+    from cathrepo.facts.probes import Probe, ProbeSet, model_answer
+
+    model, tok, _ = tiny_llama
+    para, neighbour = "Where is The Eiffel Tower? It is located in", OTHER.prompt
+    own = {p: (model_answer(model, tok, p) or "").split(" ")[0] for p in (FACT.prompt, para, neighbour)}
+    assert all(own.values())
+    probes = ProbeSet((
+        Probe("rewrite", FACT.prompt, own[FACT.prompt], "Rome"),
+        Probe("paraphrase", para, own[para], "Rome"),
+        Probe("neighborhood", neighbour, own[neighbour], own[FACT.prompt]),
+        Probe("generation", FACT.prompt, own[FACT.prompt]),
+    ), FACT.subject)
+    real = oracle_delta(model, tok, FACT.prompt, "Rome", "Paris")
+    zero = Delta({k: LowRank(f.B * 0, f.A) for k, f in real.factors.items()})
+    snap = snapshot(model)
+    report = run_gates(model, tok, after=[zero], probes=probes, policy=GatePolicy(), stage="edit",
+                       base_hash="tiny", cache_dir=tmp_path)
+    assert same_weights(model, snap)
+    assert report.names() == list(GatePolicy().gates_for("edit"))
+    assert report.passed, [(r.summary(), r.detail) for r in report.failures]
+    assert [r.name for r in report.results if r.skipped] == ["regression"]
