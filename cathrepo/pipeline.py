@@ -147,11 +147,12 @@ def run_with_retries(
     retry_layers: int = 0,
     layer_fixed: bool = False,
     **pipeline: Any,
-) -> tuple[PipelineResult, list[dict[str, Any]]]:
+) -> tuple[PipelineResult, list[dict[str, Any]], Any]:
     """:func:`run_pipeline`, and when the gates refuse an edit written at one layer, the same edit at the
     next ``retry_layers`` layers that causal tracing ranks highest for the fact (near the default layer).
 
-    Returns the first attempt the gates pass (else the first attempt) and a summary of every attempt.
+    Returns the first attempt the gates pass (else the first attempt), a summary of every attempt, and
+    the parameters of the returned attempt.
     Methods without a single ``layer`` parameter, and calls that fixed the layer, are not retried.
     """
     import dataclasses
@@ -162,7 +163,7 @@ def run_with_retries(
     first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, **pipeline)
     attempts = [attempt_summary(first, method_name)]
     if first.report.passed or retry_layers <= 0 or layer_fixed or not hasattr(params, "layer"):
-        return first, attempts
+        return first, attempts, params
     say = pipeline.get("progress") or (lambda _msg: None)
     say("locating other layers")
     tried = set(first.result.site.get("layers", ()))
@@ -173,12 +174,12 @@ def run_with_retries(
             break
         tried.add(layer)
         say(f"retry at layer {layer}")
-        retry = run_pipeline(model, tokenizer, facts, method=method_cls(dataclasses.replace(params, layer=layer)),
-                             context=context, **pipeline)
+        moved = dataclasses.replace(params, layer=layer)
+        retry = run_pipeline(model, tokenizer, facts, method=method_cls(moved), context=context, **pipeline)
         attempts.append(attempt_summary(retry, method_name))
         if retry.report.passed:
-            return retry, attempts
-    return first, attempts
+            return retry, attempts, moved
+    return first, attempts, params
 
 
 def _ranked_layers(model: Any, tokenizer: Any, fact: Fact, active: Sequence[Delta], window: int = 3) -> list[int]:

@@ -105,8 +105,10 @@ def _share(flags: Sequence[bool]) -> dict[str, float]:
     return {"n": len(flags), "share": (sum(flags) / len(flags)) if flags else float("nan")}
 
 
-def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None) -> CalibrateResult:
-    """Run the calibration; ``progress(stage, done, total)`` reports advance."""
+def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None,
+                    on_record: Callable[[CalibrateResult], None] | None = None) -> CalibrateResult:
+    """Run the calibration; ``progress(stage, done, total)`` reports advance and ``on_record`` receives
+    the result so far after each record (a long run can be written as it goes)."""
     from cathrepo.bench.edits import _facts
     from cathrepo.edits.base import EditContext
     from cathrepo.facts.probes import build_probes, known_by_model, load_known_facts
@@ -143,6 +145,8 @@ def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None) -
             rows.append({"record": config.skip + i, "case_id": fact.case_id, "variant": variant,
                          "passed": report.passed, "side_effect_refused": side, "gates": gates,
                          "seconds": round(time.perf_counter() - t0, 2)})
+        if on_record is not None:
+            on_record(CalibrateResult(config, rows))
     say("records", len(facts), len(facts))
     return CalibrateResult(config, rows)
 

@@ -142,3 +142,13 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+def numerics(model: object) -> dict[str, object]:
+    """What else a delta's numbers depend on: device, weight dtype and thread count (cathrepo computes
+    edits and gates in float32 on every CPU, so whether the CPU has fast bfloat16 does not enter)."""
+    import torch
+
+    param = next(model.parameters())  # type: ignore[attr-defined]
+    return {"device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled()}

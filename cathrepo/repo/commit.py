@@ -39,6 +39,7 @@ def build_edit_files(
     params: Mapping[str, Any],
     computed_on: Sequence[str],
     staging: Path,
+    numerics: Mapping[str, Any] | None = None,
 ) -> EditRecord:
     """Write the edit's files into ``staging`` and return its record (whose files map holds their hashes)."""
     from cathrepo.edits.delta import save_delta
@@ -67,7 +68,8 @@ def build_edit_files(
         base_model={"name": config.base.name, "sha256": config.base.sha256},
         files=files,
         gates=outcome.report.to_dict(),
-        info={**dict(outcome.result.info), "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()}},
+        info={**dict(outcome.result.info), "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+              **({"numerics": dict(numerics)} if numerics else {})},
         attribution=dict(outcome.result.attribution) if outcome.result.attribution else None,
         computed_on=tuple(computed_on),
         versions=library_versions(),
@@ -102,6 +104,7 @@ def commit_edit(
     *,
     method: str,
     params: Mapping[str, Any],
+    numerics: Mapping[str, Any] | None = None,
 ) -> tuple[str, str, EditRecord]:
     """Store and commit one gated edit; returns (edit id, commit sha, record)."""
     from cathrepo.provenance.signing import sign_payload, write_envelope
@@ -117,7 +120,7 @@ def commit_edit(
     try:
         # 1. The files, assembled off to the side; the record names each file's hash.
         record = build_edit_files(repo, request, outcome, method=method, params=params,
-                                  computed_on=stack.active, staging=staging)
+                                  computed_on=stack.active, staging=staging, numerics=numerics)
         raw = record.to_bytes()
         edit_id = record.id
         (staging / layout.RECORD).write_bytes(raw)

@@ -63,6 +63,7 @@ def edit(
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import cache_dir
     from cathrepo.pipeline import run_with_retries
+    from cathrepo.provenance.manifest import numerics
     from cathrepo.repo.commit import commit_edit
     from cathrepo.repo.materialize import active_edits, probe_sets
 
@@ -82,7 +83,7 @@ def edit(
         suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
         outcomes: list[EditOutcome] = []
         for i, request in enumerate(requests):
-            result, attempts = run_with_retries(
+            result, attempts, used = run_with_retries(
                 model, tokenizer, request.facts, method_name=name, params=resolved, context=context,
                 retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
                 active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
@@ -104,7 +105,7 @@ def edit(
                 outcome = EditOutcome(result.fact, result.report, seconds=result.seconds, attempts=attempts)
             else:
                 edit_id, sha, record = commit_edit(repo, request, result, method=name,
-                                                   params=_params_dict(resolved))
+                                                   params=_params_dict(used), numerics=numerics(model))
                 active.append((edit_id, result.result.delta))
                 suite.append(result.probes)
                 outcome = EditOutcome(result.fact, result.report, edit_id, sha, record, result.seconds, attempts)

@@ -131,8 +131,12 @@ def calibrate_cmd(data: Path, n: int, skip: int, variants: tuple[str, ...], conf
     policy.update(parse_params(gate_params))
     config = CalibrateConfig(data=data, n=n, skip=skip, variants=variants or VARIANTS, policy=policy,
                              params=parse_params(params), overscale=overscale)
+    def write(partial: Any) -> None:
+        if json_out:
+            json_out.write_text(json.dumps(partial.to_dict(), indent=2) + "\n")
+
     with progress("Calibrating") as say:
-        result = bench_calibrate(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+        result = bench_calibrate(config, lambda stage, done, total: say(f"{stage} {done}/{total}"), write)
     from rich.console import Console
     from rich.table import Table
 
