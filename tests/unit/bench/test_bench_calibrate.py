@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from test_bench_edits import RECORDS
+
 from cathrepo.bench.calibrate import WRITE_GATES, CalibrateConfig, bench_calibrate, statistic, summary_table
 from cathrepo.gates.policy import GatePolicy
-
-from test_bench_edits import RECORDS
 
 ROME = {"corpus_tokens": 400, "n_context": 2, "context_tokens": 4, "v_steps": 5}
 
