@@ -47,7 +47,7 @@ def test_mmlu_through_lm_eval_on_the_sample(smollm2, tmp_path):
     result = report["mmlu"]
     assert result.passed and result.metrics["n"] == 16.0
     assert 0.0 <= result.metrics["mmlu"] <= 1.0 and result.metrics["drop"] == 0.0
-    assert list(tmp_path.glob("mmlu/base-*.json"))  # the base score is cached for the next run
+    assert list(tmp_path.glob("mmlu/state-*.json"))  # the base score is cached for the next run
 
 
 def test_efficacy_and_retention_on_the_real_model(smollm2):

@@ -8,12 +8,16 @@ Optimises ``δ`` added to the output of the edited module at the subject's last 
          + v_weight_decay · ‖δ‖² / ‖v₀‖²                             (keep the change small)
 
 with ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖`` after each Adam step, where v₀ is the module's
-original output on the bare prompt. Stops early once the rewrite NLL is below ``v_stop_nll``.
+original output on the bare prompt. Stops early once the rewrite NLL is below ``v_stop_nll`` or, with
+``v_stop_prob``, once every rewrite row gives the target at least that (length-normalised) probability:
+an edit stops where the model says the fact, instead of driving it to certainty (an edit to an answer
+the model already gives then stops at once, with δ = 0).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -200,7 +204,8 @@ def optimise_value(
             logp = _read_logprobs(model, split, b, cache)  # (n_rewrite * n_target + n_kl, vocab)
             n_kl = len(b["kl_rows"])
             token_lp = logp[:-n_kl].gather(1, b["tokens"][:, None]).squeeze(1)
-            nll_t = -token_lp.view(b["n_rewrite"], b["n_target"]).mean(1).mean()
+            row_lp = token_lp.view(b["n_rewrite"], b["n_target"]).mean(1)  # (n_rewrite,)
+            nll_t = -row_lp.mean()
             if "p0" not in state:  # δ is still zero: the unedited distributions
                 state["p0"] = logp[-n_kl:].detach()
             kls = torch.nn.functional.kl_div(logp[-n_kl:], state["p0"], log_target=True, reduction="none").sum(-1)
@@ -214,7 +219,9 @@ def optimise_value(
             if step == 0:
                 nll_start = nll
                 optimizer = torch.optim.Adam([delta], lr=params.v_lr)
-            if nll < params.v_stop_nll or step == params.v_steps:
+            reached = (float(row_lp.detach().min()) >= math.log(params.v_stop_prob) if params.v_stop_prob > 0
+                       else nll < params.v_stop_nll)
+            if reached or step == params.v_steps:
                 break
             assert optimizer is not None
             optimizer.zero_grad()

@@ -33,6 +33,8 @@ class RomeParams:
     v_steps: int = _help("Maximum Adam steps of the value optimisation.", 25)
     v_lr: float = _help("Adam learning rate of the value optimisation.", 1.0)
     v_stop_nll: float = _help("Stop once the target's mean NLL over all prompts is below this.", 0.05)
+    v_stop_prob: float = _help("Stop once every prompt (each prefix and phrasing) gives the target at least this "
+                               "length-normalised probability (0: use v_stop_nll instead).", 0.0)
     kl_factor: float = _help("Weight of the KL 'essence' term on '{subject} is a'.", 0.0625)
     v_weight_decay: float = _help("L2 penalty on the value delta relative to the original output.", 1e-3)
     clamp_norm_factor: float = _help("Clamp ‖δ‖ to this multiple of ‖original output‖.", 4.0)
@@ -70,6 +72,8 @@ class RomeParams:
         for name in ("phrasings", "protect_facts", "protect_context", "context_subjects"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"ROME parameter {name} must be >= 0.")
+        if not 0.0 <= self.v_stop_prob < 1.0:
+            raise InvalidInputError("ROME parameter v_stop_prob must be in [0, 1).")
         if self.protect_weight < 0 or self.context_kl < 0:
             raise InvalidInputError("ROME parameters protect_weight and context_kl must be >= 0.")
         if not 0 < self.clamp_norm_factor:
