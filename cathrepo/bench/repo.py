@@ -124,8 +124,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def bench_repo(config: RepoBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the benchmark; ``progress(done, total, last status)`` reports each record."""
+def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,
+               on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark; ``progress(done, total, last status)`` reports each record and ``on_record``
+    receives the result so far after each one (a long run that is cut keeps what it measured)."""
     say = progress or (lambda done, total, last: None)
     todo = records(config)
     scratch = Path(tempfile.mkdtemp(prefix="cathrepo-bench-repo-"))
@@ -141,9 +143,17 @@ def bench_repo(config: RepoBenchConfig, progress: Progress | None = None) -> dic
         say(done, len(todo), rows[-1]["status"] if rows else "")
         rows.append(edit_one(repo, index, record, config, scratch))
         log.info("record %d: %s in %.1f s", index, rows[-1]["status"], rows[-1]["wall_s"])
+        if on_record is not None:
+            on_record(_result(config, repo, rows, None))
     say(len(todo), len(todo), rows[-1]["status"])
     # 3. every signature and hash of what was committed
-    verify = _cathrepo("verify", cwd=repo)
+    return _result(config, repo, rows, _cathrepo("verify", cwd=repo))
+
+
+def _result(config: RepoBenchConfig, repo: Path, rows: list[dict[str, Any]],
+            verify: subprocess.CompletedProcess[str] | None) -> dict[str, Any]:
+    """The report; without ``verify`` (a partial result) ``verify_clean`` is None."""
     return {"data": str(config.data), "repo": str(repo), "method": config.method, "params": list(config.params),
-            **summarize(rows), "verify_clean": verify.returncode == 0,
-            "verify": _last_line(verify.stdout if verify.returncode == 0 else verify.stderr), "records": rows}
+            **summarize(rows), "verify_clean": None if verify is None else verify.returncode == 0,
+            "verify": "" if verify is None else _last_line(verify.stdout if verify.returncode == 0 else verify.stderr),
+            "records": rows}

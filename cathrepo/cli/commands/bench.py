@@ -95,8 +95,12 @@ def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None,
 
     parse_params(params)  # a malformed --param fails here, not once per record
     config = RepoBenchConfig(data=data, n=n, skip=skip, repo=repo, base=base, method=method, params=params)
+    def keep(partial: dict[str, object]) -> None:
+        if out:
+            out.write_text(json.dumps(partial, indent=2) + "\n")
+
     with progress("Editing") as say:
-        result = bench_repo(config, lambda done, total, last: say(f"{done}/{total} {last}".strip()))
+        result = bench_repo(config, lambda done, total, last: say(f"{done}/{total} {last}".strip()), keep)
     title = f"{result['n']} edits, one `cathrepo edit` each, into {result['repo']}"
     rows = {k: result[k] for k in ("committed", "refused", "errors", "committed_share", "wall_median_s",
                                      "wall_p90_s", "wall_min_s", "wall_max_s", "verify_clean")}
