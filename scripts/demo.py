@@ -2,8 +2,12 @@
 
 In a fresh repository, for each fact of docs/demo-facts.json: the model's answer before, the edit with
 its gate table (a signed commit), the answer after. Then the last edit is reverted and its prompt must
-give, character for character, the answer it gave before that edit; `cathrepo verify` closes. Any
-command that fails (a refused edit included) stops the demo with its exit status.
+give, character for character, the answer it gave before that edit; `cathrepo verify` closes.
+
+A fact the gates refuse is shown as the refusal it is (which gate failed, by how much, which layers were
+tried): the demo then checks that nothing was committed (the same HEAD, the same answer, `cathrepo
+verify` clean) and goes on. Any other failure stops the demo with its exit status, and so does a run in
+which no edit was committed or the revert does not restore the answer.
 """
 
 from __future__ import annotations
@@ -18,19 +22,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 FACTS = HERE / "docs" / "demo-facts.json"
 TOKENS = "8"
+REFUSED = 4  # cathrepo's exit status for an edit its gates refused
 
 
-def run(*args: str, cwd: Path, show: bool = True) -> str:
-    """Run `cathrepo ARGS`, echo the command and its output, return stdout; exit on failure."""
+def run(*args: str, cwd: Path, show: bool = True, allow: tuple[int, ...] = ()) -> str:
+    """Run `cathrepo ARGS`, echo the command and its output, return stdout; exit on failure (an exit
+    status in ``allow`` is an outcome the caller handles)."""
     if show:
         print(f"\n$ cathrepo {' '.join(shlex.quote(a) for a in args)}", flush=True)
     proc = subprocess.run(["cathrepo", *args], cwd=cwd, text=True, capture_output=True)
     if show or proc.returncode != 0:  # results first, then notes and errors (a refusal's gate table)
         print(proc.stdout, end="", flush=True)
-        print(proc.stderr, end="", file=sys.stderr, flush=True)
-    if proc.returncode != 0:
+        print(proc.stderr, end="", file=sys.stdout if proc.returncode in allow else sys.stderr, flush=True)
+    if proc.returncode != 0 and proc.returncode not in allow:
         sys.exit(f"demo: 'cathrepo {args[0]}' failed with exit status {proc.returncode}")
     return proc.stdout
+
+
+def head(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, text=True, capture_output=True,
+                          check=True).stdout.strip()
 
 
 def answer(prompt: str, repo: Path) -> str:
@@ -55,27 +66,39 @@ def main() -> None:
         before = answer(prompt, repo)
         path = work / f"fact-{i}.json"
         path.write_text(json.dumps([fact], indent=1) + "\n")
-        run("edit", "--file", str(path), "--source", f"demo:counterfact#{fact['case_id']}", cwd=repo)
+        start = head(repo)
+        run("edit", "--file", str(path), "--source", f"demo:counterfact#{fact['case_id']}", cwd=repo,
+            allow=(REFUSED,))
         after = answer(prompt, repo)
-        rows.append((prompt, new, before, after))
+        committed = head(repo) != start
+        if not committed:
+            print("\n== Refused: nothing was committed and the model answers as before")
+            if after != before:
+                sys.exit(f"demo: a refused edit changed the answer from {before!r} to {after!r}")
+            run("verify", cwd=repo)
+        rows.append((prompt, new, before, after, committed))
     log = json.loads(run("log", "--json", cwd=repo, show=False))
-    last = next(e["edit_id"] for e in log if e["action"] == "edit")  # newest first
+    edits = [e["edit_id"] for e in log if e["action"] == "edit"]  # newest first
+    if not edits:
+        sys.exit("demo: the gates refused every demo fact; nothing was committed")
+    last = edits[0]
     run("log", cwd=repo)
     run("verify", cwd=repo)
 
-    prompt, _, before, _ = rows[-1]
+    last_prompt, _, last_before, _, _ = [row for row in rows if row[4]][-1]
     print(f"\n== Revert the last edit ({last}): its prompt must answer exactly as before the edit")
     run("revert", last, cwd=repo)
-    restored = answer(prompt, repo)
+    restored = answer(last_prompt, repo)
     run("verify", cwd=repo)
 
-    print("\n== Summary (+: the answer after the edit contains the new target)")
-    for prompt, new, before, after in rows:
-        mark = "+" if new.lower() in after.lower() else "-"
+    print("\n== Summary (+: the answer after the edit contains the new target; refused: nothing committed)")
+    for prompt, new, before, after, committed in rows:
+        mark = ("+" if new.lower() in after.lower() else "-") if committed else "refused"
         print(f"  {mark} {prompt} ...\n      before: {_line(before)}\n      after:  {_line(after)}")
-    print(f"  reverted: {rows[-1][0]} ... {_line(restored)}")
-    if restored != before:
-        sys.exit(f"demo: after the revert the model answers {restored!r}, before the edit it answered {before!r}")
+    print(f"  reverted: {last_prompt} ... {_line(restored)}")
+    if restored != last_before:
+        sys.exit(f"demo: after the revert the model answers {restored!r}, before the edit it answered "
+                 f"{last_before!r}")
     print(f"\n== Done: the revert restored the answer exactly. The repository is at {repo}")
 
 
