@@ -8,6 +8,11 @@ benchmark in BENCHMARKS.md does not use), measured as ES / PS / NS / generation 
 v_lr 0.5 with decay 0.5 (ROME's) 0.97 / 0.87 / 0.67 / 0.62; decay 1e-3 (EasyEdit's for Llama) 1.00 /
 0.90 / 0.67 / 0.75 / 3.4 s; and v_lr 1.0 1.00 / 0.97 / 0.67 / 0.77 / 2.6 s (unedited NS 0.70); v_lr 2.0
 or ten context prefixes were no better.
+
+The value optimisation stops once every prompt gives the target probability ``v_stop_prob`` = 0.5 (the
+edit then says the fact, rather than driving it to certainty): on records 5000-5049 it kept ES 1.00 and PS
+0.96, moved NS from 0.68 to 0.70 (unedited 0.72) and NKL from 0.029 to 0.019, and raised the share of
+records 5000+ committed through every default gate (BENCHMARKS.md, "Edits that pass their own gates").
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class RomeParams:
     v_lr: float = _help("Adam learning rate of the value optimisation.", 1.0)
     v_stop_nll: float = _help("Stop once the target's mean NLL over all prompts is below this.", 0.05)
     v_stop_prob: float = _help("Stop once every prompt (each prefix and phrasing) gives the target at least this "
-                               "length-normalised probability (0: use v_stop_nll instead).", 0.0)
+                               "length-normalised probability (0: use v_stop_nll instead).", 0.5)
     kl_factor: float = _help("Weight of the KL 'essence' term on '{subject} is a'.", 0.0625)
     v_weight_decay: float = _help("L2 penalty on the value delta relative to the original output.", 1e-3)
     clamp_norm_factor: float = _help("Clamp ‖δ‖ to this multiple of ‖original output‖.", 4.0)
