@@ -10,8 +10,8 @@ Optimises ``δ`` added to the output of the edited module at the subject's last 
 with ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖`` after each Adam step, where v₀ is the module's
 original output on the bare prompt. Stops early once the rewrite NLL is below ``v_stop_nll`` or, with
 ``v_stop_prob``, once every rewrite row gives the target at least that (length-normalised) probability:
-an edit stops where the model says the fact, instead of driving it to certainty (an edit to an answer
-the model already gives then stops at once, with δ = 0).
+an edit stops where the model says the fact, instead of driving it to certainty (a target every prompt
+already gives with that probability stops at once, with δ = 0).
 """
 
 from __future__ import annotations
