@@ -72,6 +72,9 @@ def run_pipeline(
     policy: GatePolicy | None = None,
     known_facts: Sequence[KnownFact] | None = None,
     progress: Callable[[str], None] | None = None,
+    prepared: PipelineResult | None = None,
+    fail_fast: bool = False,
+    carry: dict[str, Any] | None = None,
 ) -> PipelineResult:
     """Probe, compute and gate one edit on the model with ``active`` deltas applied.
 
@@ -85,6 +88,10 @@ def run_pipeline(
         policy: gate thresholds (defaults when None).
         known_facts: the pool neighbours are mined from (default: the shipped known facts).
         progress: called with a short message at each stage.
+        prepared: an earlier attempt at the same facts on the same ``active`` stack: its facts and probes
+            are reused instead of built again.
+        fail_fast, carry: passed to :func:`~cathrepo.gates.base.run_gates` (retries stop at the first
+            refusing tier and reuse the first attempt's ``before`` measurements).
     """
     from cathrepo.edits.delta import applied
     from cathrepo.facts.probes import build_probes
@@ -99,10 +106,14 @@ def run_pipeline(
     #    model already gives, and a missing old target is the model's own answer.
     say("probes")
     with applied(model, *active):
-        sets = [build_probes(fact, model, tokenizer, known_facts) for fact in todo]
-        todo = [_with_old_target(fact, probes) for fact, probes in zip(todo, sets, strict=True)]
-        probes = merge_probe_sets(sets)
-        assert probes is not None
+        if prepared is not None:
+            todo, probes = list(prepared.facts), prepared.probes
+        else:
+            sets = [build_probes(fact, model, tokenizer, known_facts) for fact in todo]
+            todo = [_with_old_target(fact, probes) for fact, probes in zip(todo, sets, strict=True)]
+            merged = merge_probe_sets(sets)
+            assert merged is not None
+            probes = merged
         seconds["probes"] = time.perf_counter() - start
         # ③④ locate and compute: methods that use attribution run it inside compute.
         say(f"compute ({method.name})")
@@ -123,6 +134,8 @@ def run_pipeline(
         stage="edit",
         base_hash=context.base_hash,
         progress=progress,
+        fail_fast=fail_fast,
+        carry=carry,
     )
     seconds["gates"] = time.perf_counter() - start
     return PipelineResult(facts=tuple(todo), probes=probes, result=result, report=report, seconds=seconds)
@@ -151,6 +164,10 @@ def run_with_retries(
     """:func:`run_pipeline`, and when the gates refuse an edit written at one layer, the same edit at the
     next ``retry_layers`` layers that causal tracing ranks highest for the fact (near the default layer).
 
+    The first attempt runs every gate (its report is the refusal shown when no attempt passes); a retry
+    reuses the first attempt's probes and ``before`` measurements and stops at its first refusing tier of
+    gates, so a retry that passes has run every gate and one that fails costs less.
+
     Returns the first attempt the gates pass (else the first attempt), a summary of every attempt, and
     the parameters of the returned attempt.
     Methods without a single ``layer`` parameter, and calls that fixed the layer, are not retried.
@@ -160,7 +177,9 @@ def run_with_retries(
     from cathrepo.edits.base import get_method
 
     method_cls = get_method(method_name)
-    first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, **pipeline)
+    carry: dict[str, Any] = {}
+    first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, carry=carry,
+                         **pipeline)
     attempts = [attempt_summary(first, method_name)]
     if first.report.passed or retry_layers <= 0 or layer_fixed or not hasattr(params, "layer"):
         return first, attempts, params
@@ -175,7 +194,8 @@ def run_with_retries(
         tried.add(layer)
         say(f"retry at layer {layer}")
         moved = dataclasses.replace(params, layer=layer)
-        retry = run_pipeline(model, tokenizer, facts, method=method_cls(moved), context=context, **pipeline)
+        retry = run_pipeline(model, tokenizer, facts, method=method_cls(moved), context=context, prepared=first,
+                             fail_fast=True, carry=carry, **pipeline)
         attempts.append(attempt_summary(retry, method_name))
         if retry.report.passed:
             return retry, attempts, moved

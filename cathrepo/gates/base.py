@@ -113,6 +113,9 @@ class Gate(ABC):
 
     name: ClassVar[str]
     states: ClassVar[tuple[str, ...]] = ("before", "after")
+    #: cost tier: 0 teacher-forced scores of the edit's own probes (about a second), 1 free-generation
+    #: decodes (tens of forward passes), 2 whole-suite or whole-corpus scores; gates run tier by tier
+    cost: ClassVar[int] = 0
     cacheable: ClassVar[bool] = False
     #: states whose measurement is cached on disk (by the state's content hash) when ``cacheable``
     cache_states: ClassVar[tuple[str, ...]] = ("base",)
@@ -175,6 +178,8 @@ def run_gates(
     cache_dir: Path | None = None,
     root: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    fail_fast: bool = False,
+    carry: dict[str, Any] | None = None,
 ) -> GateReport:
     """Run the gates of ``stage`` on the change from ``before`` to ``after``.
 
@@ -190,6 +195,11 @@ def run_gates(
         cache_dir: cache root (default: ``<cathrepo cache>/gates`` when ``base_hash`` is known).
         root: directory the policy's relative data paths resolve against.
         progress: called with a short message as each state and gate starts (the CLI drives a bar).
+        fail_fast: run the gates in cost tiers (own probes, then free generation, then the suite and
+            known facts) and stop after the first tier that refuses; the gates not run are reported as
+            skipped. For attempts whose refusal is not the one shown (retries at other layers).
+        carry: a dict kept across runs that gate the same edit on the same ``before`` state (its retries
+            at other layers): their ``base``/``before`` measurements and decodes are reused, not redone.
     """
     from cathrepo.models import cache_dir as default_cache
 
@@ -203,22 +213,40 @@ def run_gates(
                       base_hash, cache_dir, root, progress)
     # 1. instantiate, and set aside gates with nothing to measure
     active: list[Gate] = []
-    skipped: dict[str, GateResult] = {}
+    results: dict[str, GateResult] = {}
     for name in names:
         gate = GATES.get(name)(policy)
         reason = gate.skip_reason(ctx)
         if reason:
-            skipped[name] = GateResult(name, True, detail=reason, skipped=True)
+            results[name] = GateResult(name, True, detail=reason, skipped=True)
         else:
             active.append(gate)
-    # 2. the free-generation continuations every gate reads, decoded together
-    _decode_requests(ctx, active)
-    # 3. measure state by state; each state is applied once and restored bit for bit
-    measured: dict[str, dict[str, Any]] = {g.name: g.measured for g in active}
-    seconds: dict[str, float] = {g.name: 0.0 for g in active}
+    seeded = _seed(ctx, active, carry)
+    # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run
+    for tier in sorted({g.cost for g in active}):
+        gates_now = [g for g in active if g.cost == tier]
+        results.update(_run_tier(ctx, gates_now))
+        if fail_fast and any(not results[g.name].passed for g in gates_now):
+            for g in active:
+                if g.name not in results:
+                    results[g.name] = GateResult(g.name, True, skipped=True,
+                                                 detail="not run: a cheaper gate already refused this attempt")
+            break
+    if carry is not None:
+        _keep(ctx, active, carry, seeded)
+    return GateReport(tuple(results[name] for name in names), stage,
+                      {"before": len(ctx.before), "after": len(ctx.after), "suite": len(ctx.suite),
+                       "base_hash": base_hash})
+
+
+def _run_tier(ctx: GateContext, gates: Sequence[Gate]) -> dict[str, GateResult]:
+    """Decode, measure state by state (each state applied once, restored bit for bit) and judge ``gates``."""
+    _decode_requests(ctx, gates)
+    measured: dict[str, dict[str, Any]] = {g.name: g.measured for g in gates}
+    seconds: dict[str, float] = {g.name: 0.0 for g in gates}
     errors: dict[str, str] = {}
     for state in STATES:
-        users = [g for g in active if state in g.states and g.name not in errors]
+        users = [g for g in gates if state in g.states and g.name not in errors]
         if state == "before" and not ctx.before:  # the base model again: reuse its measurements
             for g in users:
                 if "base" in measured[g.name]:
@@ -227,7 +255,7 @@ def run_gates(
         if not todo:
             continue
         ctx.say(f"measuring {state} ({len(ctx.deltas(state))} edits applied)")
-        with applied(model, *ctx.deltas(state)):
+        with applied(ctx.model, *ctx.deltas(state)):
             for gate in todo:
                 ctx.say(f"{gate.name}: {state}")
                 t0 = time.perf_counter()
@@ -238,19 +266,48 @@ def run_gates(
                 seconds[gate.name] += time.perf_counter() - t0
                 if gate.name not in errors:
                     _store_cached(ctx, gate, state, measured)
-    # 4. judge, in the order the gates were asked for
-    results = []
-    by_name = {g.name: g for g in active}
-    for name in names:
-        if name in skipped:
-            results.append(skipped[name])
-        elif name in errors:
-            results.append(GateResult(name, False, detail=f"error: {errors[name]}", seconds=seconds[name]))
+    results = {}
+    for gate in gates:
+        if gate.name in errors:
+            results[gate.name] = GateResult(gate.name, False, detail=f"error: {errors[gate.name]}",
+                                            seconds=seconds[gate.name])
         else:
-            gate = by_name[name]
-            results.append(gate.judge(ctx, measured[name]).with_seconds(seconds[name]))
-    return GateReport(tuple(results), stage, {"before": len(ctx.before), "after": len(ctx.after),
-                                              "suite": len(ctx.suite), "base_hash": base_hash})
+            results[gate.name] = gate.judge(ctx, measured[gate.name]).with_seconds(seconds[gate.name])
+    return results
+
+
+def _seed(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any] | None) -> str | None:
+    """Reuse a previous run's ``base`` and ``before`` measurements and decodes when ``carry`` holds them
+    for the same ``before`` state and edit probes (the retries of one edit); the key it checked, or None."""
+    if carry is None:
+        return None
+    key = _carry_key(ctx)
+    if carry.get("key") != key:
+        carry.clear()
+        carry["key"] = key
+        return key
+    for gate in gates:
+        gate.measured.update(carry.get(("measured", gate.name), {}))
+    ctx.memo.update(carry.get("decodes", {}))
+    return key
+
+
+def _keep(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any], key: str | None) -> None:
+    """Store this run's ``base`` and ``before`` measurements and decodes in ``carry`` for the next retry."""
+    for gate in gates:
+        kept = {s: v for s, v in gate.measured.items() if s in ("base", "before")}
+        if kept:
+            carry[("measured", gate.name)] = kept
+    carry["decodes"] = {k: v for k, v in ctx.memo.items() if k[0] == "decode" and k[1] in ("base", "before")}
+
+
+def _carry_key(ctx: GateContext) -> str:
+    """What carried measurements depend on: the ``before`` state, the stage, the suite and the probes."""
+    probes = json.dumps([p.to_dict() for p in ctx.probes.probes] if ctx.probes is not None else None,
+                        sort_keys=True, ensure_ascii=False)
+    suite = json.dumps([[p.to_dict() for p in ps.probes] for ps in ctx.suite], sort_keys=True, ensure_ascii=False)
+    text = f"{ctx.state_digest('before')}\0{ctx.stage}\0{probes}\0{suite}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
@@ -265,7 +322,9 @@ def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
             wanted[(state, prompt)] = max(tokens, wanted.get((state, prompt), 0))
     if not wanted:
         return
-    keys = sorted(wanted)
+    keys = sorted(k for k in wanted if ("decode", *k) not in ctx.memo)  # carried from an earlier attempt
+    if not keys:
+        return
     one_more = len(ctx.after) == len(ctx.before) + 1 and all(a is b for a, b in zip(ctx.after[:-1], ctx.before, strict=True))
     added = ctx.after[-1] if one_more else None
     if added is not None and {state for state, _ in keys} <= {"before", "after"}:

@@ -31,6 +31,7 @@ class GenerationGate(Gate):
 
     name = "generation"
     states = ("after",)
+    cost = 1
 
     def _probes(self, ctx: GateContext) -> list[Any]:
         if ctx.probes is None or ctx.probes.fact_kind == "forget":
@@ -68,6 +69,7 @@ class FluencyGate(Gate):
     itself fails)."""
 
     name = "fluency"
+    cost = 1
     kinds = ("rewrite", "paraphrase", "generation")
 
     def skip_reason(self, ctx: GateContext) -> str | None:

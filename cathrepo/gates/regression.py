@@ -37,6 +37,7 @@ class RegressionGate(Gate):
     """No active edit's probes that passed before the change fail after it."""
 
     name = "regression"
+    cost = 2
 
     def selection(self, ctx: GateContext) -> list[list[Probe]]:
         """Per suite probe set, the probes this run checks."""

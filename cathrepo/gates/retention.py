@@ -56,6 +56,7 @@ class RetentionGate(Gate):
     """Known facts keep the base model's answer."""
 
     name = "retention"
+    cost = 2
     states = ("base", "before", "after")
     cacheable = True
     cache_states = ("base", "before", "after")

@@ -210,3 +210,55 @@ def test_an_exact_no_op_passes_every_gate_of_the_default_policy(tiny_llama, tmp_
     assert report.names() == list(GatePolicy().gates_for("edit"))
     assert report.passed, [(r.summary(), r.detail) for r in report.failures]
     assert [r.name for r in report.results if r.skipped] == ["regression"]
+
+
+def test_fail_fast_stops_after_the_cheap_tier_that_refuses(tiny_model):
+    model, tok, _ = tiny_model
+    fact = _fact_base_rejects(model, tok, FACT)
+    weak = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true).scaled(1e-6)
+    gates = ["efficacy", "generation", "fluency"]
+    full = run_gates(model, tok, after=[weak], probes=probes_for(fact), gates=gates)
+    fast = run_gates(model, tok, after=[weak], probes=probes_for(fact), gates=gates, fail_fast=True)
+    assert not full["efficacy"].passed and not full["generation"].skipped
+    assert not fast.passed and fast.names() == gates
+    assert fast["efficacy"].metrics == full["efficacy"].metrics
+    for name in ("generation", "fluency"):
+        assert fast[name].skipped and "not run" in fast[name].detail and not fast[name].metrics
+
+
+def test_fail_fast_runs_every_gate_of_an_edit_that_passes(tiny_model):
+    model, tok, _ = tiny_model
+    fact = _fact_base_rejects(model, tok, FACT)
+    strong = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true)
+    gates = ["efficacy", "fluency", "norms"]
+    fast = run_gates(model, tok, after=[strong], probes=probes_for(fact), gates=gates, fail_fast=True,
+                     policy=GatePolicy(norms_max_growth=10.0, fluency_max_drop=10.0))
+    assert fast.passed and not any(r.skipped for r in fast.results)
+
+
+def test_carry_reuses_before_measurements_only_for_the_same_before_state(tiny_model, monkeypatch):
+    from cathrepo.gates import base
+
+    model, tok, _ = tiny_model
+    fact = _fact_base_rejects(model, tok, FACT)
+    strong = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true)
+    other = oracle_delta(model, tok, OTHER.prompt, OTHER.target_new, OTHER.target_true)
+    decoded: list[list[str]] = []
+    real = base._decode_requests
+
+    def counting(ctx, gates):
+        before = len(ctx.memo)
+        real(ctx, gates)
+        decoded.append([k[1] for k in list(ctx.memo)[before:] if k[0] == "decode"])
+
+    monkeypatch.setattr(base, "_decode_requests", counting)
+    carry: dict = {}
+    first = run_gates(model, tok, after=[strong], probes=probes_for(fact), gates=["fluency"], carry=carry)
+    again = run_gates(model, tok, after=[strong.scaled(0.5)], probes=probes_for(fact), gates=["fluency"],
+                      carry=carry)
+    run_gates(model, tok, before=[other], after=[other, strong], probes=probes_for(fact), gates=["fluency"],
+              carry=carry)
+    assert "before" in decoded[0] and "after" in decoded[0]
+    assert set(decoded[1]) == {"after"}  # the same before state: only the new rows are decoded
+    assert "before" in decoded[2]  # another before state: nothing carried over
+    assert again["fluency"].metrics["entropy_before"] == first["fluency"].metrics["entropy_before"]
