@@ -116,6 +116,9 @@ class Gate(ABC):
     #: cost tier: 0 teacher-forced scores of the edit's own probes (about a second), 1 free-generation
     #: decodes (tens of forward passes), 2 whole-suite or whole-corpus scores; gates run tier by tier
     cost: ClassVar[int] = 0
+    #: whether the ``base``/``before`` measurements depend only on those states, the edit's probes and the
+    #: suite (not on the new delta), so a retry of the same edit may reuse them (``run_gates(carry=...)``)
+    carries: ClassVar[bool] = False
     cacheable: ClassVar[bool] = False
     #: states whose measurement is cached on disk (by the state's content hash) when ``cacheable``
     cache_states: ClassVar[tuple[str, ...]] = ("base",)
@@ -287,7 +290,8 @@ def _seed(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any] | None)
         carry["key"] = key
         return key
     for gate in gates:
-        gate.measured.update(carry.get(("measured", gate.name), {}))
+        if gate.carries:
+            gate.measured.update(carry.get(("measured", gate.name), {}))
     ctx.memo.update(carry.get("decodes", {}))
     return key
 
@@ -295,6 +299,8 @@ def _seed(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any] | None)
 def _keep(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any], key: str | None) -> None:
     """Store this run's ``base`` and ``before`` measurements and decodes in ``carry`` for the next retry."""
     for gate in gates:
+        if not gate.carries:
+            continue
         kept = {s: v for s, v in gate.measured.items() if s in ("base", "before")}
         if kept:
             carry[("measured", gate.name)] = kept

@@ -39,6 +39,7 @@ def _of(outcomes: list[ProbeOutcome], *kinds: str) -> list[ProbeOutcome]:
 
 class _ProbeGate(Gate):
     kinds: tuple[str, ...] = ()
+    carries = True
 
     def skip_reason(self, ctx: GateContext) -> str | None:
         if ctx.probes is None:

@@ -70,6 +70,7 @@ class FluencyGate(Gate):
 
     name = "fluency"
     cost = 1
+    carries = True
     kinds = ("rewrite", "paraphrase", "generation")
 
     def skip_reason(self, ctx: GateContext) -> str | None:

@@ -38,6 +38,7 @@ class RegressionGate(Gate):
 
     name = "regression"
     cost = 2
+    carries = True
 
     def selection(self, ctx: GateContext) -> list[list[Probe]]:
         """Per suite probe set, the probes this run checks."""

@@ -57,6 +57,7 @@ class RetentionGate(Gate):
 
     name = "retention"
     cost = 2
+    carries = True
     states = ("base", "before", "after")
     cacheable = True
     cache_states = ("base", "before", "after")

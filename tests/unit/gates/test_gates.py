@@ -262,3 +262,17 @@ def test_carry_reuses_before_measurements_only_for_the_same_before_state(tiny_mo
     assert set(decoded[1]) == {"after"}  # the same before state: only the new rows are decoded
     assert "before" in decoded[2]  # another before state: nothing carried over
     assert again["fluency"].metrics["entropy_before"] == first["fluency"].metrics["entropy_before"]
+
+
+def test_carry_skips_gates_whose_before_measurement_depends_on_the_new_delta(tiny_llama):
+    from cathrepo.edits.delta import Delta
+    from cathrepo.models import family_for, num_layers
+
+    model, tok, _ = tiny_llama
+    first = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    other_layer = family_for(model).layer_name("mlp_out", num_layers(model) - 2)
+    moved = Delta({other_layer: first.factors[first.modules[0]]})
+    carry: dict = {}
+    run_gates(model, tok, after=[first], probes=probes_for(FACT), gates=["norms"], carry=carry)
+    report = run_gates(model, tok, after=[moved], probes=probes_for(FACT), gates=["norms"], carry=carry)
+    assert report["norms"].metrics["modules"] == 1.0 and report["norms"].metrics["max_growth"] > 0
