@@ -1,0 +1,82 @@
+"""run_with_retries: a refused edit is tried again at other layers, retries reuse the first attempt's
+before-state and stop at their first refusing tier, and a retry that passes has run every gate."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+from gate_helpers import FACT
+
+from cathrepo.edits.base import EditContext
+from cathrepo.edits.rome.params import RomeParams
+from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.policy import GatePolicy
+from cathrepo.gates.results import GateResult
+from cathrepo.models import default_edit_layer
+from cathrepo.pipeline import run_with_retries
+
+
+class _RefuseLayers(Gate):
+    """Refuses any edit written at one of ``refused`` layers (a stand-in for a gate that refuses one site)."""
+
+    name = "test_refuse_layers"
+    states = ("after",)
+    refused: ClassVar[set[int]] = set()
+    seen: ClassVar[list[int]] = []
+
+    def measure(self, ctx: GateContext, state: str) -> Any:
+        (module,) = ctx.after[-1].modules
+        return int(module.split(".layers.")[1].split(".")[0])
+
+    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+        layer = measured["after"]
+        type(self).seen.append(layer)
+        return self.result(layer not in self.refused, {"layer": float(layer)}, {})
+
+
+@pytest.fixture
+def refuse_layers():
+    GATES.register(_RefuseLayers)
+    _RefuseLayers.seen.clear()
+    yield _RefuseLayers
+    GATES._entries.pop(_RefuseLayers.name)
+
+
+def _retry(model, tok, corpus, retry_layers, gates):
+    params = RomeParams(corpus_tokens=400, n_context=2, context_tokens=4, v_steps=20, clamp_norm_factor=10.0,
+                        v_weight_decay=0.0, v_stop_prob=0.0)
+    policy = GatePolicy(stages={"edit": gates}, fluency_max_drop=100.0, norms_max_growth=100.0)
+    return run_with_retries(model, tok, FACT, method_name="rome", params=params,
+                            context=EditContext(corpus=corpus), retry_layers=retry_layers, policy=policy)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 40))
+    return path
+
+
+def test_a_refused_layer_is_retried_elsewhere_and_the_pass_ran_every_gate(tiny_llama, corpus, refuse_layers):
+    model, tok, _ = tiny_llama
+    first_layer = default_edit_layer(model)
+    refuse_layers.refused = {first_layer}
+    result, attempts, params = _retry(model, tok, corpus, 2, ["test_refuse_layers", "fluency", "norms"])
+    assert [a["passed"] for a in attempts] == [False, True]
+    assert attempts[0]["failed"][0]["gate"] == "test_refuse_layers"
+    assert params.layer != first_layer and result.result.site["layers"] == [params.layer]
+    assert result.report.passed and not any(r.skipped for r in result.report.results)
+    assert result.report["norms"].metrics["modules"] == 1.0  # measured for the retried layer's module
+
+
+def test_retries_that_fail_stop_early_and_the_first_attempt_is_the_refusal(tiny_llama, corpus, refuse_layers):
+    model, tok, _ = tiny_llama
+    refuse_layers.refused = set(range(64))
+    result, attempts, _ = _retry(model, tok, corpus, 2, ["test_refuse_layers", "fluency", "norms"])
+    assert len(attempts) == 3 and not any(a["passed"] for a in attempts)
+    assert len(set(refuse_layers.seen)) == 3  # three different layers tried
+    assert result.result.site["layers"] == [default_edit_layer(model)]
+    assert not any(r.skipped for r in result.report.results)  # the refusal shown ran every gate
+    for attempt in attempts[1:]:
+        assert [f["gate"] for f in attempt["failed"]] == ["test_refuse_layers"]
