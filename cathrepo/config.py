@@ -52,9 +52,10 @@ class EditConfig:
     method: str = _f("rome", "Edit method used when --method is not given.")
     corpus: str = _f("", "Text file for covariance statistics ('' = the shipped default corpus).")
     params: dict[str, dict[str, Any]] = _f({}, "Per-method parameter overrides, e.g. [edit.params.rome].")
-    retry_layers: int = _f(2, "When the gates refuse an edit, retry it at up to this many other layers that "
+    retry_layers: int = _f(6, "When the gates refuse an edit, retry it at up to this many other layers that "
                               "causal tracing ranks highest for the fact (0: no retry; an explicit "
-                              "--param layer=N is never retried).")
+                              "--param layer=N is never retried). The ranked layers lie within 3 of the "
+                              "family's default layer, so 6 tries every one of them.")
 
     def __post_init__(self) -> None:
         if not isinstance(self.retry_layers, int) or self.retry_layers < 0:
