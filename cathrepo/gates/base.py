@@ -113,8 +113,9 @@ class Gate(ABC):
 
     name: ClassVar[str]
     states: ClassVar[tuple[str, ...]] = ("before", "after")
-    #: cost tier: 0 teacher-forced scores of the edit's own probes (about a second), 1 free-generation
-    #: decodes (tens of forward passes), 2 whole-suite or whole-corpus scores; gates run tier by tier
+    #: cost tier: 0 teacher-forced scores of the edit's own probes (about a second), 1 short free-generation
+    #: decodes, 2 long ones (each decoded token is a forward pass), 3 whole-suite or whole-corpus scores;
+    #: gates run tier by tier
     cost: ClassVar[int] = 0
     #: whether the ``base``/``before`` measurements depend only on those states, the edit's probes and the
     #: suite (not on the new delta), so a retry of the same edit may reuse them (``run_gates(carry=...)``)
@@ -198,8 +199,9 @@ def run_gates(
         cache_dir: cache root (default: ``<cathrepo cache>/gates`` when ``base_hash`` is known).
         root: directory the policy's relative data paths resolve against.
         progress: called with a short message as each state and gate starts (the CLI drives a bar).
-        fail_fast: run the gates in cost tiers (own probes, then free generation, then the suite and
-            known facts) and stop after the first tier that refuses; the gates not run are reported as
+        fail_fast: run the gates in cost tiers (own probes, then the 12-token generation check, then
+            fluency's longer decodes, then the suite and known facts) and stop after the first tier that
+            refuses; the gates not run are reported as
             skipped. For attempts whose refusal is not the one shown (retries at other layers).
         carry: a dict kept across runs that gate the same edit on the same ``before`` state (its retries
             at other layers): their ``base``/``before`` measurements and decodes are reused, not redone.
@@ -225,7 +227,10 @@ def run_gates(
         else:
             active.append(gate)
     seeded = _seed(ctx, active, carry)
-    # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run
+    # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run. Without it every gate's
+    #    continuations are decoded in one pass (a pass costs its longest budget, whatever the rows).
+    if not fail_fast:
+        _decode_requests(ctx, active)
     for tier in sorted({g.cost for g in active}):
         gates_now = [g for g in active if g.cost == tier]
         results.update(_run_tier(ctx, gates_now))

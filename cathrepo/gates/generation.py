@@ -69,7 +69,7 @@ class FluencyGate(Gate):
     itself fails)."""
 
     name = "fluency"
-    cost = 1
+    cost = 2
     carries = True
     kinds = ("rewrite", "paraphrase", "generation")
 

@@ -146,7 +146,7 @@ class MmluGate(Gate):
     """MMLU accuracy of the edited model stays within ``mmlu_max_drop`` of the base model's."""
 
     name = "mmlu"
-    cost = 2
+    cost = 3
     states = ("base", "after")
     cacheable = True
 

@@ -24,7 +24,7 @@ class PerplexityGate(Gate):
     """Relative perplexity growth on held-out text stays under the threshold."""
 
     name = "perplexity"
-    cost = 2
+    cost = 3
 
     def measure(self, ctx: GateContext, state: str) -> float:
         from cathrepo.gates.decoding import perplexity

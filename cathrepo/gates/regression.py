@@ -37,7 +37,7 @@ class RegressionGate(Gate):
     """No active edit's probes that passed before the change fail after it."""
 
     name = "regression"
-    cost = 2
+    cost = 3
     carries = True
 
     def selection(self, ctx: GateContext) -> list[list[Probe]]:

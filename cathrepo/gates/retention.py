@@ -56,7 +56,7 @@ class RetentionGate(Gate):
     """Known facts keep the base model's answer."""
 
     name = "retention"
-    cost = 2
+    cost = 3
     carries = True
     states = ("base", "before", "after")
     cacheable = True

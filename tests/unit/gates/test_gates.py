@@ -249,13 +249,16 @@ def test_carry_reuses_before_measurements_only_for_the_same_before_state(tiny_mo
     def counting(ctx, gates):
         before = len(ctx.memo)
         real(ctx, gates)
-        decoded.append([k[1] for k in list(ctx.memo)[before:] if k[0] == "decode"])
+        decoded[-1] += [k[1] for k in list(ctx.memo)[before:] if k[0] == "decode"]
 
     monkeypatch.setattr(base, "_decode_requests", counting)
     carry: dict = {}
+    decoded.append([])
     first = run_gates(model, tok, after=[strong], probes=probes_for(fact), gates=["fluency"], carry=carry)
+    decoded.append([])
     again = run_gates(model, tok, after=[strong.scaled(0.5)], probes=probes_for(fact), gates=["fluency"],
                       carry=carry)
+    decoded.append([])
     run_gates(model, tok, before=[other], after=[other, strong], probes=probes_for(fact), gates=["fluency"],
               carry=carry)
     assert "before" in decoded[0] and "after" in decoded[0]
@@ -276,3 +279,14 @@ def test_carry_skips_gates_whose_before_measurement_depends_on_the_new_delta(tin
     run_gates(model, tok, after=[first], probes=probes_for(FACT), gates=["norms"], carry=carry)
     report = run_gates(model, tok, after=[moved], probes=probes_for(FACT), gates=["norms"], carry=carry)
     assert report["norms"].metrics["modules"] == 1.0 and report["norms"].metrics["max_growth"] > 0
+
+
+def test_fail_fast_decodes_fluency_only_after_the_short_generation_check_passed(tiny_llama):
+    model, tok, _ = tiny_llama
+    weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
+    full = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=["generation", "fluency"])
+    fast = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=["generation", "fluency"],
+                     fail_fast=True)
+    assert not full["generation"].passed and not full["fluency"].skipped
+    assert fast["generation"].metrics == full["generation"].metrics
+    assert fast["fluency"].skipped and "not run" in fast["fluency"].detail
