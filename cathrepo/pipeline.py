@@ -164,9 +164,10 @@ def run_with_retries(
     """:func:`run_pipeline`, and when the gates refuse an edit written at one layer, the same edit at the
     next ``retry_layers`` layers that causal tracing ranks highest for the fact (near the default layer).
 
-    The first attempt runs every gate (its report is the refusal shown when no attempt passes); a retry
-    reuses the first attempt's probes and ``before`` measurements and stops at its first refusing tier of
-    gates, so a retry that passes has run every gate and one that fails costs less.
+    Every attempt runs the gates cheapest tier first and stops at the first tier that refuses (a
+    retry also reuses the first attempt's probes and ``before`` measurements), so an attempt that passes
+    has run every gate and one that fails costs less. When retries are possible and none passes, the
+    first attempt's skipped gates are run at the end, so the refusal shown has every gate's verdict.
 
     Returns the first attempt the gates pass (else the first attempt), a summary of every attempt, and
     the parameters of the returned attempt.
@@ -178,10 +179,11 @@ def run_with_retries(
 
     method_cls = get_method(method_name)
     carry: dict[str, Any] = {}
+    retrying = retry_layers > 0 and not layer_fixed and hasattr(params, "layer")
     first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, carry=carry,
-                         **pipeline)
+                         fail_fast=retrying, **pipeline)
     attempts = [attempt_summary(first, method_name)]
-    if first.report.passed or retry_layers <= 0 or layer_fixed or not hasattr(params, "layer"):
+    if first.report.passed or not retrying:
         return first, attempts, params
     say = pipeline.get("progress") or (lambda _msg: None)
     say("locating other layers")
@@ -199,7 +201,31 @@ def run_with_retries(
         attempts.append(attempt_summary(retry, method_name))
         if retry.report.passed:
             return retry, attempts, moved
+    first = _complete(model, tokenizer, first, context, carry, **pipeline)
+    attempts[0] = attempt_summary(first, method_name)
     return first, attempts, params
+
+
+def _complete(model: Any, tokenizer: Any, result: PipelineResult, context: EditContext, carry: dict[str, Any],
+              **pipeline: Any) -> PipelineResult:
+    """``result`` with the gates its fail-fast run skipped measured and judged (the refusal a user sees
+    lists every gate)."""
+    from cathrepo.gates.base import NOT_RUN, run_gates
+    from cathrepo.gates.results import GateReport
+
+    missing = [r.name for r in result.report.results if r.skipped and r.detail.startswith(NOT_RUN)]
+    if not missing:
+        return result
+    start = time.perf_counter()
+    active = tuple(pipeline.get("active", ()))
+    rest = run_gates(model, tokenizer, before=active, after=(*active, result.result.delta), probes=result.probes,
+                     suite=pipeline.get("suite", ()), policy=pipeline.get("policy"), stage="edit", gates=missing,
+                     base_hash=context.base_hash, progress=pipeline.get("progress"), carry=carry)
+    by_name = {r.name: r for r in rest.results}
+    report = GateReport(tuple(by_name.get(r.name, r) for r in result.report.results), result.report.stage,
+                        result.report.meta)
+    seconds = {**result.seconds, "gates": result.seconds.get("gates", 0.0) + time.perf_counter() - start}
+    return dataclasses.replace(result, report=report, seconds=seconds)
 
 
 def _ranked_layers(model: Any, tokenizer: Any, fact: Fact, active: Sequence[Delta], window: int = 3) -> list[int]:

@@ -33,6 +33,8 @@ from cathrepo.registry import Registry
 log = logging.getLogger(__name__)
 
 STATES = ("base", "before", "after")
+#: how a fail-fast run marks the gates it did not run (see :func:`run_gates`)
+NOT_RUN = "not run"
 
 
 @dataclass
@@ -238,7 +240,7 @@ def run_gates(
             for g in active:
                 if g.name not in results:
                     results[g.name] = GateResult(g.name, True, skipped=True,
-                                                 detail="not run: a cheaper gate already refused this attempt")
+                                                 detail=f"{NOT_RUN}: a cheaper gate already refused this attempt")
             break
     if carry is not None:
         _keep(ctx, active, carry, seeded)

@@ -80,3 +80,11 @@ def test_retries_that_fail_stop_early_and_the_first_attempt_is_the_refusal(tiny_
     assert not any(r.skipped for r in result.report.results)  # the refusal shown ran every gate
     for attempt in attempts[1:]:
         assert [f["gate"] for f in attempt["failed"]] == ["test_refuse_layers"]
+
+
+def test_without_retries_the_one_attempt_runs_every_gate(tiny_llama, corpus, refuse_layers):
+    model, tok, _ = tiny_llama
+    refuse_layers.refused = set(range(64))
+    result, attempts, _ = _retry(model, tok, corpus, 0, ["test_refuse_layers", "fluency", "norms"])
+    assert len(attempts) == 1 and not result.report.passed
+    assert not any(r.skipped for r in result.report.results)
