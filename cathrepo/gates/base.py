@@ -83,7 +83,9 @@ class GateContext:
     def decoded(self, state: str, prompt: str, tokens: int) -> str:
         """The greedy continuation of ``prompt`` in ``state``, cut to ``tokens`` tokens; it must have been
         asked for through :meth:`Gate.decodes` (run_gates decodes every gate's prompts in one pass)."""
-        ids = self.memo[("decode", state, prompt)]
+        budget, ids = self.memo[("decode", state, prompt)]
+        if budget < tokens:
+            raise ValueError(f"{prompt!r} was decoded for {budget} tokens in state {state}, not {tokens}")
         return self.tokenizer.decode(ids[:tokens], skip_special_tokens=True).strip()
 
     def say(self, message: str) -> None:
@@ -335,7 +337,9 @@ def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
             wanted[(state, prompt)] = max(tokens, wanted.get((state, prompt), 0))
     if not wanted:
         return
-    keys = sorted(k for k in wanted if ("decode", *k) not in ctx.memo)  # carried from an earlier attempt
+    # a continuation decoded before (an earlier tier, or carried from an earlier attempt) is reused only
+    # when it ran at least as many tokens as asked for now
+    keys = sorted(k for k in wanted if ctx.memo.get(("decode", *k), (0, None))[0] < wanted[k])
     if not keys:
         return
     one_more = len(ctx.after) == len(ctx.before) + 1 and all(a is b for a, b in zip(ctx.after[:-1], ctx.before, strict=True))
@@ -345,7 +349,7 @@ def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
         with applied(ctx.model, *ctx.before):
             ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in keys], max_new_tokens=[wanted[k] for k in keys],
                                    rows_changed=[s == "after" for s, _ in keys], change=added)
-        ctx.memo.update({("decode", *k): v for k, v in zip(keys, ids, strict=True)})
+        ctx.memo.update({("decode", *k): (wanted[k], v) for k, v in zip(keys, ids, strict=True)})
         return
     for state in STATES:
         mine = [k for k in keys if k[0] == state]
@@ -354,7 +358,7 @@ def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
             with applied(ctx.model, *ctx.deltas(state)):
                 ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in mine],
                                        max_new_tokens=[wanted[k] for k in mine])
-            ctx.memo.update({("decode", *k): v for k, v in zip(mine, ids, strict=True)})
+            ctx.memo.update({("decode", *k): (wanted[k], v) for k, v in zip(mine, ids, strict=True)})
 
 
 def _cache_file(ctx: GateContext, gate: Gate, state: str) -> Path | None:

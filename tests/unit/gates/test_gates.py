@@ -290,3 +290,15 @@ def test_fail_fast_decodes_fluency_only_after_the_short_generation_check_passed(
     assert not full["generation"].passed and not full["fluency"].skipped
     assert fast["generation"].metrics == full["generation"].metrics
     assert fast["fluency"].skipped and "not run" in fast["fluency"].detail
+
+
+def test_fail_fast_judges_fluency_on_its_full_length_after_the_short_generation_decode(tiny_llama):
+    model, tok, _ = tiny_llama
+    delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    policy = GatePolicy(generation_min=0.0, fluency_max_drop=100.0)
+    gates = ["generation", "fluency"]
+    full = run_gates(model, tok, after=[delta], probes=probes_for(FACT), gates=gates, policy=policy)
+    fast = run_gates(model, tok, after=[delta], probes=probes_for(FACT), gates=gates, policy=policy, fail_fast=True)
+    assert fast["generation"].passed and not fast["fluency"].skipped
+    assert fast["fluency"].metrics == full["fluency"].metrics
+    assert fast["generation"].metrics == full["generation"].metrics
