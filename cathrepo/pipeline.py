@@ -143,9 +143,12 @@ def run_pipeline(
 
 def attempt_summary(result: PipelineResult, method: str) -> dict[str, Any]:
     """What one attempt was and how its gates judged it (a refusal's ``attempts`` list)."""
+    from cathrepo.gates.base import NOT_RUN
+
     return {"method": method, "site": dict(result.result.site), "passed": result.report.passed,
             "failed": [{"gate": r.name, "metrics": dict(r.metrics), "thresholds": dict(r.thresholds),
                         "detail": r.detail} for r in result.report.failures],
+            "not_run": [r.name for r in result.report.results if r.skipped and r.detail.startswith(NOT_RUN)],
             "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
 
 

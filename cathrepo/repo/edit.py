@@ -92,7 +92,8 @@ def edit(
                 done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
                 failures = "; ".join(f.summary() for f in result.report.failures)
                 tried = "" if len(attempts) == 1 else " Tried layers " + ", ".join(
-                    str(a["site"].get("layers", ["?"])[0]) for a in attempts) + "; every one was refused."
+                    f"{a['site'].get('layers', ['?'])[0]} ({', '.join(f['gate'] for f in a['failed'])})"
+                    for a in attempts) + "; every one was refused."
                 error = GateFailedError(
                     f"Edit '{request.fact.prompt} -> {request.fact.target_new}' failed its gates: {failures}."
                     f"{tried} Nothing was committed for it.{done}",

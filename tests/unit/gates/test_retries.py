@@ -78,8 +78,10 @@ def test_retries_that_fail_stop_early_and_the_first_attempt_is_the_refusal(tiny_
     assert len(set(refuse_layers.seen)) == 3  # three different layers tried
     assert result.result.site["layers"] == [default_edit_layer(model)]
     assert not any(r.skipped for r in result.report.results)  # the refusal shown ran every gate
+    assert attempts[0]["not_run"] == []  # completed at the end
     for attempt in attempts[1:]:
         assert [f["gate"] for f in attempt["failed"]] == ["test_refuse_layers"]
+        assert attempt["not_run"] == ["fluency"]
 
 
 def test_without_retries_the_one_attempt_runs_every_gate(tiny_llama, corpus, refuse_layers):
