@@ -231,9 +231,10 @@ def run_gates(
         else:
             active.append(gate)
     seeded = _seed(ctx, active, carry)
-    # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run. Without it every gate's
-    #    continuations are decoded in one pass (a pass costs its longest budget, whatever the rows).
-    if not fail_fast:
+    # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run. A decoding pass costs its
+    #    longest budget whatever the rows, so every gate's continuations are decoded in one pass unless
+    #    fail_fast and only new-state rows are left (a retry): then each tier decodes its own, shortest first.
+    if not fail_fast or _decodes_unchanged_state(ctx, active):
         _decode_requests(ctx, active)
     for tier in sorted({g.cost for g in active}):
         gates_now = [g for g in active if g.cost == tier]
@@ -323,6 +324,12 @@ def _carry_key(ctx: GateContext) -> str:
     suite = json.dumps([[p.to_dict() for p in ps.probes] for ps in ctx.suite], sort_keys=True, ensure_ascii=False)
     text = f"{ctx.state_digest('before')}\0{ctx.stage}\0{probes}\0{suite}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _decodes_unchanged_state(ctx: GateContext, gates: Sequence[Gate]) -> bool:
+    """Whether ``gates`` ask for a ``base`` or ``before`` continuation not decoded yet."""
+    return any(state != "after" and ctx.memo.get(("decode", state, prompt), (0, None))[0] < tokens
+               for gate in gates for state, prompt, tokens in gate.decodes(ctx))
 
 
 def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:

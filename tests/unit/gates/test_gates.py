@@ -281,7 +281,7 @@ def test_carry_skips_gates_whose_before_measurement_depends_on_the_new_delta(tin
     assert report["norms"].metrics["modules"] == 1.0 and report["norms"].metrics["max_growth"] > 0
 
 
-def test_fail_fast_decodes_fluency_only_after_the_short_generation_check_passed(tiny_llama):
+def test_fail_fast_skips_fluency_once_the_short_generation_check_refused(tiny_llama):
     model, tok, _ = tiny_llama
     weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
     full = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=["generation", "fluency"])
@@ -302,3 +302,27 @@ def test_fail_fast_judges_fluency_on_its_full_length_after_the_short_generation_
     assert fast["generation"].passed and not fast["fluency"].skipped
     assert fast["fluency"].metrics == full["fluency"].metrics
     assert fast["generation"].metrics == full["generation"].metrics
+
+
+def test_a_fail_fast_retry_decodes_only_the_short_rows_when_generation_refuses(tiny_llama, monkeypatch):
+    from cathrepo.gates import base
+
+    model, tok, _ = tiny_llama
+    weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
+    budgets: list[int] = []
+    real = base._decode_requests
+
+    def recording(ctx, gates):
+        before = dict(ctx.memo)
+        real(ctx, gates)
+        budgets.extend(v[0] for k, v in ctx.memo.items() if k[0] == "decode" and before.get(k) != v)
+
+    monkeypatch.setattr(base, "_decode_requests", recording)
+    carry: dict = {}
+    gates = ["generation", "fluency"]
+    run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=carry)
+    budgets.clear()
+    retry = run_gates(model, tok, after=[weak.scaled(2.0)], probes=probes_for(FACT), gates=gates, carry=carry,
+                      fail_fast=True)
+    assert not retry["generation"].passed and retry["fluency"].skipped
+    assert budgets and set(budgets) == {GatePolicy().generation_tokens}  # no 48-token pass
