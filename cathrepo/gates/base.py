@@ -230,7 +230,7 @@ def run_gates(
             results[name] = GateResult(name, True, detail=reason, skipped=True)
         else:
             active.append(gate)
-    seeded = _seed(ctx, active, carry)
+    _seed(ctx, active, carry)
     # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run. A decoding pass costs its
     #    longest budget whatever the rows, so every gate's continuations are decoded in one pass unless
     #    fail_fast and only new-state rows are left (a retry): then each tier decodes its own, shortest first.
@@ -246,7 +246,7 @@ def run_gates(
                                                  detail=f"{NOT_RUN}: a cheaper gate already refused this attempt")
             break
     if carry is not None:
-        _keep(ctx, active, carry, seeded)
+        _keep(ctx, active, carry)
     return GateReport(tuple(results[name] for name in names), stage,
                       {"before": len(ctx.before), "after": len(ctx.after), "suite": len(ctx.suite),
                        "base_hash": base_hash})
@@ -289,24 +289,23 @@ def _run_tier(ctx: GateContext, gates: Sequence[Gate]) -> dict[str, GateResult]:
     return results
 
 
-def _seed(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any] | None) -> str | None:
+def _seed(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any] | None) -> None:
     """Reuse a previous run's ``base`` and ``before`` measurements and decodes when ``carry`` holds them
-    for the same ``before`` state and edit probes (the retries of one edit); the key it checked, or None."""
+    for the same ``before`` state and edit probes (the retries of one edit); else start ``carry`` afresh."""
     if carry is None:
-        return None
+        return
     key = _carry_key(ctx)
     if carry.get("key") != key:
         carry.clear()
         carry["key"] = key
-        return key
+        return
     for gate in gates:
         if gate.carries:
             gate.measured.update(carry.get(("measured", gate.name), {}))
     ctx.memo.update(carry.get("decodes", {}))
-    return key
 
 
-def _keep(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any], key: str | None) -> None:
+def _keep(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any]) -> None:
     """Store this run's ``base`` and ``before`` measurements and decodes in ``carry`` for the next retry."""
     for gate in gates:
         if not gate.carries:
