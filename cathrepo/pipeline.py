@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cathrepo.edits.delta import Delta
     from cathrepo.facts.probes import KnownFact, ProbeSet
     from cathrepo.facts.schema import Fact
+    from cathrepo.gates.base import GateCarry
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.gates.results import GateReport
 
@@ -74,7 +75,7 @@ def run_pipeline(
     progress: Callable[[str], None] | None = None,
     prepared: PipelineResult | None = None,
     fail_fast: bool = False,
-    carry: dict[str, Any] | None = None,
+    carry: GateCarry | None = None,
 ) -> PipelineResult:
     """Probe, compute and gate one edit on the model with ``active`` deltas applied.
 
@@ -96,7 +97,6 @@ def run_pipeline(
     from cathrepo.edits.delta import applied
     from cathrepo.facts.probes import build_probes
     from cathrepo.facts.schema import Fact
-    from cathrepo.gates.base import run_gates
 
     todo = [facts] if isinstance(facts, Fact) else list(facts)
     say = progress or (lambda _msg: None)
@@ -123,32 +123,29 @@ def run_pipeline(
     # ⑤ gates: before = the active edits, after = active + the new delta.
     say("gates")
     start = time.perf_counter()
-    report = run_gates(
-        model,
-        tokenizer,
-        before=tuple(active),
-        after=(*active, result.delta),
-        probes=probes,
-        suite=suite,
-        policy=policy,
-        stage="edit",
-        base_hash=context.base_hash,
-        progress=progress,
-        fail_fast=fail_fast,
-        carry=carry,
-    )
+    report = _gate_edit(model, tokenizer, result.delta, probes, active=active, suite=suite, policy=policy,
+                        base_hash=context.base_hash, progress=progress, fail_fast=fail_fast, carry=carry)
     seconds["gates"] = time.perf_counter() - start
     return PipelineResult(facts=tuple(todo), probes=probes, result=result, report=report, seconds=seconds)
 
 
+def _gate_edit(model: Any, tokenizer: Any, delta: Delta, probes: ProbeSet, *, active: Sequence[Delta] = (),
+               suite: Sequence[ProbeSet] = (), policy: GatePolicy | None = None, base_hash: str = "unknown",
+               progress: Callable[[str], None] | None = None, **gating: Any) -> GateReport:
+    """The ``edit`` stage's gates on ``delta`` written over the ``active`` stack (``gating``: more
+    :func:`~cathrepo.gates.base.run_gates` arguments)."""
+    from cathrepo.gates.base import run_gates
+
+    return run_gates(model, tokenizer, before=tuple(active), after=(*active, delta), probes=probes, suite=suite,
+                     policy=policy, stage="edit", base_hash=base_hash, progress=progress, **gating)
+
+
 def attempt_summary(result: PipelineResult, method: str) -> dict[str, Any]:
     """What one attempt was and how its gates judged it (a refusal's ``attempts`` list)."""
-    from cathrepo.gates.base import NOT_RUN
-
     return {"method": method, "site": dict(result.result.site), "passed": result.report.passed,
             "failed": [{"gate": r.name, "metrics": dict(r.metrics), "thresholds": dict(r.thresholds),
                         "detail": r.detail} for r in result.report.failures],
-            "not_run": [r.name for r in result.report.results if r.skipped and r.detail.startswith(NOT_RUN)],
+            "not_run": [r.name for r in result.report.results if r.not_run],
             "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
 
 
@@ -179,9 +176,10 @@ def run_with_retries(
     import dataclasses
 
     from cathrepo.edits.base import get_method
+    from cathrepo.gates.base import GateCarry
 
     method_cls = get_method(method_name)
-    carry: dict[str, Any] = {}
+    carry = GateCarry()
     retrying = retry_layers > 0 and not layer_fixed and hasattr(params, "layer")
     first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, carry=carry,
                          fail_fast=retrying, **pipeline)
@@ -209,21 +207,19 @@ def run_with_retries(
     return first, attempts, params
 
 
-def _complete(model: Any, tokenizer: Any, result: PipelineResult, context: EditContext, carry: dict[str, Any],
+def _complete(model: Any, tokenizer: Any, result: PipelineResult, context: EditContext, carry: GateCarry,
               **pipeline: Any) -> PipelineResult:
     """``result`` with the gates its fail-fast run skipped measured and judged (the refusal a user sees
     lists every gate)."""
-    from cathrepo.gates.base import NOT_RUN, run_gates
     from cathrepo.gates.results import GateReport
 
-    missing = [r.name for r in result.report.results if r.skipped and r.detail.startswith(NOT_RUN)]
+    missing = [r.name for r in result.report.results if r.not_run]
     if not missing:
         return result
     start = time.perf_counter()
-    active = tuple(pipeline.get("active", ()))
-    rest = run_gates(model, tokenizer, before=active, after=(*active, result.result.delta), probes=result.probes,
-                     suite=pipeline.get("suite", ()), policy=pipeline.get("policy"), stage="edit", gates=missing,
-                     base_hash=context.base_hash, progress=pipeline.get("progress"), carry=carry)
+    rest = _gate_edit(model, tokenizer, result.result.delta, result.probes, active=pipeline.get("active", ()),
+                      suite=pipeline.get("suite", ()), policy=pipeline.get("policy"), base_hash=context.base_hash,
+                      progress=pipeline.get("progress"), gates=missing, carry=carry)
     by_name = {r.name: r for r in rest.results}
     report = GateReport(tuple(by_name.get(r.name, r) for r in result.report.results), result.report.stage,
                         result.report.meta)

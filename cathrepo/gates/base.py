@@ -33,8 +33,6 @@ from cathrepo.registry import Registry
 log = logging.getLogger(__name__)
 
 STATES = ("base", "before", "after")
-#: how a fail-fast run marks the gates it did not run (see :func:`run_gates`)
-NOT_RUN = "not run"
 
 
 @dataclass
@@ -83,15 +81,36 @@ class GateContext:
     def decoded(self, state: str, prompt: str, tokens: int) -> str:
         """The greedy continuation of ``prompt`` in ``state``, cut to ``tokens`` tokens; it must have been
         asked for through :meth:`Gate.decodes` (run_gates decodes every gate's prompts in one pass)."""
-        budget, ids = self.memo[("decode", state, prompt)]
-        if budget < tokens:
-            raise ValueError(f"{prompt!r} was decoded for {budget} tokens in state {state}, not {tokens}")
+        if not self.has_decoded(state, prompt, tokens):
+            raise ValueError(f"{prompt!r} was not decoded for {tokens} tokens in state {state}")
+        _, ids = self.memo[("decode", state, prompt)]
         return self.tokenizer.decode(ids[:tokens], skip_special_tokens=True).strip()
+
+    def has_decoded(self, state: str, prompt: str, tokens: int) -> bool:
+        """Whether ``prompt``'s continuation in ``state`` was decoded for at least ``tokens`` tokens."""
+        budget, _ = self.memo.get(("decode", state, prompt), (0, None))
+        return budget >= tokens
 
     def say(self, message: str) -> None:
         log.info(message)
         if self.progress is not None:
             self.progress(message)
+
+
+@dataclass
+class GateCarry:
+    """What the runs gating one edit's attempts on the same ``before`` state share (``run_gates(carry=)``).
+
+    Attributes:
+        key: what the kept values depend on (the ``before`` state, stage, probes and suite); a run with
+            another key starts afresh.
+        measured: gate name -> its ``base``/``before`` measurements (gates with ``carries`` only).
+        decodes: the ``base``/``before`` continuations, as in :attr:`GateContext.memo`.
+    """
+
+    key: str | None = None
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decodes: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
 
 def deltas_digest(base_hash: str, deltas: Sequence[Delta]) -> str:
@@ -187,7 +206,7 @@ def run_gates(
     root: Path | None = None,
     progress: Callable[[str], None] | None = None,
     fail_fast: bool = False,
-    carry: dict[str, Any] | None = None,
+    carry: GateCarry | None = None,
 ) -> GateReport:
     """Run the gates of ``stage`` on the change from ``before`` to ``after``.
 
@@ -205,9 +224,8 @@ def run_gates(
         progress: called with a short message as each state and gate starts (the CLI drives a bar).
         fail_fast: run the gates in cost tiers (own probes, then the 12-token generation check, then
             fluency's longer decodes, then the suite and known facts) and stop after the first tier that
-            refuses; the gates not run are reported as
-            skipped. For attempts whose refusal is not the one shown (retries at other layers).
-        carry: a dict kept across runs that gate the same edit on the same ``before`` state (its retries
+            refuses; the gates not run are reported as skipped with ``not_run``.
+        carry: kept across runs that gate the same edit on the same ``before`` state (its retries
             at other layers): their ``base``/``before`` measurements and decodes are reused, not redone.
     """
     from cathrepo.models import cache_dir as default_cache
@@ -242,8 +260,8 @@ def run_gates(
         if fail_fast and any(not results[g.name].passed for g in gates_now):
             for g in active:
                 if g.name not in results:
-                    results[g.name] = GateResult(g.name, True, skipped=True,
-                                                 detail=f"{NOT_RUN}: a cheaper gate already refused this attempt")
+                    results[g.name] = GateResult(g.name, True, skipped=True, not_run=True,
+                                                 detail="not run: a cheaper gate already refused this attempt")
             break
     if carry is not None:
         _keep(ctx, active, carry)
@@ -289,31 +307,30 @@ def _run_tier(ctx: GateContext, gates: Sequence[Gate]) -> dict[str, GateResult]:
     return results
 
 
-def _seed(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any] | None) -> None:
+def _seed(ctx: GateContext, gates: Sequence[Gate], carry: GateCarry | None) -> None:
     """Reuse a previous run's ``base`` and ``before`` measurements and decodes when ``carry`` holds them
     for the same ``before`` state and edit probes (the retries of one edit); else start ``carry`` afresh."""
     if carry is None:
         return
     key = _carry_key(ctx)
-    if carry.get("key") != key:
-        carry.clear()
-        carry["key"] = key
+    if carry.key != key:
+        carry.key, carry.measured, carry.decodes = key, {}, {}
         return
     for gate in gates:
         if gate.carries:
-            gate.measured.update(carry.get(("measured", gate.name), {}))
-    ctx.memo.update(carry.get("decodes", {}))
+            gate.measured.update(carry.measured.get(gate.name, {}))
+    ctx.memo.update(carry.decodes)
 
 
-def _keep(ctx: GateContext, gates: Sequence[Gate], carry: dict[str, Any]) -> None:
+def _keep(ctx: GateContext, gates: Sequence[Gate], carry: GateCarry) -> None:
     """Store this run's ``base`` and ``before`` measurements and decodes in ``carry`` for the next retry."""
     for gate in gates:
         if not gate.carries:
             continue
         kept = {s: v for s, v in gate.measured.items() if s in ("base", "before")}
         if kept:
-            carry[("measured", gate.name)] = kept
-    carry["decodes"] = {k: v for k, v in ctx.memo.items() if k[0] == "decode" and k[1] in ("base", "before")}
+            carry.measured[gate.name] = kept
+    carry.decodes = {k: v for k, v in ctx.memo.items() if k[0] == "decode" and k[1] in ("base", "before")}
 
 
 def _carry_key(ctx: GateContext) -> str:
@@ -327,7 +344,7 @@ def _carry_key(ctx: GateContext) -> str:
 
 def _decodes_unchanged_state(ctx: GateContext, gates: Sequence[Gate]) -> bool:
     """Whether ``gates`` ask for a ``base`` or ``before`` continuation not decoded yet."""
-    return any(state != "after" and ctx.memo.get(("decode", state, prompt), (0, None))[0] < tokens
+    return any(state != "after" and not ctx.has_decoded(state, prompt, tokens)
                for gate in gates for state, prompt, tokens in gate.decodes(ctx))
 
 
@@ -345,7 +362,7 @@ def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
         return
     # a continuation decoded before (an earlier tier, or carried from an earlier attempt) is reused only
     # when it ran at least as many tokens as asked for now
-    keys = sorted(k for k in wanted if ctx.memo.get(("decode", *k), (0, None))[0] < wanted[k])
+    keys = sorted(k for k in wanted if not ctx.has_decoded(*k, wanted[k]))
     if not keys:
         return
     one_more = len(ctx.after) == len(ctx.before) + 1 and all(a is b for a, b in zip(ctx.after[:-1], ctx.before, strict=True))

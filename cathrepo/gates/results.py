@@ -26,7 +26,9 @@ class GateResult:
         thresholds: the limits applied, keyed by policy field ("efficacy_min": 1.0).
         detail: one human sentence: why it failed, or why it was skipped.
         seconds: time spent measuring.
-        skipped: True when the gate had nothing to measure (no probes of its kind, no earlier edits).
+        skipped: True when the gate had nothing to measure (no probes of its kind, no earlier edits), or
+            was not run (``not_run``).
+        not_run: True when a fail-fast run stopped before this gate (a cheaper gate had refused).
         flips: how far each probe that passed before and failed after fell (nats of lead), for the gates
             that count broken probes; a reviewer sees how close the flips were to the tolerance.
     """
@@ -39,6 +41,7 @@ class GateResult:
     seconds: float = 0.0
     skipped: bool = False
     flips: tuple[float, ...] = ()
+    not_run: bool = False
 
     @property
     def status(self) -> str:
@@ -49,14 +52,15 @@ class GateResult:
                 "metrics": {k: _num(v) for k, v in self.metrics.items()},
                 "thresholds": {k: _num(v) for k, v in self.thresholds.items()},
                 "detail": self.detail, "seconds": round(self.seconds, 3),
-                **({"flips": [round(x, 4) for x in self.flips]} if self.flips else {})}
+                **({"flips": [round(x, 4) for x in self.flips]} if self.flips else {}),
+                **({"not_run": True} if self.not_run else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GateResult:
         return cls(name=data["name"], passed=bool(data["passed"]), metrics=dict(data.get("metrics") or {}),
                    thresholds=dict(data.get("thresholds") or {}), detail=data.get("detail", ""),
                    seconds=float(data.get("seconds", 0.0)), skipped=bool(data.get("skipped", False)),
-                   flips=tuple(data.get("flips") or ()))
+                   flips=tuple(data.get("flips") or ()), not_run=bool(data.get("not_run", False)))
 
     def with_seconds(self, seconds: float) -> GateResult:
         return replace(self, seconds=seconds)

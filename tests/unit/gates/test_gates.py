@@ -6,7 +6,7 @@ import pytest
 from gate_helpers import FACT, OTHER, oracle_delta, probes_for, same_weights, snapshot
 
 from cathrepo.exceptions import UnknownNameError
-from cathrepo.gates.base import GATES, run_gates
+from cathrepo.gates.base import GATES, GateCarry, run_gates
 from cathrepo.gates.policy import GatePolicy
 
 FAST = ("efficacy", "paraphrase", "neighborhood", "cfplus", "generation", "fluency", "norms", "regression")
@@ -223,7 +223,8 @@ def test_fail_fast_stops_after_the_cheap_tier_that_refuses(tiny_model):
     assert not fast.passed and fast.names() == gates
     assert fast["efficacy"].metrics == full["efficacy"].metrics
     for name in ("generation", "fluency"):
-        assert fast[name].skipped and "not run" in fast[name].detail and not fast[name].metrics
+        assert fast[name].skipped and fast[name].not_run and "not run" in fast[name].detail
+        assert not fast[name].metrics
 
 
 def test_fail_fast_runs_every_gate_of_an_edit_that_passes(tiny_model):
@@ -252,7 +253,7 @@ def test_carry_reuses_before_measurements_only_for_the_same_before_state(tiny_mo
         decoded[-1] += [k[1] for k in list(ctx.memo)[before:] if k[0] == "decode"]
 
     monkeypatch.setattr(base, "_decode_requests", counting)
-    carry: dict = {}
+    carry = GateCarry()
     decoded.append([])
     first = run_gates(model, tok, after=[strong], probes=probes_for(fact), gates=["fluency"], carry=carry)
     decoded.append([])
@@ -275,7 +276,7 @@ def test_carry_skips_gates_whose_before_measurement_depends_on_the_new_delta(tin
     first = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
     other_layer = family_for(model).layer_name("mlp_out", num_layers(model) - 2)
     moved = Delta({other_layer: first.factors[first.modules[0]]})
-    carry: dict = {}
+    carry = GateCarry()
     run_gates(model, tok, after=[first], probes=probes_for(FACT), gates=["norms"], carry=carry)
     report = run_gates(model, tok, after=[moved], probes=probes_for(FACT), gates=["norms"], carry=carry)
     assert report["norms"].metrics["modules"] == 1.0 and report["norms"].metrics["max_growth"] > 0
@@ -318,7 +319,7 @@ def test_a_fail_fast_retry_decodes_only_the_short_rows_when_generation_refuses(t
         budgets.extend(v[0] for k, v in ctx.memo.items() if k[0] == "decode" and before.get(k) != v)
 
     monkeypatch.setattr(base, "_decode_requests", recording)
-    carry: dict = {}
+    carry = GateCarry()
     gates = ["generation", "fluency"]
     run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=carry)
     budgets.clear()

@@ -38,3 +38,11 @@ def test_markdown_and_html():
     html = REPORT.to_html()
     assert '<tr class="fail"><td>regression</td>' in html
     assert "&#x27;a|b&#x27;" in html
+
+
+def test_a_gate_a_fail_fast_run_did_not_run_keeps_that_through_json():
+    report = GateReport((GateResult("fluency", True, detail="not run: a cheaper gate already refused this attempt",
+                                    skipped=True, not_run=True),), stage="edit")
+    again = GateReport.from_json(report.to_json())
+    assert again == report and again["fluency"].not_run
+    assert "not_run" not in GateReport.from_json(REPORT.to_json()).to_dict()["results"][0]
