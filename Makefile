@@ -19,10 +19,12 @@ demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache    # the layers of DESIGN.md §2: no stage imports a later one
 	$(PY) -m pytest -q -m "not slow and not gpu"
 	$(PY) -m pytest -q -m "slow and not gpu"
 
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 test-slow: $(STAMP)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = [  # the ground floor, including the names re-exported from cathrepo.model_store
     "DEFAULT_MODEL", "EMBEDDED", "EMBEDDED_PREFIX", "EmbeddedModel", "FAMILIES", "Family", "ResolvedModel",
     "cache_dir", "cache_kwargs", "default_device", "default_edit_layer", "family_for", "get_module",
-    "hidden_and_head", "is_conv1d", "linear_weight", "load_model", "model_device", "num_layers",
+    "is_conv1d", "linear_weight", "load_model", "model_device", "num_layers",
     "output_cache", "resolve_model", "weight_shape", "weights_sha256",
 ]
 
@@ -230,24 +229,3 @@ def output_cache(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
-
-def hidden_and_head(model: Any) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor]] | None:
-    """The model's body (returns the final hidden states) and its output head as a function, or None.
-
-    Running the body and then the head only at the positions a loss reads saves the vocabulary
-    projection everywhere else (on small models the head is a fifth of the compute). Gemma's final
-    logit soft-capping is applied; an architecture that splits differently returns None.
-    """
-    import torch
-
-    body = getattr(model, "base_model", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if body is None or body is model or head is None:
-        return None
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-
-    def project(hidden: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden)
-        return torch.tanh(logits / cap) * cap if cap else logits
-
-    return body, project

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cathrepo.delta import Delta
     from cathrepo.edits.base import EditContext, EditMethod, EditResult
-    from cathrepo.edits.delta import Delta
     from cathrepo.facts.probes import KnownFact, ProbeSet
     from cathrepo.facts.schema import Fact
     from cathrepo.gates.base import GateCarry
@@ -94,7 +94,7 @@ def run_pipeline(
         fail_fast, carry: passed to :func:`~cathrepo.gates.base.run_gates` (retries stop at the first
             refusing tier and reuse the first attempt's ``before`` measurements).
     """
-    from cathrepo.edits.delta import applied
+    from cathrepo.delta import applied
     from cathrepo.facts.probes import build_probes
     from cathrepo.facts.schema import Fact
 
@@ -231,7 +231,7 @@ def _ranked_layers(model: Any, tokenizer: Any, fact: Fact, active: Sequence[Delt
     """Layers within ``window`` of the family's default edit layer, best causal-trace site first (the
     MLP at the subject's tokens), traced on the model with the active edits applied."""
     from cathrepo.attribution.select import select_sites
-    from cathrepo.edits.delta import applied
+    from cathrepo.delta import applied
     from cathrepo.models import default_edit_layer, num_layers
 
     center, n = default_edit_layer(model), num_layers(model)

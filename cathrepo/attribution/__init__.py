@@ -8,9 +8,9 @@ Three ways to score (layer, token, module kind) sites, each a module of its own:
   context into the student that has not;
 - :mod:`~cathrepo.attribution.saliency`: gradient × activation of the target's log-probability.
 
-:mod:`~cathrepo.attribution.select` turns scores into the modules an edit method writes to, and
+:mod:`~cathrepo.attribution.select` runs the methods and turns scores into the modules an edit method writes to, and
 :mod:`~cathrepo.attribution.plots` draws layers × tokens heatmaps like ROME's figures. This module holds
-the small pieces they share (token spans, the teacher/student alignment, the score map record) and
+the small pieces they share (the teacher/student alignment, the score map record) and
 imports nothing heavy, so that importing the package stays cheap.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cathrepo.exceptions import InvalidInputError
+from cathrepo.lm.tokens import continuation_ids, special_prefix, subject_token_span
 
 #: Module kinds that can be scored, mapped to the family template of the scored module.
 KIND_TEMPLATES: dict[str, str] = {"hidden": "layer", "mlp": "mlp", "attn": "attn"}
@@ -47,32 +48,6 @@ def module_names(model: Any, kind: str) -> list[str]:
 
 
 # --- tokens ---------------------------------------------------------------------------------------
-
-
-def special_prefix(tokenizer: Any) -> list[int]:
-    """The ids a tokenizer puts before any text (a BOS token for Llama/Gemma, nothing for GPT-2)."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start])
-    return []
-
-
-def subject_range(tokenizer: Any, prompt: str, subject: str) -> tuple[int, int]:
-    """[start, end) of the tokens of ``tokenizer(prompt)`` that overlap the first ``subject`` in it."""
-    begin = prompt.find(subject)
-    if begin < 0 or not subject:
-        raise InvalidInputError(
-            f"The subject '{subject}' does not occur in the prompt '{prompt}'.",
-            hint="Pass a subject that the prompt contains verbatim.",
-        )
-    end = begin + len(subject)
-    enc = tokenizer(prompt, return_offsets_mapping=True)
-    spans = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > begin]
-    if not spans:
-        raise InvalidInputError(f"The subject '{subject}' maps to no token of '{prompt}'.")
-    return spans[0], spans[-1] + 1
 
 
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
@@ -111,14 +86,12 @@ def align(tokenizer: Any, context: str, prompt: str, subject: str, target: str |
     The context (ended by a newline if it has none) is tokenized on its own, so a tokenizer's merges
     across the boundary cannot make the teacher's prompt tokens differ from the student's.
     """
-    from cathrepo.gates.scoring import continuation_ids
-
     special = special_prefix(tokenizer)
     body = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     context = context if context.endswith("\n") else context.rstrip() + "\n"
     ctx = list(tokenizer(context, add_special_tokens=False)["input_ids"])
     tgt = continuation_ids(tokenizer, target) if target else []
-    start, end = subject_range(tokenizer, prompt, subject)
+    start, end = subject_token_span(tokenizer, prompt, subject)
     offset = len(list(tokenizer(prompt)["input_ids"])) - len(body)  # specials before the body
     return Aligned(
         student=special + body + tgt,
@@ -131,11 +104,6 @@ def align(tokenizer: Any, context: str, prompt: str, subject: str, target: str |
     )
 
 
-def first_token(tokenizer: Any, target: str) -> int:
-    """The first token of `` target`` (the token whose probability traces and patches measure)."""
-    from cathrepo.gates.scoring import continuation_ids
-
-    return continuation_ids(tokenizer, target)[0]
 
 
 # --- the score map every method returns -------------------------------------------------------------
@@ -205,39 +173,3 @@ class ScoreMap:
             layer_scores={k: list(map(float, v)) for k, v in data["layer_scores"].items()},
             meta=dict(data.get("meta") or {}),
         )
-
-
-def run_methods(
-    model: Any,
-    tokenizer: Any,
-    prompt: str,
-    subject: str,
-    target: str | None,
-    *,
-    methods: Sequence[str],
-    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
-    samples: int | None = None,
-    seed: int = 0,
-    precision: str = "float32",
-) -> dict[str, ScoreMap]:
-    """Run each attribution method on one prompt (what ``cathrepo trace`` shows)."""
-    from cathrepo.attribution import causal_trace, patching, saliency
-
-    results: dict[str, ScoreMap] = {}
-    for method in methods:
-        if method == "causal_trace":
-            extra = {"samples": samples} if samples else {}
-            results[method] = causal_trace.trace(
-                model, tokenizer, prompt, subject, target, kinds=kinds, seed=seed, precision=precision, **extra
-            )
-        elif method == "patching":
-            if not target:
-                raise InvalidInputError("Patching needs a target to put into the teacher's context.",
-                                        hint="Pass --target.")
-            results[method] = patching.patch(model, tokenizer, prompt, subject, target, kinds=kinds)
-        elif method == "saliency":
-            results[method] = saliency.saliency(model, tokenizer, prompt, subject, target, kinds=kinds)
-        else:
-            raise InvalidInputError(f"Unknown attribution method '{method}'.",
-                                    hint="Use causal_trace, patching, saliency or all.")
-    return results

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from cathrepo.attribution import (
     ScoreMap,
     check_kinds,
-    first_token,
     module_names,
-    subject_range,
     token_strings,
 )
-from cathrepo.attribution.hooks import capture, edit_output
 from cathrepo.exceptions import InvalidInputError
+from cathrepo.lm.hooks import capture, edit_output
+from cathrepo.lm.precision import bf16_is_fast
+from cathrepo.lm.tokens import first_token_id, subject_token_span
 
 if TYPE_CHECKING:
     import torch
@@ -58,14 +58,6 @@ def embedding_std(model: Any, max_tokens: int = 8192) -> float:
         return float(embed(ids).float().std())
 
 
-def bf16_is_fast(device: Any) -> bool:
-    """True where bfloat16 matmuls beat float32: CUDA, or a CPU with AVX-512 BF16 or AMX."""
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        return True
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def default_window(model: Any) -> int:
@@ -129,7 +121,7 @@ def trace(
     kinds = check_kinds(kinds)
     device = model_device(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)  # (1, T)
-    s0, s1 = subject_range(tokenizer, prompt, subject)
+    s0, s1 = subject_token_span(tokenizer, prompt, subject)
     n_layers, n_tokens = num_layers(model), ids.shape[1]
     window = default_window(model) if window is None else window
     scale = NOISE_FACTOR * embedding_std(model) if noise is None else float(noise)
@@ -138,7 +130,7 @@ def trace(
     names = {kind: module_names(model, kind) for kind in kinds}
     with torch.no_grad(), capture(model, [n for ns in names.values() for n in ns]) as clean:
         logits = model(input_ids=ids).logits[0, -1].float()
-    answer = first_token(tokenizer, target) if target else int(logits.argmax())
+    answer = first_token_id(tokenizer, target) if target else int(logits.argmax())
     target = target if target else (tokenizer.decode([answer]).strip() or tokenizer.decode([answer]))
     high = float(torch.softmax(logits, -1)[answer])
 

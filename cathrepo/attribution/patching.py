@@ -30,11 +30,11 @@ from cathrepo.attribution import (
     ScoreMap,
     align,
     check_kinds,
-    first_token,
     module_names,
     token_strings,
 )
-from cathrepo.attribution.hooks import capture, edit_output
+from cathrepo.lm.hooks import capture, edit_output
+from cathrepo.lm.tokens import first_token_id
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +81,7 @@ def patch(
     kinds = check_kinds(kinds)
     context = context or stated_context(prompt, target)
     al = align(tokenizer, context, prompt, subject)
-    answer = first_token(tokenizer, target)
+    answer = first_token_id(tokenizer, target)
     device = model_device(model)
     student = torch.tensor([al.student], device=device)
     names = {kind: module_names(model, kind) for kind in kinds}

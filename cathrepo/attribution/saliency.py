@@ -16,12 +16,11 @@ from typing import Any
 from cathrepo.attribution import (
     ScoreMap,
     check_kinds,
-    first_token,
     module_names,
-    subject_range,
     token_strings,
 )
-from cathrepo.attribution.hooks import capture, edit_output
+from cathrepo.lm.hooks import capture, edit_output
+from cathrepo.lm.tokens import first_token_id, subject_token_span
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def saliency(
     kinds = check_kinds(kinds)
     device = model_device(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
-    s0, s1 = subject_range(tokenizer, prompt, subject)
+    s0, s1 = subject_token_span(tokenizer, prompt, subject)
     names = {kind: module_names(model, kind) for kind in kinds}
     flat = [n for ns in names.values() for n in ns]
 
@@ -67,7 +66,7 @@ def saliency(
     with torch.enable_grad(), edit_output(model, {family_for(model).embed: leaf}), \
             capture(model, flat, detach=False) as rec:
         logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
-        answer = first_token(tokenizer, target) if target else int(logits.argmax())
+        answer = first_token_id(tokenizer, target) if target else int(logits.argmax())
         logp = torch.log_softmax(logits, -1)[answer]
         grads = torch.autograd.grad(logp, [rec.outputs[n] for n in flat], allow_unused=True)
     by_name = dict(zip(flat, grads, strict=True))

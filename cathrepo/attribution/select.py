@@ -22,9 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cathrepo.attribution import ADAPTER_TEMPLATES, check_kinds
+from cathrepo.attribution import ADAPTER_TEMPLATES, ScoreMap, align, check_kinds
+from cathrepo.attribution.causal_trace import trace
+from cathrepo.attribution.patching import layer_gains, patch
+from cathrepo.attribution.saliency import saliency
 from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.passage import teacher_context
 from cathrepo.facts.schema import Fact
+from cathrepo.lm.tokens import first_token_id, subject_token_span
 
 METHODS = ("patching", "causal_trace", "saliency")
 
@@ -73,20 +78,12 @@ def _ranking(scores: Sequence[float]) -> list[int]:
 def layer_scores(model: Any, tokenizer: Any, fact: Fact, *, method: str, kind: str,
                  context: str | None = None, samples: int = 3) -> tuple[list[float], dict[str, Any]]:
     """Per-layer scores of one fact by one locator, plus the baselines it measured against."""
-    from cathrepo.attribution import align, first_token
-    from cathrepo.attribution.causal_trace import trace
-    from cathrepo.attribution.patching import layer_gains
-    from cathrepo.attribution.saliency import saliency
-    from cathrepo.facts.passage import teacher_context
-
     if method == "patching":
         al = align(tokenizer, context or teacher_context(fact), fact.prompt, fact.subject)
-        scores, low, high = layer_gains(model, tokenizer, al, first_token(tokenizer, fact.target_new), kind)
+        scores, low, high = layer_gains(model, tokenizer, al, first_token_id(tokenizer, fact.target_new), kind)
         return scores, {"low": low, "high": high}
     if method == "causal_trace":
-        from cathrepo.attribution import subject_range
-
-        s0, s1 = subject_range(tokenizer, fact.prompt, fact.subject)
+        s0, s1 = subject_token_span(tokenizer, fact.prompt, fact.subject)
         result = trace(model, tokenizer, fact.prompt, fact.subject, fact.target_true, kinds=(kind,),
                        samples=samples, tokens=range(s0, s1), precision="float32")  # the same sites on every CPU
         return result.layer_scores[kind], {"low": result.low, "high": result.high}
@@ -152,3 +149,38 @@ def select_sites(
         seconds=time.perf_counter() - started,
         details={k: round(v, 6) if isinstance(v, float) else v for k, v in details.items()},
     )
+
+
+
+def run_methods(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    subject: str,
+    target: str | None,
+    *,
+    methods: Sequence[str],
+    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+    samples: int | None = None,
+    seed: int = 0,
+    precision: str = "float32",
+) -> dict[str, ScoreMap]:
+    """Run each attribution method on one prompt (what ``cathrepo trace`` shows)."""
+    results: dict[str, ScoreMap] = {}
+    for method in methods:
+        if method == "causal_trace":
+            extra = {"samples": samples} if samples else {}
+            results[method] = trace(
+                model, tokenizer, prompt, subject, target, kinds=kinds, seed=seed, precision=precision, **extra
+            )
+        elif method == "patching":
+            if not target:
+                raise InvalidInputError("Patching needs a target to put into the teacher's context.",
+                                        hint="Pass --target.")
+            results[method] = patch(model, tokenizer, prompt, subject, target, kinds=kinds)
+        elif method == "saliency":
+            results[method] = saliency(model, tokenizer, prompt, subject, target, kinds=kinds)
+        else:
+            raise InvalidInputError(f"Unknown attribution method '{method}'.",
+                                    hint="Use causal_trace, patching, saliency or all.")
+    return results

@@ -169,8 +169,8 @@ def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, r
     """(delta, probes) of one variant."""
     import torch
 
+    from cathrepo.delta import Delta, LowRank
     from cathrepo.edits.base import get_method
-    from cathrepo.edits.delta import Delta, LowRank
     from cathrepo.facts.probes import build_probes, model_answer
     from cathrepo.models import num_layers
 

@@ -107,9 +107,10 @@ def score_records(
     Returns the scores and, per record, the next-token distributions after its neighbour prompts (kept
     in float16 to bound memory; NKL against ``base_dists`` when those are given).
     """
-    from cathrepo.gates.decoding import contains_answer, greedy_continuations
     from cathrepo.gates.probing import magnitude, rate, score_probes
-    from cathrepo.gates.scoring import kl_divergence
+    from cathrepo.gates.text import contains_answer
+    from cathrepo.lm.decoding import greedy_continuations
+    from cathrepo.lm.scoring import kl_divergence
 
     flat: list[tuple[int, str, Probe]] = []
     for i, ps in enumerate(probesets):
@@ -219,7 +220,7 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> Ed
 def _independent(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Sequence[Fact],
                  probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
                  say: Progress) -> tuple[list[dict[str, float]], list[float]]:
-    from cathrepo.edits.delta import applied
+    from cathrepo.delta import applied
 
     scores, seconds = [], []
     for i, (fact, probes) in enumerate(zip(facts, probesets, strict=True)):
@@ -238,7 +239,7 @@ def _independent(model: Any, tokenizer: Any, editor: Any, context: Any, facts: S
 def _sequential(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Sequence[Fact],
                 probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
                 base_hash: str, say: Progress) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
-    from cathrepo.edits.delta import AppliedDelta, applied, apply_delta
+    from cathrepo.delta import AppliedDelta, applied, apply_delta
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
 

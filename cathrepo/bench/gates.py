@@ -38,7 +38,7 @@ def random_deltas(model: Any, n: int, *, scale: float = 1e-4, seed: int = 0) -> 
     """N rank-one deltas on the default edit layer, small enough to change no answer."""
     import torch
 
-    from cathrepo.edits.delta import Delta, LowRank
+    from cathrepo.delta import Delta, LowRank
     from cathrepo.models import default_edit_layer, family_for, get_module, weight_shape
 
     name = family_for(model).layer_name("mlp_out", default_edit_layer(model))

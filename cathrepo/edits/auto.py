@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cathrepo.delta import Delta, LowRank
 from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult, get_method
-from cathrepo.edits.delta import Delta, LowRank
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 

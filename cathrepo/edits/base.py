@@ -1,6 +1,6 @@
 """Edit methods: the base class and the registry (stage ④ of DESIGN.md §2).
 
-An edit method turns facts into a :class:`~cathrepo.edits.delta.Delta` and never mutates the model it
+An edit method turns facts into a :class:`~cathrepo.delta.Delta` and never mutates the model it
 is given (STYLE.md §6; a test per method checks the weights are bit-identical afterwards). Each method
 has one ``<Method>Params`` dataclass with per-family defaults, recorded in the edit record.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cathrepo.edits.delta import Delta
+from cathrepo.delta import Delta
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.registry import Registry

@@ -296,7 +296,8 @@ def _ranked(pool: Sequence[KnownFact], fact: Fact, prefer: str | None = None) ->
 
 def known_by_model(model: Any, tokenizer: Any, facts: Sequence[KnownFact], *, batch_size: int = 64) -> list[KnownFact]:
     """The facts whose answer's first token is the model's top prediction after the prompt."""
-    from cathrepo.gates.scoring import first_token_id, score_continuations
+    from cathrepo.lm.scoring import score_continuations
+    from cathrepo.lm.tokens import first_token_id
 
     scores = score_continuations(model, tokenizer, [k.prompt for k in facts], [[] for _ in facts],
                                  batch_size=batch_size)
@@ -318,7 +319,7 @@ def model_answer(model: Any, tokenizer: Any, prompt: str) -> str | None:
     """The model's own short answer to ``prompt`` (its greedy continuation up to punctuation)."""
     import re
 
-    from cathrepo.gates.decoding import greedy_continuations
+    from cathrepo.lm.decoding import greedy_continuations
 
     text = greedy_continuations(model, tokenizer, [prompt], max_new_tokens=6)[0]
     answer = re.split(r"[.,;:!?\n]| and | who | which ", text)[0].strip()

@@ -7,7 +7,7 @@ A gate measures the model in one or more *states* and then judges the measuremen
 - ``after``: the active edits after the change (a new edit: before + [new]; a revert: before minus one).
 
 The model handed to :func:`run_gates` has no delta applied. Each state is entered once with
-:func:`~cathrepo.edits.delta.applied`, every gate that needs it measures, and the weights are restored bit
+:func:`~cathrepo.delta.applied`, every gate that needs it measures, and the weights are restored bit
 for bit on exit, so the model is unchanged afterwards whatever happens (kept as a test).
 """
 
@@ -19,15 +19,17 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cathrepo.edits.delta import Delta, applied
+from cathrepo.delta import Delta, applied, applied_to_rows
 from cathrepo.exceptions import CathrepoError
 from cathrepo.facts.probes import ProbeSet
 from cathrepo.gates.policy import STAGES, GatePolicy
 from cathrepo.gates.results import GateReport, GateResult
+from cathrepo.lm.decoding import AroundBatch, greedy_token_ids
 from cathrepo.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -350,10 +352,8 @@ def _decodes_unchanged_state(ctx: GateContext, gates: Sequence[Gate]) -> bool:
 
 def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
     """Decode what ``gates`` ask for into ``ctx.memo``: one batched pass when "after" is "before" plus
-    one delta (its rows see the delta through :func:`~cathrepo.edits.delta.applied_to_rows`), else one
+    one delta (its rows see the delta through :func:`~cathrepo.delta.applied_to_rows`), else one
     pass per state."""
-    from cathrepo.gates.decoding import greedy_token_ids
-
     wanted: dict[tuple[str, str], int] = {}
     for gate in gates:
         for state, prompt, tokens in gate.decodes(ctx):
@@ -371,7 +371,7 @@ def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
         ctx.say(f"decoding {len(keys)} continuations (before and after together)")
         with applied(ctx.model, *ctx.before):
             ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in keys], max_new_tokens=[wanted[k] for k in keys],
-                                   rows_changed=[s == "after" for s, _ in keys], change=added)
+                                   around=_on_rows(ctx.model, added, [s == "after" for s, _ in keys]))
         ctx.memo.update({("decode", *k): (wanted[k], v) for k, v in zip(keys, ids, strict=True)})
         return
     for state in STATES:
@@ -382,6 +382,18 @@ def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
                 ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in mine],
                                        max_new_tokens=[wanted[k] for k in mine])
             ctx.memo.update({("decode", *k): (wanted[k], v) for k, v in zip(mine, ids, strict=True)})
+
+
+def _on_rows(model: Any, delta: Delta, changed: Sequence[bool]) -> AroundBatch:
+    """Decode the prompts flagged in ``changed`` with ``delta`` on top of the model, the others without."""
+
+    def around(idx: Sequence[int]) -> AbstractContextManager[Any]:
+        import torch
+
+        rows = torch.tensor([changed[i] for i in idx])
+        return applied_to_rows(model, delta, rows) if bool(rows.any()) else nullcontext()
+
+    return around
 
 
 def _cache_file(ctx: GateContext, gate: Gate, state: str) -> Path | None:

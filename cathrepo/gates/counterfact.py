@@ -88,7 +88,7 @@ class EfficacyGate(_ProbeGate):
 
 def _forget_measure(ctx: GateContext, state: str) -> list[bool]:
     """Per forget probe: True when the greedy continuation no longer contains the forgotten answer."""
-    from cathrepo.gates.decoding import contains_answer
+    from cathrepo.gates.text import contains_answer
 
     assert ctx.probes is not None
     probes = ctx.probes.of_kind("forget")
@@ -154,7 +154,7 @@ class CounterFactPlusGate(_ProbeGate):
         return {"dists": [o.next_logprobs for o in neighbours], "plus": plus}
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
-        from cathrepo.gates.scoring import kl_divergence
+        from cathrepo.lm.scoring import kl_divergence
 
         before, after = measured["before"], measured["after"]
         kls = [kl_divergence(b, a) for b, a in zip(before["dists"], after["dists"], strict=True)]

@@ -50,7 +50,7 @@ class GenerationGate(Gate):
         return [ctx.decoded(state, p.prompt, self.policy.generation_tokens) for p in self._probes(ctx)]
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
-        from cathrepo.gates.decoding import contains_answer
+        from cathrepo.gates.text import contains_answer
 
         probes, texts = self._probes(ctx), measured["after"]
         hits = [contains_answer(t, p.target) for p, t in zip(probes, texts, strict=True)]
@@ -89,7 +89,7 @@ class FluencyGate(Gate):
                 "half": [ctx.decoded(state, p, max(1, n // 2)) for p in prompts]}
 
     def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
-        from cathrepo.gates.decoding import contains_answer, ngram_entropy
+        from cathrepo.gates.text import contains_answer, ngram_entropy
 
         assert ctx.probes is not None
         target = ctx.probes.of_kind("rewrite", "forget")[0].target if ctx.probes.of_kind("rewrite", "forget") else ""

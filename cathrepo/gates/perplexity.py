@@ -27,7 +27,7 @@ class PerplexityGate(Gate):
     cost = 3
 
     def measure(self, ctx: GateContext, state: str) -> float:
-        from cathrepo.gates.decoding import perplexity
+        from cathrepo.lm.scoring import perplexity
 
         path = self.policy.path("perplexity_data", ctx.root) or default_heldout_path()
         try:

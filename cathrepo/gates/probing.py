@@ -74,7 +74,8 @@ def score_probes(
     next_distribution: Sequence[str] = (),
 ) -> list[ProbeOutcome]:
     """Score teacher-forced probes in packed batches; keep next-token distributions of the given kinds."""
-    from cathrepo.gates.scoring import first_token_id, score_continuations
+    from cathrepo.lm.scoring import score_continuations
+    from cathrepo.lm.tokens import first_token_id
 
     bad = sorted({p.kind for p in probes} - set(SCORED_KINDS))
     if bad:

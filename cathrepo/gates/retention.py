@@ -38,7 +38,7 @@ def answer_leads(model: Any, tokenizer: Any, prompts: list[str], tokens: list[in
     """Per prompt: (top next-token id, lead of ``tokens[i]`` over the best other next token, nats)."""
     import torch
 
-    from cathrepo.gates.scoring import score_continuations
+    from cathrepo.lm.scoring import score_continuations
 
     scores = score_continuations(model, tokenizer, prompts, [[] for _ in prompts], batch_size=batch_size,
                                  next_distribution=True)
@@ -69,7 +69,7 @@ class RetentionGate(Gate):
 
     def measure(self, ctx: GateContext, state: str) -> dict[str, list[float]]:
         """Base: which facts count; then the counted facts' leads in ``state``."""
-        from cathrepo.gates.scoring import first_token_id
+        from cathrepo.lm.tokens import first_token_id
 
         _, facts = retention_sample(ctx, self.policy.retention_sample)
         prompts = [f.prompt for f in facts]

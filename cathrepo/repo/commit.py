@@ -42,7 +42,7 @@ def build_edit_files(
     numerics: Mapping[str, Any] | None = None,
 ) -> EditRecord:
     """Write the edit's files into ``staging`` and return its record (whose files map holds their hashes)."""
-    from cathrepo.edits.delta import save_delta
+    from cathrepo.delta import save_delta
     from cathrepo.models import family_for
     from cathrepo.provenance.manifest import EDIT_FILES, EditRecord, library_versions, sha256_bytes
 

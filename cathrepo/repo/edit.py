@@ -65,7 +65,7 @@ def edit(
     from cathrepo.pipeline import run_with_retries
     from cathrepo.provenance.manifest import numerics
     from cathrepo.repo.commit import commit_edit
-    from cathrepo.repo.materialize import active_edits, probe_sets
+    from cathrepo.repo.state import active_edits, probe_sets
 
     if not requests:
         raise InvalidInputError("No facts to edit.", hint="Pass --prompt/--subject/--target or --file.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from cathrepo.repo.materialize import load_edit, probe_sets
+from cathrepo.repo.state import load_edit, probe_sets
 
 if TYPE_CHECKING:
     from cathrepo.gates.results import GateReport
@@ -39,8 +39,11 @@ def gate(
         base_rev = repo.git.rev_parse(against)
     before_ids = list(repo.stack(base_rev).active) if base_rev else []
     after_ids = list(repo.stack(commit).active)
-    before = [load_edit(repo, eid, base_rev) for eid in before_ids] if base_rev else []
+    # an edit active on both sides is one record (its id hashes it), so it is verified and read once, at
+    # REV, and the two states share its delta
     after = [load_edit(repo, eid, commit) for eid in after_ids]
+    loaded = {e.id: e for e in after}
+    before = [loaded.get(eid) or load_edit(repo, eid, base_rev) for eid in before_ids] if base_rev else []
     new = [eid for eid in after_ids if eid not in before_ids]
     kept = [eid for eid in after_ids if eid in before_ids]
     config = repo.config_at(commit)

@@ -44,7 +44,7 @@ def revert(
     """
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
-    from cathrepo.repo.materialize import active_edits, probe_sets
+    from cathrepo.repo.state import active_edits, probe_sets
 
     with repo.lock("revert"):
         edit_id = repo.resolve_edit(ref)

@@ -7,7 +7,7 @@ gigabyte, so the adapter is injected into the model itself with PEFT's ``LoraMod
 are never copied or touched, and the original ``requires_grad`` flags and train/eval mode are restored.
 
 PEFT computes ``W x + scale · B (A x)`` with ``scale = alpha / r``; the Delta holds ``B``, ``A`` and that
-scale in the (out, in) orientation, which is what :func:`~cathrepo.edits.delta.apply_delta` adds
+scale in the (out, in) orientation, which is what :func:`~cathrepo.delta.apply_delta` adds
 (transposed for GPT-2's Conv1D). Saved in PEFT's layout, the Delta reloads as the same adapter.
 """
 
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.edits.delta import Delta, LowRank
+from cathrepo.delta import Delta, LowRank
 
 if TYPE_CHECKING:
     import torch

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cathrepo.attribution import Aligned, align, special_prefix
+from cathrepo.attribution import Aligned, align
 from cathrepo.facts.passage import teacher_context
 from cathrepo.facts.schema import Fact
+from cathrepo.lm.tokens import special_prefix
 
 #: Short prefixes put before a fact's prompt (teacher and student alike).
 PREFIXES: tuple[str, ...] = (
@@ -115,7 +116,7 @@ def anchors(
     generic: int,
 ) -> list[Anchor]:
     """Anchor prompts for ``facts``, without duplicates and without any prompt that is being edited."""
-    from cathrepo.gates.scoring import continuation_ids
+    from cathrepo.lm.tokens import continuation_ids
 
     edited = {f.prompt for f in facts} | {f.subject for f in facts}
     wanted: list[tuple[str, str | None, str]] = []

@@ -27,8 +27,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cathrepo.attribution.hooks import capture, edit_input, edit_output
 from cathrepo.exceptions import EditFailedError
+from cathrepo.lm.hooks import capture, edit_input, edit_output
+from cathrepo.lm.scoring import kl_terms
 from cathrepo.training.targets import Targets
 
 if TYPE_CHECKING:
@@ -87,8 +88,7 @@ def _kl(logits: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(target ‖ model) for (n, vocab) logits."""
     import torch
 
-    logp = torch.log_softmax(logits.float(), -1)
-    return (target_logp.exp() * (target_logp - logp)).sum(-1).mean()
+    return kl_terms(target_logp, torch.log_softmax(logits.float(), -1)).mean()
 
 
 def _rise(logits: torch.Tensor, base_logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -16,21 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.attribution.hooks import capture
+from cathrepo.lm.batch import Batch, pad
+from cathrepo.lm.head import head_logits
+from cathrepo.lm.hooks import capture
 from cathrepo.training.data import Anchor, EditExample
 
 if TYPE_CHECKING:
     import torch
 
 MATCH_POSITIONS = ("subject", "last_subject", "from_subject")
-
-
-@dataclass
-class Batch:
-    """A right-padded batch: ids and attention mask, (rows, seq)."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
 
 
 @dataclass
@@ -84,25 +78,8 @@ class Targets:
         return head_logits(model, hidden[mask])
 
 
-def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """The output embedding applied to final-norm states (with Gemma-2's logit soft-capping if set)."""
-    import torch
-
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def pad(seqs: Sequence[list[int]], pad_id: int, device: Any) -> Batch:
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):  # right padding: positions equal those of the unpadded run
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return Batch(ids.to(device), mask.to(device))
 
 
 def _match_positions(ex: EditExample, how: str) -> list[int]:

@@ -25,9 +25,9 @@ def _eiffel_delta(model, tokenizer, strength: float = 60.0):
     """A hand-made rank-one write on the last MLP output: at the prompt's last token, push 'Rome' over 'Paris'."""
     import torch
 
-    from cathrepo.attribution.hooks import forward_until
-    from cathrepo.edits.delta import Delta, LowRank
-    from cathrepo.gates.scoring import first_token_id
+    from cathrepo.delta import Delta, LowRank
+    from cathrepo.lm.hooks import forward_until
+    from cathrepo.lm.tokens import first_token_id
     from cathrepo.models import family_for, num_layers
 
     name = family_for(model).layer_name("mlp_out", num_layers(model) - 1)

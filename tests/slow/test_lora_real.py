@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cathrepo.delta import applied
 from cathrepo.edits.base import EditContext
-from cathrepo.edits.delta import applied
 from cathrepo.edits.lora import LoraMethod, LoraParams
 from cathrepo.facts.schema import load_facts
-from cathrepo.gates.scoring import prefers
+from cathrepo.lm.scoring import prefers
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cathrepo.delta import applied, save_delta
 from cathrepo.edits.base import EditContext, get_method
-from cathrepo.edits.delta import applied, save_delta
 from cathrepo.facts.schema import EditRequest, parse_records
-from cathrepo.gates.scoring import prefers
+from cathrepo.lm.scoring import prefers
 from cathrepo.models import weights_sha256
 
 pytestmark = pytest.mark.slow

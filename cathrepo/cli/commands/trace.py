@@ -26,8 +26,8 @@ ALL_METHODS = ("causal_trace", "patching", "saliency")
 def trace_cmd(prompt: str, subject: str, target: str | None, out_dir: Path, model_src: str | None, kinds: str,
               samples: int, methods: str, seed: int, precision: str) -> None:
     """Trace PROMPT's answer through the layers (causal tracing, patching, saliency)."""
-    from cathrepo.attribution import run_methods
     from cathrepo.attribution.plots import write_results
+    from cathrepo.attribution.select import run_methods
     from cathrepo.models import load_model, resolve_model
 
     model, tokenizer = load_model(resolve_model(model_src).path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.facts.tokens import subject_last_index
+from cathrepo.lm.tokens import subject_last_index
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +21,7 @@ def key_vector(
     """Mean input of ``module`` at the subject's last token over ``prefix + prompt`` (shape (d_in,))."""
     import torch
 
-    from cathrepo.attribution.hooks import forward_until
+    from cathrepo.lm.hooks import forward_until
     from cathrepo.models import model_device
 
     texts = [prefix + prompt for prefix in prefixes]

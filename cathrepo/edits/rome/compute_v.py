@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.facts.schema import Fact
-from cathrepo.facts.tokens import subject_last_index
+from cathrepo.lm.tokens import subject_last_index
 
 if TYPE_CHECKING:
     import torch
@@ -175,8 +175,9 @@ def optimise_value(
     """
     import torch
 
-    from cathrepo.attribution.hooks import edit_output
-    from cathrepo.models import hidden_and_head, model_device
+    from cathrepo.lm.head import hidden_and_head
+    from cathrepo.lm.hooks import edit_output
+    from cathrepo.models import model_device
 
     model = working_copy(model, params.precision)
     device = model_device(model)

@@ -101,7 +101,7 @@ def _accumulate(model: Any, tokenizer: Any, modules: Sequence[str], lines: list[
     """Second moments of every module's inputs in one pass over the corpus (float64 sums)."""
     import torch
 
-    from cathrepo.attribution.hooks import capture, forward_until
+    from cathrepo.lm.hooks import capture, forward_until
     from cathrepo.models import model_device
 
     device = model_device(model)

@@ -4,7 +4,7 @@
 
 so that ``ΔW k* = δ`` exactly: the projection's output at the subject's (prefix-averaged) key moves by
 the optimised δ, and inputs orthogonal to ``u`` in the covariance metric barely move. The result is a
-rank-one :class:`~cathrepo.edits.delta.LowRank` with ``B = δ/(u·k*)`` (out×1) and ``A = uᵀ`` (1×in).
+rank-one :class:`~cathrepo.delta.LowRank` with ``B = δ/(u·k*)`` (out×1) and ``A = uᵀ`` (1×in).
 
 Several facts are edited one after another, each computed on the model with the earlier ones applied
 (as a repository would), and returned as one delta whose per-module factors are concatenated.
@@ -17,8 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cathrepo.delta import AppliedDelta, Delta, LowRank, apply_delta
 from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
-from cathrepo.edits.delta import AppliedDelta, Delta, LowRank, apply_delta
 from cathrepo.edits.rome.compute_u import key_vector, update_direction
 from cathrepo.edits.rome.compute_v import optimise_value
 from cathrepo.edits.rome.context import context_prefixes
@@ -115,7 +115,7 @@ class RomeMethod(EditMethod):
     ) -> tuple[LowRank, dict[str, Any]]:
         import torch
 
-        from cathrepo.gates.scoring import continuation_ids
+        from cathrepo.lm.tokens import continuation_ids
 
         if fact.kind != "edit":
             raise InvalidInputError("ROME writes facts; it cannot forget one.", hint="Use a forget method.")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from cathrepo.facts.probes import KnownFact
 from cathrepo.facts.schema import Fact
 from cathrepo.facts.templates import fill, infer_relations, paraphrase_templates
-from cathrepo.facts.tokens import subject_last_index
+from cathrepo.lm.tokens import subject_last_index
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def subject_keys(model: Any, tokenizer: Any, module: str, prompts: Sequence[tupl
     """Inputs of ``module`` at each (prompt, subject)'s last subject token: (n, d_in) float32."""
     import torch
 
-    from cathrepo.attribution.hooks import forward_until
+    from cathrepo.lm.hooks import forward_until
     from cathrepo.models import model_device
 
     rows = []

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from cathrepo.attribution import ScoreMap, module_names, subject_range
+from cathrepo.attribution import ScoreMap, module_names
 from cathrepo.attribution.causal_trace import embedding_std, trace
-from cathrepo.attribution.hooks import capture, edit_output
+from cathrepo.lm.hooks import capture, edit_output
+from cathrepo.lm.tokens import subject_token_span
 from cathrepo.models import family_for, num_layers
 
 PROMPT = "I know that the Eiffel Tower is located in"
@@ -31,7 +32,7 @@ def test_shapes_baselines_and_untouched_tokens(tiny_model):
     before = _state(model)
     result = trace(model, tok, PROMPT, SUBJECT, "Paris", samples=2)
     n_tokens = len(tok(PROMPT)["input_ids"])
-    s0, s1 = subject_range(tok, PROMPT, SUBJECT)
+    s0, s1 = subject_token_span(tok, PROMPT, SUBJECT)
     assert s0 > 0 and result.subject_range == (s0, s1)
     assert set(result.scores) == {"hidden", "mlp", "attn"}
     for rows in result.scores.values():
@@ -82,7 +83,7 @@ def test_cached_runs_equal_plain_restores(tiny_llama, traced):
 
 def test_token_subset_and_greedy_target(tiny_llama):
     model, tok, _ = tiny_llama
-    s0, s1 = subject_range(tok, PROMPT, SUBJECT)
+    s0, s1 = subject_token_span(tok, PROMPT, SUBJECT)
     result = trace(model, tok, PROMPT, SUBJECT, None, kinds=("mlp",), samples=1, tokens=[s1 - 1])
     assert list(result.scores) == ["mlp"] and result.target
     assert all(row[s1] == result.low for row in result.scores["mlp"])

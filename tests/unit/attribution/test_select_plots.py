@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from cathrepo.attribution import ScoreMap, run_methods
+from cathrepo.attribution import ScoreMap
 from cathrepo.attribution.plots import plot_trace, write_results
-from cathrepo.attribution.select import select_sites
+from cathrepo.attribution.select import run_methods, select_sites
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.models import family_for

@@ -28,9 +28,9 @@ class OracleTestMethod(EditMethod):
     def compute(self, model, tokenizer, facts, context: EditContext) -> EditResult:
         import torch
 
-        from cathrepo.attribution.hooks import forward_until
-        from cathrepo.edits.delta import Delta, LowRank
-        from cathrepo.gates.scoring import first_token_id
+        from cathrepo.delta import Delta, LowRank
+        from cathrepo.lm.hooks import forward_until
+        from cathrepo.lm.tokens import first_token_id
         from cathrepo.models import family_for, num_layers
 
         (fact,) = facts

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cathrepo.delta import Delta, LowRank
 from cathrepo.edits.auto import AutoMethod, AutoParams, _concatenate
 from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
-from cathrepo.edits.delta import Delta, LowRank
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.passage import synthesize_questions
 from cathrepo.facts.schema import Fact

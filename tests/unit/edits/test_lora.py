@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
+from cathrepo.delta import applied, save_delta
 from cathrepo.edits.base import EDIT_METHODS, EditContext
-from cathrepo.edits.delta import applied, save_delta
 from cathrepo.edits.lora import LoraMethod, LoraParams
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.passage import synthesize_questions

@@ -7,14 +7,16 @@ import copy
 import pytest
 import torch
 
+from cathrepo.delta import applied
 from cathrepo.edits.base import EditContext, get_method
-from cathrepo.edits.delta import applied
 from cathrepo.edits.rome.compute_u import key_vector
 from cathrepo.edits.rome.compute_v import _batch, _prefix_cache, _read_logprobs, working_copy
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
-from cathrepo.gates.scoring import continuation_ids, mean_logprob
-from cathrepo.models import cache_kwargs, get_module, hidden_and_head, linear_weight
+from cathrepo.lm.head import hidden_and_head
+from cathrepo.lm.scoring import mean_logprob
+from cathrepo.lm.tokens import continuation_ids
+from cathrepo.models import cache_kwargs, get_module, linear_weight
 
 # On random-init models attention barely carries information between positions, so the tiny-model
 # tests put the subject last: δ then acts on the position that predicts the target.

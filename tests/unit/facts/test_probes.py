@@ -72,7 +72,8 @@ def test_neighbours_and_attributes_are_mined_from_the_same_relation(known):
 
 
 def test_mining_with_a_model_keeps_only_answers_it_gives(tiny_llama, known):
-    from cathrepo.gates.scoring import first_token_id, score_continuations
+    from cathrepo.lm.scoring import score_continuations
+    from cathrepo.lm.tokens import first_token_id
 
     model, tok, _ = tiny_llama
     fact = Fact(prompt="Toko Yasuda is located in the continent of", subject="Toko Yasuda",

@@ -22,9 +22,9 @@ def oracle_delta(model, tokenizer, prompt: str, new: str, old: str, strength: fl
     c·û, with û the unembedding direction new − old, so ``new`` wins there by a wide margin."""
     import torch
 
-    from cathrepo.attribution.hooks import forward_until
-    from cathrepo.edits.delta import Delta, LowRank
-    from cathrepo.gates.scoring import first_token_id
+    from cathrepo.delta import Delta, LowRank
+    from cathrepo.lm.hooks import forward_until
+    from cathrepo.lm.tokens import first_token_id
     from cathrepo.models import family_for, num_layers
 
     name = family_for(model).layer_name("mlp_out", num_layers(model) - 1)

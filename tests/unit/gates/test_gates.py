@@ -16,7 +16,7 @@ def _fact_base_rejects(model, tok, fact):
     """The fact with new/old swapped if needed, so that the unedited model prefers the old answer."""
     from dataclasses import replace
 
-    from cathrepo.gates.scoring import prefers
+    from cathrepo.lm.scoring import prefers
 
     ((new, old),) = prefers(model, tok, [fact.prompt], [fact.target_new], [fact.target_true])
     return fact if new < old else replace(fact, target_new=fact.target_true, target_true=fact.target_new)
@@ -140,7 +140,7 @@ def test_generation_and_fluency_report_numbers(tiny_llama):
 
 def test_forget_probes_are_judged_by_greedy_answers(tiny_llama):
     from cathrepo.facts.probes import Probe, ProbeSet
-    from cathrepo.gates.decoding import greedy_continuations
+    from cathrepo.lm.decoding import greedy_continuations
 
     model, tok, _ = tiny_llama
     answer = greedy_continuations(model, tok, [FACT.prompt], max_new_tokens=3)[0].split()[0]
@@ -188,7 +188,7 @@ def test_regression_checks_rewrites_everywhere_and_everything_for_related_edits(
 def test_an_exact_no_op_passes_every_gate_of_the_default_policy(tiny_llama, tmp_path):
     """A zero delta with probes whose targets are the model's own answers is a null edit: with the default
     policy every gate of the edit stage passes, and only regression skips (no earlier edits)."""
-    from cathrepo.edits.delta import Delta, LowRank
+    from cathrepo.delta import Delta, LowRank
     from cathrepo.facts.probes import Probe, ProbeSet, model_answer
 
     model, tok, _ = tiny_llama
@@ -269,7 +269,7 @@ def test_carry_reuses_before_measurements_only_for_the_same_before_state(tiny_mo
 
 
 def test_carry_skips_gates_whose_before_measurement_depends_on_the_new_delta(tiny_llama):
-    from cathrepo.edits.delta import Delta
+    from cathrepo.delta import Delta
     from cathrepo.models import family_for, num_layers
 
     model, tok, _ = tiny_llama

@@ -6,8 +6,8 @@ import copy
 
 import torch
 
-from cathrepo.attribution.hooks import capture
-from cathrepo.edits.delta import applied, save_delta
+from cathrepo.delta import applied, save_delta
+from cathrepo.lm.hooks import capture
 from cathrepo.models import family_for
 from cathrepo.training.adapters import lora_attached
 from cathrepo.training.replay import checked_replay, replayed

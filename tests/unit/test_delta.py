@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cathrepo.edits.delta import Delta, LowRank, applied, apply_delta, load_delta, save_delta
+from cathrepo.delta import Delta, LowRank, applied, apply_delta, load_delta, save_delta
 from cathrepo.exceptions import DeltaError
 from cathrepo.models import family_for, get_module, weight_shape
 

@@ -189,7 +189,7 @@ def applied_to_rows(model: Any, delta: Delta, rows: torch.Tensor) -> Iterator[An
     """
     import torch
 
-    from cathrepo.attribution.hooks import add_to_output
+    from cathrepo.lm.hooks import add_to_output
 
     for name, factor in delta.factors.items():
         _check(model, name, factor)
@@ -272,13 +272,14 @@ def load_delta(directory: Path, *, weights: Path | None = None) -> Delta:
     return delta_from_parts(config, weights or directory / WEIGHTS_NAME, what=str(directory))
 
 
-def delta_from_parts(config: Mapping[str, Any], weights: Path, *, what: str = "the adapter") -> Delta:
-    """Build a Delta from a parsed ``adapter_config.json`` and a safetensors file."""
+def delta_from_parts(config: Mapping[str, Any], weights: Path | bytes, *, what: str = "the adapter") -> Delta:
+    """Build a Delta from a parsed ``adapter_config.json`` and a safetensors file (a path, or its bytes
+    when the caller has already read and hashed them)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     try:
-        tensors = load_file(str(weights))
+        tensors = load(weights) if isinstance(weights, bytes) else load_file(str(weights))
     except FileNotFoundError as exc:
         raise DeltaError(f"Missing adapter weights '{weights}'.") from exc
     except (SafetensorError, OSError) as exc:

@@ -6,8 +6,14 @@ import math
 
 import pytest
 
-from cathrepo.gates.decoding import contains_answer, greedy_continuations, ngram_entropy, perplexity
-from cathrepo.gates.scoring import greedy_continuation, kl_divergence, score_continuations, target_logprobs
+from cathrepo.gates.text import contains_answer, ngram_entropy
+from cathrepo.lm.decoding import greedy_continuations
+from cathrepo.lm.scoring import (
+    kl_divergence,
+    perplexity,
+    score_continuations,
+    target_logprobs,
+)
 
 PROMPTS = ["The Eiffel Tower is located in the city of", "Rome is the capital of", "Apple was founded by"]
 PAIRS = [["Rome", "Paris"], ["Italy", "Spain Berlin"], ["Steve Jobs", "London"]]
@@ -36,10 +42,20 @@ def test_prompt_only_rows_give_the_top_prediction(tiny_llama):
     assert all(s.logprobs == () for s in only)
 
 
-def test_batched_greedy_matches_single(tiny_model):
+def _generate(model, tok, prompt: str, max_new_tokens: int) -> str:
+    """transformers' own greedy ``generate``, one prompt at a time: the reference."""
+    import torch
+
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_batched_greedy_matches_generate(tiny_model):
     model, tok, _ = tiny_model
     batched = greedy_continuations(model, tok, PROMPTS, max_new_tokens=5, batch_size=3)
-    assert batched == [greedy_continuation(model, tok, p, max_new_tokens=5) for p in PROMPTS]
+    assert batched == [_generate(model, tok, p, max_new_tokens=5) for p in PROMPTS]
 
 
 def test_kl_of_identical_distributions_is_zero(tiny_llama):

@@ -1,4 +1,4 @@
-"""Teacher-forced scoring: log-probabilities of continuations, batched (used by every gate).
+"""Teacher-forced scoring: log-probabilities of continuations, batched; perplexity; KL.
 
 CounterFact's metrics compare the length-normalised probability of the new target against the true
 one (ROME, Meng et al. 2022, §3): ``P(o) = exp(mean_t log p(o_t | prompt, o_<t))``. A continuation is
@@ -7,50 +7,18 @@ tokenized as ``" " + target`` after the prompt, the way the target follows the p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.exceptions import InvalidInputError
+from cathrepo.lm.batch import pad, pad_id
+from cathrepo.lm.head import hidden_and_head
+from cathrepo.lm.tokens import continuation_ids, encode
+from cathrepo.models import model_device
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """A prompt and continuation as token ids; ``prompt_len`` splits them."""
-
-    ids: list[int]
-    prompt_len: int
-
-
-def continuation_ids(tokenizer: Any, target: str) -> list[int]:
-    """Token ids of ``target`` as a continuation (leading space), refusing empty results."""
-    ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
-    if not target.strip() or not ids:
-        raise InvalidInputError(
-            f"The target {target!r} tokenizes to nothing.", hint="Give a target with visible text."
-        )
-    return list(ids)
-
-
-def encode(tokenizer: Any, prompt: str, target: str) -> Encoded:
-    prompt_ids = list(tokenizer(prompt)["input_ids"])
-    return Encoded(prompt_ids + continuation_ids(tokenizer, target), len(prompt_ids))
-
-
-def _pad_batch(tokenizer: Any, seqs: Sequence[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):  # right padding keeps positions equal to the unpadded run
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def target_logprobs(
@@ -64,8 +32,6 @@ def target_logprobs(
     """Per-token log-probabilities of each target after its prompt, one list per pair."""
     import torch
 
-    from cathrepo.models import model_device
-
     if len(prompts) != len(targets):
         raise ValueError("prompts and targets differ in length")
     encoded = [encode(tokenizer, p, t) for p, t in zip(prompts, targets, strict=True)]
@@ -74,7 +40,8 @@ def target_logprobs(
     device = model_device(model)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = _pad_batch(tokenizer, [encoded[i].ids for i in idx], device)
+        batch = pad([encoded[i].ids for i in idx], pad_id(tokenizer), device)
+        ids, mask = batch.ids, batch.mask
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
         logp = torch.log_softmax(logits, dim=-1)
@@ -101,21 +68,6 @@ def prefers(
     return list(zip(scores[:n], scores[n:], strict=True))
 
 
-def greedy_continuation(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 8) -> str:
-    """The model's greedy continuation of ``prompt`` (decoded, stripped)."""
-    import torch
-
-    from cathrepo.models import model_device
-
-    enc = tokenizer(prompt, return_tensors="pt").to(model_device(model))
-    with torch.no_grad():
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 # --- packed scoring: one prompt, several continuations, one row -----------------------------------
@@ -196,20 +148,13 @@ def _packed_mask(rows: Sequence[_Packed], width: int, dtype: Any) -> torch.Tenso
 def _logits_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Logits (n, vocab) at (rows[i], cols[i]) only, running the unembedding on those states alone."""
-    import torch
-
-    body = getattr(model, "base_model", model)
-    head = model.get_output_embeddings()
-    if body is model or head is None:  # a model we cannot split: fall back to the full forward
+    split = hidden_and_head(model)
+    if split is None:  # a model we cannot split: fall back to the full forward
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         return logits[rows, cols].float()
+    body, head = split
     hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
-    logits = head(hidden[rows, cols]).float()  # (n, vocab)
-    config = getattr(model.config, "text_config", None) or model.config
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return head(hidden[rows, cols]).float()  # (n, vocab)
 
 
 def score_continuations(
@@ -231,8 +176,6 @@ def score_continuations(
         next_distribution: per prompt (or for all), whether to return the full next-token distribution.
     """
     import torch
-
-    from cathrepo.models import model_device
 
     if len(prompts) != len(continuations):
         raise ValueError("prompts and continuations differ in length")
@@ -288,13 +231,46 @@ def score_continuations(
     return [s for s in out if s is not None]
 
 
-def first_token_id(tokenizer: Any, target: str) -> int:
-    """The first token of ``target`` as a continuation: what "the model gives the answer" checks."""
-    return continuation_ids(tokenizer, target)[0]
+
+
+def kl_terms(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(P ‖ Q) in nats per row of two (..., vocab) log-distributions (differentiable)."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
 
 
 def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
     """KL(P ‖ Q) in nats from two log-distributions over the vocabulary."""
+    return float(kl_terms(p_log, q_log).sum().clamp_min(0.0))
+
+
+def perplexity(model: Any, tokenizer: Any, text: str, *, window: int = 256, batch_size: int = 8) -> float:
+    """Perplexity of ``text`` read in non-overlapping windows of ``window`` tokens."""
     import torch
 
-    return float(torch.sum(p_log.exp() * (p_log - q_log)).clamp_min(0.0))
+    config = getattr(model.config, "text_config", None) or model.config
+    longest = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    window = min(window, int(longest)) if longest else window
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
+    chunks = [c for c in chunks if len(c) > 1]
+    if not chunks:
+        raise ValueError("the held-out text is shorter than two tokens")
+    device = model_device(model)
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(chunks), batch_size):
+        batch = chunks[start : start + batch_size]
+        padded = pad(batch, 0, device)
+        with torch.no_grad():
+            logits = model(input_ids=padded.ids, attention_mask=padded.mask, use_cache=False).logits
+        nll = _shifted_nll(logits.float(), padded.ids, padded.mask)
+        total_nll += float(nll.sum())
+        total_tokens += int(padded.mask[:, 1:].sum())
+    return math.exp(total_nll / total_tokens)
+
+
+def _shifted_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (batch, seq-1, vocab)
+    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    return nll * mask[:, 1:]

@@ -1,0 +1,1 @@
+"""Benchmarks: single edits, edits through the repository, gate calibration (``cathrepo bench …``)."""

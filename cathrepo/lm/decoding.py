@@ -1,0 +1,124 @@
+"""Free generation: the one greedy decoder (batched, with a KV cache), used by probes and gates.
+
+Teacher-forced scores alone overstate editing success two- to three-fold (free generation often ignores
+an edit that wins the forced comparison), so the gates decode. Decoding here is bound by reading the
+weights, not by the rows, so callers put every prompt they need into one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from cathrepo.lm.batch import pad, pad_id
+from cathrepo.lm.head import hidden_and_head
+from cathrepo.models import cache_kwargs, model_device, output_cache
+
+#: Given the prompt indices of one batch, a context manager to decode that batch inside.
+AroundBatch = Callable[[Sequence[int]], AbstractContextManager[Any]]
+
+
+def greedy_continuations(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int | Sequence[int] = 12,
+    batch_size: int = 32,
+    around: AroundBatch | None = None,
+) -> list[str]:
+    """The greedy continuation of each prompt (decoded, special tokens dropped), in batches.
+
+    Args:
+        max_new_tokens: one budget for all prompts, or one per prompt (a batch runs as long as its
+            longest budget; shorter rows are cut).
+        around: called with each batch's prompt indices, returns the context the batch decodes in;
+            the gates use it to add a delta to some rows only, so the "before" and "after"
+            continuations cost one decode.
+    """
+    ids = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           around=around)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def greedy_token_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int | Sequence[int] = 12,
+    batch_size: int = 32,
+    around: AroundBatch | None = None,
+) -> list[list[int]]:
+    """:func:`greedy_continuations` as token ids (stop tokens dropped), so callers can cut them shorter."""
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError("one budget per prompt")
+    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (budgets[i], len(encoded[i])))
+    out: list[list[int]] = [[] for _ in prompts]
+    stop = _stop_ids(model, tokenizer)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        with around(idx) if around is not None else nullcontext():
+            ids = greedy_ids(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, pad_id(tokenizer))
+        for row, i in enumerate(idx):
+            out[i] = ids[row]
+    return out
+
+
+def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int], stop: set[int],
+               fill: int) -> list[list[int]]:
+    """Greedy decoding of token-id prompts with a KV cache; each row stops at a stop id or its budget.
+
+    Prompts are left-padded so every row's next token sits in the last column; the attention mask keeps
+    padding out and position ids count real tokens only, so a row decodes as it would alone. Logits are
+    computed only for the last position of each step.
+    """
+    import torch
+
+    device = model_device(model)
+    batch = pad(prompts, fill, device, left=True)
+    ids, mask = batch.ids, batch.mask
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    split = hidden_and_head(model)
+    results: list[list[int]] = [[] for _ in prompts]
+    done = torch.tensor([b <= 0 for b in budgets], device=device)
+    cache = None
+    step_ids, step_pos = ids, positions
+    with torch.no_grad():
+        for _ in range(max(budgets, default=0)):
+            kwargs = cache_kwargs(split[0] if split else model, cache) if cache is not None else {"use_cache": True}
+            if split:
+                out = split[0](input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                logits = split[1](out.last_hidden_state[:, -1])  # (rows, vocab)
+            else:
+                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                logits = out.logits[:, -1]
+            cache = output_cache(out)
+            nxt = logits.float().argmax(-1)  # (rows,)
+            for row in range(len(prompts)):
+                if not done[row]:
+                    token = int(nxt[row])
+                    if token in stop:
+                        done[row] = True
+                    else:
+                        results[row].append(token)
+                        done[row] = len(results[row]) >= budgets[row]
+            if bool(done.all()):
+                break
+            step_ids = nxt[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return results
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids from the generation config (as ``generate`` stops), else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
