@@ -19,6 +19,7 @@ from importlib import import_module
 from pathlib import Path
 
 from cathrepo.exceptions import ModelLoadError
+from cathrepo.files import atomic_write, sha256_file, user_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,7 @@ EMBEDDED_PREFIX = "embedded:"
 
 def cache_dir() -> Path:
     """Where cathrepo keeps converted models and statistics (``CATHREPO_CACHE_DIR`` overrides)."""
-    explicit = os.environ.get("CATHREPO_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cathrepo"
+    return user_dir("cache")
 
 
 @dataclass(frozen=True)
@@ -191,10 +188,7 @@ def weights_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     for p in files:
         digest.update(p.name.encode() + b"\0")
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
+        sha256_file(p, digest)
     value = digest.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(value + "\n")
+    atomic_write(memo, (value + "\n").encode(), make_parents=True)
     return value

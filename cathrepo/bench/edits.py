@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.facts.probes import Probe, ProbeSet, build_probes, known_by_model, load_known_facts
+from cathrepo.facts.probes import Probe, ProbeSet, build_probes, known_by_model, load_known_facts, stated
 from cathrepo.facts.schema import Fact, load_facts
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,6 @@ class EditBenchResult:
 # --- scoring records in the current model state ---------------------------------------------------------
 
 
-def _ns_plus_probe(rewrite: Probe, neighbour: Probe) -> Probe:
-    prefix = f"{rewrite.prompt} {rewrite.target}. "
-    return Probe("neighborhood", prefix + neighbour.prompt, neighbour.target, neighbour.other, neighbour.source)
-
-
 def score_records(
     model: Any, tokenizer: Any, probesets: Sequence[ProbeSet], *, base_dists: Sequence[list[Any]] | None = None,
     generation_tokens: int = 12, batch_size: int = 64,
@@ -119,7 +114,7 @@ def score_records(
             flat.append((i, p.kind, p))
         for p in ps.of_kind("neighborhood") if rewrite else ():
             if p.source == "record":
-                flat.append((i, "plus", _ns_plus_probe(rewrite[0], p)))
+                flat.append((i, "plus", p.after(stated(rewrite[0].prompt, rewrite[0].target))))
     outcomes = score_probes(model, tokenizer, [p for _, _, p in flat], batch_size=batch_size,
                             next_distribution=("neighborhood",))
     gen_probes = [(i, p) for i, ps in enumerate(probesets) for p in ps.of_kind("rewrite", "paraphrase")

@@ -18,6 +18,7 @@ from typing import Any
 from cathrepo.delta import Delta, LowRank
 from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult, get_method
 from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.passage import PassageFact
 from cathrepo.facts.schema import Fact
 
 
@@ -47,11 +48,6 @@ class AutoParams:
         return asdict(self)
 
 
-def is_passage(fact: Fact) -> bool:
-    """True for a passage's cloze probe (it carries the passage as its teacher context)."""
-    return bool(getattr(fact, "passage", ""))
-
-
 @EDIT_METHODS.register
 class AutoMethod(EditMethod):
     """ROME/MEMIT for atomic facts, the LoRA trainer for passages."""
@@ -63,8 +59,8 @@ class AutoMethod(EditMethod):
     def plan(self, facts: Sequence[Fact]) -> list[tuple[str, list[Fact], str]]:
         """(method, facts, reason) groups for ``facts``."""
         p: AutoParams = self.params
-        passages = [f for f in facts if is_passage(f)]
-        atomic = [f for f in facts if not is_passage(f)]
+        passages = [f for f in facts if isinstance(f, PassageFact)]
+        atomic = [f for f in facts if not isinstance(f, PassageFact)]
         groups = []
         if passages:
             groups.append((p.passage, passages, f"{len(passages)} probe(s) of a free-text passage: the "

@@ -25,6 +25,7 @@ from typing import Any
 
 from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
 from cathrepo.exceptions import EditFailedError, InvalidInputError
+from cathrepo.facts.passage import PassageFact
 from cathrepo.facts.schema import Fact
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class LoraMethod(EditMethod):
         # 1. Locate (or take the given layers).
         selection: SiteSelection | None = None
         if p.layers is None:
-            passage = getattr(facts[0], "passage", "") or None
+            passage = facts[0].passage if isinstance(facts[0], PassageFact) else None
             allowed = None
             if p.layer_window is not None:
                 center = default_edit_layer(model)

@@ -49,9 +49,8 @@ def stated_context(prompt: str, target: str) -> str:
 
 def teacher_context(fact: Fact) -> str:
     """What the teacher reads before the prompt: the passage of a passage probe, else the fact stated."""
-    passage = getattr(fact, "passage", None)
-    if passage:
-        return passage.strip() + "\n\n"
+    if isinstance(fact, PassageFact):
+        return fact.passage.strip() + "\n\n"
     return stated_context(fact.prompt, fact.target_new)
 
 
@@ -109,9 +108,6 @@ class PassageFact(Fact):
     passage: str = ""
     sentence: str = ""
 
-    @property
-    def is_passage(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,14 @@ KINDS = ("rewrite", "paraphrase", "neighborhood", "generation", "attribute", "fo
 SOURCES = ("record", "template", "mined")
 #: Kinds scored teacher-forced (one forward pass each); generation probes are decoded instead.
 SCORED_KINDS = ("rewrite", "paraphrase", "neighborhood", "attribute", "forget")
+#: The kinds whose failure means the edit itself no longer holds.
+HARD_KINDS = ("rewrite", "forget")
+
+
+def stated(prompt: str, target: str) -> str:
+    """A fact stated as a sentence, to put before another prompt: CounterFact+'s neighbourhood prefix
+    ("The mother tongue of X is French. ") and ROME's protected contexts use the same one."""
+    return f"{prompt} {target}. "
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,10 @@ class Probe:
     target: str
     other: str | None = None
     source: str = "record"
+
+    def after(self, prefix: str) -> Probe:
+        """The same probe with ``prefix`` put before its prompt."""
+        return Probe(self.kind, prefix + self.prompt, self.target, self.other, self.source)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -422,7 +422,7 @@ def _store_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, 
     path = _cache_file(ctx, gate, state)
     if path is None:
         return
-    from cathrepo.provenance._fs import atomic_write
+    from cathrepo.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(measured[gate.name][state]).encode())

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from cathrepo.facts.probes import SCORED_KINDS, stated
 from cathrepo.gates.base import GATES, Gate, GateContext
 from cathrepo.gates.probing import ProbeOutcome, broke, flip_falls, magnitude, rate, score_probes
 from cathrepo.gates.results import GateResult
-
-_SCORED = ("rewrite", "paraphrase", "neighborhood", "attribute", "forget")
 
 
 def edit_outcomes(ctx: GateContext, state: str) -> list[ProbeOutcome]:
@@ -27,7 +26,7 @@ def edit_outcomes(ctx: GateContext, state: str) -> list[ProbeOutcome]:
 
     def compute() -> list[ProbeOutcome]:
         assert ctx.probes is not None
-        return score_probes(ctx.model, ctx.tokenizer, ctx.probes.of_kind(*_SCORED),
+        return score_probes(ctx.model, ctx.tokenizer, ctx.probes.of_kind(*SCORED_KINDS),
                             batch_size=ctx.policy.batch_size, next_distribution=("neighborhood",))
 
     return ctx.once(state, "edit-outcomes", compute)
@@ -140,16 +139,13 @@ class CounterFactPlusGate(_ProbeGate):
     kinds = ("neighborhood",)
 
     def measure(self, ctx: GateContext, state: str) -> dict[str, Any]:
-        from cathrepo.facts.probes import Probe
-
         neighbours = super().measure(ctx, state)
         assert ctx.probes is not None
         rewrite = ctx.probes.of_kind("rewrite")
         plus: list[ProbeOutcome] = []
         if rewrite:
-            prefix = f"{rewrite[0].prompt} {rewrite[0].target}. "
-            prefixed = [Probe("neighborhood", prefix + o.probe.prompt, o.probe.target, o.probe.other, o.probe.source)
-                        for o in neighbours]
+            prefix = stated(rewrite[0].prompt, rewrite[0].target)
+            prefixed = [o.probe.after(prefix) for o in neighbours]
             plus = score_probes(ctx.model, ctx.tokenizer, prefixed, batch_size=ctx.policy.batch_size)
         return {"dists": [o.next_logprobs for o in neighbours], "plus": plus}
 

@@ -21,14 +21,15 @@ import json
 import logging
 from typing import Any
 
-from cathrepo.facts.probes import Probe, ProbeSet
+from cathrepo.facts.probes import HARD_KINDS, Probe, ProbeSet
+from cathrepo.files import atomic_write
 from cathrepo.gates.base import GATES, Gate, GateContext
 from cathrepo.gates.probing import broke, flip_falls, score_probes
 from cathrepo.gates.results import GateResult
+from cathrepo.lm.precision import cast_copy
 
 log = logging.getLogger(__name__)
 
-HARD_KINDS = ("rewrite", "forget")
 FAST_STAGES = ("edit",)
 
 
@@ -66,7 +67,7 @@ class RegressionGate(Gate):
                    if k not in cached}
         if missing:
             ctx.say(f"regression: scoring {len(missing)} of {sum(map(len, keys))} probes ({state})")
-            model = ctx.model if dtype == "float32" else _cast(ctx.model, dtype)
+            model = cast_copy(ctx.model, dtype)
             outcomes = score_probes(model, ctx.tokenizer, list(missing.values()), batch_size=self.policy.batch_size)
             del model
             cached.update({k: o.lead for k, o in zip(missing, outcomes, strict=True)})
@@ -134,16 +135,4 @@ def _read(path: Any) -> dict[str, float]:
 def _write(path: Any, cached: dict[str, float]) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cached))
-    tmp.replace(path)
-
-
-def _cast(model: Any, dtype: str) -> Any:
-    """A copy of the model (in its current state, deltas applied) in ``dtype``; the original is untouched."""
-    import copy
-
-    import torch
-
-    return copy.deepcopy(model).to(getattr(torch, dtype))
+    atomic_write(path, json.dumps(cached).encode(), make_parents=True)

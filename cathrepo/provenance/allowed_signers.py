@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cathrepo.exceptions import ConfigError, SigningError
-from cathrepo.provenance._fs import atomic_write
+from cathrepo.files import atomic_write
 from cathrepo.provenance.keys import fingerprint_of, split_public_key
 
 _KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-", "sk-", "rsa-sha2-")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cathrepo.exceptions import SigningError
-from cathrepo.provenance._fs import atomic_write
+from cathrepo.files import atomic_write, user_dir
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,11 +35,7 @@ def config_dir() -> Path:
     ``$CATHREPO_CONFIG_DIR`` wins (tests and CI point it at a scratch directory), then
     ``$XDG_CONFIG_HOME/cathrepo``, then ``~/.config/cathrepo``.
     """
-    explicit = os.environ.get("CATHREPO_CONFIG_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "cathrepo"
+    return user_dir("config")
 
 
 def split_public_key(public_key: str) -> tuple[str, str, str]:

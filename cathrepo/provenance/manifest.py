@@ -9,13 +9,13 @@ config, the probes, the training data) is named in ``files`` with its sha256, so
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cathrepo.exceptions import VerificationError
+from cathrepo.files import sha256_bytes
 
 SCHEMA_VERSION = 1
 ID_LENGTH = 16
@@ -31,9 +31,6 @@ EDIT_FILES = (
 def canonical_json(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def edit_id(record_bytes: bytes) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.exceptions import SigningError, VerificationError
-from cathrepo.provenance._fs import atomic_write
+from cathrepo.files import atomic_write
 from cathrepo.provenance.allowed_signers import AllowedSigner, find_signer
 from cathrepo.provenance.keys import KEY_TYPE, SigningKey, fingerprint_of, private_key, split_public_key
 

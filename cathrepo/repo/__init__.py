@@ -3,12 +3,15 @@
 ``Repo`` holds what every verb needs (the root, the git and DVC adapters, the config, readers of the
 stack and of edit records at any revision) and delegates each verb to its own module: ``init``,
 ``edit``, ``commit``, ``revert``, ``log``, ``status``, ``verify``, ``materialize``, ``remote``.
-Writing verbs take the repository lock and undo what they staged when they fail.
+Writing verbs are decorated with :func:`~cathrepo.repo.lock.locked` (the repository lock, re-entrant per
+``Repo``), sign their commits with :meth:`Repo.signing_key` on the commit call itself, and undo what
+they staged when they fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,11 +28,17 @@ from cathrepo.repo.layout import Stack
 
 if TYPE_CHECKING:
     from cathrepo.facts.schema import EditRequest
+    from cathrepo.gates.results import GateReport
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo.edit import EditOutcome
     from cathrepo.repo.git import Git
     from cathrepo.repo.lock import RepoLock
+    from cathrepo.repo.log import LogEntry
+    from cathrepo.repo.materialize import Generation, Materialized
+    from cathrepo.repo.revert import RevertOutcome
     from cathrepo.repo.storage import Storage
+    from cathrepo.repo.verify import VerifyReport
 
 
 class Repo:
@@ -37,6 +46,7 @@ class Repo:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        self._lock: RepoLock | None = None
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -65,7 +75,7 @@ class Repo:
     ) -> Repo:
         from cathrepo.repo.init import init_repo
 
-        return init_repo(Path(path), base=base, remote=remote, author=author)
+        return cls(init_repo(Path(path), base=base, remote=remote, author=author))
 
     # --- adapters and settings -------------------------------------------------------------------
 
@@ -91,10 +101,26 @@ class Repo:
             raise NotFoundError(f"Revision {rev} has no {layout.CONFIG}.")
         return parse_config(data.decode("utf-8"), f"{rev}:{layout.CONFIG}")
 
-    def lock(self, command: str) -> RepoLock:
+    @contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        """Hold the repository lock for ``command``; re-entrant on this object, so a locked verb may call
+        another (verbs are decorated with :func:`cathrepo.repo.lock.locked`)."""
         from cathrepo.repo.lock import RepoLock
 
-        return RepoLock(self.root, command=command)
+        if self._lock is not None:
+            yield
+            return
+        with RepoLock(self.root, command=command) as lock:
+            self._lock = lock
+            try:
+                yield
+            finally:
+                self._lock = None
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether this object holds the repository lock now (inside a writing verb)."""
+        return self._lock is not None
 
     def signing_key(self) -> SigningKey:
         """The key git signs with here (``user.signingkey``), which also signs edit records."""
@@ -164,52 +190,81 @@ class Repo:
 
         return load_model(self.check_base())
 
-    # --- verbs -----------------------------------------------------------------------------------
+    # --- verbs (each in its own module, imported when called so opening a repository stays cheap) ------
 
-    def edit(self, requests: Sequence[EditRequest], **options: Any) -> Any:
+    def edit(
+        self,
+        requests: Sequence[EditRequest],
+        *,
+        method: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        corpus: Path | None = None,
+        dry_run: bool = False,
+        progress: Callable[[str], None] | None = None,
+        on_outcome: Callable[[EditOutcome], None] | None = None,
+    ) -> list[EditOutcome]:
+        """Edit, gate and commit each request's fact (:func:`cathrepo.repo.edit.edit`)."""
         from cathrepo.repo.edit import edit
 
-        return edit(self, requests, **options)
+        return edit(self, requests, method=method, params=params, corpus=corpus, dry_run=dry_run,
+                    progress=progress, on_outcome=on_outcome)
 
-    def revert(self, ref: str, **options: Any) -> Any:
+    def revert(self, ref: str, *, gate: bool = True, force: bool = False,
+               progress: Callable[[str], None] | None = None) -> RevertOutcome:
+        """Take edit ``ref`` out of the active set in a signed commit (:func:`cathrepo.repo.revert.revert`)."""
         from cathrepo.repo.revert import revert
 
-        return revert(self, ref, **options)
+        return revert(self, ref, gate=gate, force=force, progress=progress)
 
-    def log(self, rev: str = "HEAD", **options: Any) -> Any:
+    def log(self, rev: str = "HEAD", *, max_count: int | None = None) -> list[LogEntry]:
+        """The commits reachable from ``rev``, newest first, with the edit each one made or reverted."""
         from cathrepo.repo.log import log
 
-        return log(self, rev, **options)
+        return log(self, rev, max_count=max_count)
 
-    def show(self, ref: str, rev: str = "HEAD") -> Any:
+    def show(self, ref: str, rev: str = "HEAD") -> dict[str, Any]:
+        """One edit's record and status at ``rev``."""
         from cathrepo.repo.log import show
 
         return show(self, ref, rev)
 
-    def status(self) -> Any:
+    def status(self) -> dict[str, Any]:
+        """The active edits, the base model and what the work tree has changed."""
         from cathrepo.repo.status import status
 
         return status(self)
 
-    def verify(self, rev: str = "HEAD") -> Any:
+    def verify(self, rev: str = "HEAD") -> VerifyReport:
+        """Every commit signature, edit signature and file hash reachable from ``rev``."""
         from cathrepo.repo.verify import verify
 
         return verify(self, rev)
 
-    def materialize(self, rev: str = "HEAD", **options: Any) -> Any:
+    def materialize(self, rev: str = "HEAD", *, verify: bool = True) -> Materialized:
+        """The verified base model with ``rev``'s active deltas applied in order."""
         from cathrepo.repo.materialize import materialize
 
-        return materialize(self, rev, **options)
+        return materialize(self, rev, verify=verify)
 
-    def generate(self, prompt: str, rev: str = "HEAD", **options: Any) -> Any:
+    def generate(self, prompt: str, rev: str = "HEAD", *, max_new_tokens: int = 32) -> Generation:
+        """The greedy continuation of ``prompt`` by the model materialized at ``rev``."""
         from cathrepo.repo.materialize import generate
 
-        return generate(self, prompt, rev, **options)
+        return generate(self, prompt, rev, max_new_tokens=max_new_tokens)
 
-    def gate(self, rev: str = "HEAD", **options: Any) -> Any:
+    def gate(
+        self,
+        rev: str = "HEAD",
+        *,
+        stage: str = "revision",
+        gates: Sequence[str] | None = None,
+        against: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> GateReport:
+        """Run a stage's gates on the change ``rev`` makes (:func:`cathrepo.repo.gate.gate`)."""
         from cathrepo.repo.gate import gate
 
-        return gate(self, rev, **options)
+        return gate(self, rev, stage=stage, gates=gates, against=against, progress=progress)
 
     def push(self) -> int:
         return self.storage.push()

@@ -2,7 +2,8 @@
 
 All-or-nothing (STYLE.md §2): the edit directory is assembled under a temporary name and renamed into
 place, and if anything after that fails — DVC, signing, git, an interrupt — the directory, the index
-entries and ``stack.json`` are put back as they were. The caller holds the repository lock.
+entries and ``stack.json`` are put back as they were. It runs under the repository lock (``@locked``, re-entrant
+from ``edit``) and signs the record and the commit with the same key, passed to each call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import CathrepoError
 from cathrepo.repo import layout
+from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
     from cathrepo.facts.schema import EditRequest
@@ -43,8 +45,9 @@ def build_edit_files(
 ) -> EditRecord:
     """Write the edit's files into ``staging`` and return its record (whose files map holds their hashes)."""
     from cathrepo.delta import save_delta
+    from cathrepo.files import sha256_bytes
     from cathrepo.models import family_for
-    from cathrepo.provenance.manifest import EDIT_FILES, EditRecord, library_versions, sha256_bytes
+    from cathrepo.provenance.manifest import EDIT_FILES, EditRecord, library_versions
 
     config = repo.config
     save_delta(outcome.result.delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
@@ -78,7 +81,7 @@ def build_edit_files(
 
 def _trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str, str]:
     """Commit trailers: the edit, its method, the hash of each file, and one line per gate."""
-    from cathrepo.provenance.manifest import sha256_bytes
+    from cathrepo.files import sha256_bytes
 
     ran = [r for r in report.results if not r.skipped]
     trailers = {
@@ -97,6 +100,7 @@ def _trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str,
     return trailers
 
 
+@locked("commit")
 def commit_edit(
     repo: Repo,
     request: EditRequest,
@@ -125,7 +129,8 @@ def commit_edit(
         edit_id = record.id
         (staging / layout.RECORD).write_bytes(raw)
         # 2. Sign the record (which holds every other file's hash).
-        write_envelope(staging / layout.SIGNATURE, sign_payload(repo.signing_key(), raw))
+        key = repo.signing_key()
+        write_envelope(staging / layout.SIGNATURE, sign_payload(key, raw))
         final = edits_dir / edit_id
         if final.exists():
             raise CathrepoError(f"Edit {edit_id} already exists.", hint="Nothing to do.")
@@ -144,7 +149,7 @@ def commit_edit(
         fact = outcome.fact
         subject = f"Edit {edit_id}: {record.summary}"
         body = f"Method {method}; was: {fact.target_true or '?'}; risk {record.risk}; source {record.source or '-'}."
-        sha = repo.git.commit(f"{subject}\n\n{body}", _trailers(record, edit_id, outcome.report))
+        sha = repo.git.commit(f"{subject}\n\n{body}", _trailers(record, edit_id, outcome.report), sign_with=key)
     except BaseException:
         if staged:
             repo.git.unstage(staged)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import GateFailedError, InvalidInputError
+from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
     from cathrepo.facts.schema import EditRequest, Fact
@@ -37,6 +38,7 @@ class EditOutcome:
     attempts: Sequence[Mapping[str, Any]] = ()
 
 
+@locked("edit")
 def edit(
     repo: Repo,
     requests: Sequence[EditRequest],
@@ -69,51 +71,50 @@ def edit(
 
     if not requests:
         raise InvalidInputError("No facts to edit.", hint="Pass --prompt/--subject/--target or --file.")
-    with repo.lock("edit"):
-        config = repo.config
-        name = method or config.edit.method
-        method_cls = get_method(name)
-        policy = GatePolicy.from_dict(config.gates)
-        model, tokenizer = repo.load_base()
-        overrides = {**config.edit.params.get(name, {}), **(params or {})}
-        resolved = method_cls.params_for(model, overrides)
-        corpus_path = corpus or (Path(config.edit.corpus) if config.edit.corpus else None)
-        context = EditContext(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
-        active = [(e.id, e.delta) for e in active_edits(repo, "HEAD")]
-        suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
-        outcomes: list[EditOutcome] = []
-        for i, request in enumerate(requests):
-            result, attempts, used = run_with_retries(
-                model, tokenizer, request.facts, method_name=name, params=resolved, context=context,
-                retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
-                active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
+    config = repo.config
+    name = method or config.edit.method
+    method_cls = get_method(name)
+    policy = GatePolicy.from_dict(config.gates)
+    model, tokenizer = repo.load_base()
+    overrides = {**config.edit.params.get(name, {}), **(params or {})}
+    resolved = method_cls.params_for(model, overrides)
+    corpus_path = corpus or (Path(config.edit.corpus) if config.edit.corpus else None)
+    context = EditContext(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
+    active = [(e.id, e.delta) for e in active_edits(repo, "HEAD")]
+    suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
+    outcomes: list[EditOutcome] = []
+    for i, request in enumerate(requests):
+        result, attempts, used = run_with_retries(
+            model, tokenizer, request.facts, method_name=name, params=resolved, context=context,
+            retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
+            active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
+        )
+        if not result.report.passed:
+            done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
+            failures = "; ".join(f.summary() for f in result.report.failures)
+            tried = "" if len(attempts) == 1 else " Tried layers " + ", ".join(
+                f"{a['site'].get('layers', ['?'])[0]} ({', '.join(f['gate'] for f in a['failed'])})"
+                for a in attempts) + "; every one was refused."
+            error = GateFailedError(
+                f"Edit '{request.fact.prompt} -> {request.fact.target_new}' failed its gates: {failures}."
+                f"{tried} Nothing was committed for it.{done}",
+                results=result.report,
+                hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
+                attempts=attempts, fact=result.fact,
             )
-            if not result.report.passed:
-                done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
-                failures = "; ".join(f.summary() for f in result.report.failures)
-                tried = "" if len(attempts) == 1 else " Tried layers " + ", ".join(
-                    f"{a['site'].get('layers', ['?'])[0]} ({', '.join(f['gate'] for f in a['failed'])})"
-                    for a in attempts) + "; every one was refused."
-                error = GateFailedError(
-                    f"Edit '{request.fact.prompt} -> {request.fact.target_new}' failed its gates: {failures}."
-                    f"{tried} Nothing was committed for it.{done}",
-                    results=result.report,
-                    hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
-                    attempts=attempts, fact=result.fact,
-                )
-                raise error
-            if dry_run:
-                outcome = EditOutcome(result.fact, result.report, seconds=result.seconds, attempts=attempts)
-            else:
-                edit_id, sha, record = commit_edit(repo, request, result, method=name,
-                                                   params=_params_dict(used), numerics=numerics(model))
-                active.append((edit_id, result.result.delta))
-                suite.append(result.probes)
-                outcome = EditOutcome(result.fact, result.report, edit_id, sha, record, result.seconds, attempts)
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
-        return outcomes
+            raise error
+        if dry_run:
+            outcome = EditOutcome(result.fact, result.report, seconds=result.seconds, attempts=attempts)
+        else:
+            edit_id, sha, record = commit_edit(repo, request, result, method=name,
+                                               params=_params_dict(used), numerics=numerics(model))
+            active.append((edit_id, result.result.delta))
+            suite.append(result.probes)
+            outcome = EditOutcome(result.fact, result.report, edit_id, sha, record, result.seconds, attempts)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
 
 
 def _params_dict(params: Any) -> dict[str, Any]:

@@ -245,13 +245,16 @@ class Git:
         else:
             self.run(["reset", "-q", "HEAD", "--", *map(str, paths)])
 
-    def commit(self, message: str, trailers: dict[str, str] | None = None, *, allow_empty: bool = False) -> str:
-        """Make a commit of the index (signed, when configured) and return its id.
+    def commit(self, message: str, trailers: dict[str, str] | None = None, *, allow_empty: bool = False,
+               sign_with: SigningKey | None = None) -> str:
+        """Make a commit of the index and return its id.
 
         Args:
             message: subject line, optionally followed by a blank line and a body.
             trailers: git trailers appended to the message ("Cathrepo-Edit": "<id>").
             allow_empty: allow a commit that changes nothing (a promotion or a marker).
+            sign_with: SSH-sign the commit with this key (``git -c gpg.format=ssh commit -S<key>``),
+                whatever the configuration says; None leaves signing to git's configuration.
 
         Raises:
             InvalidInputError: an empty message or a trailer key/value git cannot hold.
@@ -267,8 +270,12 @@ class Git:
             args += ["--trailer", f"{key}: {value}"]
         if allow_empty:
             args.append("--allow-empty")
-        self.run(args, hint="If signing failed, check user.signingkey with 'git config --show-origin "
-                            "user.signingkey'; if nothing was staged, stage the changes first.")
+        config = None
+        if sign_with is not None:
+            args.append(f"--gpg-sign={Path(sign_with.private_path).absolute()}")
+            config = {"gpg.format": "ssh"}
+        self.run(args, config=config, hint="If signing failed, check the key named by 'git config --show-origin "
+                                           "user.signingkey'; if nothing was staged, stage the changes first.")
         sha = self.head()
         assert sha is not None
         return sha

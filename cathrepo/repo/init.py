@@ -20,7 +20,7 @@ from cathrepo.repo import layout
 from cathrepo.repo.layout import Stack
 
 if TYPE_CHECKING:
-    from cathrepo.repo import Repo
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,12 @@ def _model_type(path: Path) -> str:
     return str(config.get("model_type") or text.get("model_type") or "")
 
 
-def init_repo(path: Path, *, base: str | None, remote: str | None, author: str | None) -> Repo:
-    """Create a cathrepo repository in ``path`` (created if missing) and make its first signed commit."""
+def init_repo(path: Path, *, base: str | None, remote: str | None, author: str | None) -> Path:
+    """Create a cathrepo repository in ``path`` (created if missing), make its first signed commit, and
+    return its root."""
     from cathrepo.models import family_for, resolve_model, weights_sha256
     from cathrepo.provenance.allowed_signers import add_signer
     from cathrepo.provenance.keys import ensure_key
-    from cathrepo.repo import Repo
     from cathrepo.repo.git import Git
     from cathrepo.repo.storage import Storage
 
@@ -126,12 +126,13 @@ def init_repo(path: Path, *, base: str | None, remote: str | None, author: str |
         git.commit(
             f"Initialize cathrepo on {resolved.name}",
             {"Cathrepo-Action": "init", "Cathrepo-Base-Sha256": sha},
+            sign_with=key,
         )
     except BaseException:
         _undo(path, existed, before)
         raise
     log.info("Initialised %s on %s (%s)", path, resolved.name, sha[:12])
-    return Repo(path)
+    return path
 
 
 def _undo(path: Path, existed: bool, before: set[Path]) -> None:

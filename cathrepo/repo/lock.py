@@ -10,6 +10,7 @@ warning; takeovers are serialised with ``flock`` so two processes cannot both ta
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -17,9 +18,10 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cathrepo.exceptions import LockError, NotARepositoryError
 
@@ -178,3 +180,22 @@ class RepoLock:
             f"The repository is locked by {who}.",
             hint=f"Wait for it to finish. If no such process is running, remove the stale lock: rm {self.path}",
         )
+
+
+_Verb = TypeVar("_Verb", bound=Callable[..., Any])
+
+
+def locked(command: str) -> Callable[[_Verb], _Verb]:
+    """Decorator for a writing verb whose first argument is a :class:`~cathrepo.repo.Repo`: the verb runs
+    holding that repository's lock. Re-entrant per ``Repo`` object (like DVC's ``@locked``), so a verb
+    that calls another locked one (``edit`` committing through ``commit_edit``) takes the lock once."""
+
+    def decorate(verb: _Verb) -> _Verb:
+        @functools.wraps(verb)
+        def run_locked(repo: Any, *args: Any, **kwargs: Any) -> Any:
+            with repo.locked(command):
+                return verb(repo, *args, **kwargs)
+
+        return cast(_Verb, run_locked)
+
+    return decorate

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cathrepo.exceptions import GateFailedError, InvalidInputError
 from cathrepo.repo import layout
+from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
     from cathrepo.gates.results import GateReport
@@ -28,6 +29,7 @@ class RevertOutcome:
     report: GateReport | None
 
 
+@locked("revert")
 def revert(
     repo: Repo,
     ref: str,
@@ -46,44 +48,43 @@ def revert(
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.repo.state import active_edits, probe_sets
 
-    with repo.lock("revert"):
-        edit_id = repo.resolve_edit(ref)
-        stack = repo.stack("HEAD")
-        if edit_id not in stack.active:
-            raise InvalidInputError(f"Edit {edit_id} is not active; there is nothing to revert.",
-                                    hint="See the active edits with 'cathrepo status'.")
-        record = repo.record(edit_id)
-        report = None
-        if gate:
-            edits = active_edits(repo, "HEAD")
-            remaining = [e for e in edits if e.id != edit_id]
-            report = run_gates(
-                *repo.load_base(),
-                before=[e.delta for e in edits],
-                after=[e.delta for e in remaining],
-                suite=probe_sets(repo, [e.id for e in remaining]),
-                policy=GatePolicy.from_dict(repo.config.gates),
-                stage="revert",
-                base_hash=repo.config.base.sha256,
-                progress=progress,
-            )
-            if not report.passed and not force:
-                failures = "; ".join(f.summary() for f in report.failures)
-                raise GateFailedError(f"Reverting {edit_id} fails its gates: {failures}. Nothing was committed.",
-                                      results=report, hint="Pass --force to revert anyway.")
-        stack_path = repo.root / layout.STACK
-        before = stack_path.read_bytes()
-        try:
-            stack_path.write_bytes(stack.without(edit_id).to_bytes())
-            repo.git.add([layout.STACK])
-            trailers = {"Cathrepo-Action": "revert", "Cathrepo-Edit": edit_id}
-            if report is not None:
-                ran = [r for r in report.results if not r.skipped]
-                trailers["Cathrepo-Gates"] = (f"{'pass' if report.passed else 'FAIL (forced)'} "
-                                              f"({sum(r.passed for r in ran)}/{len(ran)})")
-            sha = repo.git.commit(f"Revert edit {edit_id}: {record.summary}", trailers)
-        except BaseException:
-            stack_path.write_bytes(before)
-            repo.git.unstage([layout.STACK])
-            raise
-        return RevertOutcome(edit_id, sha, record.summary, report)
+    edit_id = repo.resolve_edit(ref)
+    stack = repo.stack("HEAD")
+    if edit_id not in stack.active:
+        raise InvalidInputError(f"Edit {edit_id} is not active; there is nothing to revert.",
+                                hint="See the active edits with 'cathrepo status'.")
+    record = repo.record(edit_id)
+    report = None
+    if gate:
+        edits = active_edits(repo, "HEAD")
+        remaining = [e for e in edits if e.id != edit_id]
+        report = run_gates(
+            *repo.load_base(),
+            before=[e.delta for e in edits],
+            after=[e.delta for e in remaining],
+            suite=probe_sets(repo, [e.id for e in remaining]),
+            policy=GatePolicy.from_dict(repo.config.gates),
+            stage="revert",
+            base_hash=repo.config.base.sha256,
+            progress=progress,
+        )
+        if not report.passed and not force:
+            failures = "; ".join(f.summary() for f in report.failures)
+            raise GateFailedError(f"Reverting {edit_id} fails its gates: {failures}. Nothing was committed.",
+                                  results=report, hint="Pass --force to revert anyway.")
+    stack_path = repo.root / layout.STACK
+    before = stack_path.read_bytes()
+    try:
+        stack_path.write_bytes(stack.without(edit_id).to_bytes())
+        repo.git.add([layout.STACK])
+        trailers = {"Cathrepo-Action": "revert", "Cathrepo-Edit": edit_id}
+        if report is not None:
+            ran = [r for r in report.results if not r.skipped]
+            trailers["Cathrepo-Gates"] = (f"{'pass' if report.passed else 'FAIL (forced)'} "
+                                          f"({sum(r.passed for r in ran)}/{len(ran)})")
+        sha = repo.git.commit(f"Revert edit {edit_id}: {record.summary}", trailers, sign_with=repo.signing_key())
+    except BaseException:
+        stack_path.write_bytes(before)
+        repo.git.unstage([layout.STACK])
+        raise
+    return RevertOutcome(edit_id, sha, record.summary, report)

@@ -8,7 +8,6 @@ each file once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import TYPE_CHECKING
 from cathrepo.delta import delta_from_parts
 from cathrepo.exceptions import CathrepoError, VerificationError
 from cathrepo.facts.probes import ProbeSet
+from cathrepo.files import sha256_bytes, sha256_file
 from cathrepo.provenance.allowed_signers import parse_allowed_signers
-from cathrepo.provenance.manifest import EditRecord, sha256_bytes
+from cathrepo.provenance.manifest import EditRecord
 from cathrepo.provenance.manifest import edit_id as id_of
 from cathrepo.provenance.signing import verify_payload
 from cathrepo.repo import layout
@@ -118,17 +118,9 @@ def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] 
             issues.append(Issue(path, f"sha256 {sha256_bytes(data)[:12]}… differs from the record's {expected[:12]}…"))
         if worktree and name == layout.WEIGHTS:
             local = repo.root / path
-            if local.is_file() and _sha256_file(local) != expected:
+            if local.is_file() and sha256_file(local) != expected:
                 issues.append(Issue(path, "the copy in the work tree differs from the committed weights (modified)"))
     return EditCheck(record, issues, files)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = True) -> ActiveEdit:

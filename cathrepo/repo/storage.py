@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import NotARepositoryError, StorageError
+from cathrepo.files import user_dir
 
 if TYPE_CHECKING:
     from dvc.repo import Repo as DvcRepo
@@ -42,11 +43,7 @@ def data_dir() -> Path:
 
     ``$CATHREPO_DATA_DIR`` wins, then ``$XDG_DATA_HOME/cathrepo``, then ``~/.local/share/cathrepo``.
     """
-    explicit = os.environ.get("CATHREPO_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base).expanduser() / "cathrepo"
+    return user_dir("data")
 
 
 def _import_dvc() -> type[DvcRepo]:

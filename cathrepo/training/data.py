@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cathrepo.attribution import Aligned, align
-from cathrepo.facts.passage import teacher_context
+from cathrepo.facts.passage import PassageFact, teacher_context
 from cathrepo.facts.schema import Fact
 from cathrepo.lm.tokens import special_prefix
 
@@ -123,7 +123,7 @@ def anchors(
     for fact in facts:
         if neighborhood:
             wanted += [(n.prompt, n.answer, "neighborhood") for n in fact.neighborhood]
-        if not getattr(fact, "passage", ""):  # a passage's cloze prompts have no reusable template
+        if not isinstance(fact, PassageFact):  # a passage's cloze prompts have no reusable template
             wanted += [(p, None, "template") for p in relation_prompts(fact, template)]
     wanted += [(p, None, "generic") for p in GENERIC_ANCHORS[: max(0, generic)]]
     result, seen = [], set()

@@ -67,6 +67,18 @@ def test_init_writes_a_signed_repository(repo):
     assert repo.verify().ok
 
 
+def test_commits_are_signed_on_the_commit_path_not_by_configuration(repo):
+    """With git's signing configuration switched off, cathrepo's commits are still signed: the verbs
+    pass the key to each commit call."""
+    repo.git.run(["config", "--local", "commit.gpgsign", "false"])
+    (outcome,) = repo.edit([EditRequest(FACT, source="test://1", author="tester", risk="low")])
+    reverted = repo.revert(outcome.edit_id, gate=False)
+    for sha in (outcome.commit, reverted.commit):
+        check = subprocess.run(["git", "verify-commit", sha], cwd=repo.root, capture_output=True)
+        assert check.returncode == 0, check.stderr
+    assert repo.verify().ok
+
+
 def test_edit_commit_verify_revert_round_trip(repo):
     base_model, tok = repo.load_base()
     before = _weights(base_model)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.facts.schema import Fact
+from cathrepo.lm.precision import cast_copy
 from cathrepo.lm.tokens import subject_last_index
 
 if TYPE_CHECKING:
@@ -145,13 +146,7 @@ def working_copy(model: Any, precision: str) -> Any:
     """The model to optimise on: itself (float32), or a bfloat16 copy of its current weights (active
     deltas included) when asked for. Never chosen by the machine: the same fact must give the same delta
     on every CPU. δ stays float32; the gates judge the float32 result."""
-    import copy as copying
-
-    import torch
-
-    if precision != "bfloat16" or next(model.parameters()).dtype == torch.bfloat16:
-        return model
-    return copying.deepcopy(model).to(torch.bfloat16)
+    return cast_copy(model, "bfloat16") if precision == "bfloat16" else model
 
 
 def optimise_value(

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cathrepo.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 STARTERS = ("The", "Therefore", "Because", "I", "You", "In", "When", "After", "She", "It")
@@ -57,8 +59,5 @@ def context_prefixes(
         return [""] + json.loads(path.read_text())
     prefixes = sample_prefixes(model, tokenizer, n, tokens, seed)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(prefixes, indent=1) + "\n")
-        tmp.replace(path)
+        atomic_write(path, (json.dumps(prefixes, indent=1) + "\n").encode(), make_parents=True)
     return [""] + prefixes

@@ -90,7 +90,7 @@ def _store(path: Path, mom2: torch.Tensor, count: int) -> None:
     import torch
     from safetensors.torch import save
 
-    from cathrepo.provenance._fs import atomic_write
+    from cathrepo.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, save({"mom2": mom2.contiguous(), "count": torch.tensor([count])}))

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.facts.probes import KnownFact
+from cathrepo.facts.probes import KnownFact, stated
 from cathrepo.facts.schema import Fact
 from cathrepo.facts.templates import fill, infer_relations, paraphrase_templates
 from cathrepo.lm.tokens import subject_last_index
@@ -73,7 +73,7 @@ def known_subject_keys(model: Any, tokenizer: Any, module: str, facts: Sequence[
         return load_file(str(path))["keys"]
     keys = subject_keys(model, tokenizer, module, [(f.prompt, f.subject) for f in facts])
     if path is not None:
-        from cathrepo.provenance._fs import atomic_write
+        from cathrepo.files import atomic_write
 
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, save({"keys": keys.contiguous()}))
@@ -85,7 +85,7 @@ def context_prompts(fact: Fact, others: Sequence[KnownFact], n: int) -> list[tup
     sentence. The subjects come from ``others`` (the protected half), in a stable order per fact."""
     relations = (fact.relation_id,) if fact.relation_id else infer_relations(fact.template)
     templates = paraphrase_templates(relations) or [fact.template]
-    sentence = f"{fact.prompt} {fact.target_new}. "
+    sentence = stated(fact.prompt, fact.target_new)
 
     def rank(k: KnownFact) -> str:
         return hashlib.sha256(f"{fact.subject}\0{k.subject}".encode()).hexdigest()

@@ -134,3 +134,29 @@ def test_linked_work_tree_locks_its_own_git_dir(repo, tmp_path):
 def test_not_a_repository(tmp_path):
     with pytest.raises(NotARepositoryError):
         RepoLock(tmp_path)
+
+
+def test_locked_verbs_nest_on_one_repo_and_release(repo):
+    from cathrepo.repo import Repo
+    from cathrepo.repo.lock import LOCK_NAME, locked
+
+    handle = Repo(repo)
+    seen: list[bool] = []
+
+    @locked("inner")
+    def inner(r: Repo) -> None:
+        seen.append(r.holds_lock)
+        with pytest.raises(LockError):  # another process (or object) is still shut out
+            RepoLock(repo).acquire()
+
+    @locked("outer")
+    def outer(r: Repo) -> None:
+        seen.append(r.holds_lock)
+        inner(r)  # re-entrant: no second acquisition, no LockError
+        seen.append(r.holds_lock)
+        raise RuntimeError("fail inside the verb")
+
+    with pytest.raises(RuntimeError):
+        outer(handle)
+    assert seen == [True, True, True]
+    assert not handle.holds_lock and not (git_dir(repo) / LOCK_NAME).exists()
