@@ -6,6 +6,11 @@ do next. Library code raises; only ``cathrepo.cli.main`` turns an error into a r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cathrepo.gates.results import GateReport
+
 
 class CathrepoError(Exception):
     """Base class of every error cathrepo raises on purpose.
@@ -83,6 +88,16 @@ class GateFailedError(CathrepoError):
         self.results = results
         self.attempts = attempts
         self.fact = fact
+
+    @classmethod
+    def from_report(cls, report: GateReport, what: str, *, tried: str = "", after: str = "",
+                    hint: str | None = None, attempts: list[dict[str, object]] | None = None,
+                    fact: object = None) -> GateFailedError:
+        """The one refusal message: ``<what> failed its gates: <gate status numbers; ...>.<tried> Nothing
+        was committed.<after>``, carrying the report for callers that render it."""
+        failures = "; ".join(f.summary() for f in report.failures)
+        return cls(f"{what} failed its gates: {failures}.{tried} Nothing was committed.{after}",
+                   results=report, hint=hint, attempts=attempts, fact=fact)
 
 
 class VerificationError(CathrepoError):

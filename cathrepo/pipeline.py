@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,29 +22,6 @@ if TYPE_CHECKING:
     from cathrepo.gates.base import GateCarry
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.gates.results import GateReport
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    """What one edit became: its probes, the computed delta and the gate report.
-
-    Attributes:
-        facts: the facts as edited (``target_true`` filled from the model when it was missing).
-        probes: the edit's tests (committed as probes.jsonl).
-        result: the computed delta with its site, info and training data.
-        report: the gate results; ``report.passed`` decides whether it may be committed.
-        seconds: wall time of each stage.
-    """
-
-    facts: tuple[Fact, ...]
-    probes: ProbeSet
-    result: EditResult
-    report: GateReport
-    seconds: dict[str, float]
-
-    @property
-    def fact(self) -> Fact:
-        return self.facts[0]
 
 
 def merge_probe_sets(sets: Sequence[ProbeSet]) -> ProbeSet | None:
@@ -73,10 +49,10 @@ def run_pipeline(
     policy: GatePolicy | None = None,
     known_facts: Sequence[KnownFact] | None = None,
     progress: Callable[[str], None] | None = None,
-    prepared: PipelineResult | None = None,
+    prepared: EditResult | None = None,
     fail_fast: bool = False,
     carry: GateCarry | None = None,
-) -> PipelineResult:
+) -> EditResult:
     """Probe, compute and gate one edit on the model with ``active`` deltas applied.
 
     Args:
@@ -106,7 +82,7 @@ def run_pipeline(
     #    model already gives, and a missing old target is the model's own answer.
     say("probes")
     with applied(model, *active):
-        if prepared is not None:
+        if prepared is not None and prepared.probes is not None:
             todo, probes = list(prepared.facts), prepared.probes
         else:
             sets = [build_probes(fact, model, tokenizer, known_facts) for fact in todo]
@@ -126,7 +102,7 @@ def run_pipeline(
     report = _gate_edit(model, tokenizer, result.delta, probes, active=active, suite=suite, policy=policy,
                         base_hash=context.base_hash, progress=progress, fail_fast=fail_fast, carry=carry)
     seconds["gates"] = time.perf_counter() - start
-    return PipelineResult(facts=tuple(todo), probes=probes, result=result, report=report, seconds=seconds)
+    return dataclasses.replace(result, facts=tuple(todo), probes=probes, report=report, seconds=seconds)
 
 
 def _gate_edit(model: Any, tokenizer: Any, delta: Delta, probes: ProbeSet, *, active: Sequence[Delta] = (),
@@ -140,12 +116,13 @@ def _gate_edit(model: Any, tokenizer: Any, delta: Delta, probes: ProbeSet, *, ac
                      policy=policy, stage="edit", base_hash=base_hash, progress=progress, **gating)
 
 
-def attempt_summary(result: PipelineResult, method: str) -> dict[str, Any]:
+def attempt_summary(result: EditResult, method: str) -> dict[str, Any]:
     """What one attempt was and how its gates judged it (a refusal's ``attempts`` list)."""
-    return {"method": method, "site": dict(result.result.site), "passed": result.report.passed,
+    report = result.gates
+    return {"method": method, "site": dict(result.site), "passed": report.passed,
             "failed": [{"gate": r.name, "metrics": dict(r.metrics), "thresholds": dict(r.thresholds),
-                        "detail": r.detail} for r in result.report.failures],
-            "not_run": [r.name for r in result.report.results if r.not_run],
+                        "detail": r.detail} for r in report.failures],
+            "not_run": [r.name for r in report.results if r.not_run],
             "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
 
 
@@ -160,7 +137,7 @@ def run_with_retries(
     retry_layers: int = 0,
     layer_fixed: bool = False,
     **pipeline: Any,
-) -> tuple[PipelineResult, list[dict[str, Any]], Any]:
+) -> EditResult:
     """:func:`run_pipeline`, and when the gates refuse an edit written at one layer, the same edit at the
     next ``retry_layers`` layers that causal tracing ranks highest for the fact (near the default layer).
 
@@ -169,8 +146,8 @@ def run_with_retries(
     has run every gate and one that fails costs less. When retries are possible and none passes, the
     first attempt's skipped gates are run at the end, so the refusal shown has every gate's verdict.
 
-    Returns the first attempt the gates pass (else the first attempt), a summary of every attempt, and
-    the parameters of the returned attempt.
+    Returns the first attempt the gates pass (else the first attempt), with a summary of every attempt
+    in ``attempts`` and the parameters it was computed with in ``params``.
     Methods without a single ``layer`` parameter, and calls that fixed the layer, are not retried.
     """
     import dataclasses
@@ -184,11 +161,11 @@ def run_with_retries(
     first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, carry=carry,
                          fail_fast=retrying, **pipeline)
     attempts = [attempt_summary(first, method_name)]
-    if first.report.passed or not retrying:
-        return first, attempts, params
+    if first.gates.passed or not retrying:
+        return dataclasses.replace(first, attempts=tuple(attempts), params=params)
     say = pipeline.get("progress") or (lambda _msg: None)
     say("locating other layers")
-    tried = set(first.result.site.get("layers", ()))
+    tried = set(first.site.get("layers", ()))
     for layer in _ranked_layers(model, tokenizer, first.facts[0], pipeline.get("active", ())):
         if layer in tried:
             continue
@@ -200,29 +177,30 @@ def run_with_retries(
         retry = run_pipeline(model, tokenizer, facts, method=method_cls(moved), context=context, prepared=first,
                              fail_fast=True, carry=carry, **pipeline)
         attempts.append(attempt_summary(retry, method_name))
-        if retry.report.passed:
-            return retry, attempts, moved
+        if retry.gates.passed:
+            return dataclasses.replace(retry, attempts=tuple(attempts), params=moved)
     first = _complete(model, tokenizer, first, context, carry, **pipeline)
     attempts[0] = attempt_summary(first, method_name)
-    return first, attempts, params
+    return dataclasses.replace(first, attempts=tuple(attempts), params=params)
 
 
-def _complete(model: Any, tokenizer: Any, result: PipelineResult, context: EditContext, carry: GateCarry,
-              **pipeline: Any) -> PipelineResult:
+def _complete(model: Any, tokenizer: Any, result: EditResult, context: EditContext, carry: GateCarry,
+              **pipeline: Any) -> EditResult:
     """``result`` with the gates its fail-fast run skipped measured and judged (the refusal a user sees
     lists every gate)."""
     from cathrepo.gates.results import GateReport
 
-    missing = [r.name for r in result.report.results if r.not_run]
+    report = result.gates
+    missing = [r.name for r in report.results if r.not_run]
     if not missing:
         return result
     start = time.perf_counter()
-    rest = _gate_edit(model, tokenizer, result.result.delta, result.probes, active=pipeline.get("active", ()),
+    assert result.probes is not None
+    rest = _gate_edit(model, tokenizer, result.delta, result.probes, active=pipeline.get("active", ()),
                       suite=pipeline.get("suite", ()), policy=pipeline.get("policy"), base_hash=context.base_hash,
                       progress=pipeline.get("progress"), gates=missing, carry=carry)
     by_name = {r.name: r for r in rest.results}
-    report = GateReport(tuple(by_name.get(r.name, r) for r in result.report.results), result.report.stage,
-                        result.report.meta)
+    report = GateReport(tuple(by_name.get(r.name, r) for r in report.results), report.stage, report.meta)
     seconds = {**result.seconds, "gates": result.seconds.get("gates", 0.0) + time.perf_counter() - start}
     return dataclasses.replace(result, report=report, seconds=seconds)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from cathrepo.edits.base import EditResult
     from cathrepo.facts.schema import Fact
     from cathrepo.gates.results import GateReport
 
@@ -30,10 +31,10 @@ def edit_entry(status: str, fact: Fact, report: GateReport | None, *, edit_id: s
     return entry
 
 
-def outcome_entry(outcome: Any) -> dict[str, Any]:
+def outcome_entry(result: EditResult) -> dict[str, Any]:
     """The entry of an edit the gates let through (committed, or a dry run)."""
-    return edit_entry("committed" if outcome.commit else "dry-run", outcome.fact, outcome.report,
-                      edit_id=outcome.edit_id, commit=outcome.commit, attempts=getattr(outcome, "attempts", None))
+    return edit_entry("committed" if result.commit else "dry-run", result.fact, result.report,
+                      edit_id=result.edit_id, commit=result.commit, attempts=result.attempts)
 
 
 def refused_entry(fact: Fact, exc: Any) -> dict[str, Any]:

@@ -12,12 +12,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cathrepo.delta import Delta
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.registry import Registry
+
+if TYPE_CHECKING:
+    from cathrepo.facts.probes import ProbeSet
+    from cathrepo.gates.results import GateReport
+    from cathrepo.provenance.manifest import EditRecord
 
 
 @dataclass(frozen=True)
@@ -39,14 +44,22 @@ class EditContext:
 
 @dataclass(frozen=True)
 class EditResult:
-    """A computed edit: the delta plus everything the record should say about how it was made.
+    """One edit from method to commit: each stage fills in its part and hands the same object on.
 
     Attributes:
-        delta: the weight change.
+        delta: the weight change (④ the method).
         site: where it was written ({"modules": [...], "layers": [...], ...}).
         info: numbers from the computation (losses, steps, seconds) for the record.
         data: the training examples the delta was computed from (written to data.jsonl and hashed).
         attribution: a summary of the attribution that chose the site, when one ran.
+        facts: the facts as edited, ``target_true`` filled from the model when it was missing (② the
+            pipeline, which also fills ``probes``, ``report`` and ``seconds``).
+        probes: the edit's tests (committed as probes.jsonl).
+        report: the gate results; ``report.passed`` decides whether it may be committed (⑤).
+        seconds: wall time of each stage.
+        attempts: a summary of every layer tried, when the edit was retried (the kept one included).
+        params: the method parameters of the kept attempt (recorded in edit.json).
+        edit_id, commit, record: set once it is committed (⑥); None in a dry run or a refusal.
     """
 
     delta: Delta
@@ -54,6 +67,27 @@ class EditResult:
     info: Mapping[str, Any] = field(default_factory=dict)
     data: Sequence[Mapping[str, Any]] = ()
     attribution: Mapping[str, Any] | None = None
+    facts: tuple[Fact, ...] = ()
+    probes: ProbeSet | None = None
+    report: GateReport | None = None
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    attempts: Sequence[Mapping[str, Any]] = ()
+    params: Any = None
+    edit_id: str | None = None
+    commit: str | None = None
+    record: EditRecord | None = None
+
+    @property
+    def fact(self) -> Fact:
+        """The first fact of the edit (a passage's first probe)."""
+        return self.facts[0]
+
+    @property
+    def gates(self) -> GateReport:
+        """The gate report (the pipeline always sets it; a bare method result has none)."""
+        if self.report is None:
+            raise ValueError("this edit has not been gated yet")
+        return self.report
 
 
 class EditMethod(ABC):

@@ -67,8 +67,12 @@ class GateResult:
 
     def summary(self) -> str:
         """One line: ``efficacy pass es=1.000 em=0.412``."""
+        return f"{self.name} {self.outcome()}"
+
+    def outcome(self) -> str:
+        """The status and the numbers: ``pass es=1.000 em=0.412``."""
         numbers = " ".join(f"{k}={_fmt(v)}" for k, v in self.metrics.items())
-        return f"{self.name} {self.status}" + (f" {numbers}" if numbers else "")
+        return self.status + (f" {numbers}" if numbers else "")
 
 
 def _num(v: Any) -> Any:
@@ -120,12 +124,20 @@ class GateReport:
     def from_json(cls, text: str) -> GateReport:
         return cls.from_dict(json.loads(text))
 
-    def trailers(self) -> list[tuple[str, str]]:
-        """Git commit trailers: an overall verdict, then one line per gate."""
+    def verdict(self, *, forced: bool = False) -> str:
+        """``pass (9/9)``, ``FAIL (8/9)``, or ``FAIL (forced) (8/9)`` for a change committed anyway."""
         ran = [r for r in self.results if not r.skipped]
-        verdict = "pass" if self.passed else "FAIL"
-        lines = [("Gates", f"{verdict} ({sum(r.passed for r in ran)}/{len(ran)} at {self.stage})")]
-        return lines + [("Gate", r.summary()) for r in self.results]
+        word = "pass" if self.passed else ("FAIL (forced)" if forced else "FAIL")
+        return f"{word} ({sum(r.passed for r in ran)}/{len(ran)})"
+
+    def trailers(self, *, per_gate: bool = True, forced: bool = False) -> dict[str, str]:
+        """The git commit trailers of this report (the only place they are built): ``Cathrepo-Gates``
+        with the verdict, then ``Cathrepo-Gate-<Name>`` with each gate's status and numbers."""
+        trailers = {"Cathrepo-Gates": self.verdict(forced=forced)}
+        if per_gate:
+            for r in self.results:
+                trailers[f"Cathrepo-Gate-{r.name.replace('_', '-').capitalize()}"] = r.outcome()
+        return trailers
 
     def to_markdown(self) -> str:
         verdict = "passed" if self.passed else "FAILED"

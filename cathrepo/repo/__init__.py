@@ -27,11 +27,11 @@ from cathrepo.repo import layout
 from cathrepo.repo.layout import Stack
 
 if TYPE_CHECKING:
+    from cathrepo.edits.base import EditResult
     from cathrepo.facts.schema import EditRequest
     from cathrepo.gates.results import GateReport
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
-    from cathrepo.repo.edit import EditOutcome
     from cathrepo.repo.git import Git
     from cathrepo.repo.lock import RepoLock
     from cathrepo.repo.log import LogEntry
@@ -201,8 +201,8 @@ class Repo:
         corpus: Path | None = None,
         dry_run: bool = False,
         progress: Callable[[str], None] | None = None,
-        on_outcome: Callable[[EditOutcome], None] | None = None,
-    ) -> list[EditOutcome]:
+        on_outcome: Callable[[EditResult], None] | None = None,
+    ) -> list[EditResult]:
         """Edit, gate and commit each request's fact (:func:`cathrepo.repo.edit.edit`)."""
         from cathrepo.repo.edit import edit
 

@@ -8,6 +8,7 @@ from ``edit``) and signs the record and the commit with the same key, passed to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import CathrepoError
+from cathrepo.files import sha256_bytes
 from cathrepo.repo import layout
 from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
+    from cathrepo.edits.base import EditResult
     from cathrepo.facts.schema import EditRequest
     from cathrepo.gates.results import GateReport
-    from cathrepo.pipeline import PipelineResult
     from cathrepo.provenance.manifest import EditRecord
     from cathrepo.repo import Repo
 
@@ -35,7 +37,7 @@ def _jsonl(rows: Sequence[Mapping[str, Any]]) -> bytes:
 def build_edit_files(
     repo: Repo,
     request: EditRequest,
-    outcome: PipelineResult,
+    result: EditResult,
     *,
     method: str,
     params: Mapping[str, Any],
@@ -50,19 +52,20 @@ def build_edit_files(
     from cathrepo.provenance.manifest import EDIT_FILES, EditRecord, library_versions
 
     config = repo.config
-    save_delta(outcome.result.delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
-    (staging / layout.PROBES).write_text(outcome.probes.to_jsonl(), encoding="utf-8")
-    (staging / layout.DATA).write_bytes(_jsonl(list(outcome.result.data)))
+    save_delta(result.delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
+    assert result.probes is not None, "an edit is committed only after the pipeline probed and gated it"
+    (staging / layout.PROBES).write_text(result.probes.to_jsonl(), encoding="utf-8")
+    (staging / layout.DATA).write_bytes(_jsonl(list(result.data)))
     files = {name: sha256_bytes((staging / name).read_bytes()) for name in EDIT_FILES}
-    fact = outcome.fact
+    fact = result.fact
     return EditRecord(
         kind=fact.kind,
         fact=fact.to_dict(),
-        facts=tuple(f.to_dict() for f in outcome.facts) if len(outcome.facts) > 1 else (),
+        facts=tuple(f.to_dict() for f in result.facts) if len(result.facts) > 1 else (),
         passage=dict(request.passage) if request.passage else None,
         method=method,
         params=dict(params),
-        site=dict(outcome.result.site),
+        site=dict(result.site),
         source=request.source,
         author=request.author or repo.git.config_get("user.name") or "unknown",
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -70,21 +73,18 @@ def build_edit_files(
         risk=request.risk,
         base_model={"name": config.base.name, "sha256": config.base.sha256},
         files=files,
-        gates=outcome.report.to_dict(),
-        info={**dict(outcome.result.info), "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+        gates=result.gates.to_dict(),
+        info={**dict(result.info), "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
               **({"numerics": dict(numerics)} if numerics else {})},
-        attribution=dict(outcome.result.attribution) if outcome.result.attribution else None,
+        attribution=dict(result.attribution) if result.attribution else None,
         computed_on=tuple(computed_on),
         versions=library_versions(),
     )
 
 
 def _trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str, str]:
-    """Commit trailers: the edit, its method, the hash of each file, and one line per gate."""
-    from cathrepo.files import sha256_bytes
-
-    ran = [r for r in report.results if not r.skipped]
-    trailers = {
+    """Commit trailers: the edit, its method, the hash of each file, then the report's own trailers."""
+    return {
         "Cathrepo-Action": "edit",
         "Cathrepo-Edit": edit_id,
         "Cathrepo-Method": record.method,
@@ -93,23 +93,20 @@ def _trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str,
         "Cathrepo-Probes-Sha256": record.files[layout.PROBES],
         "Cathrepo-Data-Sha256": record.files[layout.DATA],
         "Cathrepo-Risk": record.risk,
-        "Cathrepo-Gates": f"{'pass' if report.passed else 'FAIL'} ({sum(r.passed for r in ran)}/{len(ran)})",
+        **report.trailers(),
     }
-    for result in report.results:
-        trailers[f"Cathrepo-Gate-{result.name.replace('_', '-').capitalize()}"] = result.summary().split(" ", 1)[1]
-    return trailers
 
 
 @locked("commit")
 def commit_edit(
     repo: Repo,
     request: EditRequest,
-    outcome: PipelineResult,
+    result: EditResult,
     *,
     method: str,
     params: Mapping[str, Any],
     numerics: Mapping[str, Any] | None = None,
-) -> tuple[str, str, EditRecord]:
+) -> EditResult:
     """Store and commit one gated edit; returns (edit id, commit sha, record)."""
     from cathrepo.provenance.signing import sign_payload, write_envelope
 
@@ -123,7 +120,7 @@ def commit_edit(
     staged: list[str] = []
     try:
         # 1. The files, assembled off to the side; the record names each file's hash.
-        record = build_edit_files(repo, request, outcome, method=method, params=params,
+        record = build_edit_files(repo, request, result, method=method, params=params,
                                   computed_on=stack.active, staging=staging, numerics=numerics)
         raw = record.to_bytes()
         edit_id = record.id
@@ -146,10 +143,10 @@ def commit_edit(
         ]
         staged += [str(p.relative_to(repo.root)) for p in stored.git_files] + [layout.STACK]
         repo.git.add(staged)
-        fact = outcome.fact
+        fact = result.fact
         subject = f"Edit {edit_id}: {record.summary}"
         body = f"Method {method}; was: {fact.target_true or '?'}; risk {record.risk}; source {record.source or '-'}."
-        sha = repo.git.commit(f"{subject}\n\n{body}", _trailers(record, edit_id, outcome.report), sign_with=key)
+        sha = repo.git.commit(f"{subject}\n\n{body}", _trailers(record, edit_id, result.gates), sign_with=key)
     except BaseException:
         if staged:
             repo.git.unstage(staged)
@@ -159,4 +156,4 @@ def commit_edit(
             if path is not None and path.exists():
                 shutil.rmtree(path, ignore_errors=True)
         raise
-    return edit_id, sha, record
+    return dataclasses.replace(result, edit_id=edit_id, commit=sha, record=record)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,25 +16,11 @@ from cathrepo.exceptions import GateFailedError, InvalidInputError
 from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
-    from cathrepo.facts.schema import EditRequest, Fact
-    from cathrepo.gates.results import GateReport
-    from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.edits.base import EditResult
+    from cathrepo.facts.schema import EditRequest
     from cathrepo.repo import Repo
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EditOutcome:
-    """One fact's result: the committed edit (or, in a dry run, what would have been committed)."""
-
-    fact: Fact  # the first fact of the edit (a passage's first probe)
-    report: GateReport
-    edit_id: str | None = None
-    commit: str | None = None
-    record: EditRecord | None = None
-    seconds: Mapping[str, float] | None = None
-    attempts: Sequence[Mapping[str, Any]] = ()
 
 
 @locked("edit")
@@ -48,8 +33,8 @@ def edit(
     corpus: Path | None = None,
     dry_run: bool = False,
     progress: Callable[[str], None] | None = None,
-    on_outcome: Callable[[EditOutcome], None] | None = None,
-) -> list[EditOutcome]:
+    on_outcome: Callable[[EditResult], None] | None = None,
+) -> list[EditResult]:
     """Edit each request's fact; see the module docstring for the all-or-nothing rules.
 
     Args:
@@ -82,39 +67,33 @@ def edit(
     context = EditContext(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
     active = [(e.id, e.delta) for e in active_edits(repo, "HEAD")]
     suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
-    outcomes: list[EditOutcome] = []
+    results: list[EditResult] = []
     for i, request in enumerate(requests):
-        result, attempts, used = run_with_retries(
+        result = run_with_retries(
             model, tokenizer, request.facts, method_name=name, params=resolved, context=context,
             retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
             active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
         )
-        if not result.report.passed:
+        if not result.gates.passed:
             done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
-            failures = "; ".join(f.summary() for f in result.report.failures)
-            tried = "" if len(attempts) == 1 else " Tried layers " + ", ".join(
+            tried = "" if len(result.attempts) == 1 else " Tried layers " + ", ".join(
                 f"{a['site'].get('layers', ['?'])[0]} ({', '.join(f['gate'] for f in a['failed'])})"
-                for a in attempts) + "; every one was refused."
-            error = GateFailedError(
-                f"Edit '{request.fact.prompt} -> {request.fact.target_new}' failed its gates: {failures}."
-                f"{tried} Nothing was committed for it.{done}",
-                results=result.report,
+                for a in result.attempts) + "; every one was refused."
+            raise GateFailedError.from_report(
+                result.gates, f"Edit '{request.fact.prompt} -> {request.fact.target_new}'", tried=tried, after=done,
                 hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
-                attempts=attempts, fact=result.fact,
+                attempts=[dict(a) for a in result.attempts], fact=result.fact,
             )
-            raise error
-        if dry_run:
-            outcome = EditOutcome(result.fact, result.report, seconds=result.seconds, attempts=attempts)
-        else:
-            edit_id, sha, record = commit_edit(repo, request, result, method=name,
-                                               params=_params_dict(used), numerics=numerics(model))
-            active.append((edit_id, result.result.delta))
+        if not dry_run:
+            result = commit_edit(repo, request, result, method=name, params=_params_dict(result.params),
+                                 numerics=numerics(model))
+            assert result.edit_id is not None and result.probes is not None
+            active.append((result.edit_id, result.delta))
             suite.append(result.probes)
-            outcome = EditOutcome(result.fact, result.report, edit_id, sha, record, result.seconds, attempts)
-        outcomes.append(outcome)
+        results.append(result)
         if on_outcome is not None:
-            on_outcome(outcome)
-    return outcomes
+            on_outcome(result)
+    return results
 
 
 def _params_dict(params: Any) -> dict[str, Any]:

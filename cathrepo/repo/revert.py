@@ -69,9 +69,7 @@ def revert(
             progress=progress,
         )
         if not report.passed and not force:
-            failures = "; ".join(f.summary() for f in report.failures)
-            raise GateFailedError(f"Reverting {edit_id} fails its gates: {failures}. Nothing was committed.",
-                                  results=report, hint="Pass --force to revert anyway.")
+            raise GateFailedError.from_report(report, f"Reverting {edit_id}", hint="Pass --force to revert anyway.")
     stack_path = repo.root / layout.STACK
     before = stack_path.read_bytes()
     try:
@@ -79,9 +77,7 @@ def revert(
         repo.git.add([layout.STACK])
         trailers = {"Cathrepo-Action": "revert", "Cathrepo-Edit": edit_id}
         if report is not None:
-            ran = [r for r in report.results if not r.skipped]
-            trailers["Cathrepo-Gates"] = (f"{'pass' if report.passed else 'FAIL (forced)'} "
-                                          f"({sum(r.passed for r in ran)}/{len(ran)})")
+            trailers.update(report.trailers(per_gate=False, forced=not report.passed))
         sha = repo.git.commit(f"Revert edit {edit_id}: {record.summary}", trailers, sign_with=repo.signing_key())
     except BaseException:
         stack_path.write_bytes(before)

@@ -80,7 +80,7 @@ def test_gate_command_renders_and_exits(monkeypatch, passed, capsys):
             main(["gate"])
         assert exit_info.value.code == 4
         captured = capsys.readouterr()
-        assert "retention FAIL" in captured.out and "fails its gates: retention" in captured.err
+        assert "retention FAIL" in captured.out and "failed its gates: retention FAIL" in captured.err
     result = CliRunner().invoke(cli, ["gate", "--report", "md"])
     assert "## Gates (revision)" in result.output
 

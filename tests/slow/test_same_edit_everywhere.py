@@ -39,7 +39,7 @@ def _edit(model, tok, path, fact):
 
 
 def _full(result):
-    return {k: f.full() for k, f in result.result.delta.factors.items()}
+    return {k: f.full() for k, f in result.delta.factors.items()}
 
 
 @pytest.mark.parametrize("fact", _facts(), ids=lambda f: f.subject)

@@ -35,5 +35,4 @@ def gate_cmd(ctx: click.Context, rev: str, stage: str, gates: tuple[str, ...], a
     if not report.passed:
         if as_json or report_format:
             ctx.exit(GateFailedError.exit_code)
-        names = ", ".join(r.name for r in report.failures)
-        raise GateFailedError(f"{rev} fails its gates: {names}.", results=report)
+        raise GateFailedError.from_report(report, rev)

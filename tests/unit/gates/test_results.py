@@ -25,9 +25,10 @@ def test_json_round_trip():
 
 def test_trailers_name_every_gate():
     trailers = REPORT.trailers()
-    assert trailers[0] == ("Gates", "FAIL (1/2 at edit)")
-    assert ("Gate", "efficacy pass es=1 em=0.42") in trailers
-    assert ("Gate", "mmlu skip") in trailers
+    assert list(trailers)[0] == "Cathrepo-Gates" and trailers["Cathrepo-Gates"] == "FAIL (1/2)"
+    assert trailers["Cathrepo-Gate-Efficacy"] == "pass es=1 em=0.42"
+    assert trailers["Cathrepo-Gate-Mmlu"] == "skip"
+    assert REPORT.trailers(per_gate=False, forced=True) == {"Cathrepo-Gates": "FAIL (forced) (1/2)"}
 
 
 def test_markdown_and_html():

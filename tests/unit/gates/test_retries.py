@@ -62,10 +62,10 @@ def test_a_refused_layer_is_retried_elsewhere_and_the_pass_ran_every_gate(tiny_l
     model, tok, _ = tiny_llama
     first_layer = default_edit_layer(model)
     refuse_layers.refused = {first_layer}
-    result, attempts, params = _retry(model, tok, corpus, 2, ["test_refuse_layers", "fluency", "norms"])
-    assert [a["passed"] for a in attempts] == [False, True]
-    assert attempts[0]["failed"][0]["gate"] == "test_refuse_layers"
-    assert params.layer != first_layer and result.result.site["layers"] == [params.layer]
+    result = _retry(model, tok, corpus, 2, ["test_refuse_layers", "fluency", "norms"])
+    assert [a["passed"] for a in result.attempts] == [False, True]
+    assert result.attempts[0]["failed"][0]["gate"] == "test_refuse_layers"
+    assert result.params.layer != first_layer and result.site["layers"] == [result.params.layer]
     assert result.report.passed and not any(r.skipped for r in result.report.results)
     assert result.report["norms"].metrics["modules"] == 1.0  # measured for the retried layer's module
 
@@ -73,13 +73,13 @@ def test_a_refused_layer_is_retried_elsewhere_and_the_pass_ran_every_gate(tiny_l
 def test_retries_that_fail_stop_early_and_the_first_attempt_is_the_refusal(tiny_llama, corpus, refuse_layers):
     model, tok, _ = tiny_llama
     refuse_layers.refused = set(range(64))
-    result, attempts, _ = _retry(model, tok, corpus, 2, ["test_refuse_layers", "fluency", "norms"])
-    assert len(attempts) == 3 and not any(a["passed"] for a in attempts)
+    result = _retry(model, tok, corpus, 2, ["test_refuse_layers", "fluency", "norms"])
+    assert len(result.attempts) == 3 and not any(a["passed"] for a in result.attempts)
     assert len(set(refuse_layers.seen)) == 3  # three different layers tried
-    assert result.result.site["layers"] == [default_edit_layer(model)]
+    assert result.site["layers"] == [default_edit_layer(model)]
     assert not any(r.skipped for r in result.report.results)  # the refusal shown ran every gate
-    assert attempts[0]["not_run"] == []  # completed at the end
-    for attempt in attempts[1:]:
+    assert result.attempts[0]["not_run"] == []  # completed at the end
+    for attempt in result.attempts[1:]:
         assert [f["gate"] for f in attempt["failed"]] == ["test_refuse_layers"]
         assert attempt["not_run"] == ["fluency"]
 
@@ -87,6 +87,6 @@ def test_retries_that_fail_stop_early_and_the_first_attempt_is_the_refusal(tiny_
 def test_without_retries_the_one_attempt_runs_every_gate(tiny_llama, corpus, refuse_layers):
     model, tok, _ = tiny_llama
     refuse_layers.refused = set(range(64))
-    result, attempts, _ = _retry(model, tok, corpus, 0, ["test_refuse_layers", "fluency", "norms"])
-    assert len(attempts) == 1 and not result.report.passed
+    result = _retry(model, tok, corpus, 0, ["test_refuse_layers", "fluency", "norms"])
+    assert len(result.attempts) == 1 and not result.report.passed
     assert not any(r.skipped for r in result.report.results)
