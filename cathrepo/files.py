@@ -14,21 +14,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-#: The XDG base directory of each kind of per-user directory, and its fallback under the home directory.
+#: The XDG base directory of each per-user directory, and its fallback under the home directory.
 _XDG = {"cache": ("XDG_CACHE_HOME", ".cache"), "config": ("XDG_CONFIG_HOME", ".config"),
         "data": ("XDG_DATA_HOME", ".local/share")}
 
 
-def user_dir(kind: str) -> Path:
+def user_dir(purpose: str) -> Path:
     """cathrepo's per-user ``cache``, ``config`` or ``data`` directory.
 
     ``$CATHREPO_<KIND>_DIR`` wins (tests and CI point it at a scratch directory), then
     ``$XDG_<KIND>_HOME/cathrepo``, then the XDG default under the home directory.
     """
-    explicit = os.environ.get(f"CATHREPO_{kind.upper()}_DIR")
+    explicit = os.environ.get(f"CATHREPO_{purpose.upper()}_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    env, default = _XDG[kind]
+    env, default = _XDG[purpose]
     base = os.environ.get(env) or str(Path.home() / default)
     return Path(base).expanduser() / "cathrepo"
 

@@ -77,11 +77,12 @@ class Family:
     rome_layer_fraction: float = 0.2
     experts: str | None = None
 
-    def layer_name(self, kind: str, layer: int) -> str:
-        """The module name of ``kind`` ("mlp_out", "attn_out", "mlp", "attn", "layer") at ``layer``."""
-        template = getattr(self, kind)
+    def layer_name(self, template_name: str, layer: int) -> str:
+        """The module name of template ``template_name`` ("mlp_out", "attn_out", "mlp", "attn", "layer")
+        at ``layer``."""
+        template = getattr(self, template_name)
         if not isinstance(template, str) or "{}" not in template:
-            raise ValueError(f"Family {self.name!r} has no per-layer template {kind!r}")
+            raise ValueError(f"Family {self.name!r} has no per-layer template {template_name!r}")
         return template.format(layer)
 
 

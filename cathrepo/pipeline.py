@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cathrepo.delta import Delta
-    from cathrepo.edits.base import EditContext, EditMethod, EditResult
+    from cathrepo.edits.base import EditEnv, EditMethod, EditResult
     from cathrepo.facts.probes import KnownFact, ProbeSet
     from cathrepo.facts.schema import Fact
     from cathrepo.gates.base import GateCarry
@@ -32,7 +32,7 @@ def merge_probe_sets(sets: Sequence[ProbeSet]) -> ProbeSet | None:
         return None
     if len(sets) == 1:
         return sets[0]
-    kinds = {s.fact_kind for s in sets}
+    kinds = {s.action for s in sets}
     return ProbeSet(tuple(p for s in sets for p in s.probes), sets[0].subject, None,
                     kinds.pop() if len(kinds) == 1 else "edit", {"facts": len(sets)})
 
@@ -43,7 +43,7 @@ def run_pipeline(
     facts: Fact | Sequence[Fact],
     *,
     method: EditMethod,
-    context: EditContext,
+    env: EditEnv,
     active: Sequence[Delta] = (),
     suite: Sequence[ProbeSet] = (),
     policy: GatePolicy | None = None,
@@ -59,7 +59,7 @@ def run_pipeline(
         model: the base model with no delta applied; unchanged on return.
         facts: what to write (or forget): one fact, or several written by one delta (a passage).
         method: the edit method instance (its params already resolved).
-        context: base hash, caches and corpus for the method.
+        env: base hash, caches and corpus for the method.
         active: the deltas already active, in stack order; the new delta is computed on top of them.
         suite: the probe sets of the active edits (the regression suite).
         policy: gate thresholds (defaults when None).
@@ -94,13 +94,13 @@ def run_pipeline(
         # ③④ locate and compute: methods that use attribution run it inside compute.
         say(f"compute ({method.name})")
         start = time.perf_counter()
-        result = method.compute(model, tokenizer, todo, context)
+        result = method.compute(model, tokenizer, todo, env)
         seconds["compute"] = time.perf_counter() - start
     # ⑤ gates: before = the active edits, after = active + the new delta.
     say("gates")
     start = time.perf_counter()
     report = _gate_edit(model, tokenizer, result.delta, probes, active=active, suite=suite, policy=policy,
-                        base_hash=context.base_hash, progress=progress, fail_fast=fail_fast, carry=carry)
+                        base_hash=env.base_hash, progress=progress, fail_fast=fail_fast, carry=carry)
     seconds["gates"] = time.perf_counter() - start
     return dataclasses.replace(result, facts=tuple(todo), probes=probes, report=report, seconds=seconds)
 
@@ -133,7 +133,7 @@ def run_with_retries(
     *,
     method_name: str,
     params: Any,
-    context: EditContext,
+    env: EditEnv,
     retry_layers: int = 0,
     layer_fixed: bool = False,
     **pipeline: Any,
@@ -158,7 +158,7 @@ def run_with_retries(
     method_cls = get_method(method_name)
     carry = GateCarry()
     retrying = retry_layers > 0 and not layer_fixed and hasattr(params, "layer")
-    first = run_pipeline(model, tokenizer, facts, method=method_cls(params), context=context, carry=carry,
+    first = run_pipeline(model, tokenizer, facts, method=method_cls(params), env=env, carry=carry,
                          fail_fast=retrying, **pipeline)
     attempts = [attempt_summary(first, method_name)]
     if first.gates.passed or not retrying:
@@ -174,17 +174,17 @@ def run_with_retries(
         tried.add(layer)
         say(f"retry at layer {layer}")
         moved = dataclasses.replace(params, layer=layer)
-        retry = run_pipeline(model, tokenizer, facts, method=method_cls(moved), context=context, prepared=first,
+        retry = run_pipeline(model, tokenizer, facts, method=method_cls(moved), env=env, prepared=first,
                              fail_fast=True, carry=carry, **pipeline)
         attempts.append(attempt_summary(retry, method_name))
         if retry.gates.passed:
             return dataclasses.replace(retry, attempts=tuple(attempts), params=moved)
-    first = _complete(model, tokenizer, first, context, carry, **pipeline)
+    first = _complete(model, tokenizer, first, env, carry, **pipeline)
     attempts[0] = attempt_summary(first, method_name)
     return dataclasses.replace(first, attempts=tuple(attempts), params=params)
 
 
-def _complete(model: Any, tokenizer: Any, result: EditResult, context: EditContext, carry: GateCarry,
+def _complete(model: Any, tokenizer: Any, result: EditResult, env: EditEnv, carry: GateCarry,
               **pipeline: Any) -> EditResult:
     """``result`` with the gates its fail-fast run skipped measured and judged (the refusal a user sees
     lists every gate)."""
@@ -197,7 +197,7 @@ def _complete(model: Any, tokenizer: Any, result: EditResult, context: EditConte
     start = time.perf_counter()
     assert result.probes is not None
     rest = _gate_edit(model, tokenizer, result.delta, result.probes, active=pipeline.get("active", ()),
-                      suite=pipeline.get("suite", ()), policy=pipeline.get("policy"), base_hash=context.base_hash,
+                      suite=pipeline.get("suite", ()), policy=pipeline.get("policy"), base_hash=env.base_hash,
                       progress=pipeline.get("progress"), gates=missing, carry=carry)
     by_name = {r.name: r for r in rest.results}
     report = GateReport(tuple(by_name.get(r.name, r) for r in report.results), report.stage, report.meta)
@@ -215,7 +215,7 @@ def _ranked_layers(model: Any, tokenizer: Any, fact: Fact, active: Sequence[Delt
     center, n = default_edit_layer(model), num_layers(model)
     allowed = [j for j in range(n) if abs(j - center) <= window]
     with applied(model, *active):
-        selection = select_sites(model, tokenizer, fact, method="causal_trace", kind="mlp", top_k=len(allowed),
+        selection = select_sites(model, tokenizer, fact, method="causal_trace", component="mlp", top_k=len(allowed),
                                  layers=allowed)
     return list(selection.layers)
 

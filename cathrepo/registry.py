@@ -24,13 +24,13 @@ class Registry(Generic[T]):
     """A name → class table for one pluggable family.
 
     Args:
-        kind: what the entries are, for messages ("edit method", "gate").
+        what: what the entries are, for messages ("edit method", "gate").
         entry_point_group: the ``importlib.metadata`` group scanned once for plug-ins.
         builtins: modules imported on first lookup so that built-in entries register themselves.
     """
 
-    def __init__(self, kind: str, entry_point_group: str, builtins: tuple[str, ...] = ()) -> None:
-        self.kind = kind
+    def __init__(self, what: str, entry_point_group: str, builtins: tuple[str, ...] = ()) -> None:
+        self.what = what
         self.entry_point_group = entry_point_group
         self._builtins = builtins
         self._entries: dict[str, T] = {}
@@ -40,11 +40,11 @@ class Registry(Generic[T]):
         """Add ``obj`` under its ``name`` attribute; usable as a class decorator."""
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
-            raise CathrepoError(f"Cannot register {obj!r} as a {self.kind}: it has no 'name'.")
+            raise CathrepoError(f"Cannot register {obj!r} as a {self.what}: it has no 'name'.")
         existing = self._entries.get(name)
         if existing is not None and existing is not obj:
             raise CathrepoError(
-                f"A {self.kind} named '{name}' is already registered ({existing!r}).",
+                f"A {self.what} named '{name}' is already registered ({existing!r}).",
                 hint="Pick another name for the plug-in.",
             )
         self._entries[name] = obj
@@ -65,7 +65,7 @@ class Registry(Generic[T]):
             try:
                 self.register(ep.load())
             except Exception as exc:  # a broken plug-in must not break the tool
-                log.warning("Skipping %s plug-in %s: %s", self.kind, ep.name, exc)
+                log.warning("Skipping %s plug-in %s: %s", self.what, ep.name, exc)
 
     def get(self, name: str) -> T:
         """Return the entry called ``name`` or raise with the closest names."""
@@ -75,7 +75,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f"Did you mean: {', '.join(close)}?" if close else f"Known: {', '.join(self.names())}."
-            raise UnknownNameError(f"Unknown {self.kind} '{name}'.", hint=hint) from None
+            raise UnknownNameError(f"Unknown {self.what} '{name}'.", hint=hint) from None
 
     def names(self) -> list[str]:
         self._load()

@@ -1,6 +1,6 @@
 """Attribution: where a fact lives in the network (stage ③ of DESIGN.md §2).
 
-Three ways to score (layer, token, module kind) sites, each a module of its own:
+Three ways to score (layer, token, component) sites, each a module of its own:
 
 - :mod:`~cathrepo.attribution.causal_trace`: corrupt the subject, restore one clean state at a time
   (ROME, Meng et al. 2022, §2.1);
@@ -23,28 +23,28 @@ from typing import Any
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.lm.tokens import continuation_ids, special_prefix, subject_token_span
 
-#: Module kinds that can be scored, mapped to the family template of the scored module.
-KIND_TEMPLATES: dict[str, str] = {"hidden": "layer", "mlp": "mlp", "attn": "attn"}
-#: The projection an adapter is attached to for each scored kind (the residual has none: use the MLP's).
+#: Components that can be scored, mapped to the family template of the scored module.
+COMPONENT_TEMPLATES: dict[str, str] = {"hidden": "layer", "mlp": "mlp", "attn": "attn"}
+#: The projection an adapter is attached to for each scored component (the residual has none: use the MLP's).
 ADAPTER_TEMPLATES: dict[str, str] = {"hidden": "mlp_out", "mlp": "mlp_out", "attn": "attn_out"}
 
 
-def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
-    unknown = [k for k in kinds if k not in KIND_TEMPLATES]
-    if unknown or not kinds:
+def check_components(components: Sequence[str]) -> tuple[str, ...]:
+    unknown = [k for k in components if k not in COMPONENT_TEMPLATES]
+    if unknown or not components:
         raise InvalidInputError(
-            f"Unknown module kind(s): {', '.join(unknown) or '(none given)'}.",
-            hint=f"Use one or more of: {', '.join(KIND_TEMPLATES)}.",
+            f"Unknown component(s): {', '.join(unknown) or '(none given)'}.",
+            hint=f"Use one or more of: {', '.join(COMPONENT_TEMPLATES)}.",
         )
-    return tuple(dict.fromkeys(kinds))
+    return tuple(dict.fromkeys(components))
 
 
-def module_names(model: Any, kind: str) -> list[str]:
-    """The scored module of ``kind`` at every layer, from the family templates."""
+def module_names(model: Any, component: str) -> list[str]:
+    """The scored module of ``component`` at every layer, from the family templates."""
     from cathrepo.models import family_for, num_layers
 
     family = family_for(model)
-    return [family.layer_name(KIND_TEMPLATES[kind], layer) for layer in range(num_layers(model))]
+    return [family.layer_name(COMPONENT_TEMPLATES[component], layer) for layer in range(num_layers(model))]
 
 
 # --- tokens ---------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def align(tokenizer: Any, context: str, prompt: str, subject: str, target: str |
 
 @dataclass(frozen=True)
 class ScoreMap:
-    """Scores over (layer, token) for each module kind, with what a plot or a record needs.
+    """Scores over (layer, token) for each component, with what a plot or a record needs.
 
     Attributes:
         method: "causal_trace", "patching" or "saliency".
@@ -120,10 +120,10 @@ class ScoreMap:
         target: the answer whose probability is measured.
         tokens: the decoded prompt tokens (rows of the heatmap).
         subject_range: [start, end) of the subject tokens.
-        scores: kind -> (layers × tokens) nested lists.
+        scores: component -> (layers × tokens) nested lists.
         low: the score without help (corrupted run; student without context; 0 for saliency).
         high: the score with full help (clean run; teacher with context).
-        layer_scores: kind -> per-layer score used to rank sites.
+        layer_scores: component -> per-layer score used to rank sites.
         meta: method-specific settings (samples, noise, window, seed, seconds...).
     """
 
@@ -140,7 +140,7 @@ class ScoreMap:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def kinds(self) -> list[str]:
+    def components(self) -> list[str]:
         return list(self.scores)
 
     def to_json(self) -> dict[str, Any]:

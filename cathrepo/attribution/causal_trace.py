@@ -7,7 +7,7 @@ answer's first token at the last position. States that bring the probability bac
 
 Cost is what matters on a CPU. Restoring token ``t`` changes nothing before ``t``, so the runs are
 grouped by token: the corrupted prefix ``[0, t)`` is computed once per noise sample and kept as a KV
-cache (shared by all kinds), and one batched forward of the suffix ``[t, T)`` covers every layer × noise sample. Tokens before
+cache (shared by all components), and one batched forward of the suffix ``[t, T)`` covers every layer × noise sample. Tokens before
 the subject are not run at all (restoring them cannot change the corrupted run). MLP and attention
 restores span a window of layers as in ROME (10 on GPT-2 XL's 48 layers; scaled to the depth here).
 """
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cathrepo.attribution import (
     ScoreMap,
-    check_kinds,
+    check_components,
     module_names,
     token_strings,
 )
@@ -78,7 +78,7 @@ def trace(
     subject: str,
     target: str | None = None,
     *,
-    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+    components: Sequence[str] = ("hidden", "mlp", "attn"),
     samples: int = 3,
     noise: float | None = None,
     window: int | None = None,
@@ -95,7 +95,7 @@ def trace(
         prompt: the prompt, containing ``subject``.
         subject: the tokens that are corrupted.
         target: the answer; None takes the model's own greedy next token (what it knows).
-        kinds: which states to restore: "hidden" (residual after a block), "mlp", "attn".
+        components: which states to restore: "hidden" (residual after a block), "mlp", "attn".
         samples: noise samples averaged per restored run (ROME uses 10).
         noise: noise standard deviation; None uses 3 × the embeddings' standard deviation.
         window: layers restored together for "mlp"/"attn" (None: ROME's 10 of 48, scaled).
@@ -105,11 +105,11 @@ def trace(
             it is fast, see :func:`bf16_is_fast`).
         tokens: restore only these token positions (None: every token from the subject on); the
             others keep the corrupted probability. Site selection restores the subject tokens only.
-        progress: called as ``progress(kind, done, total)`` after each token group.
+        progress: called as ``progress(component, done, total)`` after each token group.
 
     Returns:
-        A ScoreMap whose ``scores[kind][layer][token]`` is the mean restored probability, ``low`` the
-        corrupted and ``high`` the clean probability, and ``layer_scores[kind]`` the best score over the
+        A ScoreMap whose ``scores[component][layer][token]`` is the mean restored probability, ``low`` the
+        corrupted and ``high`` the clean probability, and ``layer_scores[component]`` the best score over the
         subject tokens. (ROME reads the last subject token; tokenizers split subjects differently, and
         SmolLM2 recalls the Eiffel Tower at "iffel", not at " Tower".)
     """
@@ -118,7 +118,7 @@ def trace(
     from cathrepo.models import model_device, num_layers
 
     started = time.perf_counter()
-    kinds = check_kinds(kinds)
+    components = check_components(components)
     device = model_device(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)  # (1, T)
     s0, s1 = subject_token_span(tokenizer, prompt, subject)
@@ -127,7 +127,7 @@ def trace(
     scale = NOISE_FACTOR * embedding_std(model) if noise is None else float(noise)
 
     # 1. Clean run: the answer token, the high baseline and every state that can be restored.
-    names = {kind: module_names(model, kind) for kind in kinds}
+    names = {component: module_names(model, component) for component in components}
     with torch.no_grad(), capture(model, [n for ns in names.values() for n in ns]) as clean:
         logits = model(input_ids=ids).logits[0, -1].float()
     answer = first_token_id(tokenizer, target) if target else int(logits.argmax())
@@ -136,7 +136,7 @@ def trace(
 
     # 2. Corrupted run, once per noise sample; its KV cache seeds every restored suffix.
     gen = torch.Generator().manual_seed(seed)
-    d_model = clean.outputs[names[kinds[0]][0]].shape[-1]
+    d_model = clean.outputs[names[components[0]][0]].shape[-1]
     noise_t = (torch.randn(samples, s1 - s0, d_model, generator=gen) * scale).to(device)
     precision = ("bfloat16" if bf16_is_fast(device) else "float32") if precision == "auto" else precision
     if precision not in ("float32", "bfloat16"):
@@ -144,22 +144,22 @@ def trace(
     runner = _Runner(model, ids, (s0, s1), noise_t, answer, precision == "bfloat16")
     low = runner.corrupted()
 
-    # 3. Restored runs: one batched suffix forward per (token, kind) covers all layers × samples.
-    scores = {kind: [[low] * n_tokens for _ in range(n_layers)] for kind in kinds}
+    # 3. Restored runs: one batched suffix forward per (token, component) covers all layers × samples.
+    scores = {component: [[low] * n_tokens for _ in range(n_layers)] for component in components}
     todo = sorted({t for t in (tokens if tokens is not None else range(s0, n_tokens)) if s0 <= t < n_tokens})
     for done, t in enumerate(todo, 1):
         prefix = runner.prefix_cache(t)
-        for kind in kinds:
-            span = 1 if kind == "hidden" else window
-            clean_at_t = {name: clean.outputs[name][0, t] for name in names[kind]}
-            probs = runner.restored(t, names[kind], clean_at_t, span, prefix)  # (layers,)
+        for component in components:
+            span = 1 if component == "hidden" else window
+            clean_at_t = {name: clean.outputs[name][0, t] for name in names[component]}
+            probs = runner.restored(t, names[component], clean_at_t, span, prefix)  # (layers,)
             for layer in range(n_layers):
-                scores[kind][layer][t] = float(probs[layer])
+                scores[component][layer][t] = float(probs[layer])
         if progress:
-            progress(",".join(kinds), done, len(todo))
+            progress(",".join(components), done, len(todo))
     seconds = time.perf_counter() - started
     log.info("Causal trace of %r: %d layers × %d tokens × %s in %.1f s", prompt, n_layers, n_tokens,
-             ",".join(kinds), seconds)
+             ",".join(components), seconds)
     return ScoreMap(
         method="causal_trace",
         prompt=prompt,
@@ -170,7 +170,7 @@ def trace(
         scores=scores,
         low=low,
         high=high,
-        layer_scores={k: [max(scores[k][layer][s0:s1]) for layer in range(n_layers)] for k in kinds},
+        layer_scores={k: [max(scores[k][layer][s0:s1]) for layer in range(n_layers)] for k in components},
         meta={"samples": samples, "noise": scale, "window": window, "seed": seed, "precision": precision,
               "seconds": round(seconds, 3), "answer_token": answer},
     )

@@ -29,7 +29,7 @@ from cathrepo.attribution import (
     Aligned,
     ScoreMap,
     align,
-    check_kinds,
+    check_components,
     module_names,
     token_strings,
 )
@@ -50,7 +50,7 @@ def patch(
     target: str,
     *,
     context: str | None = None,
-    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+    components: Sequence[str] = ("hidden", "mlp", "attn"),
     per_token: bool = True,
 ) -> ScoreMap:
     """Patch teacher activations into the student, per (layer, token) and per layer.
@@ -63,12 +63,12 @@ def patch(
         target: the answer the context teaches.
         context: the teacher's context; None states the fact twice
             (:func:`~cathrepo.facts.passage.stated_context`).
-        kinds: which module outputs to patch: "hidden", "mlp", "attn".
+        components: which module outputs to patch: "hidden", "mlp", "attn".
         per_token: also patch one token at a time (the heatmap); off for site selection.
 
     Returns:
-        A ScoreMap: ``scores[kind][layer][token]`` is p(target's first token) in the student with that one
-        activation patched, ``layer_scores[kind][layer]`` the gain in log p(target) with the subject's
+        A ScoreMap: ``scores[component][layer][token]`` is p(target's first token) in the student with that one
+        activation patched, ``layer_scores[component][layer]`` the gain in log p(target) with the subject's
         tokens patched (log, so that a target the student finds very unlikely still ranks the layers),
         ``low``/``high`` the student's and the teacher's probabilities.
     """
@@ -78,13 +78,13 @@ def patch(
     from cathrepo.models import model_device, num_layers
 
     started = time.perf_counter()
-    kinds = check_kinds(kinds)
+    components = check_components(components)
     context = context or stated_context(prompt, target)
     al = align(tokenizer, context, prompt, subject)
     answer = first_token_id(tokenizer, target)
     device = model_device(model)
     student = torch.tensor([al.student], device=device)
-    names = {kind: module_names(model, kind) for kind in kinds}
+    names = {component: module_names(model, component) for component in components}
     n_layers, n_tokens = num_layers(model), len(al.student)
 
     # 1. Teacher and student runs: the baselines and the teacher's activations at aligned positions.
@@ -94,24 +94,24 @@ def patch(
     with torch.no_grad():
         low = _prob(model(input_ids=student, logits_to_keep=1), answer)[0]
 
-    # 2. Per layer: patch the subject's tokens, all layers of a kind in one batch.
+    # 2. Per layer: patch the subject's tokens, all layers of a component in one batch.
     positions = list(range(*al.subject))
     layer_scores = {}
-    for kind in kinds:
-        probs = _patched_run(model, student, names[kind], teacher, positions, None, answer)
-        layer_scores[kind] = _log_gain(probs, low)
+    for component in components:
+        probs = _patched_run(model, student, names[component], teacher, positions, None, answer)
+        layer_scores[component] = _log_gain(probs, low)
 
     # 3. Per token (the heatmap): rows = layers, the student's clean prefix as a KV cache.
-    scores = {kind: [[float(low)] * n_tokens for _ in range(n_layers)] for kind in kinds}
+    scores = {component: [[float(low)] * n_tokens for _ in range(n_layers)] for component in components}
     if per_token:
         for t in range(al.start, n_tokens):
             prefix = _prefix_cache(model, student, t)
-            for kind in kinds:
-                probs = _patched_run(model, student, names[kind], teacher, [t], prefix, answer)
+            for component in components:
+                probs = _patched_run(model, student, names[component], teacher, [t], prefix, answer)
                 for layer in range(n_layers):
-                    scores[kind][layer][t] = float(probs[layer])
+                    scores[component][layer][t] = float(probs[layer])
     seconds = time.perf_counter() - started
-    log.info("Patching of %r: %s in %.1f s", prompt, ",".join(kinds), seconds)
+    log.info("Patching of %r: %s in %.1f s", prompt, ",".join(components), seconds)
     return ScoreMap(
         method="patching",
         prompt=prompt,
@@ -136,14 +136,14 @@ def _log_gain(probs: torch.Tensor, low: torch.Tensor | float) -> list[float]:
     return [math.log(max(float(p), floor)) - base for p in probs]
 
 
-def layer_gains(model: Any, tokenizer: Any, al: Aligned, answer: int, kind: str) -> tuple[list[float], float, float]:
+def layer_gains(model: Any, tokenizer: Any, al: Aligned, answer: int, component: str) -> tuple[list[float], float, float]:
     """Per-layer gain in log p(answer) with the subject's tokens patched, plus (low, high)."""
     import torch
 
     from cathrepo.models import model_device
 
     device = model_device(model)
-    names = module_names(model, kind)
+    names = module_names(model, component)
     student = torch.tensor([al.student], device=device)
     with torch.no_grad(), capture(model, names) as rec:
         high = _prob(model(input_ids=torch.tensor([al.teacher], device=device), logits_to_keep=1), answer)[0]

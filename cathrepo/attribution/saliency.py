@@ -15,7 +15,7 @@ from typing import Any
 
 from cathrepo.attribution import (
     ScoreMap,
-    check_kinds,
+    check_components,
     module_names,
     token_strings,
 )
@@ -32,9 +32,9 @@ def saliency(
     subject: str,
     target: str | None = None,
     *,
-    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+    components: Sequence[str] = ("hidden", "mlp", "attn"),
 ) -> ScoreMap:
-    """Gradient × activation of log p(target's first token) for each (layer, token) and kind.
+    """Gradient × activation of log p(target's first token) for each (layer, token) and component.
 
     Args:
         model: the base model (its weights get no gradient and stay unchanged).
@@ -42,22 +42,22 @@ def saliency(
         prompt: the prompt, containing ``subject``.
         subject: marks the subject tokens in the result.
         target: the answer; None takes the model's greedy next token.
-        kinds: which module outputs to score.
+        components: which module outputs to score.
 
     Returns:
-        A ScoreMap: ``scores[kind][layer][token]`` is the signed gradient × activation,
-        ``layer_scores[kind][layer]`` the sum of its absolute values over the tokens from the subject on.
+        A ScoreMap: ``scores[component][layer][token]`` is the signed gradient × activation,
+        ``layer_scores[component][layer]`` the sum of its absolute values over the tokens from the subject on.
     """
     import torch
 
     from cathrepo.models import family_for, model_device, num_layers
 
     started = time.perf_counter()
-    kinds = check_kinds(kinds)
+    components = check_components(components)
     device = model_device(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
     s0, s1 = subject_token_span(tokenizer, prompt, subject)
-    names = {kind: module_names(model, kind) for kind in kinds}
+    names = {component: module_names(model, component) for component in components}
     flat = [n for ns in names.values() for n in ns]
 
     def leaf(emb: torch.Tensor) -> torch.Tensor:  # the graph starts at the embeddings, not the weights
@@ -72,13 +72,13 @@ def saliency(
     by_name = dict(zip(flat, grads, strict=True))
     scores: dict[str, list[list[float]]] = {}
     layer_scores: dict[str, list[float]] = {}
-    for kind in kinds:
+    for component in components:
         rows = []
-        for name in names[kind]:
+        for name in names[component]:
             grad, act = by_name[name], rec.outputs[name].detach()
             rows.append(((grad if grad is not None else torch.zeros_like(act)) * act)[0].sum(-1).tolist())
-        scores[kind] = rows
-        layer_scores[kind] = [sum(abs(x) for x in row[s0:]) for row in rows]
+        scores[component] = rows
+        layer_scores[component] = [sum(abs(x) for x in row[s0:]) for row in rows]
     seconds = time.perf_counter() - started
     return ScoreMap(
         method="saliency",

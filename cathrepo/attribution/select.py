@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cathrepo.attribution import ADAPTER_TEMPLATES, ScoreMap, align, check_kinds
+from cathrepo.attribution import ADAPTER_TEMPLATES, ScoreMap, align, check_components
 from cathrepo.attribution.causal_trace import trace
 from cathrepo.attribution.patching import layer_gains, patch
 from cathrepo.attribution.saliency import saliency
@@ -40,16 +40,16 @@ class SiteSelection:
 
     Attributes:
         method: the locator ("patching", "causal_trace", "saliency").
-        kind: the scored module kind ("mlp", "attn", "hidden").
+        component: the scored component ("mlp", "attn", "hidden").
         layers: chosen layers, best first.
         modules: the module names an adapter is attached to, one per chosen layer.
-        scores: kind -> per-layer score (higher is a better site).
+        scores: component -> per-layer score (higher is a better site).
         seconds: wall time of the attribution.
         details: method-specific numbers (baselines, facts scored).
     """
 
     method: str
-    kind: str
+    component: str
     layers: list[int]
     modules: list[str]
     scores: dict[str, list[float]]
@@ -58,10 +58,10 @@ class SiteSelection:
 
     def summary(self) -> dict[str, Any]:
         """A small JSON-ready record for ``edit.json``."""
-        ranked = self.scores[self.kind]
+        ranked = self.scores[self.component]
         return {
             "method": self.method,
-            "kind": self.kind,
+            "component": self.component,
             "layers": list(self.layers),
             "modules": list(self.modules),
             "top_scores": {str(layer): round(float(ranked[layer]), 6) for layer in self.layers},
@@ -75,21 +75,21 @@ def _ranking(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda layer: (-scores[layer], layer))
 
 
-def layer_scores(model: Any, tokenizer: Any, fact: Fact, *, method: str, kind: str,
+def layer_scores(model: Any, tokenizer: Any, fact: Fact, *, method: str, component: str,
                  context: str | None = None, samples: int = 3) -> tuple[list[float], dict[str, Any]]:
     """Per-layer scores of one fact by one locator, plus the baselines it measured against."""
     if method == "patching":
         al = align(tokenizer, context or teacher_context(fact), fact.prompt, fact.subject)
-        scores, low, high = layer_gains(model, tokenizer, al, first_token_id(tokenizer, fact.target_new), kind)
+        scores, low, high = layer_gains(model, tokenizer, al, first_token_id(tokenizer, fact.target_new), component)
         return scores, {"low": low, "high": high}
     if method == "causal_trace":
         s0, s1 = subject_token_span(tokenizer, fact.prompt, fact.subject)
-        result = trace(model, tokenizer, fact.prompt, fact.subject, fact.target_true, kinds=(kind,),
+        result = trace(model, tokenizer, fact.prompt, fact.subject, fact.target_true, components=(component,),
                        samples=samples, tokens=range(s0, s1), precision="float32")  # the same sites on every CPU
-        return result.layer_scores[kind], {"low": result.low, "high": result.high}
+        return result.layer_scores[component], {"low": result.low, "high": result.high}
     if method == "saliency":
-        result = saliency(model, tokenizer, fact.prompt, fact.subject, fact.target_new, kinds=(kind,))
-        return result.layer_scores[kind], {"high": result.high}
+        result = saliency(model, tokenizer, fact.prompt, fact.subject, fact.target_new, components=(component,))
+        return result.layer_scores[component], {"high": result.high}
     raise InvalidInputError(f"Unknown attribution method '{method}'.", hint=f"Use one of: {', '.join(METHODS)}.")
 
 
@@ -99,7 +99,7 @@ def select_sites(
     fact: Fact | Sequence[Fact],
     *,
     method: str = "patching",
-    kind: str = "mlp",
+    component: str = "mlp",
     top_k: int = 1,
     context: str | None = None,
     layers: Sequence[int] | None = None,
@@ -112,7 +112,7 @@ def select_sites(
         tokenizer: its tokenizer.
         fact: one fact, or several (a passage's probes): their per-layer scores are averaged.
         method: "patching", "causal_trace" or "saliency".
-        kind: "mlp", "attn" or "hidden" (adapters for "hidden" go on the MLP output projection).
+        component: "mlp", "attn" or "hidden" (adapters for "hidden" go on the MLP output projection).
         top_k: how many layers to choose.
         context: the teacher's context for patching (a passage); None states each fact.
         layers: restrict the choice to these layers (None: any layer).
@@ -120,7 +120,7 @@ def select_sites(
     from cathrepo.models import family_for, num_layers
 
     started = time.perf_counter()
-    check_kinds([kind])
+    check_components([component])
     if method not in METHODS:
         raise InvalidInputError(f"Unknown attribution method '{method}'.", hint=f"Use one of: {', '.join(METHODS)}.")
     facts = [fact] if isinstance(fact, Fact) else list(fact)
@@ -132,20 +132,20 @@ def select_sites(
     total = [0.0] * n
     details: dict[str, Any] = {"facts": len(facts)}
     for f in facts:
-        scores, base = layer_scores(model, tokenizer, f, method=method, kind=kind, context=context)
+        scores, base = layer_scores(model, tokenizer, f, method=method, component=component, context=context)
         total = [a + b / len(facts) for a, b in zip(total, scores, strict=True)]
         for key, value in base.items():
             details[key] = details.get(key, 0.0) + value / len(facts)
     allowed = set(range(n) if layers is None else layers)
     chosen = [layer for layer in _ranking(total) if layer in allowed][:top_k]
     family = family_for(model)
-    modules = [family.layer_name(ADAPTER_TEMPLATES[kind], layer) for layer in chosen]
+    modules = [family.layer_name(ADAPTER_TEMPLATES[component], layer) for layer in chosen]
     return SiteSelection(
         method=method,
-        kind=kind,
+        component=component,
         layers=chosen,
         modules=modules,
-        scores={kind: total},
+        scores={component: total},
         seconds=time.perf_counter() - started,
         details={k: round(v, 6) if isinstance(v, float) else v for k, v in details.items()},
     )
@@ -160,7 +160,7 @@ def run_methods(
     target: str | None,
     *,
     methods: Sequence[str],
-    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+    components: Sequence[str] = ("hidden", "mlp", "attn"),
     samples: int | None = None,
     seed: int = 0,
     precision: str = "float32",
@@ -171,15 +171,15 @@ def run_methods(
         if method == "causal_trace":
             extra = {"samples": samples} if samples else {}
             results[method] = trace(
-                model, tokenizer, prompt, subject, target, kinds=kinds, seed=seed, precision=precision, **extra
+                model, tokenizer, prompt, subject, target, components=components, seed=seed, precision=precision, **extra
             )
         elif method == "patching":
             if not target:
                 raise InvalidInputError("Patching needs a target to put into the teacher's context.",
                                         hint="Pass --target.")
-            results[method] = patch(model, tokenizer, prompt, subject, target, kinds=kinds)
+            results[method] = patch(model, tokenizer, prompt, subject, target, components=components)
         elif method == "saliency":
-            results[method] = saliency(model, tokenizer, prompt, subject, target, kinds=kinds)
+            results[method] = saliency(model, tokenizer, prompt, subject, target, components=components)
         else:
             raise InvalidInputError(f"Unknown attribution method '{method}'.",
                                     hint="Use causal_trace, patching, saliency or all.")

@@ -110,7 +110,7 @@ def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None,
     """Run the calibration; ``progress(stage, done, total)`` reports advance and ``on_record`` receives
     the result so far after each record (a long run can be written as it goes)."""
     from cathrepo.bench.edits import _facts
-    from cathrepo.edits.base import EditContext
+    from cathrepo.edits.base import EditEnv
     from cathrepo.facts.probes import build_probes, known_by_model, load_known_facts
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
@@ -121,18 +121,18 @@ def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None,
     model, tokenizer = load_model(resolved.path)
     base_hash = weights_sha256(resolved.path)
     policy = GatePolicy.from_dict(config.policy)
-    context = EditContext(base_hash=base_hash)
+    env = EditEnv(base_hash=base_hash)
     facts = _facts(_as_edit_config(config))
     known = known_by_model(model, tokenizer, load_known_facts(part="measure"), batch_size=policy.batch_size)
     rows: list[dict[str, Any]] = []
     for i, fact in enumerate(facts):
         say("records", i, len(facts))
         probes = build_probes(fact, model, tokenizer, known, check_known=False)
-        rome = _rome(model, config.params).compute(model, tokenizer, [fact], context).delta
+        rome = _rome(model, config.params).compute(model, tokenizer, [fact], env).delta
         for variant in config.variants:
             t0 = time.perf_counter()
             try:
-                delta, used = _variant(variant, model, tokenizer, fact, probes, rome, known, context, config)
+                delta, used = _variant(variant, model, tokenizer, fact, probes, rome, known, env, config)
             except CathrepoError as exc:
                 rows.append({"record": config.skip + i, "case_id": fact.case_id, "variant": variant,
                              "error": str(exc), "passed": False, "side_effect_refused": False, "gates": {}})
@@ -165,7 +165,7 @@ def _rome(model: Any, params: Mapping[str, Any]) -> Any:
 
 
 def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, rome: Any, known: Any,
-             context: Any, config: CalibrateConfig) -> tuple[Any, Any]:
+             env: Any, config: CalibrateConfig) -> tuple[Any, Any]:
     """(delta, probes) of one variant."""
     import torch
 
@@ -192,23 +192,23 @@ def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, r
         null = dataclasses.replace(fact, target_new=own, target_true=fact.target_new, paraphrases=(),
                                    neighborhood=(), generation_prompts=())
         used = build_probes(null, model, tokenizer, known, check_known=False)
-        return _rome(model, config.params).compute(model, tokenizer, [null], context).delta, used
+        return _rome(model, config.params).compute(model, tokenizer, [null], env).delta, used
     if variant == "overscale":
         return rome.scaled(config.overscale), probes
     if variant == "overtrain":
         params = {**config.params, "v_stop_nll": 0.0, "v_stop_prob": 0.0, "v_steps": 60, "clamp_norm_factor": 20.0,
                   "v_weight_decay": 0.0, "kl_factor": 0.0, "context_kl": 0.0}
-        return _rome(model, params).compute(model, tokenizer, [fact], context).delta, probes
+        return _rome(model, params).compute(model, tokenizer, [fact], env).delta, probes
     if variant == "layer":
         layer = config.wrong_layer if config.wrong_layer is not None else num_layers(model) - 3
-        return _rome(model, {**config.params, "layer": layer}).compute(model, tokenizer, [fact], context).delta, probes
+        return _rome(model, {**config.params, "layer": layer}).compute(model, tokenizer, [fact], env).delta, probes
     if variant == "lora-noloc":
         method = get_method("lora")
         params = method.params_for(model, {"anchor_weight": 0.0, "anchor_target_weight": 0.0,
                                            "neighborhood_anchors": False, "template_anchors": 0,
                                            "generic_anchors": 0, "stop_kl": 0.0, "stop_nll": 0.01,
                                            "layer_window": 0})
-        return method(params).compute(model, tokenizer, [fact], context).delta, probes
+        return method(params).compute(model, tokenizer, [fact], env).delta, probes
     raise CathrepoError(f"Unknown calibration variant '{variant}'.", hint=f"Use {', '.join(VARIANTS)}.")
 
 

@@ -174,7 +174,7 @@ def _facts(config: EditBenchConfig) -> list[Fact]:
 
 def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> EditBenchResult:
     """Run the benchmark and return its numbers; ``progress(stage, done, total)`` reports advance."""
-    from cathrepo.edits.base import EditContext, get_method
+    from cathrepo.edits.base import EditEnv, get_method
     from cathrepo.models import load_model, resolve_model, weights_sha256
 
     say = progress or (lambda stage, done, total: None)
@@ -200,19 +200,19 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> Ed
         return _result(config, resolved.name, unedited, unedited, base_scores, [], facts)
     method = get_method(config.method)
     editor = method(method.params_for(model, dict(config.params)))
-    context = EditContext(base_hash=base_hash, corpus=config.corpus)
+    env = EditEnv(base_hash=base_hash, corpus=config.corpus)
     # 3. edit
     if config.sequential:
-        scores, seconds, extra = _sequential(model, tokenizer, editor, context, facts, probesets, base_dists,
+        scores, seconds, extra = _sequential(model, tokenizer, editor, env, facts, probesets, base_dists,
                                              config, base_hash, say)
     else:
-        scores, seconds = _independent(model, tokenizer, editor, context, facts, probesets, base_dists, config, say)
+        scores, seconds = _independent(model, tokenizer, editor, env, facts, probesets, base_dists, config, say)
         extra = {}
     metrics = {**summarize(scores), **extra}
     return _result(config, resolved.name, metrics, unedited, scores, seconds, facts)
 
 
-def _independent(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Sequence[Fact],
+def _independent(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
                  probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
                  say: Progress) -> tuple[list[dict[str, float]], list[float]]:
     from cathrepo.delta import applied
@@ -221,7 +221,7 @@ def _independent(model: Any, tokenizer: Any, editor: Any, context: Any, facts: S
     for i, (fact, probes) in enumerate(zip(facts, probesets, strict=True)):
         say("edits", i, len(facts))
         t0 = time.perf_counter()
-        result = editor.compute(model, tokenizer, [fact], context)
+        result = editor.compute(model, tokenizer, [fact], env)
         seconds.append(time.perf_counter() - t0)
         with applied(model, result.delta):
             (s,), _ = score_records(model, tokenizer, [probes], base_dists=[base_dists[i]],
@@ -231,7 +231,7 @@ def _independent(model: Any, tokenizer: Any, editor: Any, context: Any, facts: S
     return scores, seconds
 
 
-def _sequential(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Sequence[Fact],
+def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
                 probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
                 base_hash: str, say: Progress) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
     from cathrepo.delta import AppliedDelta, applied, apply_delta
@@ -244,7 +244,7 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, context: Any, facts: Se
         for i, fact in enumerate(facts):
             say("edits", i, len(facts))
             t0 = time.perf_counter()
-            result = editor.compute(model, tokenizer, [fact], context)
+            result = editor.compute(model, tokenizer, [fact], env)
             seconds.append(time.perf_counter() - t0)
             deltas.append(result.delta)
             sizes.append(result.delta.num_bytes())

@@ -50,7 +50,7 @@ def random_deltas(model: Any, n: int, *, scale: float = 1e-4, seed: int = 0) -> 
 
 def bench_gates(config: GateBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time the regression gate over ``config.n`` active edits at ``config.stage``; returns the numbers."""
-    from cathrepo.gates.base import GATES, GateContext, run_gates
+    from cathrepo.gates.base import GATES, GateRun, run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import load_model, resolve_model
 
@@ -68,7 +68,7 @@ def bench_gates(config: GateBenchConfig, progress: Callable[[str], None] | None 
     policy = GatePolicy(batch_size=config.batch_size, regression_dtype=config.dtype)
     kinds = policy.regression_kinds
     gate = GATES.get("regression")(policy)
-    chosen = gate.selection(GateContext(model, tokenizer, (), (), new, tuple(suite), policy, config.stage))
+    chosen = gate.selection(GateRun(model, tokenizer, (), (), new, tuple(suite), policy, config.stage))
     probes = sum(map(len, chosen))
     common = {"suite": suite, "policy": policy, "gates": ["regression"], "probes": new, "stage": config.stage}
     timings = {}

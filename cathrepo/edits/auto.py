@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cathrepo.delta import Delta, LowRank
-from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult, get_method
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult, get_method
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.passage import PassageFact
 from cathrepo.facts.schema import Fact
@@ -75,16 +75,16 @@ class AutoMethod(EditMethod):
                            f"'{p.atomic}' edits them one after another"))
         return groups
 
-    def _run(self, method: str, model: Any, tokenizer: Any, facts: list[Fact], context: EditContext) -> EditResult:
+    def _run(self, method: str, model: Any, tokenizer: Any, facts: list[Fact], env: EditEnv) -> EditResult:
         cls = get_method(method)
         params = cls.params_for(model, dict(self.params.overrides.get(method, {})))
-        return cls(params).compute(model, tokenizer, facts, context)
+        return cls(params).compute(model, tokenizer, facts, env)
 
-    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], context: EditContext) -> EditResult:
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
         if not facts:
             raise InvalidInputError("No facts to edit.")
         groups = self.plan(facts)
-        results = [(method, reason, self._run(method, model, tokenizer, group, context))
+        results = [(method, reason, self._run(method, model, tokenizer, group, env))
                    for method, group, reason in groups]
         if len(results) == 1:
             method, reason, result = results[0]

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class EditContext:
-    """What an edit method may use besides the model, tokenizer and facts.
+class EditEnv:
+    """The environment an edit method runs in, besides the model, tokenizer and facts. (In cathrepo,
+    "context" means only text put before a prompt: the teacher's context, ROME's context prefixes.)
 
     Attributes:
         base_hash: sha256 of the base weights; keys the statistics caches.
@@ -121,7 +122,7 @@ class EditMethod(ABC):
         return cls.params_cls()
 
     @abstractmethod
-    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], context: EditContext) -> EditResult:
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
         """Compute the delta that writes ``facts``; must leave ``model`` bit-identical."""
 
 

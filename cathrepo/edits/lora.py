@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
 from cathrepo.exceptions import EditFailedError, InvalidInputError
 from cathrepo.facts.passage import PassageFact
 from cathrepo.facts.schema import Fact
@@ -48,7 +48,7 @@ class LoraParams:
 
     rank: int = _help("LoRA rank r of each adapted projection.", 4)
     alpha: float = _help("LoRA alpha; PEFT scales the update by alpha / r.", 8.0)
-    kind: str = _help("Module kind to attribute and adapt: mlp (MLP output projection), attn "
+    component: str = _help("Component to attribute and adapt: mlp (MLP output projection), attn "
                       "(attention output projection) or hidden (residual, adapted at the MLP).", "mlp")
     layers: tuple[int, ...] | None = _help("Explicit layers to adapt; None lets attribution choose.", None)
     attribution: str = _help("Locator that chooses the layers: causal_trace, patching or saliency.", "causal_trace")
@@ -81,14 +81,14 @@ class LoraParams:
     generic_anchors: int = _help("Generic retention prompts used as anchors.", 2)
 
     def __post_init__(self) -> None:
-        from cathrepo.attribution import KIND_TEMPLATES
+        from cathrepo.attribution import COMPONENT_TEMPLATES
         from cathrepo.attribution.select import METHODS
         from cathrepo.training.targets import MATCH_POSITIONS
 
         if self.rank < 1:
             raise InvalidInputError(f"LoRA rank {self.rank} must be at least 1.")
-        if self.kind not in KIND_TEMPLATES:
-            raise InvalidInputError(f"Unknown module kind '{self.kind}'.", hint=f"Use {', '.join(KIND_TEMPLATES)}.")
+        if self.component not in COMPONENT_TEMPLATES:
+            raise InvalidInputError(f"Unknown component '{self.component}'.", hint=f"Use {', '.join(COMPONENT_TEMPLATES)}.")
         if self.attribution not in METHODS:
             raise InvalidInputError(f"Unknown attribution '{self.attribution}'.", hint=f"Use {', '.join(METHODS)}.")
         if self.match not in MATCH_POSITIONS:
@@ -136,7 +136,7 @@ class LoraMethod(EditMethod):
 
         return LoraParams(**FAMILY_DEFAULTS.get(family_for(model).name, {}))
 
-    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], context: EditContext) -> EditResult:
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
         from cathrepo.attribution import ADAPTER_TEMPLATES
         from cathrepo.attribution.select import SiteSelection, select_sites
         from cathrepo.models import default_edit_layer, family_for, num_layers
@@ -161,14 +161,14 @@ class LoraMethod(EditMethod):
                 center = default_edit_layer(model)
                 allowed = [j for j in range(n_layers) if abs(j - center) <= p.layer_window]
             selection = select_sites(model, tokenizer, list(facts)[: p.attribution_facts], method=p.attribution,
-                                     kind=p.kind, top_k=min(p.top_k, len(allowed or range(n_layers))),
+                                     component=p.component, top_k=min(p.top_k, len(allowed or range(n_layers))),
                                      context=passage + "\n\n" if passage else None, layers=allowed)
             layers = sorted(selection.layers)
         else:
             if max(p.layers) >= n_layers:
                 raise InvalidInputError(f"Layer {max(p.layers)} does not exist; the model has {n_layers}.")
             layers = sorted(set(p.layers))
-        modules = [family.layer_name(ADAPTER_TEMPLATES[p.kind], layer) for layer in layers]
+        modules = [family.layer_name(ADAPTER_TEMPLATES[p.component], layer) for layer in layers]
         blocks = [family.layer_name("layer", layer) for layer in layers]
 
         # 2-3. Data and what it is fitted to (the frozen base model, before any adapter exists).
@@ -183,7 +183,7 @@ class LoraMethod(EditMethod):
         prepared = time.perf_counter()
 
         # 4-5. Train the adapter, read it back as a Delta; the model is unwrapped on exit.
-        with lora_attached(model, modules, rank=p.rank, alpha=p.alpha, seed=context.seed) as lora:
+        with lora_attached(model, modules, rank=p.rank, alpha=p.alpha, seed=env.seed) as lora:
             params = lora.parameters()
             log_a = phase_a(model, targets, modules, blocks, params, p, replay)
             log_b = phase_b(model, targets, modules, params, p, replay)
@@ -203,7 +203,7 @@ class LoraMethod(EditMethod):
             "adapter_bytes": delta.num_bytes(),
             "layers_replayed": len(below) if replay is not nullcontext else 0,
         }
-        site = {"modules": modules, "layers": layers, "kind": p.kind, "rank": p.rank,
+        site = {"modules": modules, "layers": layers, "component": p.component, "rank": p.rank,
                 "chosen_by": selection.method if selection else "params"}
         data = [e.record() for e in examples] + [a.record() for a in anchors]
         return EditResult(delta=delta, site=site, info=info, data=data,

@@ -31,7 +31,7 @@ from cathrepo.facts.templates import fill, infer_relations, normalize, split_tem
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the header's "fact_kind" is named "action"
 KINDS = ("rewrite", "paraphrase", "neighborhood", "generation", "attribute", "forget")
 SOURCES = ("record", "template", "mined")
 #: Kinds scored teacher-forced (one forward pass each); generation probes are decoded instead.
@@ -94,7 +94,7 @@ class ProbeSet:
     probes: tuple[Probe, ...]
     subject: str = ""
     relation_id: str | None = None
-    fact_kind: str = "edit"
+    action: str = "edit"
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -108,7 +108,7 @@ class ProbeSet:
 
     def header(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "type": "cathrepo.probes", "subject": self.subject,
-                "relation_id": self.relation_id, "fact_kind": self.fact_kind, "meta": dict(self.meta)}
+                "relation_id": self.relation_id, "action": self.action, "meta": dict(self.meta)}
 
     def to_jsonl(self) -> str:
         lines = [self.header(), *(p.to_dict() for p in self.probes)]
@@ -128,7 +128,7 @@ class ProbeSet:
             probes=tuple(Probe.from_dict(r) for r in rows),
             subject=header.get("subject", ""),
             relation_id=header.get("relation_id"),
-            fact_kind=header.get("fact_kind", "edit"),
+            action=header.get("action") or header.get("fact_kind", "edit"),  # "fact_kind" before schema 2
             meta=header.get("meta") or {},
         )
 
@@ -221,7 +221,7 @@ def build_probes(
     """Synthesize an edit's probes.
 
     Args:
-        fact: the fact to write (or, with ``kind="forget"``, to remove: its ``target_new`` names the
+        fact: the fact to write (or, with ``action="forget"``, to remove: its ``target_new`` names the
             answer that must go).
         model, tokenizer: the model as it is before the edit; when given, mined neighbours and attribute
             prompts are kept only if the model already gives their answer, and a missing ``target_true``
@@ -243,7 +243,7 @@ def build_probes(
     pool = list(known_facts) if known_facts is not None else load_known_facts(part="measure")
     same_relation = [k for k in pool if k.relation_id in relations and k.subject != fact.subject
                      and k.subject not in fact.prompt and fact.subject not in k.prompt]
-    forget = fact.kind == "forget"
+    forget = fact.action == "forget"
     old = fact.target_true
     if model is not None and tokenizer is not None and old is None and not forget:
         old = model_answer(model, tokenizer, fact.prompt)
@@ -272,7 +272,7 @@ def build_probes(
         probes += [Probe("generation", p.prompt, fact.target_new, None, p.source)
                    for p in probes[1 : 1 + n_generation] if p.kind in ("paraphrase", "forget")]
     return ProbeSet(tuple(probes), fact.subject, relations[0] if relations else None,
-                    fact.kind, {"case_id": fact.case_id} if fact.case_id is not None else {})
+                    fact.action, {"case_id": fact.case_id} if fact.case_id is not None else {})
 
 
 def _unique(seen: Iterable[str], items: Iterable[str]) -> list[str]:

@@ -29,7 +29,7 @@ class Neighbor:
 
 @dataclass(frozen=True)
 class Fact:
-    """One atomic fact to write into (or, with ``kind="forget"``, remove from) the model.
+    """One atomic fact to write into (or, with ``action="forget"``, remove from) the model.
 
     Attributes:
         prompt: the rewrite prompt; contains ``subject`` verbatim ("The mother tongue of X is").
@@ -41,7 +41,8 @@ class Fact:
         generation_prompts: prompts for free generation, from the source record.
         relation_id: Wikidata relation ("P103") when known.
         case_id: the record id in its data set, when known.
-        kind: "edit" or "forget".
+        action: "edit" or "forget" (what the commit does with the fact; the word of its
+            ``Cathrepo-Action`` trailer).
     """
 
     prompt: str
@@ -53,7 +54,7 @@ class Fact:
     generation_prompts: tuple[str, ...] = ()
     relation_id: str | None = None
     case_id: int | None = None
-    kind: str = "edit"
+    action: str = "edit"
 
     def __post_init__(self) -> None:
         for name in ("prompt", "subject", "target_new"):
@@ -65,8 +66,8 @@ class Fact:
                 f"The subject '{self.subject}' does not occur in the prompt '{self.prompt}'.",
                 hint="The prompt must contain the subject verbatim, e.g. --prompt 'X is located in'.",
             )
-        if self.kind not in ("edit", "forget"):
-            raise InvalidInputError(f"Unknown fact kind '{self.kind}'.", hint="Use 'edit' or 'forget'.")
+        if self.action not in ("edit", "forget"):
+            raise InvalidInputError(f"Unknown fact action '{self.action}'.", hint="Use 'edit' or 'forget'.")
         object.__setattr__(self, "target_new", self.target_new.strip())
         if self.target_true is not None:
             object.__setattr__(self, "target_true", self.target_true.strip() or None)
@@ -87,6 +88,8 @@ class Fact:
     def from_dict(cls, data: Mapping[str, Any]) -> Fact:
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in data.items() if k in known}
+        if "kind" in data and "action" not in data:  # written before schema 2
+            kwargs["action"] = data["kind"]
         kwargs["paraphrases"] = tuple(kwargs.get("paraphrases") or ())
         kwargs["generation_prompts"] = tuple(kwargs.get("generation_prompts") or ())
         kwargs["neighborhood"] = tuple(
@@ -205,7 +208,7 @@ def fact_from_record(record: Mapping[str, Any]) -> Fact:
         generation_prompts=tuple(record.get("generation_prompts") or ()),
         relation_id=record.get("relation_id"),
         case_id=record.get("case_id"),
-        kind=record.get("kind", "edit"),
+        action=record.get("action") or record.get("kind", "edit"),  # "kind" before schema 2
     )
 
 

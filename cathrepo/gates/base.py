@@ -38,8 +38,9 @@ STATES = ("base", "before", "after")
 
 
 @dataclass
-class GateContext:
-    """What gates measure: the model, the change, the edit's probes and the suite of earlier probes.
+class GateRun:
+    """One run of the gates: the model, the change, the edit's probes, the suite of earlier probes, and
+    the measurements the gates share (``ctx`` in every gate).
 
     Attributes:
         base_hash: sha256 of the base weights; keys on-disk caches ("unknown" disables them).
@@ -107,7 +108,7 @@ class GateCarry:
         key: what the kept values depend on (the ``before`` state, stage, probes and suite); a run with
             another key starts afresh.
         measured: gate name -> its ``base``/``before`` measurements (gates with ``carries`` only).
-        decodes: the ``base``/``before`` continuations, as in :attr:`GateContext.memo`.
+        decodes: the ``base``/``before`` continuations, as in :attr:`GateRun.memo`.
     """
 
     key: str | None = None
@@ -154,16 +155,16 @@ class Gate(ABC):
         #: measurements of the states already measured in this run (base comes first, after last)
         self.measured: dict[str, Any] = {}
 
-    def skip_reason(self, ctx: GateContext) -> str | None:
+    def skip_reason(self, ctx: GateRun) -> str | None:
         """Why this gate has nothing to measure in ``ctx`` (it then passes as skipped), or None."""
         return None
 
-    def cache_key(self, ctx: GateContext) -> str | None:
+    def cache_key(self, ctx: GateRun) -> str | None:
         """What a cached ``base`` measurement depends on besides the base weights (None: no cache)."""
         return None
 
-    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
-        """(state, prompt, tokens) greedy continuations the gate reads with :meth:`GateContext.decoded`.
+    def decodes(self, ctx: GateRun) -> list[tuple[str, str, int]]:
+        """(state, prompt, tokens) greedy continuations the gate reads with :meth:`GateRun.decoded`.
 
         :func:`run_gates` decodes every gate's requests together before measuring, with "before" and
         "after" rows in the same batches where the change is one added delta.
@@ -171,11 +172,11 @@ class Gate(ABC):
         return []
 
     @abstractmethod
-    def measure(self, ctx: GateContext, state: str) -> Any:
+    def measure(self, ctx: GateRun, state: str) -> Any:
         """Measure with the model in ``state`` (the deltas are already applied)."""
 
     @abstractmethod
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         """The verdict from the measurements of every state in ``states``."""
 
     def result(self, passed: bool, metrics: dict[str, float], thresholds: dict[str, float],
@@ -238,7 +239,7 @@ def run_gates(
     names = list(gates) if gates is not None else list(policy.gates_for(stage))
     if cache_dir is None and base_hash != "unknown":
         cache_dir = default_cache() / "gates"
-    ctx = GateContext(model, tokenizer, tuple(before), tuple(after), probes, tuple(suite), policy, stage,
+    ctx = GateRun(model, tokenizer, tuple(before), tuple(after), probes, tuple(suite), policy, stage,
                       base_hash, cache_dir, root, progress)
     # 1. instantiate, and set aside gates with nothing to measure
     active: list[Gate] = []
@@ -272,7 +273,7 @@ def run_gates(
                        "base_hash": base_hash})
 
 
-def _run_tier(ctx: GateContext, gates: Sequence[Gate]) -> dict[str, GateResult]:
+def _run_tier(ctx: GateRun, gates: Sequence[Gate]) -> dict[str, GateResult]:
     """Decode, measure state by state (each state applied once, restored bit for bit) and judge ``gates``."""
     _decode_requests(ctx, gates)
     measured: dict[str, dict[str, Any]] = {g.name: g.measured for g in gates}
@@ -309,7 +310,7 @@ def _run_tier(ctx: GateContext, gates: Sequence[Gate]) -> dict[str, GateResult]:
     return results
 
 
-def _seed(ctx: GateContext, gates: Sequence[Gate], carry: GateCarry | None) -> None:
+def _seed(ctx: GateRun, gates: Sequence[Gate], carry: GateCarry | None) -> None:
     """Reuse a previous run's ``base`` and ``before`` measurements and decodes when ``carry`` holds them
     for the same ``before`` state and edit probes (the retries of one edit); else start ``carry`` afresh."""
     if carry is None:
@@ -324,7 +325,7 @@ def _seed(ctx: GateContext, gates: Sequence[Gate], carry: GateCarry | None) -> N
     ctx.memo.update(carry.decodes)
 
 
-def _keep(ctx: GateContext, gates: Sequence[Gate], carry: GateCarry) -> None:
+def _keep(ctx: GateRun, gates: Sequence[Gate], carry: GateCarry) -> None:
     """Store this run's ``base`` and ``before`` measurements and decodes in ``carry`` for the next retry."""
     for gate in gates:
         if not gate.carries:
@@ -335,7 +336,7 @@ def _keep(ctx: GateContext, gates: Sequence[Gate], carry: GateCarry) -> None:
     carry.decodes = {k: v for k, v in ctx.memo.items() if k[0] == "decode" and k[1] in ("base", "before")}
 
 
-def _carry_key(ctx: GateContext) -> str:
+def _carry_key(ctx: GateRun) -> str:
     """What carried measurements depend on: the ``before`` state, the stage, the suite and the probes."""
     probes = json.dumps([p.to_dict() for p in ctx.probes.probes] if ctx.probes is not None else None,
                         sort_keys=True, ensure_ascii=False)
@@ -344,13 +345,13 @@ def _carry_key(ctx: GateContext) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _decodes_unchanged_state(ctx: GateContext, gates: Sequence[Gate]) -> bool:
+def _decodes_unchanged_state(ctx: GateRun, gates: Sequence[Gate]) -> bool:
     """Whether ``gates`` ask for a ``base`` or ``before`` continuation not decoded yet."""
     return any(state != "after" and not ctx.has_decoded(state, prompt, tokens)
                for gate in gates for state, prompt, tokens in gate.decodes(ctx))
 
 
-def _decode_requests(ctx: GateContext, gates: Sequence[Gate]) -> None:
+def _decode_requests(ctx: GateRun, gates: Sequence[Gate]) -> None:
     """Decode what ``gates`` ask for into ``ctx.memo``: one batched pass when "after" is "before" plus
     one delta (its rows see the delta through :func:`~cathrepo.delta.applied_to_rows`), else one
     pass per state."""
@@ -396,7 +397,7 @@ def _on_rows(model: Any, delta: Delta, changed: Sequence[bool]) -> AroundBatch:
     return around
 
 
-def _cache_file(ctx: GateContext, gate: Gate, state: str) -> Path | None:
+def _cache_file(ctx: GateRun, gate: Gate, state: str) -> Path | None:
     if not gate.cacheable or state not in gate.cache_states:
         return None
     key = gate.cache_key(ctx)
@@ -406,7 +407,7 @@ def _cache_file(ctx: GateContext, gate: Gate, state: str) -> Path | None:
     return ctx.cache_path(gate.name, f"state-{digest}.json")
 
 
-def _load_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> bool:
+def _load_cached(ctx: GateRun, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> bool:
     path = _cache_file(ctx, gate, state)
     if path is None or not path.is_file():
         return False
@@ -418,7 +419,7 @@ def _load_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, d
     return True
 
 
-def _store_cached(ctx: GateContext, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> None:
+def _store_cached(ctx: GateRun, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> None:
     path = _cache_file(ctx, gate, state)
     if path is None:
         return

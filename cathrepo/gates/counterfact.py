@@ -16,12 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from cathrepo.facts.probes import SCORED_KINDS, stated
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.probing import ProbeOutcome, broke, flip_falls, magnitude, rate, score_probes
 from cathrepo.gates.results import GateResult
 
 
-def edit_outcomes(ctx: GateContext, state: str) -> list[ProbeOutcome]:
+def edit_outcomes(ctx: GateRun, state: str) -> list[ProbeOutcome]:
     """All teacher-forced outcomes of the edit's probes in ``state``, computed once per run and state."""
 
     def compute() -> list[ProbeOutcome]:
@@ -40,14 +40,14 @@ class _ProbeGate(Gate):
     kinds: tuple[str, ...] = ()
     carries = True
 
-    def skip_reason(self, ctx: GateContext) -> str | None:
+    def skip_reason(self, ctx: GateRun) -> str | None:
         if ctx.probes is None:
             return "no probes: this stage gates no single edit"
         if not ctx.probes.of_kind(*self.kinds):
             return f"the edit has no {'/'.join(self.kinds)} probes"
         return None
 
-    def measure(self, ctx: GateContext, state: str) -> list[ProbeOutcome]:
+    def measure(self, ctx: GateRun, state: str) -> list[ProbeOutcome]:
         return _of(edit_outcomes(ctx, state), *self.kinds)
 
 
@@ -58,19 +58,19 @@ class EfficacyGate(_ProbeGate):
     name = "efficacy"
     kinds = ("rewrite", "forget")
 
-    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
-        if ctx.probes is None or ctx.probes.fact_kind != "forget":
+    def decodes(self, ctx: GateRun) -> list[tuple[str, str, int]]:
+        if ctx.probes is None or ctx.probes.action != "forget":
             return []
         return [(state, p.prompt, self.policy.generation_tokens) for state in self.states
                 for p in ctx.probes.of_kind("forget")]
 
-    def measure(self, ctx: GateContext, state: str) -> Any:
-        if ctx.probes is not None and ctx.probes.fact_kind == "forget":
+    def measure(self, ctx: GateRun, state: str) -> Any:
+        if ctx.probes is not None and ctx.probes.action == "forget":
             return _forget_measure(ctx, state)
         return super().measure(ctx, state)
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
-        if ctx.probes is not None and ctx.probes.fact_kind == "forget":
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
+        if ctx.probes is not None and ctx.probes.action == "forget":
             gone, gone_before = measured["after"], measured["before"]
             rate_after = sum(gone) / len(gone)
             metrics = {"forget": rate_after, "forget_before": sum(gone_before) / len(gone_before)}
@@ -85,7 +85,7 @@ class EfficacyGate(_ProbeGate):
         return self.result(ok, metrics, {"efficacy_min": self.policy.efficacy_min}, detail)
 
 
-def _forget_measure(ctx: GateContext, state: str) -> list[bool]:
+def _forget_measure(ctx: GateRun, state: str) -> list[bool]:
     """Per forget probe: True when the greedy continuation no longer contains the forgotten answer."""
     from cathrepo.gates.text import contains_answer
 
@@ -102,7 +102,7 @@ class ParaphraseGate(_ProbeGate):
     name = "paraphrase"
     kinds = ("paraphrase",)
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         after, before = measured["after"], measured["before"]
         ps = rate(after)
         metrics = {"ps": ps, "pm": magnitude(after), "ps_before": rate(before), "n": float(len(after))}
@@ -118,7 +118,7 @@ class NeighborhoodGate(_ProbeGate):
     name = "neighborhood"
     kinds = ("neighborhood",)
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         after, before = measured["after"], measured["before"]
         tol = self.policy.flip_tolerance
         broken = [a for a, b in zip(after, before, strict=True) if broke(b, a, tol)]
@@ -138,7 +138,7 @@ class CounterFactPlusGate(_ProbeGate):
     name = "cfplus"
     kinds = ("neighborhood",)
 
-    def measure(self, ctx: GateContext, state: str) -> dict[str, Any]:
+    def measure(self, ctx: GateRun, state: str) -> dict[str, Any]:
         neighbours = super().measure(ctx, state)
         assert ctx.probes is not None
         rewrite = ctx.probes.of_kind("rewrite")
@@ -149,7 +149,7 @@ class CounterFactPlusGate(_ProbeGate):
             plus = score_probes(ctx.model, ctx.tokenizer, prefixed, batch_size=ctx.policy.batch_size)
         return {"dists": [o.next_logprobs for o in neighbours], "plus": plus}
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         from cathrepo.lm.scoring import kl_divergence
 
         before, after = measured["before"], measured["after"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.results import GateResult
 
 
-def subject_prompts(ctx: GateContext, *kinds: str) -> list[str]:
+def subject_prompts(ctx: GateRun, *kinds: str) -> list[str]:
     """The distinct prompts of the edit's probes of ``kinds``, in probe order."""
     assert ctx.probes is not None
     return list(dict.fromkeys(p.prompt for p in ctx.probes.of_kind(*kinds)))
@@ -33,23 +33,23 @@ class GenerationGate(Gate):
     states = ("after",)
     cost = 1
 
-    def _probes(self, ctx: GateContext) -> list[Any]:
-        if ctx.probes is None or ctx.probes.fact_kind == "forget":
+    def _probes(self, ctx: GateRun) -> list[Any]:
+        if ctx.probes is None or ctx.probes.action == "forget":
             return []
         return ctx.probes.of_kind("rewrite", "paraphrase")
 
-    def skip_reason(self, ctx: GateContext) -> str | None:
+    def skip_reason(self, ctx: GateRun) -> str | None:
         if ctx.probes is None:
             return "no probes: this stage gates no single edit"
         return None if self._probes(ctx) else "no rewrite or paraphrase probes (a forget is checked by efficacy)"
 
-    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
+    def decodes(self, ctx: GateRun) -> list[tuple[str, str, int]]:
         return [("after", p.prompt, self.policy.generation_tokens) for p in self._probes(ctx)]
 
-    def measure(self, ctx: GateContext, state: str) -> list[str]:
+    def measure(self, ctx: GateRun, state: str) -> list[str]:
         return [ctx.decoded(state, p.prompt, self.policy.generation_tokens) for p in self._probes(ctx)]
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         from cathrepo.gates.text import contains_answer
 
         probes, texts = self._probes(ctx), measured["after"]
@@ -73,22 +73,22 @@ class FluencyGate(Gate):
     carries = True
     kinds = ("rewrite", "paraphrase", "generation")
 
-    def skip_reason(self, ctx: GateContext) -> str | None:
+    def skip_reason(self, ctx: GateRun) -> str | None:
         if ctx.probes is None:
             return "no probes: this stage gates no single edit"
         return None if subject_prompts(ctx, *self.kinds) else "the edit has no prompts to continue"
 
-    def decodes(self, ctx: GateContext) -> list[tuple[str, str, int]]:
+    def decodes(self, ctx: GateRun) -> list[tuple[str, str, int]]:
         return [(state, prompt, self.policy.fluency_tokens) for state in self.states
                 for prompt in subject_prompts(ctx, *self.kinds)]
 
-    def measure(self, ctx: GateContext, state: str) -> dict[str, list[str]]:
+    def measure(self, ctx: GateRun, state: str) -> dict[str, list[str]]:
         n = self.policy.fluency_tokens
         prompts = subject_prompts(ctx, *self.kinds)
         return {"texts": [ctx.decoded(state, p, n) for p in prompts],
                 "half": [ctx.decoded(state, p, max(1, n // 2)) for p in prompts]}
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         from cathrepo.gates.text import contains_answer, ngram_entropy
 
         assert ctx.probes is not None

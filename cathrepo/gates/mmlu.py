@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.results import GateResult
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def evaluate_mmlu(model: Any, tokenizer: Any, spec: MmluSpec, *, batch_size: int
     return {"acc": correct / total, "n": total, "subjects": subjects}
 
 
-def spec_from_policy(ctx: GateContext) -> MmluSpec:
+def spec_from_policy(ctx: GateRun) -> MmluSpec:
     policy = ctx.policy
     return MmluSpec(policy.path("mmlu_data", ctx.root) or default_mmlu_dir(), tuple(policy.mmlu_subjects),
                     policy.mmlu_limit, policy.mmlu_num_fewshot)
@@ -150,13 +150,13 @@ class MmluGate(Gate):
     states = ("base", "after")
     cacheable = True
 
-    def cache_key(self, ctx: GateContext) -> str | None:
+    def cache_key(self, ctx: GateRun) -> str | None:
         return spec_from_policy(ctx).key()
 
-    def measure(self, ctx: GateContext, state: str) -> dict[str, Any]:
+    def measure(self, ctx: GateRun, state: str) -> dict[str, Any]:
         return evaluate_mmlu(ctx.model, ctx.tokenizer, spec_from_policy(ctx))
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         base, after = measured["base"]["acc"], measured["after"]["acc"]
         drop = base - after
         ok = drop <= self.policy.mmlu_max_drop + 1e-9

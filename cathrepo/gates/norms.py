@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.results import GateResult
 
 
-def changed_modules(ctx: GateContext) -> list[str]:
+def changed_modules(ctx: GateRun) -> list[str]:
     """Modules touched by deltas in exactly one of the two states (the change itself)."""
     before_ids = {id(d) for d in ctx.before}
     after_ids = {id(d) for d in ctx.after}
@@ -28,15 +28,15 @@ class NormsGate(Gate):
 
     name = "norms"
 
-    def skip_reason(self, ctx: GateContext) -> str | None:
+    def skip_reason(self, ctx: GateRun) -> str | None:
         return None if changed_modules(ctx) else "the change touches no weight"
 
-    def measure(self, ctx: GateContext, state: str) -> dict[str, float]:
+    def measure(self, ctx: GateRun, state: str) -> dict[str, float]:
         from cathrepo.models import get_module
 
         return {m: float(get_module(ctx.model, m).weight.float().norm()) for m in changed_modules(ctx)}
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         before, after = measured["before"], measured["after"]
         growth = {m: after[m] / before[m] - 1.0 for m in before if before[m] > 0}
         worst = max(growth, key=lambda m: growth[m])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.results import GateResult
 
 
@@ -26,7 +26,7 @@ class PerplexityGate(Gate):
     name = "perplexity"
     cost = 3
 
-    def measure(self, ctx: GateContext, state: str) -> float:
+    def measure(self, ctx: GateRun, state: str) -> float:
         from cathrepo.lm.scoring import perplexity
 
         path = self.policy.path("perplexity_data", ctx.root) or default_heldout_path()
@@ -36,7 +36,7 @@ class PerplexityGate(Gate):
             raise InvalidInputError(f"Cannot read the held-out text '{path}': {exc}.") from None
         return perplexity(ctx.model, ctx.tokenizer, text)
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         before, after = measured["before"], measured["after"]
         growth = after / before - 1.0
         ok = growth <= self.policy.perplexity_max_growth + 1e-12

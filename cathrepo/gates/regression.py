@@ -23,7 +23,7 @@ from typing import Any
 
 from cathrepo.facts.probes import HARD_KINDS, Probe, ProbeSet
 from cathrepo.files import atomic_write
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.probing import broke, flip_falls, score_probes
 from cathrepo.gates.results import GateResult
 from cathrepo.lm.precision import cast_copy
@@ -41,7 +41,7 @@ class RegressionGate(Gate):
     cost = 3
     carries = True
 
-    def selection(self, ctx: GateContext) -> list[list[Probe]]:
+    def selection(self, ctx: GateRun) -> list[list[Probe]]:
         """Per suite probe set, the probes this run checks."""
         full = tuple(k for k in self.policy.regression_kinds if k != "generation")
         fast = tuple(self.policy.regression_fast_kinds)
@@ -49,14 +49,14 @@ class RegressionGate(Gate):
             return [ps.of_kind(*full) for ps in ctx.suite]
         return [ps.of_kind(*(full if _related(ps, ctx.probes) else fast)) for ps in ctx.suite]
 
-    def skip_reason(self, ctx: GateContext) -> str | None:
+    def skip_reason(self, ctx: GateRun) -> str | None:
         if not ctx.suite:
             return "no earlier edits to re-check"
         if not any(self.selection(ctx)):
             return "the earlier edits have no probes of the checked kinds"
         return None
 
-    def measure(self, ctx: GateContext, state: str) -> list[list[float]]:
+    def measure(self, ctx: GateRun, state: str) -> list[list[float]]:
         """Each selected probe's lead (nats; positive = passing) in ``state``."""
         chosen = self.selection(ctx)
         dtype = self.policy.regression_dtype
@@ -74,7 +74,7 @@ class RegressionGate(Gate):
             _write(cache_file, cached)
         return [[cached[k] for k in ks] for ks in keys]
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         chosen = self.selection(ctx)
         before, after = measured["before"], measured["after"]
         hard_broken, soft_broken, soft_passing, fixed, total = 0, 0, 0, 0, 0

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.facts.probes import KnownFact, default_known_facts_path, load_known_facts
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.probing import broke, flip_falls
 from cathrepo.gates.results import GateResult
 
 
-def retention_sample(ctx: GateContext, n: int) -> tuple[Path, list[KnownFact]]:
+def retention_sample(ctx: GateRun, n: int) -> tuple[Path, list[KnownFact]]:
     """The known-facts file and the first ``n`` facts of its measured half."""
     path = ctx.policy.path("retention_data", ctx.root) or default_known_facts_path()
     return path, load_known_facts(path, part="measure")[:n]
@@ -62,12 +62,12 @@ class RetentionGate(Gate):
     cacheable = True
     cache_states = ("base", "before", "after")
 
-    def cache_key(self, ctx: GateContext) -> str | None:
+    def cache_key(self, ctx: GateRun) -> str | None:
         path, _ = retention_sample(ctx, self.policy.retention_sample)
         data = hashlib.sha256(path.read_bytes()).hexdigest()
         return f"retention:v2:{data}:{self.policy.retention_sample}:{self.policy.retention_known_only}"
 
-    def measure(self, ctx: GateContext, state: str) -> dict[str, list[float]]:
+    def measure(self, ctx: GateRun, state: str) -> dict[str, list[float]]:
         """Base: which facts count; then the counted facts' leads in ``state``."""
         from cathrepo.lm.tokens import first_token_id
 
@@ -89,7 +89,7 @@ class RetentionGate(Gate):
                              self.policy.batch_size)
         return {"leads": [lead for _, lead in leads]}
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         base = measured["base"]
         n = len(base["counted"])
         if not n:

@@ -17,7 +17,7 @@ from typing import Any
 from cathrepo.exceptions import VerificationError
 from cathrepo.files import sha256_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the fact's "kind" (edit/forget) is named "action"
 ID_LENGTH = 16
 
 EDIT_FILES = (
@@ -43,7 +43,7 @@ class EditRecord:
     """The manifest of one edit (DESIGN.md §3).
 
     Attributes:
-        kind: "edit" or "forget".
+        action: "edit" or "forget".
         fact: the fact as a dict (cathrepo.facts.schema.Fact.to_dict).
         method: edit method name; params: its parameters.
         site: where the delta was written; attribution: how the site was chosen (if it was).
@@ -56,7 +56,7 @@ class EditRecord:
         versions: library versions that produced it.
     """
 
-    kind: str
+    action: str
     fact: Mapping[str, Any]
     method: str
     params: Mapping[str, Any]
@@ -102,7 +102,7 @@ class EditRecord:
             return f"passage: {title} ({len(self.facts) or 1} probe(s))"
         fact = self.fact
         arrow = f"{fact.get('prompt', '?')} -> {fact.get('target_new', '?')}"
-        return arrow if self.kind == "edit" else f"forget: {arrow}"
+        return arrow if self.action == "edit" else f"forget: {arrow}"
 
     @classmethod
     def from_bytes(cls, data: bytes, *, what: str = "edit.json") -> EditRecord:
@@ -118,6 +118,8 @@ class EditRecord:
                 f"{what} has schema_version {version}; this cathrepo reads up to {SCHEMA_VERSION}.",
                 hint="Upgrade cathrepo.",
             )
+        if version < 2 and "kind" in raw:  # schema 1 named the action "kind"
+            raw["action"] = raw.pop("kind")
         names = set(cls.__dataclass_fields__)
         try:
             record = cls(**{k: v for k, v in raw.items() if k in names})

@@ -59,7 +59,7 @@ def build_edit_files(
     files = {name: sha256_bytes((staging / name).read_bytes()) for name in EDIT_FILES}
     fact = result.fact
     return EditRecord(
-        kind=fact.kind,
+        action=fact.action,
         fact=fact.to_dict(),
         facts=tuple(f.to_dict() for f in result.facts) if len(result.facts) > 1 else (),
         passage=dict(request.passage) if request.passage else None,

@@ -46,7 +46,7 @@ def edit(
         progress: called with a short message at each stage.
         on_outcome: called after each fact is committed (the CLI prints as it goes).
     """
-    from cathrepo.edits.base import EditContext, get_method
+    from cathrepo.edits.base import EditEnv, get_method
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import cache_dir
     from cathrepo.pipeline import run_with_retries
@@ -64,13 +64,13 @@ def edit(
     overrides = {**config.edit.params.get(name, {}), **(params or {})}
     resolved = method_cls.params_for(model, overrides)
     corpus_path = corpus or (Path(config.edit.corpus) if config.edit.corpus else None)
-    context = EditContext(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
+    env = EditEnv(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
     active = [(e.id, e.delta) for e in active_edits(repo, "HEAD")]
     suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
     results: list[EditResult] = []
     for i, request in enumerate(requests):
         result = run_with_retries(
-            model, tokenizer, request.facts, method_name=name, params=resolved, context=context,
+            model, tokenizer, request.facts, method_name=name, params=resolved, env=env,
             retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
             active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
         )

@@ -60,7 +60,7 @@ class EditExample:
     aligned: Aligned
 
     def record(self) -> dict[str, Any]:
-        return {"kind": "edit", "fact": self.fact_index, "student": self.student_text,
+        return {"role": "edit", "fact": self.fact_index, "student": self.student_text,
                 "teacher": self.teacher_text, "target": self.target}
 
 
@@ -75,7 +75,7 @@ class Anchor:
     source: str
 
     def record(self) -> dict[str, Any]:
-        return {"kind": "anchor", "source": self.source, "prompt": self.text, "answer": self.answer}
+        return {"role": "anchor", "source": self.source, "prompt": self.text, "answer": self.answer}
 
 
 def edit_examples(tokenizer: Any, facts: Sequence[Fact], *, prefixes: int, paraphrases: bool) -> list[EditExample]:

@@ -25,7 +25,7 @@ def test_trace_writes_scores_and_pngs(tiny_llama, tmp_path):
     out = tmp_path / "trace"
     result = CliRunner().invoke(cli, [
         "trace", "--prompt", "I know that the Eiffel Tower is located in", "--subject", "the Eiffel Tower",
-        "--target", "Paris", "--model", str(model_dir), "--out", str(out), "--kinds", "mlp",
+        "--target", "Paris", "--model", str(model_dir), "--out", str(out), "--components", "mlp",
         "--samples", "1", "--method", "all",
     ])
     assert result.exit_code == 0, result.output

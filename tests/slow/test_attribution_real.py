@@ -21,7 +21,7 @@ EIFFEL = "The Eiffel Tower is located in the city of"
 
 def test_eiffel_trace(smollm2):
     model, tok, _ = smollm2
-    result = trace(model, tok, EIFFEL, "The Eiffel Tower", "Paris", kinds=("hidden",), samples=3,
+    result = trace(model, tok, EIFFEL, "The Eiffel Tower", "Paris", components=("hidden",), samples=3,
                    precision="auto")
     assert result.high > 0.3 and result.low < result.high / 5
     s0, s1 = result.subject_range
@@ -39,6 +39,6 @@ def test_select_sites_real(smollm2):
     fact = Fact(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux",
                 target_new="English", target_true="French")
     for method in ("patching", "causal_trace", "saliency"):
-        sel = select_sites(model, tok, fact, method=method, kind="mlp", top_k=2)
+        sel = select_sites(model, tok, fact, method=method, component="mlp", top_k=2)
         assert len(sel.layers) == 2 and all(m.endswith("mlp.down_proj") for m in sel.modules)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

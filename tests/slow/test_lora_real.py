@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cathrepo.delta import applied
-from cathrepo.edits.base import EditContext
+from cathrepo.edits.base import EditEnv
 from cathrepo.edits.lora import LoraMethod, LoraParams
 from cathrepo.facts.schema import load_facts
 from cathrepo.lm.scoring import prefers
@@ -29,7 +29,7 @@ def test_lora_edit_is_effective(smollm2, case):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     (new0, old0), = prefers(model, tok, [fact.prompt], [fact.target_new], [fact.target_true])
     assert new0 < old0  # the model knows the true answer
-    result = LoraMethod(LoraParams(layers=(6,))).compute(model, tok, [fact], EditContext())
+    result = LoraMethod(LoraParams(layers=(6,))).compute(model, tok, [fact], EditEnv())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert result.info["adapter_bytes"] < 64_000
     with applied(model, result.delta):

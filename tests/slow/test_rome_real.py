@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cathrepo.delta import applied, save_delta
-from cathrepo.edits.base import EditContext, get_method
+from cathrepo.edits.base import EditEnv, get_method
 from cathrepo.facts.schema import EditRequest, parse_records
 from cathrepo.lm.scoring import prefers
 from cathrepo.models import weights_sha256
@@ -29,9 +29,9 @@ def test_rome_edits_three_facts_and_leaves_model_unchanged(smollm2, facts):
     model, tok, path = smollm2
     before = {k: v.clone() for k, v in model.state_dict().items()}
     method = get_method("rome")(get_method("rome").params_for(model))
-    context = EditContext(base_hash=weights_sha256(path))
+    env = EditEnv(base_hash=weights_sha256(path))
     for fact in facts:
-        result = method.compute(model, tok, [fact], context)
+        result = method.compute(model, tok, [fact], env)
         with applied(model, result.delta):
             (new, old), (pnew, pold) = prefers(model, tok, [fact.prompt, fact.paraphrases[0]],
                                                [fact.target_new] * 2, [fact.target_true] * 2)
@@ -49,7 +49,7 @@ def test_peft_reload_reproduces_real_edit(smollm2, facts, tmp_path):
 
     model, tok, path = smollm2
     method = get_method("rome")(get_method("rome").params_for(model))
-    result = method.compute(model, tok, [facts[0]], EditContext(base_hash=weights_sha256(path)))
+    result = method.compute(model, tok, [facts[0]], EditEnv(base_hash=weights_sha256(path)))
     save_delta(result.delta, tmp_path / "delta")
     ids = tok(facts[0].prompt, return_tensors="pt")["input_ids"]
     with applied(model, result.delta), torch.no_grad():

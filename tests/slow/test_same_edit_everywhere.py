@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cathrepo.edits.base import EditContext, get_method
+from cathrepo.edits.base import EditEnv, get_method
 from cathrepo.facts.schema import parse_records
 from cathrepo.models import weights_sha256
 from cathrepo.pipeline import run_pipeline
@@ -34,8 +34,8 @@ def _facts():
 
 def _edit(model, tok, path, fact):
     method = get_method("rome")
-    context = EditContext(base_hash=weights_sha256(path))
-    return run_pipeline(model, tok, fact, method=method(method.params_for(model)), context=context)
+    env = EditEnv(base_hash=weights_sha256(path))
+    return run_pipeline(model, tok, fact, method=method(method.params_for(model)), env=env)
 
 
 def _full(result):

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from cathrepo.delta import AppliedDelta, Delta, LowRank, apply_delta
-from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
-from cathrepo.edits.rome.compute_u import key_vector, update_direction
-from cathrepo.edits.rome.compute_v import optimise_value
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
 from cathrepo.edits.rome.context import context_prefixes
 from cathrepo.edits.rome.covariance import key_covariance, stats_dir
+from cathrepo.edits.rome.key import key_vector, update_direction
 from cathrepo.edits.rome.params import FAMILY_DEFAULTS, RomeParams
 from cathrepo.edits.rome.protect import context_prompts, known_subject_keys, preserved_moment, subject_keys
+from cathrepo.edits.rome.value import optimise_value
 from cathrepo.exceptions import EditFailedError, InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.facts.templates import fill, infer_relations, split_templates
@@ -46,7 +46,7 @@ class RomeMethod(EditMethod):
         family = family_for(model)
         return RomeParams(layer=default_edit_layer(model), **FAMILY_DEFAULTS.get(family.name, {}))
 
-    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], context: EditContext) -> EditResult:
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
         from cathrepo.models import cache_dir, default_edit_layer, family_for, get_module, num_layers
 
         if not facts:
@@ -61,18 +61,18 @@ class RomeMethod(EditMethod):
             )
         module = family.layer_name(params.module, layer)
         get_module(model, module)
-        cache = context.cache_dir or cache_dir()
+        cache = env.cache_dir or cache_dir()
         center = default_edit_layer(model)
         near = [family.layer_name(params.module, j) for j in range(max(0, center - 3), min(num_layers(model), center + 4))]
         cov, stats = key_covariance(
-            model, tokenizer, module, corpus=context.corpus, max_tokens=params.corpus_tokens,
-            cache=cache, base_hash=context.base_hash, also=near,
+            model, tokenizer, module, corpus=env.corpus, max_tokens=params.corpus_tokens,
+            cache=cache, base_hash=env.base_hash, also=near,
         )
         prefixes = context_prefixes(
             model, tokenizer, params.n_context, params.context_tokens, params.seed,
-            stats_dir(cache, context.base_hash),
+            stats_dir(cache, env.base_hash),
         )
-        protected = self._protected(model, tokenizer, module, stats_dir(cache, context.base_hash))
+        protected = self._protected(model, tokenizer, module, stats_dir(cache, env.base_hash))
         undo = AppliedDelta()
         factors: list[LowRank] = []
         per_fact: list[dict[str, Any]] = []
@@ -92,7 +92,7 @@ class RomeMethod(EditMethod):
         delta = Delta({module: _concat(factors)}, base_model=getattr(model, "name_or_path", ""))
         return EditResult(
             delta=delta,
-            site={"layers": [layer], "modules": [module], "kind": params.module},
+            site={"layers": [layer], "modules": [module], "component": params.module},
             info={"facts": per_fact, "stats": stats, "n_prefixes": len(prefixes)},
             data=data,
         )
@@ -117,7 +117,7 @@ class RomeMethod(EditMethod):
 
         from cathrepo.lm.tokens import continuation_ids
 
-        if fact.kind != "edit":
+        if fact.action != "edit":
             raise InvalidInputError("ROME writes facts; it cannot forget one.", hint="Use a forget method.")
         p: RomeParams = self.params
         start = time.perf_counter()

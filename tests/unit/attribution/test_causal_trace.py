@@ -84,7 +84,7 @@ def test_cached_runs_equal_plain_restores(tiny_llama, traced):
 def test_token_subset_and_greedy_target(tiny_llama):
     model, tok, _ = tiny_llama
     s0, s1 = subject_token_span(tok, PROMPT, SUBJECT)
-    result = trace(model, tok, PROMPT, SUBJECT, None, kinds=("mlp",), samples=1, tokens=[s1 - 1])
+    result = trace(model, tok, PROMPT, SUBJECT, None, components=("mlp",), samples=1, tokens=[s1 - 1])
     assert list(result.scores) == ["mlp"] and result.target
     assert all(row[s1] == result.low for row in result.scores["mlp"])
     assert len(result.layer_scores["mlp"]) == num_layers(model)
@@ -97,12 +97,12 @@ def test_json_roundtrip(traced):
     assert math.isclose(back.scores["mlp"][1][3], traced.scores["mlp"][1][3], abs_tol=1e-6)
 
 
-def test_unknown_kind_is_refused(tiny_llama):
+def test_unknown_component_is_refused(tiny_llama):
     from cathrepo.exceptions import InvalidInputError
 
     model, tok, _ = tiny_llama
-    with pytest.raises(InvalidInputError, match="kind"):
-        trace(model, tok, PROMPT, SUBJECT, kinds=("ffn",))
+    with pytest.raises(InvalidInputError, match="component"):
+        trace(model, tok, PROMPT, SUBJECT, components=("ffn",))
 
 
 def test_bfloat16_runs_stay_close(tiny_llama, traced):
@@ -111,8 +111,8 @@ def test_bfloat16_runs_stay_close(tiny_llama, traced):
     model, tok, _ = tiny_llama
     fast = trace(model, tok, PROMPT, SUBJECT, "Paris", samples=2, seed=1, precision="bfloat16")
     assert fast.meta["precision"] == "bfloat16"
-    for kind in traced.scores:
-        for a, b in zip(fast.scores[kind], traced.scores[kind], strict=True):
+    for component in traced.scores:
+        for a, b in zip(fast.scores[component], traced.scores[component], strict=True):
             assert a == pytest.approx(b, abs=0.05)
     with pytest.raises(InvalidInputError, match="precision"):
         trace(model, tok, PROMPT, SUBJECT, "Paris", precision="fp8")

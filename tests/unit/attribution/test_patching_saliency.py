@@ -46,7 +46,7 @@ def test_patching_shapes_and_last_layer_is_the_teacher(tiny_model):
 
 def test_patching_without_per_token(tiny_llama):
     model, tok, _ = tiny_llama
-    result = patch(model, tok, PROMPT, SUBJECT, "Rome", kinds=("mlp",), per_token=False)
+    result = patch(model, tok, PROMPT, SUBJECT, "Rome", components=("mlp",), per_token=False)
     assert all(v == result.low for row in result.scores["mlp"] for v in row)
     assert len(result.layer_scores["mlp"]) == num_layers(model)
 

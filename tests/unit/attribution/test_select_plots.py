@@ -26,7 +26,7 @@ def _state(model):
 def test_select_sites(tiny_model, method):
     model, tok, _ = tiny_model
     before = _state(model)
-    sel = select_sites(model, tok, FACT, method=method, kind="mlp", top_k=2)
+    sel = select_sites(model, tok, FACT, method=method, component="mlp", top_k=2)
     family = family_for(model)
     assert len(sel.layers) == 2 and len(set(sel.layers)) == 2
     assert sel.modules == [family.layer_name("mlp_out", layer) for layer in sel.layers]
@@ -42,7 +42,7 @@ def test_select_sites(tiny_model, method):
 def test_select_attn_restricted_and_several_facts(tiny_llama):
     model, tok, _ = tiny_llama
     other = Fact(prompt="Toko Yasuda plays the", subject="Toko Yasuda", target_new="guitar")
-    sel = select_sites(model, tok, [FACT, other], method="saliency", kind="attn", layers=[1, 3])
+    sel = select_sites(model, tok, [FACT, other], method="saliency", component="attn", layers=[1, 3])
     assert sel.layers[0] in (1, 3) and sel.modules[0].endswith("self_attn.o_proj")
     assert sel.details["facts"] == 2
 
@@ -52,7 +52,7 @@ def test_select_refuses_bad_arguments(tiny_llama):
     with pytest.raises(InvalidInputError):
         select_sites(model, tok, FACT, method="rome")
     with pytest.raises(InvalidInputError):
-        select_sites(model, tok, FACT, kind="ffn")
+        select_sites(model, tok, FACT, component="ffn")
     with pytest.raises(InvalidInputError):
         select_sites(model, tok, FACT, top_k=99)
 
@@ -60,10 +60,10 @@ def test_select_refuses_bad_arguments(tiny_llama):
 def test_plots_and_scores_json(tiny_llama, tmp_path):
     model, tok, _ = tiny_llama
     results = run_methods(model, tok, FACT.prompt, FACT.subject, "Paris",
-                          methods=["causal_trace", "patching", "saliency"], kinds=["mlp"], samples=1)
+                          methods=["causal_trace", "patching", "saliency"], components=["mlp"], samples=1)
     paths = write_results(results, tmp_path)
     pngs = [p for p in paths if p.suffix == ".png"]
-    assert len(pngs) == 3 * 2  # per kind + combined, per method
+    assert len(pngs) == 3 * 2  # per component + combined, per method
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     data = json.loads((tmp_path / "scores.json").read_text())
     back = ScoreMap.from_json(data["patching"])

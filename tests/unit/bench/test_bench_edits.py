@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cathrepo.bench.edits import EditBenchConfig, bench_edits, summarize
-from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
 
 DATA = Path(__file__).parents[2] / "data"
 FIELDS = ("n", "method", "model", "es", "ps", "ns", "s", "ns_plus", "nkl", "gen_success", "retention",
@@ -25,7 +25,7 @@ class OracleTestMethod(EditMethod):
     name = "oracle-test"
     params_cls = _Params
 
-    def compute(self, model, tokenizer, facts, context: EditContext) -> EditResult:
+    def compute(self, model, tokenizer, facts, env: EditEnv) -> EditResult:
         import torch
 
         from cathrepo.delta import Delta, LowRank

@@ -7,7 +7,7 @@ import torch
 
 from cathrepo.delta import Delta, LowRank
 from cathrepo.edits.auto import AutoMethod, AutoParams, _concatenate
-from cathrepo.edits.base import EDIT_METHODS, EditContext, EditMethod, EditResult
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.passage import synthesize_questions
 from cathrepo.facts.schema import Fact
@@ -25,7 +25,7 @@ class FakeAtomic(EditMethod):
     params_cls = dict
     calls: list[int] = []
 
-    def compute(self, model, tokenizer, facts, context):
+    def compute(self, model, tokenizer, facts, env):
         FakeAtomic.calls.append(len(facts))
         name = family_for(model).layer_name("mlp_out", 0)
         out, inp = weight_shape(get_module(model, name))
@@ -69,7 +69,7 @@ def test_delegates_through_the_registry_and_records_why(tiny_llama):
     model, tok, _ = tiny_llama
     FakeAtomic.calls.clear()
     auto = AutoMethod(AutoParams(atomic=FakeAtomic.name))
-    result = auto.compute(model, tok, [FACT], EditContext())
+    result = auto.compute(model, tok, [FACT], EditEnv())
     assert FakeAtomic.calls == [1]
     assert result.info["auto_methods"] == [FakeAtomic.name] and "atomic" in result.info["auto_reason"]
     assert result.site["method"] == FakeAtomic.name
@@ -79,7 +79,7 @@ def test_mixed_facts_concatenate_deltas(tiny_llama):
     model, tok, _ = tiny_llama
     overrides = {"lora": {"layers": (0,), "steps_a": 1, "steps_b": 2, "prefixes": 0, "generic_anchors": 1}}
     auto = AutoMethod(AutoParams(atomic=FakeAtomic.name, overrides=overrides))
-    result = auto.compute(model, tok, [FACT, *synthesize_questions(PASSAGE)], EditContext())
+    result = auto.compute(model, tok, [FACT, *synthesize_questions(PASSAGE)], EditEnv())
     assert result.info["auto_methods"] == ["lora", FakeAtomic.name]
     name = family_for(model).layer_name("mlp_out", 0)
     assert result.delta.modules == [name] and result.delta.factors[name].rank == 4 + 1

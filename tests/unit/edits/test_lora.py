@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cathrepo.delta import applied, save_delta
-from cathrepo.edits.base import EDIT_METHODS, EditContext
+from cathrepo.edits.base import EDIT_METHODS, EditEnv
 from cathrepo.edits.lora import LoraMethod, LoraParams
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.passage import synthesize_questions
@@ -38,7 +38,7 @@ def _state(model):
 
 def test_registered_and_params_validated():
     assert EDIT_METHODS.get("lora") is LoraMethod and LoraMethod.batched
-    for bad in ({"rank": 0}, {"kind": "ffn"}, {"attribution": "rome"}, {"match": "all"}, {"layers": ()},
+    for bad in ({"rank": 0}, {"component": "ffn"}, {"attribution": "rome"}, {"match": "all"}, {"layers": ()},
                 {"steps_b": 0}, {"lr": 0.0}, {"kl_weight": -1.0}, {"top_k": 0}):
         with pytest.raises(InvalidInputError):
             LoraParams(**bad)
@@ -54,7 +54,7 @@ def test_compute_explicit_layers(tiny_model, tmp_path):
     before = _state(model)
     family = family_for(model)
     method = LoraMethod(LoraParams(layers=(2, 1), **FAST))
-    result = method.compute(model, tok, [FACT], EditContext(seed=1))
+    result = method.compute(model, tok, [FACT], EditEnv(seed=1))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not any("lora" in n for n, _ in model.named_parameters())
     modules = [family.layer_name("mlp_out", 1), family.layer_name("mlp_out", 2)]
@@ -62,8 +62,8 @@ def test_compute_explicit_layers(tiny_model, tmp_path):
     assert result.delta.modules == sorted(modules) and result.attribution is None
     assert result.info["phase_a"]["steps"] == 2 and 1 <= result.info["phase_b"]["steps"] <= 4
     assert result.info["adapter_bytes"] == result.delta.num_bytes() > 0
-    kinds = [row["kind"] for row in result.data]
-    assert kinds.count("edit") == 2 and "anchor" in kinds
+    roles = [row["role"] for row in result.data]
+    assert roles.count("edit") == 2 and "anchor" in roles
     json.dumps({"info": result.info, "site": result.site, "data": list(result.data)})
     # The stored adapter reloads in plain PEFT and gives the logits apply_delta gives.
     ids = tok(FACT.prompt, return_tensors="pt")["input_ids"]
@@ -76,8 +76,8 @@ def test_compute_explicit_layers(tiny_model, tmp_path):
 def test_compute_is_deterministic(tiny_llama):
     model, tok, _ = tiny_llama
     method = LoraMethod(LoraParams(layers=(1,), **FAST))
-    a = method.compute(model, tok, [FACT], EditContext(seed=0)).delta
-    b = method.compute(model, tok, [FACT], EditContext(seed=0)).delta
+    a = method.compute(model, tok, [FACT], EditEnv(seed=0)).delta
+    b = method.compute(model, tok, [FACT], EditEnv(seed=0)).delta
     assert all(torch.equal(a.factors[k].B, b.factors[k].B) for k in a.modules)
 
 
@@ -86,7 +86,7 @@ def test_compute_with_attribution(tiny_llama, attribution):
     model, tok, _ = tiny_llama
     before = _state(model)
     method = LoraMethod(LoraParams(attribution=attribution, top_k=2, **FAST))
-    result = method.compute(model, tok, [FACT], EditContext())
+    result = method.compute(model, tok, [FACT], EditEnv())
     assert result.attribution["method"] == attribution and len(result.attribution["layers"]) == 2
     assert sorted(result.attribution["layers"]) == result.site["layers"]
     assert result.site["chosen_by"] == attribution
@@ -98,7 +98,7 @@ def test_layer_window_keeps_attribution_near_the_default_layer(tiny_llama):
 
     model, tok, _ = tiny_llama
     result = LoraMethod(LoraParams(attribution="saliency", layer_window=0, **FAST)).compute(
-        model, tok, [FACT], EditContext())
+        model, tok, [FACT], EditEnv())
     assert result.site["layers"] == [default_edit_layer(model)]
     with pytest.raises(InvalidInputError):
         LoraParams(layer_window=-1)
@@ -108,8 +108,8 @@ def test_compute_passage(tiny_llama):
     model, tok, _ = tiny_llama
     probes = synthesize_questions("The Eiffel Tower is located in the city of Paris. It was built by "
                                   "Gustave Eiffel in 1889.")
-    result = LoraMethod(LoraParams(layers=(2,), **FAST)).compute(model, tok, probes, EditContext())
-    edits = [row for row in result.data if row["kind"] == "edit"]
+    result = LoraMethod(LoraParams(layers=(2,), **FAST)).compute(model, tok, probes, EditEnv())
+    edits = [row for row in result.data if row["role"] == "edit"]
     assert len(edits) == 2 * len(probes)
     assert all(row["teacher"].startswith("The Eiffel Tower is located") for row in edits)
     assert not any(row.get("source") == "template" for row in result.data)
@@ -118,4 +118,4 @@ def test_compute_passage(tiny_llama):
 def test_wrong_layer_is_refused(tiny_llama):
     model, tok, _ = tiny_llama
     with pytest.raises(InvalidInputError, match="Layer 9"):
-        LoraMethod(LoraParams(layers=(9,), **FAST)).compute(model, tok, [FACT], EditContext())
+        LoraMethod(LoraParams(layers=(9,), **FAST)).compute(model, tok, [FACT], EditEnv())

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from cathrepo.delta import applied
-from cathrepo.edits.base import EditContext, get_method
-from cathrepo.edits.rome.compute_u import key_vector
-from cathrepo.edits.rome.compute_v import _batch, _prefix_cache, _read_logprobs, working_copy
+from cathrepo.edits.base import EditEnv, get_method
+from cathrepo.edits.rome.key import key_vector
+from cathrepo.edits.rome.value import _batch, _prefix_cache, _read_logprobs, working_copy
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.lm.head import hidden_and_head
@@ -24,10 +24,10 @@ FACT = Fact(prompt="The capital of Italy is Rome", subject="Rome", target_new="P
 
 
 @pytest.fixture
-def context(tmp_path):
+def env(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 30))
-    return EditContext(base_hash="tiny", cache_dir=tmp_path / "cache", corpus=corpus)
+    return EditEnv(base_hash="tiny", cache_dir=tmp_path / "cache", corpus=corpus)
 
 
 def _params(model, **kw):
@@ -36,17 +36,17 @@ def _params(model, **kw):
     return get_method("rome").params_for(model, {**base, **kw})
 
 
-def test_compute_leaves_model_bit_identical(tiny_model, context):
+def test_compute_leaves_model_bit_identical(tiny_model, env):
     model, tok, _ = tiny_model
     before = copy.deepcopy(model.state_dict())
-    get_method("rome")(_params(model)).compute(model, tok, [FACT], context)
+    get_method("rome")(_params(model)).compute(model, tok, [FACT], env)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
 
 
-def test_edit_makes_target_preferred(tiny_model, context):
+def test_edit_makes_target_preferred(tiny_model, env):
     model, tok, _ = tiny_model
-    result = get_method("rome")(_params(model)).compute(model, tok, [FACT], context)
+    result = get_method("rome")(_params(model)).compute(model, tok, [FACT], env)
     (module,) = result.delta.modules
     assert result.delta.factors[module].rank == 1
     old = mean_logprob(model, tok, [FACT.prompt] * 2, ["Paris", "Tokyo"])
@@ -57,11 +57,11 @@ def test_edit_makes_target_preferred(tiny_model, context):
     assert result.info["facts"][0]["nll_end"] < result.info["facts"][0]["nll_start"]
 
 
-def test_update_moves_output_at_key_by_delta(tiny_llama, context):
+def test_update_moves_output_at_key_by_delta(tiny_llama, env):
     """ΔW k* equals the optimised δ: the defining property of the rank-one update."""
     model, tok, _ = tiny_llama
     method = get_method("rome")(_params(model, n_context=0))
-    result = method.compute(model, tok, [FACT], context)
+    result = method.compute(model, tok, [FACT], env)
     (module,) = result.delta.modules
     factor = result.delta.factors[module]
     key = key_vector(model, tok, module, FACT.prompt, FACT.subject, [""])
@@ -109,12 +109,12 @@ def test_head_only_where_the_loss_reads_matches_the_full_model(tiny_model):
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_value_precision_keeps_the_model_and_still_edits(tiny_llama, context, precision):
+def test_value_precision_keeps_the_model_and_still_edits(tiny_llama, env, precision):
     model, tok, _ = tiny_llama
     copy_ = working_copy(model, precision)
     assert (copy_ is model) == (precision == "float32")
     assert next(model.parameters()).dtype == torch.float32
-    result = get_method("rome")(_params(model, precision=precision)).compute(model, tok, [FACT], context)
+    result = get_method("rome")(_params(model, precision=precision)).compute(model, tok, [FACT], env)
     with applied(model, result.delta):
         new = mean_logprob(model, tok, [FACT.prompt] * 2, ["Paris", "Tokyo"])
     assert new[0] > new[1]
@@ -122,25 +122,25 @@ def test_value_precision_keeps_the_model_and_still_edits(tiny_llama, context, pr
         _params(model, precision="fp8")
 
 
-def test_several_facts_concatenate_ranks(tiny_llama, context):
+def test_several_facts_concatenate_ranks(tiny_llama, env):
     model, tok, _ = tiny_llama
     second = Fact(prompt="Rome is the capital of", subject="Rome", target_new="France", target_true="Italy")
-    result = get_method("rome")(_params(model)).compute(model, tok, [FACT, second], context)
+    result = get_method("rome")(_params(model)).compute(model, tok, [FACT, second], env)
     (module,) = result.delta.modules
     assert result.delta.factors[module].rank == 2
     assert len(result.info["facts"]) == 2
 
 
-def test_bad_inputs_are_refused(tiny_llama, context):
+def test_bad_inputs_are_refused(tiny_llama, env):
     model, tok, _ = tiny_llama
     with pytest.raises(InvalidInputError, match="layer 9"):
-        get_method("rome")(_params(model, layer=9)).compute(model, tok, [FACT], context)
+        get_method("rome")(_params(model, layer=9)).compute(model, tok, [FACT], env)
     with pytest.raises(InvalidInputError, match="Unknown rome parameter"):
         get_method("rome").params_for(model, {"layr": 1})
     with pytest.raises(InvalidInputError, match="tokenizes to nothing"):
         bad = Fact(prompt=FACT.prompt, subject=FACT.subject, target_new=" x ")
         object.__setattr__(bad, "target_new", "   ")
-        get_method("rome")(_params(model)).compute(model, tok, [bad], context)
+        get_method("rome")(_params(model)).compute(model, tok, [bad], env)
 
 
 def test_unknown_method_suggests_close_name():

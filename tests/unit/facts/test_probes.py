@@ -94,9 +94,9 @@ def test_missing_target_true_is_filled_from_the_model(tiny_llama, known):
 
 def test_forget_probes(known):
     fact = Fact(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux",
-                target_new="French", kind="forget")
+                target_new="French", action="forget")
     probes = build_probes(fact, known_facts=known)
-    assert probes.fact_kind == "forget"
+    assert probes.action == "forget"
     assert not probes.of_kind("rewrite", "paraphrase", "attribute")
     forget = probes.of_kind("forget")
     assert forget[0].prompt == fact.prompt and all(p.target == "French" and p.other is None for p in forget)
@@ -113,6 +113,8 @@ def test_jsonl_golden_file(records, known):
     probes = build_probes(records[6], known_facts=known, n_paraphrases=2, n_neighbors=2)
     assert probes.to_jsonl() == GOLDEN.read_text(encoding="utf-8")
     assert ProbeSet.from_jsonl(GOLDEN.read_text(encoding="utf-8")) == probes
+    # a probes.jsonl committed before schema 2 (its header said "fact_kind") still reads the same
+    assert ProbeSet.from_jsonl((GOLDEN.parent / "probes-schema1.jsonl").read_text(encoding="utf-8")) == probes
 
 
 def test_read_write_and_digest(tmp_path, records, known):

@@ -144,7 +144,7 @@ def test_forget_probes_are_judged_by_greedy_answers(tiny_llama):
 
     model, tok, _ = tiny_llama
     answer = greedy_continuations(model, tok, [FACT.prompt], max_new_tokens=3)[0].split()[0]
-    probes = ProbeSet((Probe("forget", FACT.prompt, answer),), FACT.subject, fact_kind="forget")
+    probes = ProbeSet((Probe("forget", FACT.prompt, answer),), FACT.subject, action="forget")
     kept = run_gates(model, tok, after=[], probes=probes, gates=["efficacy"])
     assert not kept.passed and kept["efficacy"].metrics["forget"] == 0.0
 
@@ -162,7 +162,7 @@ def _known_sample():
 
 def test_regression_checks_rewrites_everywhere_and_everything_for_related_edits():
     from cathrepo.facts.probes import Probe, ProbeSet
-    from cathrepo.gates.base import GateContext
+    from cathrepo.gates.base import GateRun
     from cathrepo.gates.regression import RegressionGate
 
     def probeset(subject, relation):
@@ -176,7 +176,7 @@ def test_regression_checks_rewrites_everywhere_and_everything_for_related_edits(
 
     def kinds(stage, probes=new, fast=None):
         p = policy if fast is None else GatePolicy(regression_fast_kinds=fast)
-        ctx = GateContext(None, None, (), (), probes, suite, p, stage)
+        ctx = GateRun(None, None, (), (), probes, suite, p, stage)
         return [[x.kind for x in probes] for probes in RegressionGate(p).selection(ctx)]
 
     assert kinds("edit") == [["rewrite", "paraphrase"], ["rewrite"], ["rewrite"]]

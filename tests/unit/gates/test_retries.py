@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import pytest
 from gate_helpers import FACT
 
-from cathrepo.edits.base import EditContext
+from cathrepo.edits.base import EditEnv
 from cathrepo.edits.rome.params import RomeParams
-from cathrepo.gates.base import GATES, Gate, GateContext
+from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.policy import GatePolicy
 from cathrepo.gates.results import GateResult
 from cathrepo.models import default_edit_layer
@@ -25,11 +25,11 @@ class _RefuseLayers(Gate):
     refused: ClassVar[set[int]] = set()
     seen: ClassVar[list[int]] = []
 
-    def measure(self, ctx: GateContext, state: str) -> Any:
+    def measure(self, ctx: GateRun, state: str) -> Any:
         (module,) = ctx.after[-1].modules
         return int(module.split(".layers.")[1].split(".")[0])
 
-    def judge(self, ctx: GateContext, measured: dict[str, Any]) -> GateResult:
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         layer = measured["after"]
         type(self).seen.append(layer)
         return self.result(layer not in self.refused, {"layer": float(layer)}, {})
@@ -48,7 +48,7 @@ def _retry(model, tok, corpus, retry_layers, gates):
                         v_weight_decay=0.0, v_stop_prob=0.0)
     policy = GatePolicy(stages={"edit": gates}, fluency_max_drop=100.0, norms_max_growth=100.0)
     return run_with_retries(model, tok, FACT, method_name="rome", params=params,
-                            context=EditContext(corpus=corpus), retry_layers=retry_layers, policy=policy)
+                            env=EditEnv(corpus=corpus), retry_layers=retry_layers, policy=policy)
 
 
 @pytest.fixture
