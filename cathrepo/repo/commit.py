@@ -82,7 +82,7 @@ def build_edit_files(
     )
 
 
-def _trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str, str]:
+def edit_trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str, str]:
     """Commit trailers: the edit, its method, the hash of each file, then the report's own trailers."""
     return {
         "Cathrepo-Action": "edit",
@@ -146,7 +146,7 @@ def commit_edit(
         fact = result.fact
         subject = f"Edit {edit_id}: {record.summary}"
         body = f"Method {method}; was: {fact.target_true or '?'}; risk {record.risk}; source {record.source or '-'}."
-        sha = repo.git.commit(f"{subject}\n\n{body}", _trailers(record, edit_id, result.gates), sign_with=key)
+        sha = repo.git.commit(f"{subject}\n\n{body}", edit_trailers(record, edit_id, result.gates), sign_with=key)
     except BaseException:
         if staged:
             repo.git.unstage(staged)
