@@ -20,7 +20,7 @@ from cathrepo.exceptions import ConfigError
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "cathrepo.toml"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _f(default: Any, help: str) -> Any:
@@ -62,18 +62,6 @@ class EditConfig:
             raise ConfigError("cathrepo.toml [edit] retry_layers must be a non-negative integer.")
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    """Who must approve what, and how merges consolidate."""
-
-    approvals: dict[str, int] = _f({"low": 0, "medium": 1, "high": 2}, "Approvals needed per risk tier.")
-    merge_strategy: str = _f("cat", "How merges consolidate deltas: cat (exact) or svd:R.")
-
-    def __post_init__(self) -> None:
-        for tier, n in self.approvals.items():
-            if not isinstance(n, int) or n < 0:
-                raise ConfigError(f"cathrepo.toml [policy.approvals] {tier} must be a non-negative integer.")
-
 
 @dataclass(frozen=True)
 class RepoConfig:
@@ -81,9 +69,7 @@ class RepoConfig:
 
     base: BaseModelConfig
     edit: EditConfig = field(default_factory=EditConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
     gates: dict[str, Any] = field(default_factory=dict)
-    tenants: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +78,16 @@ class RepoConfig:
 
 
 # Patches that upgrade an older file, keyed by the version they upgrade from.
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+def _drop_unused_tables(data: dict[str, Any]) -> dict[str, Any]:
+    """1 → 2: ``[policy]`` (approvals, merge strategy) and ``[tenants]`` were written but never read; they
+    come back with the approvals, merge and tenant features, read by the code that needs them."""
+    for key in ("policy", "tenants"):
+        if data.pop(key, None):
+            log.info("cathrepo.toml: [%s] is not used by this version; it was dropped on reading", key)
+    return {**data, "schema_version": 2}
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _drop_unused_tables}
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
@@ -119,7 +114,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
         version += 1
-    known = {"schema_version", "base", "edit", "policy", "gates", "tenants"}
+    known = {"schema_version", "base", "edit", "gates"}
     for key in sorted(set(data) - known):
         log.warning("cathrepo.toml: ignoring unknown key '%s'", key)
     if "base" not in data:
@@ -127,9 +122,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
     return RepoConfig(
         base=_build(BaseModelConfig, data["base"], "base"),
         edit=_build(EditConfig, data.get("edit", {}), "edit"),
-        policy=_build(PolicyConfig, data.get("policy", {}), "policy"),
         gates=dict(data.get("gates", {})),
-        tenants=dict(data.get("tenants", {})),
     )
 
 

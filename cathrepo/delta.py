@@ -90,11 +90,6 @@ class Delta:
     def num_bytes(self) -> int:
         return sum((f.A.numel() + f.B.numel()) * 4 for f in self.factors.values())
 
-    def norms(self) -> dict[str, float]:
-        """Frobenius norm of each module's ΔW (cheap: computed from the factors)."""
-        return {k: float(f.full().norm()) for k, f in self.factors.items()}
-
-
 # --- apply / remove -------------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = [  # the ground floor, including the names re-exported from cathrepo.model_store
     "DEFAULT_MODEL", "EMBEDDED", "EMBEDDED_PREFIX", "EmbeddedModel", "FAMILIES", "Family", "ResolvedModel",
     "cache_dir", "cache_kwargs", "default_device", "default_edit_layer", "family_for", "get_module",
-    "is_conv1d", "linear_weight", "load_model", "model_device", "num_layers",
+    "is_conv1d", "load_model", "model_device", "num_layers",
     "output_cache", "resolve_model", "weight_shape", "weights_sha256",
 ]
 
@@ -170,12 +170,6 @@ def weight_shape(module: Any) -> tuple[int, int]:
     """The (out_features, in_features) of a projection, whatever its storage layout."""
     rows, cols = module.weight.shape
     return (int(cols), int(rows)) if is_conv1d(module) else (int(rows), int(cols))
-
-
-def linear_weight(module: Any) -> torch.Tensor:
-    """The projection's weight as an (out, in) view, transposing Conv1D's (in, out) storage."""
-    w = module.weight
-    return w.T if is_conv1d(module) else w
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Generic, TypeVar
 
@@ -49,9 +49,6 @@ class Registry(Generic[T]):
             )
         self._entries[name] = obj
         return obj
-
-    def decorator(self) -> Callable[[T], T]:
-        return self.register
 
     def _load(self) -> None:
         if self._loaded:

@@ -132,23 +132,6 @@ class ProbeSet:
             meta=header.get("meta") or {},
         )
 
-    def write(self, path: Path) -> None:
-        path.write_text(self.to_jsonl(), encoding="utf-8")
-
-    @classmethod
-    def read(cls, path: Path) -> ProbeSet:
-        try:
-            return cls.from_jsonl(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InvalidInputError(f"No probes file '{path}'.") from None
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise InvalidInputError(f"'{path}' is not a probes file: {exc}.") from None
-
-    def digest(self) -> str:
-        """sha256 of the JSONL text: keys caches of measurements on these probes."""
-        return hashlib.sha256(self.to_jsonl().encode()).hexdigest()
-
-
 # --- known facts: the pool neighbours, attribute prompts and retention checks are drawn from ----------
 
 

@@ -217,12 +217,6 @@ def infer_relations(template: str, *, cutoff: float = 0.88) -> tuple[str, ...]:
     return index[close[0]] if close else ()
 
 
-def infer_relation(template: str) -> str | None:
-    """The most likely relation id of a template, or None."""
-    candidates = infer_relations(template)
-    return candidates[0] if candidates else None
-
-
 def paraphrase_templates(relation_ids: str | Sequence[str], *, exclude: str | None = None) -> list[str]:
     """Templates valid for every relation in ``relation_ids`` (in the first one's order), minus ``exclude``."""
     ids = [relation_ids] if isinstance(relation_ids, str) else list(relation_ids)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -170,7 +170,3 @@ class GateReport:
 def _pairs(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
 
-
-def merge_reports(reports: Sequence[GateReport], stage: str) -> GateReport:
-    """One report holding the results of several runs (e.g. per-edit gates of a batch)."""
-    return GateReport(tuple(r for rep in reports for r in rep.results), stage)

@@ -304,14 +304,6 @@ class Git:
         status, out, _ = self._exec(["symbolic-ref", "--short", "-q", "HEAD"])
         return out.strip() if status == 0 else None
 
-    def is_ancestor(self, a: str, b: str) -> bool:
-        """Whether commit ``a`` is ``b`` or one of its ancestors."""
-        first, second = self.rev_parse(a), self.rev_parse(b)
-        status, _, err = self._exec(["merge-base", "--is-ancestor", first, second])
-        if status not in (0, 1):
-            raise GitError(f"git merge-base failed: {_first_line(err)}", hint="Check both revisions exist.")
-        return status == 0
-
     # --- reading history -------------------------------------------------------------------------
 
     def show_file(self, rev: str, path: str) -> bytes | None:
@@ -358,37 +350,6 @@ class Git:
         """``git status --porcelain`` lines ("XY path"), untracked files listed one by one."""
         out = self.run(["status", "--porcelain=v1", "--untracked-files=all"])
         return [line for line in out.splitlines() if line.strip()]
-
-    def restore_paths(self, paths: Sequence[Path | str], rev: str = "HEAD") -> None:
-        """Put ``paths`` back in the index and work tree as they were at ``rev``.
-
-        Used to undo a failed write: modified files get their old content, files that did not exist at
-        ``rev`` are taken out of the index (and left as untracked files for :meth:`remove_untracked`).
-        """
-        wanted = [str(p) for p in paths]
-        if not wanted:
-            return
-        sha = None if rev == "HEAD" and self.head() is None else self.rev_parse(rev)
-        known = set(self.list_files(sha)) if sha else set()
-        in_rev = [p for p in wanted if p.strip("/") in known or any(k.startswith(p.strip("/") + "/") for k in known)]
-        others = [p for p in wanted if p not in in_rev]
-        if others:
-            self.run(["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *others])
-        if in_rev:
-            self.run(["restore", f"--source={sha}", "--staged", "--worktree", "--", *in_rev],
-                     hint="Inspect 'git status' and restore the files by hand.")
-
-    def remove_untracked(self, paths: Sequence[Path | str], *, include_ignored: bool = False) -> None:
-        """Delete untracked files under ``paths`` (never tracked ones).
-
-        Args:
-            paths: files or directories a failed operation created.
-            include_ignored: also delete ignored files there (weights DVC had already listed in a
-                ``.gitignore``); only pass it for directories the operation created itself.
-        """
-        if paths:
-            self.run(["clean", "-q", "-f", "-d", *(["-x"] if include_ignored else []), "--", *map(str, paths)])
-
 
 def _parse_commit(record: str) -> CommitInfo:
     sha, parents, name, email, date, subject, body, trailer_text = (record.lstrip("\n").split("\x1f") + [""] * 8)[:8]

@@ -16,7 +16,7 @@ from cathrepo.facts.schema import Fact
 from cathrepo.lm.head import hidden_and_head
 from cathrepo.lm.scoring import mean_logprob
 from cathrepo.lm.tokens import continuation_ids
-from cathrepo.models import cache_kwargs, get_module, linear_weight
+from cathrepo.models import cache_kwargs, get_module
 
 # On random-init models attention barely carries information between positions, so the tiny-model
 # tests put the subject last: δ then acts on the position that predicts the target.
@@ -67,9 +67,9 @@ def test_update_moves_output_at_key_by_delta(tiny_llama, env):
     key = key_vector(model, tok, module, FACT.prompt, FACT.subject, [""])
     moved = factor.full() @ key
     assert torch.allclose(moved, factor.B[:, 0] * float(factor.A[0] @ key), atol=1e-5)
-    w = linear_weight(get_module(model, module))
+    w = get_module(model, module).weight.detach().clone()  # (out, in): a Llama projection
     with applied(model, result.delta):
-        after = linear_weight(get_module(model, module)) @ key
+        after = get_module(model, module).weight @ key
     assert torch.allclose(after - w @ key, moved, atol=1e-4)
 
 

@@ -9,7 +9,7 @@ import pytest
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.probes import Probe, ProbeSet, build_probes, load_known_facts
 from cathrepo.facts.schema import Fact, load_facts
-from cathrepo.facts.templates import RELATIONS, infer_relation, infer_relations, paraphrase_templates
+from cathrepo.facts.templates import RELATIONS, infer_relations, paraphrase_templates
 
 DATA = Path(__file__).parents[2] / "data"
 GOLDEN = Path(__file__).parent / "data" / "probes-golden.jsonl"
@@ -26,11 +26,11 @@ def records():
 
 
 def test_templates_infer_the_relation():
-    assert infer_relation("The mother tongue of {} is") == "P103"
-    assert infer_relation("The  headquarters of {} is in ") == "P159"  # whitespace noise
-    assert infer_relation("The headquarters of {} are in") == "P159"  # a close phrasing
+    assert infer_relations("The mother tongue of {} is")[0] == "P103"
+    assert infer_relations("The  headquarters of {} is in ")[0] == "P159"  # whitespace noise
+    assert infer_relations("The headquarters of {} are in")[0] == "P159"  # a close phrasing
     assert set(infer_relations("{} is located in")) >= {"P17", "P30", "P131", "P276"}
-    assert infer_relation("What colour is the sky above {}?") is None
+    assert not infer_relations("What colour is the sky above {}?")
 
 
 def test_ambiguous_templates_paraphrase_with_shared_phrasings_only():
@@ -117,24 +117,17 @@ def test_jsonl_golden_file(records, known):
     assert ProbeSet.from_jsonl((GOLDEN.parent / "probes-schema1.jsonl").read_text(encoding="utf-8")) == probes
 
 
-def test_read_write_and_digest(tmp_path, records, known):
+def test_a_probes_file_without_its_header_reads(records, known):
     probes = build_probes(records[2], known_facts=known)
-    path = tmp_path / "probes.jsonl"
-    probes.write(path)
-    assert ProbeSet.read(path) == probes
-    assert ProbeSet.read(path).digest() == probes.digest()
     headerless = "".join(line + "\n" for line in probes.to_jsonl().splitlines()[1:])
     assert ProbeSet.from_jsonl(headerless).probes == probes.probes
 
 
-def test_bad_probes_are_refused(tmp_path):
+def test_bad_probes_are_refused():
     with pytest.raises(InvalidInputError, match="kind"):
         Probe("rewrit", "p", "t")
-    with pytest.raises(InvalidInputError, match="No probes file"):
-        ProbeSet.read(tmp_path / "missing.jsonl")
-    (tmp_path / "future.jsonl").write_text('{"type": "cathrepo.probes", "schema_version": 9}\n')
     with pytest.raises(InvalidInputError, match="schema_version"):
-        ProbeSet.read(tmp_path / "future.jsonl")
+        ProbeSet.from_jsonl('{"type": "cathrepo.probes", "schema_version": 9}\n')
 
 
 def test_shipped_known_facts_load():
