@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from cathrepo.cli import cli, main
 from cathrepo.gates.results import GateReport, GateResult
-from tests.cli.test_cli_flow import repo_dir  # noqa: F401  (a fixture)
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -85,7 +84,7 @@ def test_gate_command_renders_and_exits(monkeypatch, passed, capsys):
     assert "## Gates (revision)" in result.output
 
 
-def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path):  # noqa: F811
+def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path):
     records = [{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome", "target_new": "Paris",
                 "target_true": "Tokyo"},
                {"prompt": "Rome is the capital of Italy", "subject": "Rome", "target_new": "London"},  # no true target

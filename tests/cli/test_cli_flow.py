@@ -1,62 +1,40 @@
-"""The real command line on a tiny model: every verb of the edit repository, exit codes and error lines."""
+"""The command line on a tiny model: every verb of the edit repository, exit codes and error lines.
+
+The first test runs the installed ``python -m cathrepo`` in subprocesses from edit to revert (the one
+end-to-end test of the real process); the others call the same entry point in-process."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-from tests.func.test_repo_flow import _tune
+from tests.cli.runner import cathrepo, cathrepo_process
 
 
-def cathrepo(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "cathrepo", *args], cwd=cwd, text=True, capture_output=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-@pytest.fixture
-def repo_dir(tmp_path, tiny_llama):
-    from cathrepo.repo import Repo
-
-    _, _, model_dir = tiny_llama
-    out = cathrepo("init", str(tmp_path / "r"), "--base", str(model_dir), cwd=tmp_path)
-    assert "Initialised cathrepo repository" in out.stdout
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 40))
-    _tune(Repo.open(tmp_path / "r"), corpus)
-    return tmp_path / "r"
-
-
-def test_edit_log_show_verify_revert_generate(repo_dir, tmp_path):
+def test_end_to_end_in_subprocesses_edit_log_show_verify_revert_generate(repo_dir, tmp_path):
     facts = tmp_path / "facts.jsonl"
     facts.write_text(json.dumps({"prompt": "The capital of Italy is Rome", "subject": "Rome",
                                  "target_new": "Paris", "target_true": "Tokyo"}) + "\n")
-    out = cathrepo("edit", "--file", str(facts), "--source", "test", "--json", cwd=repo_dir)
+    out = cathrepo_process("edit", "--file", str(facts), "--source", "test", "--json", cwd=repo_dir)
     (edit,) = json.loads(out.stdout)
     assert edit["gates"]["passed"] and len(edit["id"]) == 16
-    log = cathrepo("log", "--json", cwd=repo_dir)
+    log = cathrepo_process("log", "--json", cwd=repo_dir)
     entries = json.loads(log.stdout)
     assert entries[0]["edit_id"] == edit["id"] and entries[0]["active"]
-    assert "*" in cathrepo("log", cwd=repo_dir).stdout
-    shown = json.loads(cathrepo("show", edit["id"][:6], "--json", cwd=repo_dir).stdout)
+    assert "*" in cathrepo_process("log", cwd=repo_dir).stdout
+    shown = json.loads(cathrepo_process("show", edit["id"][:6], "--json", cwd=repo_dir).stdout)
     assert shown["record"]["source"] == "test" and shown["active"]
-    assert "OK" in cathrepo("verify", cwd=repo_dir).stdout
-    status = json.loads(cathrepo("status", "--json", cwd=repo_dir).stdout)
+    assert "OK" in cathrepo_process("verify", cwd=repo_dir).stdout
+    status = json.loads(cathrepo_process("status", "--json", cwd=repo_dir).stdout)
     assert [a["id"] for a in status["active"]] == [edit["id"]]
-    gen = json.loads(cathrepo("generate", "The capital of Italy is Rome", "--max-new-tokens", "3", "--json",
+    gen = json.loads(cathrepo_process("generate", "The capital of Italy is Rome", "--max-new-tokens", "3", "--json",
                               cwd=repo_dir).stdout)
     assert gen["edits"] == [edit["id"]]
-    out = cathrepo("revert", edit["id"], cwd=repo_dir)
+    out = cathrepo_process("revert", edit["id"], cwd=repo_dir)
     assert "reverted" in out.stdout
-    assert json.loads(cathrepo("status", "--json", cwd=repo_dir).stdout)["active"] == []
-    assert "pushed" in cathrepo("push", cwd=repo_dir).stdout
+    assert json.loads(cathrepo_process("status", "--json", cwd=repo_dir).stdout)["active"] == []
+    assert "pushed" in cathrepo_process("push", cwd=repo_dir).stdout
 
 
 def test_errors_are_one_red_line_with_exit_codes(repo_dir, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.test_cli_flow import cathrepo, repo_dir  # noqa: F401  (repo_dir: a fixture)
+from tests.cli.runner import cathrepo
 
 ROME_PARIS = {"prompt": "The capital of Italy is Rome", "subject": "Rome", "target_new": "Paris",
               "target_true": "Tokyo"}
@@ -20,7 +20,7 @@ def _facts(path: Path, *records: dict) -> Path:
     return path
 
 
-def test_refused_edit_prints_its_gates_as_json_and_exits_4(repo_dir, tmp_path):  # noqa: F811
+def test_refused_edit_prints_its_gates_as_json_and_exits_4(repo_dir, tmp_path):
     facts = _facts(tmp_path / "facts.jsonl", ROME_PARIS, ROME_TOKYO)
     proc = cathrepo("edit", "--file", str(facts), "--json", cwd=repo_dir, ok=False)
     assert proc.returncode == 4, proc.stderr
@@ -46,7 +46,7 @@ def test_refused_edit_prints_its_gates_as_json_and_exits_4(repo_dir, tmp_path): 
     assert lines[-1].startswith("error: Edit 'The capital of Italy is Rome -> Tokyo' failed its gates")
 
 
-def test_piped_commands_print_only_results(repo_dir, tmp_path):  # noqa: F811
+def test_piped_commands_print_only_results(repo_dir, tmp_path):
     facts = _facts(tmp_path / "facts.jsonl", ROME_PARIS)
     edit = cathrepo("edit", "--file", str(facts), cwd=repo_dir)
     log = json.loads(cathrepo("log", "--json", cwd=repo_dir).stdout)
