@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Generic, TypeVar
 
@@ -26,13 +26,14 @@ class Registry(Generic[T]):
     Args:
         what: what the entries are, for messages ("edit method", "gate").
         entry_point_group: the ``importlib.metadata`` group scanned once for plug-ins.
-        builtins: modules imported on first lookup so that built-in entries register themselves.
+        builtins: built-in entry name → the module that registers it, imported when that name is first
+            looked up (so an edit imports ROME's modules, not LoRA's; listing every name imports all).
     """
 
-    def __init__(self, what: str, entry_point_group: str, builtins: tuple[str, ...] = ()) -> None:
+    def __init__(self, what: str, entry_point_group: str, builtins: Mapping[str, str] | None = None) -> None:
         self.what = what
         self.entry_point_group = entry_point_group
-        self._builtins = builtins
+        self._builtins = dict(builtins or {})
         self._entries: dict[str, T] = {}
         self._loaded = False
 
@@ -56,7 +57,7 @@ class Registry(Generic[T]):
         self._loaded = True
         import importlib
 
-        for module in self._builtins:
+        for module in dict.fromkeys(self._builtins.values()):
             importlib.import_module(module)
         for ep in metadata.entry_points(group=self.entry_point_group):
             try:
@@ -66,7 +67,12 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the entry called ``name`` or raise with the closest names."""
-        self._load()
+        if name not in self._entries and name in self._builtins:
+            import importlib
+
+            importlib.import_module(self._builtins[name])
+        if name not in self._entries:
+            self._load()
         try:
             return self._entries[name]
         except KeyError:

@@ -102,8 +102,8 @@ def score_records(
     Returns the scores and, per record, the next-token distributions after its neighbour prompts (kept
     in float16 to bound memory; NKL against ``base_dists`` when those are given).
     """
+    from cathrepo.gates.generation import contains_answer
     from cathrepo.gates.probing import magnitude, rate, score_probes
-    from cathrepo.gates.text import contains_answer
     from cathrepo.lm.decoding import greedy_continuations
     from cathrepo.lm.scoring import kl_divergence
 

@@ -129,7 +129,7 @@ class EditMethod(ABC):
 EDIT_METHODS: Registry[type[EditMethod]] = Registry(
     "edit method",
     "cathrepo.edit_methods",
-    builtins=("cathrepo.edits.rome.method", "cathrepo.edits.lora", "cathrepo.edits.auto"),
+    builtins={"rome": "cathrepo.edits.rome.method", "lora": "cathrepo.edits.lora", "auto": "cathrepo.edits.auto"},
 )
 
 

@@ -187,9 +187,12 @@ class Gate(ABC):
 GATES: Registry[type[Gate]] = Registry(
     "gate",
     "cathrepo.gates",
-    builtins=("cathrepo.gates.counterfact", "cathrepo.gates.generation", "cathrepo.gates.regression",
-              "cathrepo.gates.retention", "cathrepo.gates.mmlu", "cathrepo.gates.perplexity",
-              "cathrepo.gates.norms"),
+    builtins={**dict.fromkeys(("efficacy", "paraphrase", "neighborhood", "cfplus"),
+                              "cathrepo.gates.counterfact"),
+              "generation": "cathrepo.gates.generation", "fluency": "cathrepo.gates.generation",
+              "regression": "cathrepo.gates.regression", "retention": "cathrepo.gates.retention",
+              "mmlu": "cathrepo.gates.mmlu", "perplexity": "cathrepo.gates.perplexity",
+              "norms": "cathrepo.gates.norms"},
 )
 
 

@@ -87,7 +87,7 @@ class EfficacyGate(_ProbeGate):
 
 def _forget_measure(ctx: GateRun, state: str) -> list[bool]:
     """Per forget probe: True when the greedy continuation no longer contains the forgotten answer."""
-    from cathrepo.gates.text import contains_answer
+    from cathrepo.gates.generation import contains_answer
 
     assert ctx.probes is not None
     probes = ctx.probes.of_kind("forget")

@@ -8,15 +8,43 @@
   new target.
 
 Both read continuations that :func:`~cathrepo.gates.base.run_gates` decodes once for all gates, the
-"before" and "after" rows in one batch.
+"before" and "after" rows in one batch. Fluency is ROME's weighted bi-/tri-gram entropy of generated
+text (Meng et al. 2022, appendix): a degenerate model that repeats itself scores low.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.results import GateResult
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def contains_answer(text: str, answer: str) -> bool:
+    """Whether ``answer`` occurs in ``text`` as whole words, ignoring case ("Paris" in "Paris, France")."""
+    answer = answer.strip()
+    if not answer:
+        return False
+    pattern = r"(?<!\w)" + re.escape(answer.lower()) + r"(?!\w)"
+    return re.search(pattern, text.lower()) is not None
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """Weighted mean of the n-gram entropies (bits) of ``text``'s word tokens (ROME's fluency measure)."""
+    tokens = _WORD.findall(text.lower())
+    values = []
+    for n, w in zip(ns, weights, strict=True):
+        grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+        total = sum(grams.values())
+        entropy = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
+        values.append(w * entropy)
+    return sum(values) / len(values)
 
 
 def subject_prompts(ctx: GateRun, *kinds: str) -> list[str]:
@@ -50,8 +78,6 @@ class GenerationGate(Gate):
         return [ctx.decoded(state, p.prompt, self.policy.generation_tokens) for p in self._probes(ctx)]
 
     def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
-        from cathrepo.gates.text import contains_answer
-
         probes, texts = self._probes(ctx), measured["after"]
         hits = [contains_answer(t, p.target) for p, t in zip(probes, texts, strict=True)]
         success = sum(hits) / len(hits)
@@ -89,8 +115,6 @@ class FluencyGate(Gate):
                 "half": [ctx.decoded(state, p, max(1, n // 2)) for p in prompts]}
 
     def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
-        from cathrepo.gates.text import contains_answer, ngram_entropy
-
         assert ctx.probes is not None
         target = ctx.probes.of_kind("rewrite", "forget")[0].target if ctx.probes.of_kind("rewrite", "forget") else ""
         texts = measured["after"]["texts"]

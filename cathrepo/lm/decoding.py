@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from cathrepo.lm.batch import pad, pad_id
-from cathrepo.lm.head import hidden_and_head
+from cathrepo.lm.scoring import hidden_and_head
+from cathrepo.lm.tokens import pad, pad_id
 from cathrepo.models import cache_kwargs, model_device, output_cache
 
 #: Given the prompt indices of one batch, a context manager to decode that batch inside.

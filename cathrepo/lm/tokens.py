@@ -1,17 +1,26 @@
-"""Token ids of targets and token positions of subjects: what every stage counts in.
+"""Token ids in and out: targets as continuations, subjects as token spans, sequences padded into batches.
 
 A target is tokenized as a continuation (``" " + target`` after the prompt), the way it follows a prompt
 in running text. A subject is located by the fast tokenizer's character offsets, so the lookup works for
 any tokenizer family (BPE with or without a leading-space marker, SentencePiece) and with special tokens
 such as ``<bos>``.
+
+Right padding (the default) keeps every row's positions equal to those of its unpadded run, which is
+what teacher-forced scoring and training read. Left padding puts every row's last token in the last
+column, which is what a decoder with a KV cache appends to; its callers pass position ids that count
+real tokens only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -78,3 +87,33 @@ def subject_token_span(tokenizer: Any, prompt: str, subject: str) -> tuple[int, 
 def subject_last_index(tokenizer: Any, prompt: str, subject: str) -> int:
     """Index of the subject's last token (ROME's ``subject_last`` lookup)."""
     return subject_token_span(tokenizer, prompt, subject)[1] - 1
+
+
+@dataclass
+class Batch:
+    """Padded token ids and their attention mask, both (rows, seq)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id padding is filled with: the tokenizer's pad token, else its end-of-sequence token, else 0."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad or 0)
+
+
+def pad(seqs: Sequence[Sequence[int]], fill: int, device: Any = None, *, left: bool = False) -> Batch:
+    """``seqs`` as one (rows, longest) batch padded with ``fill``, on ``device``."""
+    import torch
+
+    if not seqs:
+        raise ValueError("nothing to pad")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, cols] = 1
+    return Batch(ids.to(device), mask.to(device)) if device is not None else Batch(ids, mask)

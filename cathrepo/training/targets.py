@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.lm.batch import Batch, pad
-from cathrepo.lm.head import head_logits
 from cathrepo.lm.hooks import capture
+from cathrepo.lm.scoring import head_logits
+from cathrepo.lm.tokens import Batch, pad
 from cathrepo.training.data import Anchor, EditExample
 
 if TYPE_CHECKING:

@@ -170,8 +170,8 @@ def optimise_value(
     """
     import torch
 
-    from cathrepo.lm.head import hidden_and_head
     from cathrepo.lm.hooks import edit_output
+    from cathrepo.lm.scoring import hidden_and_head
     from cathrepo.models import model_device
 
     model = working_copy(model, params.precision)

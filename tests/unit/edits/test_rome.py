@@ -13,8 +13,7 @@ from cathrepo.edits.rome.key import key_vector
 from cathrepo.edits.rome.value import _batch, _prefix_cache, _read_logprobs, working_copy
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
-from cathrepo.lm.head import hidden_and_head
-from cathrepo.lm.scoring import mean_logprob
+from cathrepo.lm.scoring import hidden_and_head, mean_logprob
 from cathrepo.lm.tokens import continuation_ids
 from cathrepo.models import cache_kwargs, get_module
 

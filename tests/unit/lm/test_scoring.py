@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cathrepo.gates.text import contains_answer, ngram_entropy
+from cathrepo.gates.generation import contains_answer, ngram_entropy
 from cathrepo.lm.decoding import greedy_continuations
 from cathrepo.lm.scoring import (
     kl_divergence,
