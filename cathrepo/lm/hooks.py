@@ -80,33 +80,24 @@ def capture(
 @contextmanager
 def edit_output(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
     """Replace each named module's output by ``fn(output)`` while the context is open."""
-    handles = []
-
-    def make(fn: TensorFn) -> Callable[..., Any]:
-        def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
-            return _replace_first(output, fn(_first(output)))
-
-        return hook
-
-    try:
-        for name, fn in edits.items():
-            handles.append(get_module(model, name).register_forward_hook(make(fn)))
+    with add_to_output(model, {name: _output_only(fn) for name, fn in edits.items()}):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+def _output_only(fn: TensorFn) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return lambda _input, output: fn(output)
 
 
 @contextmanager
 def add_to_output(model: Any, edits: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> Iterator[None]:
-    """Replace each named module's output by ``fn(input, output)`` (its first positional input and
-    output) while the context is open: a change that depends on what the module read (a low-rank delta
-    applied to some rows only)."""
+    """Replace each named module's output by ``fn(input, output)`` (its first positional input, None for a
+    module called with keywords only, and its output) while the context is open: a change that depends
+    on what the module read (a low-rank delta applied to some rows only)."""
     handles = []
 
     def make(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
         def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
-            return _replace_first(output, fn(_first(args), _first(output)))
+            return _replace_first(output, fn(_first(args) if args else None, _first(output)))
 
         return hook
 
