@@ -20,14 +20,6 @@ from cathrepo.files import sha256_bytes
 SCHEMA_VERSION = 2  # 2: the fact's "kind" (edit/forget) is named "action"
 ID_LENGTH = 16
 
-EDIT_FILES = (
-    "delta/adapter_config.json",
-    "delta/adapter_model.safetensors",
-    "probes.jsonl",
-    "data.jsonl",
-)
-
-
 def canonical_json(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 

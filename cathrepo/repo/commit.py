@@ -49,14 +49,14 @@ def build_edit_files(
     from cathrepo.delta import save_delta
     from cathrepo.files import sha256_bytes
     from cathrepo.models import family_for
-    from cathrepo.provenance.manifest import EDIT_FILES, EditRecord, library_versions
+    from cathrepo.provenance.manifest import EditRecord, library_versions
 
     config = repo.config
     save_delta(result.delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
     assert result.probes is not None, "an edit is committed only after the pipeline probed and gated it"
     (staging / layout.PROBES).write_text(result.probes.to_jsonl(), encoding="utf-8")
     (staging / layout.DATA).write_bytes(_jsonl(list(result.data)))
-    files = {name: sha256_bytes((staging / name).read_bytes()) for name in EDIT_FILES}
+    files = {name: sha256_bytes((staging / name).read_bytes()) for name in layout.EDIT_FILES}
     fact = result.fact
     return EditRecord(
         action=fact.action,

@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from cathrepo.config import CONFIG_NAME
+from cathrepo.delta import CONFIG_NAME as ADAPTER_CONFIG_NAME
+from cathrepo.delta import WEIGHTS_NAME
 from cathrepo.exceptions import VerificationError
 
-CONFIG = "cathrepo.toml"
+CONFIG = CONFIG_NAME
 ALLOWED_SIGNERS = "allowed_signers"
 STACK = "stack.json"
 EDITS = "edits"
 RECORD = "edit.json"
 SIGNATURE = "edit.sig"
 DELTA_DIR = "delta"
-WEIGHTS = "delta/adapter_model.safetensors"
-WEIGHTS_POINTER = "delta/adapter_model.safetensors.dvc"
-ADAPTER_CONFIG = "delta/adapter_config.json"
+WEIGHTS = f"{DELTA_DIR}/{WEIGHTS_NAME}"
+WEIGHTS_POINTER = f"{WEIGHTS}.dvc"
+ADAPTER_CONFIG = f"{DELTA_DIR}/{ADAPTER_CONFIG_NAME}"
 PROBES = "probes.jsonl"
 DATA = "data.jsonl"
+#: The files of an edit whose sha256 its record holds (edit.json itself is hashed into the edit id).
+EDIT_FILES = (ADAPTER_CONFIG, WEIGHTS, PROBES, DATA)
 SCHEMA_VERSION = 1
 
 

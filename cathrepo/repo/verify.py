@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cathrepo.provenance.manifest import EDIT_FILES
 from cathrepo.repo import layout
 from cathrepo.repo.state import Issue, check_edit, signers_at
 
@@ -68,6 +67,6 @@ def verify(repo: Repo, rev: str = "HEAD") -> VerifyReport:
     for eid in sorted(present):
         issues = check_edit(repo, commit, eid, signers, worktree=commit == head).issues
         report.edits += 1
-        report.files += 1 + len(EDIT_FILES)
+        report.files += 1 + len(layout.EDIT_FILES)
         report.issues.extend(issues)
     return report
