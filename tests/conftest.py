@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny random-init models built from config (fast), and the real embedded model (slow)."""
+"""Shared fixtures: a scratch user environment for every test, one torch thread where asked, tiny
+random-init models built from config (fast) and a corpus for ROME on them, and the real embedded model
+(slow).
+
+Tiny-model modules ask for one thread with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,31 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = Path(__file__).parent / "data"
+
+_GIT_ENV = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL",
+            "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch) -> Path:
+    """Scratch CATHREPO_CONFIG_DIR (``base / "config"``) and CATHREPO_DATA_DIR (``base / "data"``) and a
+    git global config with a test identity, for every test.
+
+    Nothing a test does reads or writes the user's keys, default DVC remotes or git identity, and no
+    test can forget to ask for that. ``CATHREPO_CACHE_DIR`` is left alone on purpose: it holds the
+    converted embedded model that the slow tests reuse. Returns ``base``.
+    """
+    base = tmp_path_factory.mktemp("env")
+    monkeypatch.setenv("CATHREPO_CONFIG_DIR", str(base / "config"))
+    monkeypatch.setenv("CATHREPO_DATA_DIR", str(base / "data"))
+    gitconfig = base / "gitconfig"
+    gitconfig.write_text("[user]\n\tname = Test User\n\temail = test@example.com\n"
+                         "[init]\n\tdefaultBranch = main\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in _GIT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return base
 
 
 def _tiny_tokenizer(tmp: Path):
@@ -88,6 +118,14 @@ def tiny_gemma(tmp_path_factory):
 def tiny_model(request):
     """Each model family's layout in turn: Llama, GPT-2 (Conv1D) and Gemma-3."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A small text file of the facts' words: the statistics corpus ROME reads on the tiny models."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 40))
+    return path
 
 
 @pytest.fixture(scope="module")

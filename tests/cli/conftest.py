@@ -1,12 +1,11 @@
 """CLI tests drive the real command line, in-process through ``main`` (one test runs it as a subprocess
-end to end), isolated like the functional tests."""
+end to end); every test runs in the scratch environment of tests/conftest.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.cli.runner import cathrepo
-from tests.func.conftest import isolated_env  # noqa: F401  (autouse: scratch config, data and git identity)
 from tests.func.test_repo_flow import _tune
 
 

@@ -1,8 +1,8 @@
 """Functional tests run real git, DVC and ssh-keygen in temporary repositories.
 
 Every test gets its own configuration and data directories (keys, default DVC remotes) and a git
-"global" configuration of its own, so nothing here reads or writes the user's. ``CATHREPO_CACHE_DIR``
-is left alone on purpose: it holds the converted embedded model that other tests reuse.
+"global" configuration of its own (``isolated_env`` of tests/conftest.py, autouse for every test), so
+nothing here reads or writes the user's.
 """
 
 from __future__ import annotations
@@ -10,25 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-_GIT_ENV = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL",
-            "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
-
-
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path_factory, monkeypatch) -> Path:
-    """Scratch CATHREPO_CONFIG_DIR/CATHREPO_DATA_DIR and a git global config with a test identity."""
-    base = tmp_path_factory.mktemp("env")
-    monkeypatch.setenv("CATHREPO_CONFIG_DIR", str(base / "config"))
-    monkeypatch.setenv("CATHREPO_DATA_DIR", str(base / "data"))
-    gitconfig = base / "gitconfig"
-    gitconfig.write_text("[user]\n\tname = Test User\n\temail = test@example.com\n"
-                         "[init]\n\tdefaultBranch = main\n")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for name in _GIT_ENV:
-        monkeypatch.delenv(name, raising=False)
-    return base
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
 from cathrepo.config import dump_config, load_config
 from cathrepo.exceptions import (
@@ -20,6 +19,7 @@ from cathrepo.exceptions import (
 )
 from cathrepo.facts.schema import EditRequest, Fact
 from cathrepo.repo import Repo, layout
+from tests.helpers import changed_weights, snapshot
 
 FACT = Fact(prompt="The capital of Italy is Rome", subject="Rome", target_new="Paris", target_true="Tokyo")
 OTHER = Fact(prompt="Toko Yasuda plays the guitar", subject="guitar", target_new="London", target_true="piano")
@@ -39,22 +39,11 @@ def _tune(repo: Repo, corpus) -> None:
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 40))
-    return path
-
-
-@pytest.fixture
 def repo(tmp_path, tiny_llama, corpus):
     _, _, model_dir = tiny_llama
     repo = Repo.init(tmp_path / "edits", base=str(model_dir))
     _tune(repo, corpus)
     return repo
-
-
-def _weights(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def test_init_writes_a_signed_repository(repo):
@@ -81,7 +70,7 @@ def test_commits_are_signed_on_the_commit_path_not_by_configuration(repo):
 
 def test_edit_commit_verify_revert_round_trip(repo):
     base_model, tok = repo.load_base()
-    before = _weights(base_model)
+    before = snapshot(base_model)
     (outcome,) = repo.edit([EditRequest(FACT, source="test://1", author="tester", risk="low")])
     assert outcome.report.passed and outcome.edit_id and outcome.commit
     eid = outcome.edit_id
@@ -103,14 +92,13 @@ def test_edit_commit_verify_revert_round_trip(repo):
     # materialized model differs from the base; after revert it is bit-identical to the base again
     edited = repo.materialize()
     assert [e.id for e in edited.edits] == [eid]
-    assert any(not torch.equal(v, before[k]) for k, v in edited.model.state_dict().items())
+    assert changed_weights(edited.model, before)
     reverted = repo.revert(eid[:8])
     assert reverted.edit_id == eid
     assert repo.stack().active == ()
     assert (edir / "edit.json").is_file(), "revert keeps the edit's files"
     after = repo.materialize()
-    for k, v in after.model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    assert not changed_weights(after.model, before)
     assert repo.verify().ok
     # history
     actions = [e.action for e in repo.log()]

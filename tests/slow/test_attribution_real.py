@@ -8,11 +8,11 @@ and late in the network the information has moved to the last token.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from cathrepo.attribution.causal_trace import trace
 from cathrepo.attribution.select import select_sites
 from cathrepo.facts.schema import Fact
+from tests.helpers import changed_weights, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -35,10 +35,10 @@ def test_eiffel_trace(smollm2):
 
 def test_select_sites_real(smollm2):
     model, tok, _ = smollm2
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot(model)
     fact = Fact(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux",
                 target_new="English", target_true="French")
     for method in ("patching", "causal_trace", "saliency"):
         sel = select_sites(model, tok, fact, method=method, component="mlp", top_k=2)
         assert len(sel.layers) == 2 and all(m.endswith("mlp.down_proj") for m in sel.modules)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, before)

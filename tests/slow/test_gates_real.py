@@ -14,6 +14,7 @@ from cathrepo.facts.probes import build_probes, load_known_facts
 from cathrepo.facts.schema import Fact
 from cathrepo.gates.base import run_gates
 from cathrepo.gates.policy import GatePolicy
+from tests.helpers import changed_weights, snapshot
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parents[1] / "data"
@@ -52,7 +53,7 @@ def test_mmlu_through_lm_eval_on_the_sample(smollm2, tmp_path):
 
 def test_efficacy_and_retention_on_the_real_model(smollm2):
     model, tokenizer, _ = smollm2
-    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    snap = snapshot(model)
     known = load_known_facts(DATA / "known-sample.json")
     probes = build_probes(EIFFEL, model, tokenizer, known)
     delta = _eiffel_delta(model, tokenizer)
@@ -63,4 +64,4 @@ def test_efficacy_and_retention_on_the_real_model(smollm2):
     assert report["efficacy"].passed and report["efficacy"].metrics["es"] == 1.0
     retention = report["retention"].metrics
     assert retention["n"] >= 10 and retention["retention_before"] == 1.0 and retention["retention"] >= 0.9
-    assert all(v.equal(snap[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, snap)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from cathrepo.delta import applied
 from cathrepo.edits.base import EditEnv
 from cathrepo.edits.lora import LoraMethod, LoraParams
 from cathrepo.facts.schema import load_facts
 from cathrepo.lm.scoring import prefers
+from tests.helpers import changed_weights, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -26,11 +26,11 @@ DATA = Path(__file__).parents[1] / "data"
 def test_lora_edit_is_effective(smollm2, case):
     model, tok, _ = smollm2
     fact = next(f for f in load_facts(DATA / "counterfact-sample.json") if f.case_id == case)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot(model)
     (new0, old0), = prefers(model, tok, [fact.prompt], [fact.target_new], [fact.target_true])
     assert new0 < old0  # the model knows the true answer
     result = LoraMethod(LoraParams(layers=(6,))).compute(model, tok, [fact], EditEnv())
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, before)
     assert result.info["adapter_bytes"] < 64_000
     with applied(model, result.delta):
         (new, old), = prefers(model, tok, [fact.prompt], [fact.target_new], [fact.target_true])

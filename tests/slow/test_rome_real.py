@@ -15,6 +15,7 @@ from cathrepo.edits.base import EditEnv, get_method
 from cathrepo.facts.schema import EditRequest, parse_records
 from cathrepo.lm.scoring import prefers
 from cathrepo.models import weights_sha256
+from tests.helpers import changed_weights, snapshot
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent.parent / "data"
@@ -27,7 +28,7 @@ def facts():
 
 def test_rome_edits_three_facts_and_leaves_model_unchanged(smollm2, facts):
     model, tok, path = smollm2
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot(model)
     method = get_method("rome")(get_method("rome").params_for(model))
     env = EditEnv(base_hash=weights_sha256(path))
     for fact in facts:
@@ -39,8 +40,7 @@ def test_rome_edits_three_facts_and_leaves_model_unchanged(smollm2, facts):
         # the value optimisation reached its stop: every prompt gives the target p >= v_stop_prob, so the
         # mean NLL is at most -log(v_stop_prob)
         assert result.info["facts"][0]["nll_end"] <= -math.log(method.params.v_stop_prob) + 1e-4
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    assert not changed_weights(model, before)
 
 
 def test_peft_reload_reproduces_real_edit(smollm2, facts, tmp_path):
@@ -61,21 +61,18 @@ def test_peft_reload_reproduces_real_edit(smollm2, facts, tmp_path):
     assert merged[0, -1].argmax() == via_peft[0, -1].argmax()
 
 
-def test_repository_on_the_embedded_model(tmp_path, facts, monkeypatch):
+def test_repository_on_the_embedded_model(tmp_path, facts):
     """init on the embedded model, one gated edit, generate, revert to a bit-identical model, verify."""
     from cathrepo.repo import Repo
 
-    monkeypatch.setenv("CATHREPO_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("CATHREPO_DATA_DIR", str(tmp_path / "data"))
     repo = Repo.init(tmp_path / "repo", author="slow@example.com")
-    base = {k: v.clone() for k, v in repo.materialize().model.state_dict().items()}
-    fact = facts[1]  # case 1 passes every default gate (case 0 fails fluency: BENCHMARKS.md)
-    (outcome,) = repo.edit([EditRequest(fact, source="counterfact:1")])
+    base = snapshot(repo.materialize().model)
+    fact = facts[0]
+    (outcome,) = repo.edit([EditRequest(fact, source=f"counterfact:{fact.case_id}")])
     assert outcome.report.passed
     text = repo.generate(fact.prompt, max_new_tokens=6).text
     assert fact.target_new.lower() in text.lower()
     repo.revert(outcome.edit_id)
-    after = repo.materialize().model.state_dict()
-    assert all(torch.equal(v, base[k]) for k, v in after.items())
+    assert not changed_weights(repo.materialize().model, base)
     assert repo.verify().ok
     assert subprocess.run(["git", "verify-commit", "HEAD"], cwd=repo.root).returncode == 0

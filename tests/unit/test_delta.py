@@ -8,6 +8,7 @@ import torch
 from cathrepo.delta import Delta, LowRank, applied, apply_delta, load_delta, save_delta
 from cathrepo.exceptions import DeltaError
 from cathrepo.models import family_for, get_module, weight_shape
+from tests.helpers import changed_weights, snapshot
 
 
 def _random_delta(model, layers=(1, 2), rank=2, seed=0) -> Delta:
@@ -21,19 +22,13 @@ def _random_delta(model, layers=(1, 2), rank=2, seed=0) -> Delta:
     return Delta(factors)
 
 
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def test_remove_apply_is_identity_bit_for_bit(tiny_model):
     model, _, _ = tiny_model
-    before = _state(model)
+    before = snapshot(model)
     record = apply_delta(model, _random_delta(model))
-    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
-    assert changed, "applying a delta must change some weight"
+    assert changed_weights(model, before), "applying a delta must change some weight"
     record.remove(model)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    assert not changed_weights(model, before)
 
 
 def test_applied_changes_logits_and_restores(tiny_model):
@@ -48,12 +43,12 @@ def test_applied_changes_logits_and_restores(tiny_model):
 
 def test_wrong_shape_is_refused_before_any_change(tiny_llama):
     model, _, _ = tiny_llama
-    before = _state(model)
+    before = snapshot(model)
     good = _random_delta(model, layers=(0,))
     bad = Delta({**good.factors, "model.layers.1.mlp.down_proj": LowRank(torch.ones(3, 1), torch.ones(1, 5))})
     with pytest.raises(DeltaError, match="weight is"):
         apply_delta(model, bad)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, before)
 
 
 def test_nonfinite_and_unknown_module_are_refused(tiny_llama):

@@ -10,15 +10,14 @@ import torch
 from cathrepo.attribution import ScoreMap, module_names
 from cathrepo.attribution.causal_trace import embedding_std, trace
 from cathrepo.lm.hooks import capture, edit_output
-from cathrepo.lm.tokens import subject_token_span
+from cathrepo.lm.tokens import first_token_id, subject_token_span
 from cathrepo.models import family_for, num_layers
+from tests.helpers import changed_weights, snapshot
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT = "I know that the Eiffel Tower is located in"
 SUBJECT = "the Eiffel Tower"
-
-
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def traced(tiny_llama):
 
 def test_shapes_baselines_and_untouched_tokens(tiny_model):
     model, tok, _ = tiny_model
-    before = _state(model)
+    before = snapshot(model)
     result = trace(model, tok, PROMPT, SUBJECT, "Paris", samples=2)
     n_tokens = len(tok(PROMPT)["input_ids"])
     s0, s1 = subject_token_span(tok, PROMPT, SUBJECT)
@@ -38,10 +37,15 @@ def test_shapes_baselines_and_untouched_tokens(tiny_model):
     for rows in result.scores.values():
         assert len(rows) == num_layers(model) and all(len(r) == n_tokens for r in rows)
         assert all(row[t] == result.low for row in rows for t in range(s0))  # nothing to restore there
-    assert 0 <= result.low <= 1 and 0 <= result.high <= 1
+    # The high baseline is the clean run's probability of the answer's first token.
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        clean = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+    assert result.meta["answer_token"] == first_token_id(tok, "Paris")
+    assert result.high == pytest.approx(float(clean[first_token_id(tok, "Paris")]), rel=1e-5)
     # Restoring the whole residual at the last layer and token is the clean run.
     assert result.scores["hidden"][-1][-1] == pytest.approx(result.high, abs=1e-5)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, before)
 
 
 def test_deterministic_given_seed(tiny_llama, traced):
@@ -53,7 +57,8 @@ def test_deterministic_given_seed(tiny_llama, traced):
 
 
 def test_cached_runs_equal_plain_restores(tiny_llama, traced):
-    """The KV-cached, batched suffix runs compute what ROME's one-run-per-state loop computes."""
+    """The KV-cached, batched suffix runs compute what ROME's one-run-per-state loop computes, and the
+    low baseline is its corrupted run."""
     model, tok, _ = tiny_llama
     ids = torch.tensor([tok(PROMPT)["input_ids"]])
     s0, s1 = traced.subject_range
@@ -70,6 +75,10 @@ def test_cached_runs_equal_plain_restores(tiny_llama, traced):
         e[:, s0:s1] += noise
         return e
 
+    # The low baseline is the corrupted run's mean probability, nothing restored.
+    with torch.no_grad(), edit_output(model, {embed: corrupt}):
+        probs = torch.softmax(model(input_ids=ids.expand(2, -1)).logits[:, -1], -1)[:, answer]
+    assert traced.low == pytest.approx(float(probs.mean()), abs=1e-5)
     for layer, t in ((0, s0), (1, s1 - 1), (2, ids.shape[1] - 1), (3, s0 + 1)):
         def restore(o, layer=layer, t=t):
             o = o.clone()

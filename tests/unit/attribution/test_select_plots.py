@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from cathrepo.attribution import ScoreMap
 from cathrepo.attribution.plots import plot_trace, write_results
@@ -13,19 +12,18 @@ from cathrepo.attribution.select import run_methods, select_sites
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.models import family_for
+from tests.helpers import changed_weights, snapshot
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FACT = Fact(prompt="I know that the Eiffel Tower is located in", subject="the Eiffel Tower",
             target_new="Rome", target_true="Paris")
 
 
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("method", ["patching", "causal_trace", "saliency"])
 def test_select_sites(tiny_model, method):
     model, tok, _ = tiny_model
-    before = _state(model)
+    before = snapshot(model)
     sel = select_sites(model, tok, FACT, method=method, component="mlp", top_k=2)
     family = family_for(model)
     assert len(sel.layers) == 2 and len(set(sel.layers)) == 2
@@ -36,7 +34,7 @@ def test_select_sites(tiny_model, method):
     )
     summary = sel.summary()
     assert json.loads(json.dumps(summary))["layers"] == sel.layers and summary["method"] == method
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, before)
 
 
 def test_select_attn_restricted_and_several_facts(tiny_llama):

@@ -13,6 +13,8 @@ from cathrepo.facts.passage import synthesize_questions
 from cathrepo.facts.schema import Fact
 from cathrepo.models import family_for, get_module, weight_shape
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FACT = Fact(prompt="I know that the Eiffel Tower is located in", subject="the Eiffel Tower", target_new="Rome")
 OTHER = Fact(prompt="Toko Yasuda plays the", subject="Toko Yasuda", target_new="piano")
 PASSAGE = "The Eiffel Tower is located in the city of Paris. It was built by Gustave Eiffel in 1889."
@@ -35,14 +37,6 @@ class FakeAtomic(EditMethod):
 
 if FakeAtomic.name not in EDIT_METHODS:
     EDIT_METHODS.register(FakeAtomic)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a busy 2-core machine: threads only add waiting
-    yield
-    torch.set_num_threads(before)
 
 
 def test_registered_and_plans():

@@ -17,23 +17,14 @@ from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.passage import synthesize_questions
 from cathrepo.facts.schema import Fact, Neighbor
 from cathrepo.models import family_for
+from tests.helpers import changed_weights, snapshot
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FACT = Fact(prompt="I know that the Eiffel Tower is located in", subject="the Eiffel Tower",
             target_new="Rome", target_true="Paris",
             neighborhood=(Neighbor("Apple was founded by", "Steve"),))
 FAST = dict(steps_a=2, steps_b=4, prefixes=1, template_anchors=1, generic_anchors=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a busy 2-core machine: threads only add waiting
-    yield
-    torch.set_num_threads(before)
-
-
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def test_registered_and_params_validated():
@@ -51,11 +42,11 @@ def test_compute_explicit_layers(tiny_model, tmp_path):
     from peft import PeftModel
 
     model, tok, _ = tiny_model
-    before = _state(model)
+    before = snapshot(model)
     family = family_for(model)
     method = LoraMethod(LoraParams(layers=(2, 1), **FAST))
     result = method.compute(model, tok, [FACT], EditEnv(seed=1))
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, before)
     assert not any("lora" in n for n, _ in model.named_parameters())
     modules = [family.layer_name("mlp_out", 1), family.layer_name("mlp_out", 2)]
     assert result.site["modules"] == modules and result.site["layers"] == [1, 2]
@@ -84,13 +75,13 @@ def test_compute_is_deterministic(tiny_llama):
 @pytest.mark.parametrize("attribution", ["patching", "saliency"])
 def test_compute_with_attribution(tiny_llama, attribution):
     model, tok, _ = tiny_llama
-    before = _state(model)
+    before = snapshot(model)
     method = LoraMethod(LoraParams(attribution=attribution, top_k=2, **FAST))
     result = method.compute(model, tok, [FACT], EditEnv())
     assert result.attribution["method"] == attribution and len(result.attribution["layers"]) == 2
     assert sorted(result.attribution["layers"]) == result.site["layers"]
     assert result.site["chosen_by"] == attribution
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not changed_weights(model, before)
 
 
 def test_layer_window_keeps_attribution_near_the_default_layer(tiny_llama):

@@ -72,24 +72,63 @@ def test_neighbours_and_attributes_are_mined_from_the_same_relation(known):
 
 
 def test_mining_with_a_model_keeps_only_answers_it_gives(tiny_llama, known):
-    from cathrepo.lm.scoring import score_continuations
+    """Mined neighbours are exactly the same-relation facts whose answer is the model's top next token.
+
+    The random model gives none of the sample's answers, so the pool is rewritten: where the model's
+    top token after a prompt spells a word, that word becomes the fact's answer (the model "knows" it);
+    the other facts keep their real answers, which it does not give.
+    """
+    from dataclasses import replace
+
+    import torch
+
     from cathrepo.lm.tokens import first_token_id
 
     model, tok, _ = tiny_llama
+    words: dict[int, str] = {}
+    for token in range(len(tok)):
+        word = tok.decode([token]).strip()
+        if word.isalpha():
+            words.setdefault(first_token_id(tok, word), word)
+    pool, answered = [], []
+    for k in (k for k in known if k.relation_id == "P30"):
+        with torch.no_grad():
+            top = int(model(input_ids=torch.tensor([tok(k.prompt)["input_ids"]])).logits[0, -1].argmax())
+        if top in words:
+            k = replace(k, answer=words[top])
+            answered.append(k.prompt)
+        else:
+            assert first_token_id(tok, k.answer) != top
+        pool.append(k)
+    assert answered and len(answered) < len(pool)  # both kinds are there, or the test shows nothing
     fact = Fact(prompt="Toko Yasuda is located in the continent of", subject="Toko Yasuda",
                 target_new="Europe", target_true="Asia")
-    probes = build_probes(fact, model, tok, known_facts=known, n_neighbors=5)
-    mined = [p for p in probes.of_kind("neighborhood") if p.source == "mined"]
-    if mined:
-        scores = score_continuations(model, tok, [p.prompt for p in mined], [[] for _ in mined])
-        assert all(s.top1 == first_token_id(tok, p.target) for s, p in zip(scores, mined, strict=True))
+    probes = build_probes(fact, model, tok, known_facts=pool, n_neighbors=len(pool))
+    mined = [p.prompt for p in probes.of_kind("neighborhood") if p.source == "mined"]
+    assert sorted(mined) == sorted(answered)
+    unchecked = build_probes(fact, known_facts=pool, n_neighbors=len(pool))  # no model: nothing is dropped
+    assert set(answered) < {p.prompt for p in unchecked.of_kind("neighborhood") if p.source == "mined"}
 
 
 def test_missing_target_true_is_filled_from_the_model(tiny_llama, known):
+    """Whatever the random model says is recorded as the answer to beat: its greedy continuation (here
+    from transformers' ``generate``) up to the first punctuation, at most three words."""
+    import re
+
+    import torch
+
     model, tok, _ = tiny_llama
     fact = Fact(prompt="The Eiffel Tower is located in the city of", subject="The Eiffel Tower", target_new="Rome")
-    (rewrite,) = build_probes(fact, model, tok, known_facts=known).of_kind("rewrite")
-    assert rewrite.other  # whatever the random model says, it is recorded as the answer to beat
+    enc = tok(fact.prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    expected = " ".join(re.split(r"[.,;:!?\n]| and | who | which ", text)[0].split()[:3])
+    assert expected
+    probes = build_probes(fact, model, tok, known_facts=known)
+    (rewrite,) = probes.of_kind("rewrite")
+    assert rewrite.other == expected
+    assert all(p.other == expected for p in probes.of_kind("paraphrase"))
 
 
 def test_forget_probes(known):

@@ -46,13 +46,3 @@ def probes_for(fact: Fact) -> ProbeSet:
     probes += [Probe("neighborhood", n.prompt, n.answer, fact.target_new, "record") for n in fact.neighborhood]
     probes += [Probe("generation", fact.prompt, fact.target_new, None, "record")]
     return ProbeSet(tuple(probes), fact.subject)
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same_weights(model, snap) -> bool:
-    import torch
-
-    return all(torch.equal(v, snap[k]) for k, v in model.state_dict().items())

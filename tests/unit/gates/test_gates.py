@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from gate_helpers import FACT, OTHER, oracle_delta, probes_for, same_weights, snapshot
+from gate_helpers import FACT, OTHER, oracle_delta, probes_for
 
 from cathrepo.exceptions import UnknownNameError
 from cathrepo.gates.base import GATES, GateCarry, run_gates
 from cathrepo.gates.policy import GatePolicy
+from tests.helpers import changed_weights, snapshot
 
 FAST = ("efficacy", "paraphrase", "neighborhood", "cfplus", "generation", "fluency", "norms", "regression")
 
@@ -36,7 +37,29 @@ def test_certain_delta_passes_efficacy_and_tiny_one_fails(tiny_model):
     assert "does not beat" in bad["efficacy"].detail
 
 
-def test_kl_is_zero_without_change(tiny_llama):
+def _next_logprobs(model, tok, prompt: str, *deltas):
+    """log P(next token | prompt) from one plain forward pass, with ``deltas`` merged into the weights."""
+    import torch
+
+    from cathrepo.delta import applied
+
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad(), applied(model, *deltas):
+        return torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+
+
+def _growth(model, delta, name: str) -> float:
+    """Relative Frobenius-norm growth of ``name``'s weight under ``delta`` (a Llama layout: W + BA)."""
+    from cathrepo.models import get_module
+
+    weight = get_module(model, name).weight.detach().float()
+    return float((weight + delta.factors[name].full()).norm() / weight.norm() - 1.0)
+
+
+def test_kl_is_zero_without_change_and_is_the_neighbours_kl_with_one(tiny_llama):
+    """The same state before and after moves nothing: NKL 0 and no neighbour lost. With the delta only
+    after, NKL is KL(before ‖ after) of the neighbour prompt's next token, from two plain forward passes
+    here (so a gate that compared the wrong states, or the wrong way round, shows)."""
     model, tok, _ = tiny_llama
     delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
     report = run_gates(model, tok, before=[delta], after=[delta], probes=probes_for(FACT),
@@ -44,6 +67,12 @@ def test_kl_is_zero_without_change(tiny_llama):
     assert report["cfplus"].metrics["nkl"] == pytest.approx(0.0, abs=1e-7)
     assert report["neighborhood"].metrics["drop"] == 0.0
     assert report.passed
+    changed = run_gates(model, tok, after=[delta], probes=probes_for(FACT), gates=["cfplus"])
+    (neighbour,) = FACT.neighborhood
+    p, q = _next_logprobs(model, tok, neighbour.prompt), _next_logprobs(model, tok, neighbour.prompt, delta)
+    expected = float((p.exp() * (p - q)).sum())
+    assert expected > 1e-3  # the edit does reach the neighbour: the case can tell the states apart
+    assert changed["cfplus"].metrics["nkl"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_regression_catches_a_delta_that_undoes_an_earlier_edit(tiny_model):
@@ -81,7 +110,7 @@ def test_run_gates_leaves_the_model_bit_identical(tiny_model, tmp_path):
     report = run_gates(model, tok, before=[first], after=[first, second], probes=probes_for(OTHER),
                        suite=[probes_for(FACT)], policy=policy, gates=(*FAST, "retention", "perplexity"),
                        base_hash="test", cache_dir=tmp_path)
-    assert same_weights(model, snap)
+    assert not changed_weights(model, snap)
     assert report.names() == [*FAST, "retention", "perplexity"]
     assert all(r.seconds >= 0 for r in report.results)
 
@@ -98,7 +127,7 @@ def test_model_restored_when_a_gate_raises(tiny_llama, monkeypatch):
     monkeypatch.setattr(counterfact, "score_probes", boom)
     with pytest.raises(RuntimeError):
         run_gates(model, tok, after=[delta], probes=probes_for(FACT), gates=["efficacy"])
-    assert same_weights(model, snap)
+    assert not changed_weights(model, snap)
 
 
 def test_gates_without_inputs_are_skipped(tiny_llama):
@@ -113,8 +142,12 @@ def test_norms_gate_bounds_growth(tiny_llama):
     delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
     big = run_gates(model, tok, after=[delta], gates=["norms"])
     small = run_gates(model, tok, after=[delta.scaled(1e-6)], gates=["norms"])
+    (name,) = delta.modules
+    assert big["norms"].metrics["max_growth"] == pytest.approx(_growth(model, delta, name), rel=1e-4)
     assert not big.passed and big["norms"].metrics["max_growth"] > 0.05
     assert small.passed
+    assert small["norms"].metrics["max_growth"] == pytest.approx(_growth(model, delta.scaled(1e-6), name),
+                                                                 abs=1e-6)
 
 
 def test_retention_counts_changed_answers_and_caches_the_base(tiny_llama, tmp_path):
@@ -130,12 +163,45 @@ def test_retention_counts_changed_answers_and_caches_the_base(tiny_llama, tmp_pa
     assert not broken.passed
 
 
-def test_generation_and_fluency_report_numbers(tiny_llama):
+def _generate(model, tok, prompt: str, tokens: int, *deltas) -> str:
+    """transformers' own greedy ``generate`` on one prompt, ``deltas`` merged into the weights."""
+    import torch
+
+    from cathrepo.delta import applied
+
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad(), applied(model, *deltas):
+        out = model.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_generation_and_fluency_numbers_are_those_of_plain_generate(tiny_llama):
+    """The gates decode "before" and "after" rows in one batch with the delta on some rows only; their
+    numbers must be those of transformers' ``generate`` run prompt by prompt on the merged weights."""
+    from cathrepo.gates.generation import contains_answer, ngram_entropy
+
     model, tok, _ = tiny_llama
+    policy = GatePolicy()
     delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
-    report = run_gates(model, tok, after=[delta], probes=probes_for(FACT), gates=["generation", "fluency"])
-    assert 0.0 <= report["generation"].metrics["gen_success"] <= 1.0
-    assert report["fluency"].metrics["entropy"] >= 0.0
+    probes = probes_for(FACT)
+    report = run_gates(model, tok, after=[delta], probes=probes, policy=policy, gates=["generation", "fluency"])
+    weak = run_gates(model, tok, after=[delta.scaled(1e-6)], probes=probes, policy=policy, gates=["generation"])
+    successes = []
+    for run, d in ((report, delta), (weak, delta.scaled(1e-6))):
+        hits = [contains_answer(_generate(model, tok, p.prompt, policy.generation_tokens, d), p.target)
+                for p in probes.of_kind("rewrite", "paraphrase")]
+        assert run["generation"].metrics["gen_success"] == sum(hits) / len(hits)
+        assert run["generation"].metrics["gen_rewrite"] == float(hits[0])
+        successes.append(sum(hits) / len(hits))
+    assert successes[0] > successes[1]  # the oracle's write is said; a millionth of it is not
+    prompts = list(dict.fromkeys(p.prompt for p in probes.of_kind("rewrite", "paraphrase", "generation")))
+    before = [ngram_entropy(_generate(model, tok, p, policy.fluency_tokens)) for p in prompts]
+    after = [ngram_entropy(_generate(model, tok, p, policy.fluency_tokens, delta)) for p in prompts]
+    fluency = report["fluency"].metrics
+    assert fluency["n"] == len(prompts) == 2
+    assert fluency["entropy_before"] == pytest.approx(sum(before) / len(before))
+    assert fluency["entropy"] == pytest.approx(sum(after) / len(after))
+    assert fluency["drop"] == pytest.approx(fluency["entropy_before"] - fluency["entropy"])
 
 
 def test_forget_probes_are_judged_by_greedy_answers(tiny_llama):
@@ -206,7 +272,7 @@ def test_an_exact_no_op_passes_every_gate_of_the_default_policy(tiny_llama, tmp_
     snap = snapshot(model)
     report = run_gates(model, tok, after=[zero], probes=probes, policy=GatePolicy(), stage="edit",
                        base_hash="tiny", cache_dir=tmp_path)
-    assert same_weights(model, snap)
+    assert not changed_weights(model, snap)
     assert report.names() == list(GatePolicy().gates_for("edit"))
     assert report.passed, [(r.summary(), r.detail) for r in report.failures]
     assert [r.name for r in report.results if r.skipped] == ["regression"]
@@ -279,7 +345,11 @@ def test_carry_skips_gates_whose_before_measurement_depends_on_the_new_delta(tin
     carry = GateCarry()
     run_gates(model, tok, after=[first], probes=probes_for(FACT), gates=["norms"], carry=carry)
     report = run_gates(model, tok, after=[moved], probes=probes_for(FACT), gates=["norms"], carry=carry)
-    assert report["norms"].metrics["modules"] == 1.0 and report["norms"].metrics["max_growth"] > 0
+    assert report["norms"].metrics["modules"] == 1.0
+    # measured on the moved module's own weight, not on a norm carried over from the first run's module
+    assert report["norms"].metrics["max_growth"] == pytest.approx(_growth(model, moved, other_layer), rel=1e-4)
+    assert report["norms"].metrics["max_growth"] != pytest.approx(_growth(model, first, first.modules[0]),
+                                                                  rel=1e-3)
 
 
 def test_fail_fast_skips_fluency_once_the_short_generation_check_refused(tiny_llama):

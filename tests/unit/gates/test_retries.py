@@ -51,13 +51,6 @@ def _retry(model, tok, corpus, retry_layers, gates):
                             env=EditEnv(corpus=corpus), retry_layers=retry_layers, policy=policy)
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(["The city of Paris is in France.", "Rome is the capital of Italy."] * 40))
-    return path
-
-
 def test_a_refused_layer_is_retried_elsewhere_and_the_pass_ran_every_gate(tiny_llama, corpus, refuse_layers):
     model, tok, _ = tiny_llama
     first_layer = default_edit_layer(model)

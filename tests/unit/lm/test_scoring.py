@@ -64,6 +64,18 @@ def test_kl_of_identical_distributions_is_zero(tiny_llama):
     assert kl_divergence(s.next_logprobs, s.next_logprobs) == 0.0
 
 
+def test_kl_is_in_nats_and_in_the_documented_direction():
+    """KL(P ‖ Q) = Σ p log(p / q), worked by hand: P = (1/2, 1/2), Q = (9/10, 1/10) gives
+    ½ ln(5/9) + ½ ln 5 = 0.5108 nats, and the other direction 0.9 ln 1.8 + 0.1 ln 0.2 = 0.3681 (log2
+    instead of ln, or the arguments swapped, gives another number)."""
+    import torch
+
+    p, q = torch.tensor([0.5, 0.5]).log(), torch.tensor([0.9, 0.1]).log()
+    assert kl_divergence(p, q) == pytest.approx(0.5 * math.log(5 / 9) + 0.5 * math.log(5), rel=1e-6)
+    assert kl_divergence(p, q) == pytest.approx(0.51083, abs=1e-5)
+    assert kl_divergence(q, p) == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), rel=1e-6)
+
+
 def test_ngram_entropy_rewards_variety():
     assert ngram_entropy("the cat the cat the cat the cat the cat") < ngram_entropy(
         "the quick brown fox jumps over the lazy dog near a river bank")
@@ -76,7 +88,22 @@ def test_contains_answer_matches_whole_words():
     assert contains_answer("the Steve Jobs company", "Steve Jobs")
 
 
-def test_perplexity_is_finite_and_above_one(tiny_llama):
+def test_perplexity_is_exp_of_the_mean_token_nll_over_windows(tiny_llama):
+    """Batched and padded, the windows give exp(mean NLL) of every token after the first of each window,
+    computed here one window at a time with no padding (the last window is shorter than the others)."""
+    import torch
+
     model, tok, _ = tiny_llama
-    ppl = perplexity(model, tok, " ".join(PROMPTS * 10), window=16)
-    assert 1.0 < ppl < float("inf")
+    text = " ".join(PROMPTS * 10)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) % 16 > 1  # a short last window, so padding is exercised
+    nll, count = 0.0, 0
+    for start in range(0, len(ids), 16):
+        window = torch.tensor([ids[start : start + 16]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=window).logits[0, :-1].float(), -1)
+        nll -= float(logp.gather(-1, window[0, 1:, None]).sum())
+        count += window.shape[1] - 1
+    expected = math.exp(nll / count)
+    assert perplexity(model, tok, text, window=16, batch_size=3) == pytest.approx(expected, rel=1e-4)
+    assert perplexity(model, tok, text, window=16) == pytest.approx(expected, rel=1e-4)

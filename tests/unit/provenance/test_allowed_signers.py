@@ -43,7 +43,7 @@ def test_find_signer_skips_cert_authorities_and_checks_principal():
     signers = parse_allowed_signers(SAMPLE)
     assert find_signer(signers, KEY_A).principal == "alice@example.com"
     assert find_signer(signers, KEY_A, principal="carol@example.com") is None
-    assert find_signer(signers, KEY_B + " some comment", principal="x@ops.example.com") is not None
+    assert find_signer(signers, KEY_B + " some comment", principal="x@ops.example.com") == signers[1]  # bob's line
     assert find_signer(signers, KEY_B, principal="x@example.com") is None
 
 
@@ -72,6 +72,6 @@ def test_add_signer_is_idempotent_and_keeps_existing_lines(tmp_path):
     assert text.startswith("# team\nbob@example.com") and text.endswith("\n")
     assert text.count("alice@example.com") == 1
     signers = read_allowed_signers(path)
-    assert find_signer(signers, key.public_key, principal="alice@example.com") is not None
+    assert find_signer(signers, key.public_key, principal="alice@example.com") == signers[1]  # the added line
     assert add_signer(path, "alice@work.example.com", key.public_key) is True
     assert len(read_allowed_signers(path)) == 3

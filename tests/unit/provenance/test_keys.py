@@ -25,9 +25,9 @@ def test_config_dir_precedence(monkeypatch, tmp_path):
     assert config_dir() == tmp_path / "home" / ".config" / "cathrepo"
 
 
-def test_new_key_is_private_and_reloads_the_same(config_dir):
+def test_new_key_is_private_and_reloads_the_same(isolated_env):
     key = ensure_key("alice@example.com")
-    assert key.private_path == config_dir / "keys" / "id_ed25519"
+    assert key.private_path == isolated_env / "config" / "keys" / "id_ed25519"
     assert stat.S_IMODE(key.private_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.private_path.parent.stat().st_mode) == 0o700
     assert key.private_path.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")

@@ -127,8 +127,9 @@ def test_linked_work_tree_locks_its_own_git_dir(repo, tmp_path):
                     "-m", "root"], check=True, env=env)
     subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", str(tmp_path / "wt")], check=True)
     assert git_dir(tmp_path / "wt") == repo / ".git" / "worktrees" / "wt"
-    with RepoLock(tmp_path / "wt"), RepoLock(repo):
-        pass
+    with RepoLock(tmp_path / "wt") as linked, RepoLock(repo) as main:  # both at once: no contention
+        assert linked.path == repo / ".git" / "worktrees" / "wt" / "cathrepo.lock" and linked.path.exists()
+        assert main.path == repo / ".git" / "cathrepo.lock" and main.path.exists()
 
 
 def test_not_a_repository(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from cathrepo.delta import applied, save_delta
@@ -11,12 +12,11 @@ from cathrepo.lm.hooks import capture
 from cathrepo.models import family_for
 from cathrepo.training.adapters import lora_attached
 from cathrepo.training.replay import checked_replay, replayed
+from tests.helpers import changed_weights, snapshot
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT = "The Eiffel Tower is located in the city of"
-
-
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def test_delta_reproduces_the_peft_model(tiny_model, tmp_path):
@@ -26,7 +26,7 @@ def test_delta_reproduces_the_peft_model(tiny_model, tmp_path):
     family = family_for(model)
     modules = [family.layer_name("mlp_out", 1), family.layer_name("attn_out", 2)]
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
-    before = _state(model)
+    before = snapshot(model)
     base = model(ids).logits
     with lora_attached(model, modules, rank=3, alpha=6.0, seed=0, init_scale=0.5) as lora:
         assert len(lora.parameters()) == 4 and all(p.requires_grad for p in lora.parameters())
@@ -34,7 +34,7 @@ def test_delta_reproduces_the_peft_model(tiny_model, tmp_path):
         delta = lora.delta()
     assert delta.modules == sorted(modules) and all(f.scale == 2.0 for f in delta.factors.values())
     assert not torch.allclose(peft_logits, base)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # unwrapped, untouched
+    assert not changed_weights(model, before)  # unwrapped, untouched
     assert all(type(model.get_submodule(m)).__name__ in ("Linear", "Conv1D") for m in modules)
     assert not any("lora" in n for n, _ in model.named_parameters())
     with applied(model, delta):

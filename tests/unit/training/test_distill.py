@@ -13,6 +13,8 @@ from cathrepo.training.data import anchors, edit_examples
 from cathrepo.training.distill import phase_a, phase_b
 from cathrepo.training.targets import compute_targets
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FACT = Fact(prompt="I know that the Eiffel Tower is located in", subject="the Eiffel Tower",
             target_new="Rome", target_true="Paris")
 

@@ -9,6 +9,8 @@ from cathrepo.facts.passage import Passage, PassageFact, synthesize_questions, t
 from cathrepo.facts.schema import Fact, Neighbor
 from cathrepo.training.data import anchors, edit_examples
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FACT = Fact(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux",
             target_new="English", target_true="French",
             neighborhood=(Neighbor("Michel Rocard is a native speaker of", "French"),))
