@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from cathrepo.cli.context import progress
-from cathrepo.cli.options import parse_params
+from cathrepo.cli.shared import parse_params, progress
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 

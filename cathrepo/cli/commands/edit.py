@@ -6,9 +6,17 @@ from pathlib import Path
 
 import click
 
-from cathrepo.cli.context import echo_json, open_repo, progress
-from cathrepo.cli.options import edit_requests, parse_params
-from cathrepo.cli.render import echo_gate_lines, echo_refusal, outcome_entry, refused_entry
+from cathrepo.cli.shared import (
+    echo_gate_lines,
+    echo_json,
+    echo_refusal,
+    edit_requests,
+    open_repo,
+    outcome_entry,
+    parse_params,
+    progress,
+    refused_entry,
+)
 from cathrepo.exceptions import GateFailedError
 
 

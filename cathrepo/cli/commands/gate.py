@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cathrepo.cli.context import open_repo, progress
+from cathrepo.cli.shared import open_repo, progress
 
 
 @click.command("gate")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cathrepo.cli.context import progress, repo_dir
+from cathrepo.cli.shared import progress, repo_dir
 
 
 @click.command("init")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cathrepo.cli.context import echo_json, open_repo
+from cathrepo.cli.shared import echo_json, open_repo
 
 
 @click.command("show")
