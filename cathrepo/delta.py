@@ -189,8 +189,11 @@ def applied_to_rows(model: Any, delta: Delta, rows: torch.Tensor) -> Iterator[An
     for name, factor in delta.factors.items():
         _check(model, name, factor)
 
-    def make(factor: LowRank) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        def extra(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # x (batch, seq, in), out (batch, seq, out)
+    def make(factor: LowRank) -> Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]:
+        def extra(x: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:  # x (batch, seq, in), out (batch, seq, out)
+            if x is None:
+                raise DeltaError("A delta applied to some rows needs the module's input, and this module was "
+                                 "called with keyword arguments only.", hint="Apply the delta to the weights.")
             a = factor.A.to(device=x.device, dtype=torch.float32)
             b = (factor.B * factor.scale).to(device=x.device, dtype=torch.float32)
             gate = rows.to(device=x.device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
@@ -276,7 +279,7 @@ def delta_from_parts(config: Mapping[str, Any], weights: Path | bytes, *, what: 
     try:
         tensors = load(weights) if isinstance(weights, bytes) else load_file(str(weights))
     except FileNotFoundError as exc:
-        raise DeltaError(f"Missing adapter weights '{weights}'.") from exc
+        raise DeltaError(f"Missing adapter weights '{weights!s}' of {what}.") from exc
     except (SafetensorError, OSError) as exc:
         raise DeltaError(f"Cannot read the weights of {what}: {exc}") from exc
     if config.get("peft_type") != "LORA":

@@ -169,7 +169,7 @@ def run_methods(
     results: dict[str, ScoreMap] = {}
     for method in methods:
         if method == "causal_trace":
-            extra = {"samples": samples} if samples else {}
+            extra: dict[str, Any] = {"samples": samples} if samples else {}
             results[method] = trace(
                 model, tokenizer, prompt, subject, target, components=components, seed=seed, precision=precision, **extra
             )

@@ -59,9 +59,9 @@ class AutoMethod(EditMethod):
     def plan(self, facts: Sequence[Fact]) -> list[tuple[str, list[Fact], str]]:
         """(method, facts, reason) groups for ``facts``."""
         p: AutoParams = self.params
-        passages = [f for f in facts if isinstance(f, PassageFact)]
+        passages: list[Fact] = [f for f in facts if isinstance(f, PassageFact)]
         atomic = [f for f in facts if not isinstance(f, PassageFact)]
-        groups = []
+        groups: list[tuple[str, list[Fact], str]] = []
         if passages:
             groups.append((p.passage, passages, f"{len(passages)} probe(s) of a free-text passage: the "
                            f"distillation trainer learns from the passage in the teacher's context"))

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import torch
 
 TensorFn = Callable[["torch.Tensor"], "torch.Tensor"]
+#: ``fn(input, output) -> new output``; ``input`` is None for a module called with keyword arguments only.
+InputOutputFn = Callable[["torch.Tensor | None", "torch.Tensor"], "torch.Tensor"]
 
 
 def _first(value: Any) -> torch.Tensor:
@@ -84,18 +86,18 @@ def edit_output(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
         yield
 
 
-def _output_only(fn: TensorFn) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _output_only(fn: TensorFn) -> InputOutputFn:
     return lambda _input, output: fn(output)
 
 
 @contextmanager
-def add_to_output(model: Any, edits: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+def add_to_output(model: Any, edits: dict[str, InputOutputFn]) -> Iterator[None]:
     """Replace each named module's output by ``fn(input, output)`` (its first positional input, None for a
     module called with keywords only, and its output) while the context is open: a change that depends
     on what the module read (a low-rank delta applied to some rows only)."""
     handles = []
 
-    def make(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    def make(fn: InputOutputFn) -> Callable[..., Any]:
         def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
             return _replace_first(output, fn(_first(args) if args else None, _first(output)))
 

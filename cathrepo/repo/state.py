@@ -103,6 +103,7 @@ def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] 
     files: dict[str, bytes] = {}
     for name, expected in sorted(record.files.items()):
         path = layout.edit_path(edit_id, name)
+        data: bytes | None
         try:
             if name == layout.WEIGHTS:
                 _, data = weights_bytes(repo, rev, edit_id)
