@@ -8,6 +8,7 @@ plug-ins arrive through the entry-point group given to the registry (``cathrepo.
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -55,8 +56,6 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        import importlib
-
         for module in dict.fromkeys(self._builtins.values()):
             importlib.import_module(module)
         for ep in metadata.entry_points(group=self.entry_point_group):
@@ -68,8 +67,6 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """Return the entry called ``name`` or raise with the closest names."""
         if name not in self._entries and name in self._builtins:
-            import importlib
-
             importlib.import_module(self._builtins[name])
         if name not in self._entries:
             self._load()

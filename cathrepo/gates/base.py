@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from cathrepo.delta import Delta, applied, applied_to_rows
 from cathrepo.exceptions import CathrepoError
 from cathrepo.facts.probes import ProbeSet
+from cathrepo.gates.cache import load_cached, store_cached
 from cathrepo.gates.policy import STAGES, GatePolicy
 from cathrepo.gates.results import GateReport, GateResult
 from cathrepo.lm.decoding import AroundBatch, greedy_token_ids
@@ -288,7 +289,7 @@ def _run_tier(ctx: GateRun, gates: Sequence[Gate]) -> dict[str, GateResult]:
             for g in users:
                 if "base" in measured[g.name]:
                     measured[g.name]["before"] = measured[g.name]["base"]
-        todo = [g for g in users if state not in measured[g.name] and not _load_cached(ctx, g, state, measured)]
+        todo = [g for g in users if state not in measured[g.name] and not load_cached(ctx, g, state, measured)]
         if not todo:
             continue
         ctx.say(f"measuring {state} ({len(ctx.deltas(state))} edits applied)")
@@ -302,7 +303,7 @@ def _run_tier(ctx: GateRun, gates: Sequence[Gate]) -> dict[str, GateResult]:
                     errors[gate.name] = str(exc)
                 seconds[gate.name] += time.perf_counter() - t0
                 if gate.name not in errors:
-                    _store_cached(ctx, gate, state, measured)
+                    store_cached(ctx, gate, state, measured)
     results = {}
     for gate in gates:
         if gate.name in errors:
@@ -398,35 +399,3 @@ def _on_rows(model: Any, delta: Delta, changed: Sequence[bool]) -> AroundBatch:
         return applied_to_rows(model, delta, rows) if bool(rows.any()) else nullcontext()
 
     return around
-
-
-def _cache_file(ctx: GateRun, gate: Gate, state: str) -> Path | None:
-    if not gate.cacheable or state not in gate.cache_states:
-        return None
-    key = gate.cache_key(ctx)
-    if key is None:
-        return None
-    digest = hashlib.sha256(f"{ctx.state_digest(state)}\0{key}".encode()).hexdigest()[:32]
-    return ctx.cache_path(gate.name, f"state-{digest}.json")
-
-
-def _load_cached(ctx: GateRun, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> bool:
-    path = _cache_file(ctx, gate, state)
-    if path is None or not path.is_file():
-        return False
-    try:
-        measured[gate.name][state] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    log.info("%s: using the cached %s measurement %s", gate.name, state, path)
-    return True
-
-
-def _store_cached(ctx: GateRun, gate: Gate, state: str, measured: dict[str, dict[str, Any]]) -> None:
-    path = _cache_file(ctx, gate, state)
-    if path is None:
-        return
-    from cathrepo.files import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(measured[gate.name][state]).encode())
