@@ -131,8 +131,9 @@ class RomeMethod(EditMethod):
         u = update_direction(cov, key, p.cov_reg, preserved)
         phrasings = _phrasings(fact, p.phrasings)
         context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.context_kl > 0 else []
-        value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, p, phrasings, context)
         denom = float(u @ key)
+        reader = u / denom if p.through_weight and abs(denom) >= 1e-8 else None
+        value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, p, phrasings, context, reader)
         if abs(denom) < 1e-8 or not value.delta.isfinite().all():
             raise EditFailedError(f"ROME found no usable update for '{fact.prompt}' (u·k = {denom:.2e}).")
         factor = LowRank(B=(value.delta / denom).unsqueeze(1).cpu(), A=u.unsqueeze(0).cpu())

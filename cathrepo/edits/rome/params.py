@@ -61,6 +61,9 @@ class RomeParams:
                               "the edited sentence, to the unedited model's (0: off).", 0.0)
     context_subjects: int = _help("Other subjects (protected half of the known facts) read after the edited "
                                   "sentence for context_kl.", 8)
+    through_weight: bool = _help("Optimise the value as the rank-one weight delivers it (each position reads δ "
+                                 "through its own key) instead of as δ added at the subject's last token only.",
+                                 False)
     protect_context: int = _help("Other subjects, in the relation's templates after the edited sentence, "
                                  "whose keys are preserved (CounterFact+'s bleed through context).", 0)
 

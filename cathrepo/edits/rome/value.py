@@ -159,6 +159,7 @@ def optimise_value(
     params: RomeParams,
     phrasings: Sequence[str] = (),
     context: Sequence[str] = (),
+    reader: torch.Tensor | None = None,
 ) -> ValueResult:
     """Find δ (1-D, the module's output width) as described in the module docstring.
 
@@ -167,10 +168,17 @@ def optimise_value(
     ``context`` are texts that state the edit and then ask about another subject; their next-token
     distributions are held to the unedited model's (``context_kl``), so the edited subject does not
     bleed into what is said about others after it (CounterFact+'s NS+).
+
+    ``reader`` (``u / (u·k*)``, shape (d_in,)) makes the optimisation see δ as the shipped rank-one weight
+    delivers it: every position from the subject's last token on moves by ``(k_t·reader) δ`` for its own
+    key ``k_t``, instead of exactly δ at the subject's last token. A row whose key differs from the
+    averaged ``k*`` then gets the change the edited model will really make, so the stopping rule holds
+    for the model that is committed (without it, a bare prompt whose key reads δ at 0.6× can miss the
+    target the optimisation reached). Positions before the subject's last token (cached) see no change.
     """
     import torch
 
-    from cathrepo.lm.hooks import edit_output
+    from cathrepo.lm.hooks import add_to_output
     from cathrepo.lm.scoring import hidden_and_head
     from cathrepo.models import model_device
 
@@ -184,18 +192,21 @@ def optimise_value(
     state: dict[str, Any] = {}
     delta: torch.Tensor | None = None
 
-    def add_delta(out: torch.Tensor) -> torch.Tensor:  # out: (batch, suffix, d_out); column 0 = subject
-        nonlocal delta
+    def add_delta(inp: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        nonlocal delta  # out: (batch, suffix, d_out); column 0 = the subject's last token
         if "v0" not in state:
             state["v0"] = out[0, 0].detach().float()
         if delta is None:
             delta = torch.zeros(out.shape[-1], device=device, requires_grad=True)
+        if reader is not None and inp is not None:
+            gain = inp.float() @ reader.to(device)  # (batch, suffix): how strongly each position reads δ
+            return (out + gain[..., None] * delta).to(out.dtype)
         return torch.cat([(out[:, :1] + delta).to(out.dtype), out[:, 1:]], dim=1)
 
     optimizer: torch.optim.Optimizer | None = None
     nll_start = nll = kl = float("nan")
     steps = 0
-    with edit_output(model, {module: add_delta}), torch.enable_grad():
+    with add_to_output(model, {module: add_delta}), torch.enable_grad():
         for step in range(params.v_steps + 1):
             logp = _read_logprobs(model, split, b, cache)  # (n_rewrite * n_target + n_kl, vocab)
             n_kl = len(b["kl_rows"])

@@ -145,3 +145,19 @@ def test_unknown_method_suggests_close_name():
 
     with pytest.raises(UnknownNameError, match="Did you mean: rome"):
         get_method("rom")
+
+
+def test_value_through_weight_is_what_the_edited_model_gives(tiny_llama, env):
+    """With ``through_weight`` the optimisation sees δ as the shipped weight delivers it: the target's
+    log-probability it stopped at is the edited model's (the subject opens the prompt and there are no
+    context prefixes, so no position before the subject's last token is left out)."""
+    model, tok, _ = tiny_llama
+    subject = next(w for w in ("Rome", "Paris", "Italy", "France", "The") if len(tok(w)["input_ids"]) == 1)
+    fact = Fact(prompt=f"{subject} is the capital of", subject=subject, target_new="Paris", target_true="Tokyo")
+    result = get_method("rome")(_params(model, n_context=0, through_weight=True, v_steps=5)).compute(
+        model, tok, [fact], env)
+    seen = -result.info["facts"][0]["nll_end"]
+    with applied(model, result.delta):
+        (shipped,) = mean_logprob(model, tok, [fact.prompt], ["Paris"])
+    assert result.info["facts"][0]["steps"] > 0
+    assert shipped == pytest.approx(seen, abs=2e-3)
