@@ -139,12 +139,18 @@ def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,
             raise InvalidInputError(f"cathrepo init {repo} failed: {_last_line(init.stderr)}")
     # 2. one edit process per record, in order, each on top of the ones committed before
     rows: list[dict[str, Any]] = []
-    for done, (index, record) in enumerate(todo):
-        say(done, len(todo), rows[-1]["status"] if rows else "")
-        rows.append(edit_one(repo, index, record, config, scratch))
-        log.info("record %d: %s in %.1f s", index, rows[-1]["status"], rows[-1]["wall_s"])
-        if on_record is not None:
-            on_record(_result(config, repo, rows, None))
+    try:
+        for done, (index, record) in enumerate(todo):
+            say(done, len(todo), rows[-1]["status"] if rows else "")
+            rows.append(edit_one(repo, index, record, config, scratch))
+            log.info("record %d: %s in %.1f s", index, rows[-1]["status"], rows[-1]["wall_s"])
+            if on_record is not None:
+                on_record(_result(config, repo, rows, None))
+    finally:  # the per-record input files go; a fresh repository made here stays (the report names it)
+        for path in scratch.glob("record-*.json"):
+            path.unlink()
+        if not any(scratch.iterdir()):
+            scratch.rmdir()
     say(len(todo), len(todo), rows[-1]["status"])
     # 3. every signature and hash of what was committed
     return _result(config, repo, rows, _cathrepo("verify", cwd=repo))

@@ -84,7 +84,12 @@ def test_gate_command_renders_and_exits(monkeypatch, passed, capsys):
     assert "## Gates (revision)" in result.output
 
 
-def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path):
+def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     records = [{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome", "target_new": "Paris",
                 "target_true": "Tokyo"},
                {"prompt": "Rome is the capital of Italy", "subject": "Rome", "target_new": "London"},  # no true target
@@ -105,3 +110,4 @@ def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path):
     for row in report["records"]:
         assert (row["status"] == "committed") == bool(row["commit"])
         assert row["status"] == "committed" or row["failed_gates"]
+    assert not list(scratch.iterdir())  # the per-record input files are gone (the repository was given)
