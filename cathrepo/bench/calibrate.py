@@ -196,7 +196,7 @@ def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, r
     if variant == "overscale":
         return rome.scaled(config.overscale), probes
     if variant == "overtrain":
-        params = {**config.params, "v_stop_nll": 0.0, "v_stop_prob": 0.0, "v_steps": 60, "clamp_norm_factor": 20.0,
+        params = {**config.params, "v_stop_nll": 0.0, "v_stop_prob": 0.0, "v_steps": 60, "v_lr": 1.0, "clamp_norm_factor": 20.0,
                   "v_weight_decay": 0.0, "kl_factor": 0.0, "context_kl": 0.0}
         return _rome(model, params).compute(model, tokenizer, [fact], env).delta, probes
     if variant == "layer":

@@ -14,6 +14,15 @@ edit then says the fact, rather than driving it to certainty): on records 5000-5
 0.96, moved NS from 0.68 to 0.70 (unedited 0.72) and NKL from 0.029 to 0.019; through every default
 gate with retries, 14 of records 5000-5015 were committed (the old stop was not run in that same setup;
 BENCHMARKS.md, "Edits that pass their own gates").
+
+Since then the value is optimised as the committed weight delivers it (``through_weight``: each position
+reads δ through its own key, so the stopping rule holds for the edited model, not for an idealised δ at
+the averaged key) and with Adam at ``v_lr`` 0.2 for up to 60 steps instead of 1.0 for 25: Adam moves
+every coordinate by about ``v_lr`` per step, so at 1.0 the value reached the norm bound (4× the original
+output) within a step or two on most facts and stopped there, dense and large; at 0.2 its norm is about
+half (records 5010-5019: 0.8-2.9× against 1.6-4.0×). On records 5010-5029 with every default gate of the
+``edit`` stage and no retries, 11 of 20 edits pass against 9 before (through_weight alone 8, v_lr 0.2
+alone 9); BENCHMARKS.md has the table.
 """
 
 from __future__ import annotations
@@ -36,8 +45,8 @@ class RomeParams:
     module: str = _help("Family template kind of the edited matrix.", "mlp_out")
     n_context: int = _help("Generated context prefixes averaged into the key (r-ROME consistent).", 5)
     context_tokens: int = _help("Length in tokens of each generated context prefix.", 10)
-    v_steps: int = _help("Maximum Adam steps of the value optimisation.", 25)
-    v_lr: float = _help("Adam learning rate of the value optimisation.", 1.0)
+    v_steps: int = _help("Maximum Adam steps of the value optimisation.", 60)
+    v_lr: float = _help("Adam learning rate of the value optimisation.", 0.2)
     v_stop_nll: float = _help("Stop once the target's mean NLL over all prompts is below this.", 0.05)
     v_stop_prob: float = _help("Stop once every prompt (each prefix and phrasing) gives the target at least this "
                                "length-normalised probability (0: use v_stop_nll instead).", 0.5)
@@ -63,7 +72,7 @@ class RomeParams:
                                   "sentence for context_kl.", 8)
     through_weight: bool = _help("Optimise the value as the rank-one weight delivers it (each position reads δ "
                                  "through its own key) instead of as δ added at the subject's last token only.",
-                                 False)
+                                 True)
     protect_context: int = _help("Other subjects, in the relation's templates after the edited sentence, "
                                  "whose keys are preserved (CounterFact+'s bleed through context).", 0)
 
