@@ -56,10 +56,17 @@ class EditConfig:
                               "causal tracing ranks highest for the fact (0: no retry; an explicit "
                               "--param layer=N is never retried). The ranked layers lie within 3 of the "
                               "family's default layer, so 6 tries every one of them.")
+    retry_variants: bool = _f(True, "When the gates refuse an edit, first retry it at the same layer with the "
+                                    "method's variants that the refusing gates call for (ROME: more phrasings "
+                                    "when it did not generalise, a weaker value when it harmed fluency or "
+                                    "known facts, a context KL when neighbours took the target); a parameter "
+                                    "set with --param or [edit.params] is never changed.")
 
     def __post_init__(self) -> None:
         if not isinstance(self.retry_layers, int) or self.retry_layers < 0:
             raise ConfigError("cathrepo.toml [edit] retry_layers must be a non-negative integer.")
+        if not isinstance(self.retry_variants, bool):
+            raise ConfigError("cathrepo.toml [edit] retry_variants must be true or false.")
 
 
 

@@ -136,10 +136,15 @@ def run_with_retries(
     env: EditEnv,
     retry_layers: int = 0,
     layer_fixed: bool = False,
+    retry_variants: bool = False,
+    fixed: Sequence[str] = (),
     **pipeline: Any,
 ) -> EditResult:
-    """:func:`run_pipeline`, and when the gates refuse an edit written at one layer, the same edit at the
-    next ``retry_layers`` layers that causal tracing ranks highest for the fact (near the default layer).
+    """:func:`run_pipeline`, and when the gates refuse an edit: with ``retry_variants``, the same edit at
+    the same layer computed with each of the method's :attr:`~cathrepo.edits.base.EditMethod.retry_variants`
+    that the refusing gates call for (and that change none of the ``fixed`` parameters, those the user
+    set); then the same edit at the next ``retry_layers`` layers that causal tracing ranks highest for the
+    fact (near the default layer).
 
     Every attempt runs the gates cheapest tier first and stops at the first tier that refuses (a
     retry also reuses the first attempt's probes and ``before`` measurements), so an attempt that passes
@@ -148,7 +153,8 @@ def run_with_retries(
 
     Returns the first attempt the gates pass (else the first attempt), with a summary of every attempt
     in ``attempts`` and the parameters it was computed with in ``params``.
-    Methods without a single ``layer`` parameter, and calls that fixed the layer, are not retried.
+    Methods without a single ``layer`` parameter, and calls that fixed the layer, are not moved to other
+    layers. Each retry's summary names it under ``retry`` (the variant's name, or ``layer N``).
     """
     import dataclasses
 
@@ -157,28 +163,41 @@ def run_with_retries(
 
     method_cls = get_method(method_name)
     carry = GateCarry()
-    retrying = retry_layers > 0 and not layer_fixed and hasattr(params, "layer")
+    moving = retry_layers > 0 and not layer_fixed and hasattr(params, "layer")
+    variants = list(method_cls.retry_variants) if retry_variants else []
     first = run_pipeline(model, tokenizer, facts, method=method_cls(params), env=env, carry=carry,
-                         fail_fast=retrying, **pipeline)
+                         fail_fast=moving or bool(variants), **pipeline)
     attempts = [attempt_summary(first, method_name)]
-    if first.gates.passed or not retrying:
+    if first.gates.passed or not (moving or variants):
         return dataclasses.replace(first, attempts=tuple(attempts), params=params)
     say = pipeline.get("progress") or (lambda _msg: None)
-    say("locating other layers")
-    tried = set(first.site.get("layers", ()))
-    for layer in _ranked_layers(model, tokenizer, first.facts[0], pipeline.get("active", ())):
-        if layer in tried:
-            continue
-        if len(attempts) > retry_layers:
-            break
-        tried.add(layer)
-        say(f"retry at layer {layer}")
-        moved = dataclasses.replace(params, layer=layer)
-        retry = run_pipeline(model, tokenizer, facts, method=method_cls(moved), env=env, prepared=first,
+
+    def attempt(changed: Any, label: str) -> EditResult:
+        say(f"retry {label}")
+        retry = run_pipeline(model, tokenizer, facts, method=method_cls(changed), env=env, prepared=first,
                              fail_fast=True, carry=carry, **pipeline)
-        attempts.append(attempt_summary(retry, method_name))
-        if retry.gates.passed:
-            return dataclasses.replace(retry, attempts=tuple(attempts), params=moved)
+        attempts.append({**attempt_summary(retry, method_name), "retry": label})
+        return dataclasses.replace(retry, attempts=tuple(attempts), params=changed)
+
+    refused = [r.name for r in first.gates.failures]
+    for variant in variants:
+        if variant.applies(refused, fixed):
+            retry = attempt(dataclasses.replace(params, **variant.overrides), variant.name)
+            if retry.gates.passed:
+                return retry
+    if moving:
+        say("locating other layers")
+        tried = set(first.site.get("layers", ()))
+        budget = len(attempts) + retry_layers
+        for layer in _ranked_layers(model, tokenizer, first.facts[0], pipeline.get("active", ())):
+            if layer in tried:
+                continue
+            if len(attempts) >= budget:
+                break
+            tried.add(layer)
+            retry = attempt(dataclasses.replace(params, layer=layer), f"layer {layer}")
+            if retry.gates.passed:
+                return retry
     first = _complete(model, tokenizer, first, env, carry, **pipeline)
     attempts[0] = attempt_summary(first, method_name)
     return dataclasses.replace(first, attempts=tuple(attempts), params=params)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -91,6 +91,21 @@ class EditResult:
         return self.report
 
 
+@dataclass(frozen=True)
+class RetryVariant:
+    """One way to compute a refused edit again: ``overrides`` of the method's parameters, tried when one
+    of the ``when`` gates refused the first attempt."""
+
+    name: str
+    overrides: Mapping[str, Any]
+    when: frozenset[str]
+
+    def applies(self, refused: Iterable[str], fixed: Iterable[str]) -> bool:
+        """Whether a gate in ``refused`` calls for this variant and it changes no parameter in ``fixed``
+        (those the user set explicitly)."""
+        return bool(self.when & set(refused)) and not set(self.overrides) & set(fixed)
+
+
 class EditMethod(ABC):
     """Base class of the edit methods. Subclasses set ``name`` and ``params_cls`` and register."""
 
@@ -98,6 +113,9 @@ class EditMethod(ABC):
     params_cls: ClassVar[type]
     #: True when one call handles a batch of facts jointly (MEMIT); else facts are edited one at a time.
     batched: ClassVar[bool] = False
+    #: Parameter overrides to retry a refused edit with, each with the gates whose refusal calls for it
+    #: (an edit that did not generalise wants a broader one, one that harmed something a gentler one).
+    retry_variants: ClassVar[tuple[RetryVariant, ...]] = ()
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.params_cls()

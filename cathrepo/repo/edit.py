@@ -72,13 +72,14 @@ def edit(
         result = run_with_retries(
             model, tokenizer, request.facts, method_name=name, params=resolved, env=env,
             retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
+            retry_variants=config.edit.retry_variants, fixed=sorted(overrides),
             active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
         )
         if not result.gates.passed:
             done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
-            tried = "" if len(result.attempts) == 1 else " Tried layers " + ", ".join(
-                f"{a['site'].get('layers', ['?'])[0]} ({', '.join(f['gate'] for f in a['failed'])})"
-                for a in result.attempts) + "; every one was refused."
+            tried = "" if len(result.attempts) == 1 else " Tried " + ", ".join(
+                f"{_attempt_label(a)} ({', '.join(f['gate'] for f in a['failed'])})" for a in result.attempts
+            ) + "; every one was refused."
             raise GateFailedError.from_report(
                 result.gates, f"Edit '{request.fact.prompt} -> {request.fact.target_new}'", tried=tried, after=done,
                 hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
@@ -100,3 +101,10 @@ def _params_dict(params: Any) -> dict[str, Any]:
     import dataclasses
 
     return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+
+
+def _attempt_label(attempt: Mapping[str, Any]) -> str:
+    """'layer 6' for an attempt as given or moved to another layer, 'gentler at layer 6' for a variant."""
+    where = f"layer {attempt['site'].get('layers', ['?'])[0]}"
+    how = attempt.get("retry", where)
+    return how if how.startswith("layer ") else f"{how} at {where}"

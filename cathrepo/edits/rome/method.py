@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cathrepo.delta import AppliedDelta, Delta, LowRank, apply_delta
-from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult, RetryVariant
 from cathrepo.edits.rome.context import context_prefixes
 from cathrepo.edits.rome.covariance import key_covariance, stats_dir
 from cathrepo.edits.rome.key import key_vector, update_direction
@@ -38,6 +38,14 @@ class RomeMethod(EditMethod):
 
     name = "rome"
     params_cls = RomeParams
+    #: Tuned on CounterFact records 5030-5069 (BENCHMARKS.md): of the edits refused at the default layer,
+    #: more phrasings rescued those that did not reach the record's rephrasings, a weaker stop those that
+    #: harmed fluency or known facts, and the context KL those whose neighbours took the target.
+    retry_variants = (
+        RetryVariant("phrasings", {"phrasings": 2}, frozenset({"efficacy", "paraphrase", "generation"})),
+        RetryVariant("gentler", {"v_stop_prob": 0.3}, frozenset({"fluency", "retention", "neighborhood", "norms"})),
+        RetryVariant("context_kl", {"context_kl": 1.0, "context_subjects": 2}, frozenset({"cfplus", "fluency"})),
+    )
 
     @classmethod
     def default_params(cls, model: Any) -> RomeParams:

@@ -83,3 +83,61 @@ def test_without_retries_the_one_attempt_runs_every_gate(tiny_llama, corpus, ref
     result = _retry(model, tok, corpus, 0, ["test_refuse_layers", "fluency", "norms"])
     assert len(result.attempts) == 1 and not result.report.passed
     assert not any(r.skipped for r in result.report.results)
+
+
+class _RefuseWeak(Gate):
+    """Refuses any edit whose value optimisation did not use ``phrasings`` (a stand-in for a gate that only
+    a broader edit passes); records the parameters each attempt was computed with."""
+
+    name = "test_refuse_weak"
+    states = ("after",)
+    seen: ClassVar[list[float]] = []
+
+    def measure(self, ctx: GateRun, state: str) -> Any:
+        return float(ctx.after[-1].factors[next(iter(ctx.after[-1].modules))].B.abs().sum())
+
+    def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
+        type(self).seen.append(measured["after"])
+        return self.result(len(type(self).seen) > 1, {"b": measured["after"]}, {})
+
+
+@pytest.fixture
+def refuse_first():
+    GATES.register(_RefuseWeak)
+    _RefuseWeak.seen.clear()
+    yield _RefuseWeak
+    GATES._entries.pop(_RefuseWeak.name)
+
+
+def _variant_retry(model, tok, corpus, monkeypatch, when, fixed=()):
+    from cathrepo.edits.base import RetryVariant
+    from cathrepo.edits.rome.method import RomeMethod
+
+    monkeypatch.setattr(RomeMethod, "retry_variants", (
+        RetryVariant("unrelated", {"v_stop_prob": 0.3}, frozenset({"fluency"})),
+        RetryVariant("broader", {"phrasings": 1}, frozenset(when)),
+    ))
+    params = RomeParams(corpus_tokens=400, n_context=2, context_tokens=4, v_steps=20, clamp_norm_factor=10.0,
+                        v_weight_decay=0.0, v_stop_prob=0.0)
+    policy = GatePolicy(stages={"edit": ["test_refuse_weak", "norms"]}, norms_max_growth=100.0)
+    return run_with_retries(model, tok, FACT, method_name="rome", params=params, env=EditEnv(corpus=corpus),
+                            retry_layers=2, retry_variants=True, fixed=fixed, policy=policy)
+
+
+def test_a_refusal_retries_the_variants_its_gates_call_for_at_the_same_layer(tiny_llama, corpus, refuse_first,
+                                                                           monkeypatch):
+    model, tok, _ = tiny_llama
+    result = _variant_retry(model, tok, corpus, monkeypatch, {"test_refuse_weak"})
+    assert [a.get("retry") for a in result.attempts] == [None, "broader"]  # "unrelated" answers fluency only
+    assert [a["passed"] for a in result.attempts] == [False, True]
+    assert result.params.phrasings == 1 and result.params.v_stop_prob == 0.0
+    assert result.site["layers"] == [default_edit_layer(model)]  # the first attempt's layer
+    assert refuse_first.seen[0] != refuse_first.seen[1]  # the variant computed a different delta
+
+
+def test_a_variant_never_changes_a_parameter_the_user_set(tiny_llama, corpus, refuse_first, monkeypatch):
+    model, tok, _ = tiny_llama
+    result = _variant_retry(model, tok, corpus, monkeypatch, {"test_refuse_weak"}, fixed=["phrasings"])
+    assert "broader" not in [a.get("retry") for a in result.attempts]
+    assert result.attempts[1]["retry"].startswith("layer ")  # the layer retries still run
+    assert result.params.phrasings == 0
