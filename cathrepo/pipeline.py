@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -124,6 +124,13 @@ def attempt_summary(result: EditResult, method: str) -> dict[str, Any]:
                         "detail": r.detail} for r in report.failures],
             "not_run": [r.name for r in report.results if r.not_run],
             "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+
+
+def attempt_label(attempt: Mapping[str, Any]) -> str:
+    """'layer 6' for an attempt as given or moved to another layer, 'gentler at layer 6' for a variant."""
+    where = f"layer {attempt['site'].get('layers', ['?'])[0]}"
+    how = attempt.get("retry", where)
+    return how if how.startswith("layer ") else f"{how} at {where}"
 
 
 def run_with_retries(

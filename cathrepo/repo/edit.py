@@ -49,7 +49,7 @@ def edit(
     from cathrepo.edits.base import EditEnv, get_method
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import cache_dir
-    from cathrepo.pipeline import run_with_retries
+    from cathrepo.pipeline import attempt_label, run_with_retries
     from cathrepo.provenance.manifest import numerics
     from cathrepo.repo.commit import commit_edit
     from cathrepo.repo.state import active_edits, probe_sets
@@ -78,7 +78,7 @@ def edit(
         if not result.gates.passed:
             done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
             tried = "" if len(result.attempts) == 1 else " Tried " + ", ".join(
-                f"{_attempt_label(a)} ({', '.join(f['gate'] for f in a['failed'])})" for a in result.attempts
+                f"{attempt_label(a)} ({', '.join(f['gate'] for f in a['failed'])})" for a in result.attempts
             ) + "; every one was refused."
             raise GateFailedError.from_report(
                 result.gates, f"Edit '{request.fact.prompt} -> {request.fact.target_new}'", tried=tried, after=done,
@@ -102,9 +102,3 @@ def _params_dict(params: Any) -> dict[str, Any]:
 
     return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
 
-
-def _attempt_label(attempt: Mapping[str, Any]) -> str:
-    """'layer 6' for an attempt as given or moved to another layer, 'gentler at layer 6' for a variant."""
-    where = f"layer {attempt['site'].get('layers', ['?'])[0]}"
-    how = attempt.get("retry", where)
-    return how if how.startswith("layer ") else f"{how} at {where}"

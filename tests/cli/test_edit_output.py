@@ -58,3 +58,38 @@ def test_piped_commands_print_only_results(repo_dir, tmp_path):
             assert bar not in proc.stdout + proc.stderr, proc.args
     assert edit.stdout.startswith(f"[{eid}]") and "efficacy pass" in edit.stdout
     assert procs[1].stdout.startswith("The capital of Italy is Rome")
+
+
+def test_an_edit_committed_on_a_retry_says_which_attempt_passed(repo_dir, tmp_path, monkeypatch):
+    from typing import Any, ClassVar
+
+    from cathrepo.config import dump_config, load_config
+    from cathrepo.edits.base import RetryVariant
+    from cathrepo.edits.rome.method import RomeMethod
+    from cathrepo.gates.base import GATES, Gate, GateRun
+    from cathrepo.gates.results import GateResult
+
+    class RefuseOnce(Gate):
+        name = "test_refuse_once"
+        states = ("after",)
+        calls: ClassVar[list[int]] = []
+
+        def measure(self, ctx: GateRun, state: str) -> Any:
+            return 0
+
+        def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
+            type(self).calls.append(1)
+            return self.result(len(type(self).calls) > 1, {"calls": float(len(type(self).calls))}, {})
+
+    monkeypatch.setattr(RomeMethod, "retry_variants",
+                        (RetryVariant("gentler", {"v_stop_prob": 0.3}, frozenset({"test_refuse_once"})),))
+    config = load_config(repo_dir / "cathrepo.toml")
+    config = type(config)(base=config.base, edit=config.edit,
+                          gates={"stages": {"edit": ["efficacy", "test_refuse_once"], "revert": ["regression"]}})
+    (repo_dir / "cathrepo.toml").write_text(dump_config(config))
+    GATES.register(RefuseOnce)
+    try:
+        proc = cathrepo("edit", "--file", str(_facts(tmp_path / "f.jsonl", ROME_PARIS)), "--dry-run", cwd=repo_dir)
+    finally:
+        GATES._entries.pop(RefuseOnce.name)
+    assert "    on attempt 2, gentler at layer 1; refused before: layer 1 (test_refuse_once)" in proc.stdout
