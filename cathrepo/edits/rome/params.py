@@ -21,7 +21,7 @@ the averaged key) and with Adam at ``v_lr`` 0.2 for up to 60 steps instead of 1.
 every coordinate by about ``v_lr`` per step, so at 1.0 the value reached the norm bound (4× the original
 output) within a step or two on most facts and stopped there, dense and large; at 0.2 its norm is about
 half (records 5010-5019: 0.8-2.9× against 1.6-4.0×). On records 5010-5029 with every default gate of the
-``edit`` stage and no retries, 11 of 20 edits pass against 9 before (through_weight alone 8, v_lr 0.2
+``edit`` stage and no retries, 12 of 20 edits pass against 9 before (through_weight alone 8, v_lr 0.2
 alone 9); BENCHMARKS.md has the table.
 """
 
