@@ -133,6 +133,11 @@ def attempt_label(attempt: Mapping[str, Any]) -> str:
     return how if how.startswith("layer ") else f"{how} at {where}"
 
 
+def attempt_refusal(attempt: Mapping[str, Any]) -> str:
+    """The attempt's label with the gates that refused it: 'gentler at layer 6 (fluency, retention)'."""
+    return f"{attempt_label(attempt)} ({', '.join(f['gate'] for f in attempt['failed'])})"
+
+
 def run_with_retries(
     model: Any,
     tokenizer: Any,
@@ -142,7 +147,6 @@ def run_with_retries(
     params: Any,
     env: EditEnv,
     retry_layers: int = 0,
-    layer_fixed: bool = False,
     retry_variants: bool = False,
     fixed: Sequence[str] = (),
     **pipeline: Any,
@@ -160,8 +164,8 @@ def run_with_retries(
 
     Returns the first attempt the gates pass (else the first attempt), with a summary of every attempt
     in ``attempts`` and the parameters it was computed with in ``params``.
-    Methods without a single ``layer`` parameter, and calls that fixed the layer, are not moved to other
-    layers. Each retry's summary names it under ``retry`` (the variant's name, or ``layer N``).
+    Methods without a single ``layer`` parameter, and calls that fixed it (``"layer"`` in ``fixed``), are
+    not moved to other layers. Each retry's summary names it under ``retry`` (the variant's name, or ``layer N``).
     """
     import dataclasses
 
@@ -170,7 +174,7 @@ def run_with_retries(
 
     method_cls = get_method(method_name)
     carry = GateCarry()
-    moving = retry_layers > 0 and not layer_fixed and hasattr(params, "layer")
+    moving = retry_layers > 0 and "layer" not in fixed and hasattr(params, "layer")
     variants = list(method_cls.retry_variants) if retry_variants else []
     first = run_pipeline(model, tokenizer, facts, method=method_cls(params), env=env, carry=carry,
                          fail_fast=moving or bool(variants), **pipeline)

@@ -49,7 +49,7 @@ def edit(
     from cathrepo.edits.base import EditEnv, get_method
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import cache_dir
-    from cathrepo.pipeline import attempt_label, run_with_retries
+    from cathrepo.pipeline import attempt_refusal, run_with_retries
     from cathrepo.provenance.manifest import numerics
     from cathrepo.repo.commit import commit_edit
     from cathrepo.repo.state import active_edits, probe_sets
@@ -71,15 +71,13 @@ def edit(
     for i, request in enumerate(requests):
         result = run_with_retries(
             model, tokenizer, request.facts, method_name=name, params=resolved, env=env,
-            retry_layers=config.edit.retry_layers, layer_fixed="layer" in overrides,
-            retry_variants=config.edit.retry_variants, fixed=sorted(overrides),
+            retry_layers=config.edit.retry_layers, retry_variants=config.edit.retry_variants, fixed=sorted(overrides),
             active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
         )
         if not result.gates.passed:
             done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
-            tried = "" if len(result.attempts) == 1 else " Tried " + ", ".join(
-                f"{attempt_label(a)} ({', '.join(f['gate'] for f in a['failed'])})" for a in result.attempts
-            ) + "; every one was refused."
+            tried = "" if len(result.attempts) == 1 else (
+                " Tried " + ", ".join(attempt_refusal(a) for a in result.attempts) + "; every one was refused.")
             raise GateFailedError.from_report(
                 result.gates, f"Edit '{request.fact.prompt} -> {request.fact.target_new}'", tried=tried, after=done,
                 hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
@@ -101,4 +99,3 @@ def _params_dict(params: Any) -> dict[str, Any]:
     import dataclasses
 
     return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
-

@@ -18,7 +18,7 @@ from cathrepo.cli.shared import (
     refused_entry,
 )
 from cathrepo.exceptions import GateFailedError
-from cathrepo.pipeline import attempt_label
+from cathrepo.pipeline import attempt_label, attempt_refusal
 
 
 @click.command("edit")
@@ -59,8 +59,7 @@ def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_fil
             what = outcome.record.summary if outcome.record else f"{outcome.fact.prompt} -> {outcome.fact.target_new}"
             click.echo(f"{head} {what} (was: {outcome.fact.target_true or '?'})")
             if len(outcome.attempts) > 1:
-                refused = "; ".join(f"{attempt_label(a)} ({', '.join(f['gate'] for f in a['failed'])})"
-                                    for a in outcome.attempts[:-1])
+                refused = "; ".join(attempt_refusal(a) for a in outcome.attempts[:-1])
                 click.echo(f"    on attempt {len(outcome.attempts)}, {attempt_label(outcome.attempts[-1])}; "
                            f"refused before: {refused}")
             echo_gate_lines(outcome.report)

@@ -43,11 +43,14 @@ def refuse_layers():
     GATES._entries.pop(_RefuseLayers.name)
 
 
+#: ROME settings a tiny random model can be edited with.
+TINY = RomeParams(corpus_tokens=400, n_context=2, context_tokens=4, v_steps=20, clamp_norm_factor=10.0,
+                  v_weight_decay=0.0, v_stop_prob=0.0)
+
+
 def _retry(model, tok, corpus, retry_layers, gates):
-    params = RomeParams(corpus_tokens=400, n_context=2, context_tokens=4, v_steps=20, clamp_norm_factor=10.0,
-                        v_weight_decay=0.0, v_stop_prob=0.0)
     policy = GatePolicy(stages={"edit": gates}, fluency_max_drop=100.0, norms_max_growth=100.0)
-    return run_with_retries(model, tok, FACT, method_name="rome", params=params,
+    return run_with_retries(model, tok, FACT, method_name="rome", params=TINY,
                             env=EditEnv(corpus=corpus), retry_layers=retry_layers, policy=policy)
 
 
@@ -85,11 +88,11 @@ def test_without_retries_the_one_attempt_runs_every_gate(tiny_llama, corpus, ref
     assert not any(r.skipped for r in result.report.results)
 
 
-class _RefuseWeak(Gate):
-    """Refuses any edit whose value optimisation did not use ``phrasings`` (a stand-in for a gate that only
-    a broader edit passes); records the parameters each attempt was computed with."""
+class _RefuseFirst(Gate):
+    """Refuses the first edit it judges and passes every later one (a stand-in for a gate that a retry
+    satisfies); records a fingerprint of each delta it judged."""
 
-    name = "test_refuse_weak"
+    name = "test_refuse_first"
     states = ("after",)
     seen: ClassVar[list[float]] = []
 
@@ -103,10 +106,10 @@ class _RefuseWeak(Gate):
 
 @pytest.fixture
 def refuse_first():
-    GATES.register(_RefuseWeak)
-    _RefuseWeak.seen.clear()
-    yield _RefuseWeak
-    GATES._entries.pop(_RefuseWeak.name)
+    GATES.register(_RefuseFirst)
+    _RefuseFirst.seen.clear()
+    yield _RefuseFirst
+    GATES._entries.pop(_RefuseFirst.name)
 
 
 def _variant_retry(model, tok, corpus, monkeypatch, when, fixed=()):
@@ -117,17 +120,15 @@ def _variant_retry(model, tok, corpus, monkeypatch, when, fixed=()):
         RetryVariant("unrelated", {"v_stop_prob": 0.3}, frozenset({"fluency"})),
         RetryVariant("broader", {"phrasings": 1}, frozenset(when)),
     ))
-    params = RomeParams(corpus_tokens=400, n_context=2, context_tokens=4, v_steps=20, clamp_norm_factor=10.0,
-                        v_weight_decay=0.0, v_stop_prob=0.0)
-    policy = GatePolicy(stages={"edit": ["test_refuse_weak", "norms"]}, norms_max_growth=100.0)
-    return run_with_retries(model, tok, FACT, method_name="rome", params=params, env=EditEnv(corpus=corpus),
+    policy = GatePolicy(stages={"edit": ["test_refuse_first", "norms"]}, norms_max_growth=100.0)
+    return run_with_retries(model, tok, FACT, method_name="rome", params=TINY, env=EditEnv(corpus=corpus),
                             retry_layers=2, retry_variants=True, fixed=fixed, policy=policy)
 
 
 def test_a_refusal_retries_the_variants_its_gates_call_for_at_the_same_layer(tiny_llama, corpus, refuse_first,
                                                                            monkeypatch):
     model, tok, _ = tiny_llama
-    result = _variant_retry(model, tok, corpus, monkeypatch, {"test_refuse_weak"})
+    result = _variant_retry(model, tok, corpus, monkeypatch, {"test_refuse_first"})
     assert [a.get("retry") for a in result.attempts] == [None, "broader"]  # "unrelated" answers fluency only
     assert [a["passed"] for a in result.attempts] == [False, True]
     assert result.params.phrasings == 1 and result.params.v_stop_prob == 0.0
@@ -137,7 +138,7 @@ def test_a_refusal_retries_the_variants_its_gates_call_for_at_the_same_layer(tin
 
 def test_a_variant_never_changes_a_parameter_the_user_set(tiny_llama, corpus, refuse_first, monkeypatch):
     model, tok, _ = tiny_llama
-    result = _variant_retry(model, tok, corpus, monkeypatch, {"test_refuse_weak"}, fixed=["phrasings"])
+    result = _variant_retry(model, tok, corpus, monkeypatch, {"test_refuse_first"}, fixed=["phrasings"])
     assert "broader" not in [a.get("retry") for a in result.attempts]
     assert result.attempts[1]["retry"].startswith("layer ")  # the layer retries still run
     assert result.params.phrasings == 0
