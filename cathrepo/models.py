@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = [  # the ground floor, including the names re-exported from cathrepo.model_store
     "DEFAULT_MODEL", "EMBEDDED", "EMBEDDED_PREFIX", "EmbeddedModel", "FAMILIES", "Family", "ResolvedModel",
     "cache_dir", "cache_kwargs", "default_device", "default_edit_layer", "family_for", "get_module",
-    "is_conv1d", "load_model", "model_device", "num_layers",
+    "is_conv1d", "load_model", "model_device", "num_layers", "preload",
     "output_cache", "resolve_model", "weight_shape", "weights_sha256",
 ]
 
@@ -175,10 +175,36 @@ def weight_shape(module: Any) -> tuple[int, int]:
 # --- loading ------------------------------------------------------------------------------------
 
 
+#: Models a resident worker (``cathrepo worker``) loaded before it forked the process serving a command,
+#: keyed by :func:`_preload_key`. Each is handed out once: the command that asks first gets the already
+#: loaded model (copy-on-write memory of the worker), a second load in the same command reads the files.
+_PRELOADED: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+
+def _preload_key(path: Path | str, device: str, dtype: str) -> tuple[str, ...]:
+    """The directory, device, dtype and every weight file's size, mtime and inode: a model rewritten on
+    disk after the worker loaded it is read again."""
+    root = Path(path).resolve()
+    stamps = sorted(f"{p.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+                    for p in root.iterdir() if p.is_file() for st in [p.stat()])
+    return (str(root), device, dtype, *stamps)
+
+
+def preload(path: Path | str, *, device: str | None = None, dtype: str = "float32") -> None:
+    """Load a model now, so the next :func:`load_model` of the same directory returns it at once (the
+    resident worker calls this before it serves commands)."""
+    model, tokenizer = load_model(path, device=device, dtype=dtype)
+    _PRELOADED[_preload_key(path, device or default_device(), dtype)] = (model, tokenizer)
+
+
 def load_model(
     path: Path | str, *, device: str | None = None, dtype: str = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local directory, in eval mode with frozen weights."""
+    if _PRELOADED:
+        handed = _PRELOADED.pop(_preload_key(path, device or default_device(), dtype), None)
+        if handed is not None:
+            return handed
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

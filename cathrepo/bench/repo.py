@@ -5,6 +5,11 @@ one signed commit each, with the repository's own gates; the wall time runs from
 signed commit (model loading, statistics, gates and signing included). The report gives the share
 committed, refusals by gate (an edit can fail several), errors (exit statuses other than 0 and 4), the
 wall-time distribution, and whether ``cathrepo verify`` is clean at the end.
+
+With ``worker`` the edits run as a user with ``cathrepo worker start`` runs them: a worker of the run's
+own preloads the repository's base model and every ``cathrepo edit`` process hands itself to it (the
+worker's start-up is not counted in any edit's wall time). Without it no worker is used, even if one
+runs.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -43,6 +49,7 @@ class RepoBenchConfig:
         base: base model for a repository this run creates (None: the embedded default).
         method: ``--method`` of every edit (None: the repository's default).
         params: ``--param KEY=VALUE`` items passed to every edit.
+        worker: run the edits through a resident worker of this run's own (``cathrepo worker``).
     """
 
     data: Path
@@ -52,6 +59,7 @@ class RepoBenchConfig:
     base: str | None = None
     method: str | None = None
     params: Sequence[str] = field(default_factory=tuple)
+    worker: bool = False
 
     def __post_init__(self) -> None:
         if self.n <= 0 or self.skip < 0:
@@ -71,8 +79,16 @@ def records(config: RepoBenchConfig) -> list[tuple[int, dict[str, Any]]]:
     return kept[: config.n]
 
 
-def _cathrepo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cathrepo", *args], cwd=cwd, text=True, capture_output=True)
+def _cathrepo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cathrepo", *args], cwd=cwd, text=True, capture_output=True,
+                          env=env)
+
+
+def _worker_env(config: RepoBenchConfig, scratch: Path) -> dict[str, str]:
+    """The edits' environment: the run's own worker socket, or no worker at all."""
+    if not config.worker:
+        return {**os.environ, "CATHREPO_WORKER": "0"}
+    return {**os.environ, "CATHREPO_WORKER": "1", "CATHREPO_WORKER_SOCKET": str(scratch / "worker.sock")}
 
 
 def _last_line(text: str) -> str:
@@ -80,7 +96,8 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def edit_one(repo: Path, index: int, record: dict[str, Any], config: RepoBenchConfig, scratch: Path) -> dict[str, Any]:
+def edit_one(repo: Path, index: int, record: dict[str, Any], config: RepoBenchConfig, scratch: Path,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
     """Edit one record in its own ``cathrepo edit`` process; its status, failing gates and wall seconds."""
     path = scratch / f"record-{index}.json"
     path.write_text(json.dumps([record]) + "\n")
@@ -89,7 +106,7 @@ def edit_one(repo: Path, index: int, record: dict[str, Any], config: RepoBenchCo
     for item in config.params:
         args += ["--param", item]
     start = time.perf_counter()
-    proc = _cathrepo(*args, cwd=repo)
+    proc = _cathrepo(*args, cwd=repo, env=env)
     wall = time.perf_counter() - start
     status = {0: "committed", GateFailedError.exit_code: "refused"}.get(proc.returncode, "error")
     row: dict[str, Any] = {"index": index, "case_id": record.get("case_id"), "status": status,
@@ -138,16 +155,23 @@ def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,
         if init.returncode != 0:
             raise InvalidInputError(f"cathrepo init {repo} failed: {_last_line(init.stderr)}")
     # 2. one edit process per record, in order, each on top of the ones committed before
+    env = _worker_env(config, scratch)
     rows: list[dict[str, Any]] = []
     try:
+        if config.worker:
+            started = _cathrepo("worker", "start", cwd=repo, env=env)
+            if started.returncode != 0:
+                raise InvalidInputError(f"cathrepo worker start failed: {_last_line(started.stderr)}")
         for done, (index, record) in enumerate(todo):
             say(done, len(todo), rows[-1]["status"] if rows else "")
-            rows.append(edit_one(repo, index, record, config, scratch))
+            rows.append(edit_one(repo, index, record, config, scratch, env))
             log.info("record %d: %s in %.1f s", index, rows[-1]["status"], rows[-1]["wall_s"])
             if on_record is not None:
                 on_record(_result(config, repo, rows, None))
-    finally:  # the per-record input files go; a fresh repository made here stays (the report names it)
-        for path in scratch.glob("record-*.json"):
+    finally:  # the worker and the per-record input files go; a fresh repository made here stays
+        if config.worker:
+            _cathrepo("worker", "stop", cwd=repo, env=env)
+        for path in [*scratch.glob("record-*.json"), *scratch.glob("worker.*")]:
             path.unlink()
         if not any(scratch.iterdir()):
             scratch.rmdir()
@@ -160,6 +184,7 @@ def _result(config: RepoBenchConfig, repo: Path, rows: list[dict[str, Any]],
             verify: subprocess.CompletedProcess[str] | None) -> dict[str, Any]:
     """The report; without ``verify`` (a partial result) ``verify_clean`` is None."""
     return {"data": str(config.data), "repo": str(repo), "method": config.method, "params": list(config.params),
+            "worker": config.worker,
             **summarize(rows), "verify_clean": None if verify is None else verify.returncode == 0,
             "verify": "" if verify is None else _last_line(verify.stdout if verify.returncode == 0 else verify.stderr),
             "records": rows}

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "gate": "gate:gate_cmd",
     "trace": "trace:trace_cmd",
     "bench": "bench:bench_group",
+    "worker": "worker:worker_group",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -49,6 +50,7 @@ SHORT_HELP: dict[str, str] = {
     "gate": "Run the gates on a revision.",
     "trace": "Locate where a fact lives (causal tracing, patching, saliency).",
     "bench": "Benchmarks: edit quality and speed.",
+    "worker": "Keep the model loaded in a resident process that runs model commands.",
 }
 
 
@@ -86,7 +88,7 @@ def cli(ctx: click.Context, repo_dir: str, traceback: bool, verbose: int) -> Non
     ctx.obj["traceback"] = traceback
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Results only: no weight-loading bars, no deprecation notices meant for library authors.
 
     transformers reads ``HF_HUB_DISABLE_PROGRESS_BARS`` when it is first imported (its "Loading weights"
@@ -99,13 +101,24 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: run the group and map cathrepo errors to one red line and an exit code."""
+    """Entry point: run the group and map cathrepo errors to one red line and an exit code.
+
+    Run as the ``cathrepo`` program (``argv`` None), a model command goes to the resident worker when
+    one runs (``cathrepo worker``); called with ``argv`` it always runs in this process.
+    """
     from cathrepo.exceptions import CathrepoError
+
+    if argv is None:
+        from cathrepo.cli.worker import forward
+
+        forwarded = forward(sys.argv[1:])
+        if forwarded is not None:
+            sys.exit(forwarded)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time; set HF_HUB_OFFLINE=0 to allow it
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
+    quiet_libraries()
     args = sys.argv[1:] if argv is None else argv
     try:
         return cli.main(args=args, prog_name="cathrepo", standalone_mode=False)

@@ -111,3 +111,34 @@ def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path, mon
         assert (row["status"] == "committed") == bool(row["commit"])
         assert row["status"] == "committed" or row["failed_gates"]
     assert not list(scratch.iterdir())  # the per-record input files are gone (the repository was given)
+
+
+def test_bench_repo_through_a_worker_gives_what_fresh_processes_give(tiny_llama, tmp_path, monkeypatch):
+    import tempfile
+
+    _, _, model_dir = tiny_llama
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps([{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome",
+                                 "target_new": "Paris", "target_true": "Tokyo"}]))
+    reports = []
+    for name, extra in (("fresh", []), ("worker", ["--worker"])):
+        out = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(cli, ["bench", "repo", "--data", str(data), "--n", "1", "--repo",
+                                          str(tmp_path / name), "--base", str(model_dir), "--param", "v_steps=40",
+                                          "--out", str(out), *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text()))
+    fresh, worker = reports
+    assert (fresh["worker"], worker["worker"]) == (False, True)
+    assert worker["errors"] == 0 and worker["verify_clean"] is True
+    assert _outcomes(worker) == _outcomes(fresh)  # the same verdicts and gate numbers, computed in the worker
+    assert not [p for p in scratch.iterdir() if p.name.startswith("worker")]
+
+
+def _outcomes(report: dict) -> list:
+    """Each record's status, failing gates and attempts, without the times."""
+    return [(r["status"], r["failed_gates"], [{k: v for k, v in a.items() if k != "seconds"}
+                                              for a in r.get("attempts", [])]) for r in report["records"]]

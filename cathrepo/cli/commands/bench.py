@@ -85,22 +85,27 @@ def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, dtype: str
 @click.option("--base", metavar="MODEL", help="Base model of a repository this run creates (default: embedded).")
 @click.option("--method", help="Edit method of every edit (default: the repository's).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter for every edit.")
+@click.option("--worker", is_flag=True, help="Run the edits through a resident worker of the run's own "
+                                           "(as after `cathrepo worker start`).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the per-record JSON here.")
 def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None, method: str | None,
-             params: tuple[str, ...], out: Path | None) -> None:
+             params: tuple[str, ...], worker: bool, out: Path | None) -> None:
     """Edit N records with one real `cathrepo edit` each into one repository with its gates: the share
     committed, refusals by gate, wall seconds per edit, and `cathrepo verify` at the end."""
     from cathrepo.bench.repo import RepoBenchConfig, bench_repo
 
     parse_params(params)  # a malformed --param fails here, not once per record
-    config = RepoBenchConfig(data=data, n=n, skip=skip, repo=repo, base=base, method=method, params=params)
+    config = RepoBenchConfig(data=data, n=n, skip=skip, repo=repo, base=base, method=method, params=params,
+                             worker=worker)
+
     def keep(partial: dict[str, object]) -> None:
         if out:
             out.write_text(json.dumps(partial, indent=2) + "\n")
 
     with progress("Editing") as say:
         result = bench_repo(config, lambda done, total, last: say(f"{done}/{total} {last}".strip()), keep)
-    title = f"{result['n']} edits, one `cathrepo edit` each, into {result['repo']}"
+    title = (f"{result['n']} edits, one `cathrepo edit` each{' through a worker' if worker else ''}, "
+             f"into {result['repo']}")
     rows = {k: result[k] for k in ("committed", "refused", "errors", "committed_share", "wall_median_s",
                                      "wall_p90_s", "wall_min_s", "wall_max_s", "verify_clean")}
     rows.update({f"refused by {gate}": count for gate, count in result["refusals_by_gate"].items()})
