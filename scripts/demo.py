@@ -8,11 +8,15 @@ A fact the gates refuse is shown as the refusal it is (which gate failed, by how
 tried): the demo then checks that nothing was committed (the same HEAD, the same answer, `cathrepo
 verify` clean) and goes on. Any other failure stops the demo with its exit status, and so does a run in
 which no edit was committed or the revert does not restore the answer.
+
+The commands run through a `cathrepo worker` of the demo's own, started after `cathrepo init` and
+stopped at the end, so the model is loaded once rather than by every command.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -56,9 +60,18 @@ def _line(text: str) -> str:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cathrepo-demo-"))
     repo = work / "repo"
-    facts = json.loads(FACTS.read_text())
     print(f"== cathrepo demo in {repo}")
     run("init", str(repo), cwd=work)
+    os.environ["CATHREPO_WORKER_SOCKET"] = str(work / "worker.sock")  # the demo's own, not the user's
+    run("worker", "start", cwd=repo)
+    try:
+        demo(work, repo)
+    finally:
+        run("worker", "stop", cwd=repo, show=False, allow=(1,))
+
+
+def demo(work: Path, repo: Path) -> None:
+    facts = json.loads(FACTS.read_text())
     rows = []
     for i, fact in enumerate(facts, 1):
         prompt, new, old = fact["prompt"], fact["target_new"], fact["ground_truth"]

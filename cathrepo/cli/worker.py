@@ -131,20 +131,23 @@ def forward(args: Sequence[str]) -> int | None:
     if not path.exists():
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(10.0)  # a worker that does not take the command within seconds is not waited for
     try:
         conn.connect(str(path))
         send(conn, {"op": "run", "args": list(args), "cwd": os.getcwd(), "env": dict(os.environ),
                     "fingerprint": fingerprint(), "encoding": sys.stdout.encoding or "utf-8"},
              fds=[0, 1, 2])
         first, _ = receive(conn)
-    except OSError:
+    except (OSError, ValueError):
         conn.close()
         return None  # a socket left by a worker that died: run here
-    if first is None or "stale" in first:
+    if first is None or "pid" not in first:
         conn.close()
-        print(f"cathrepo: the worker ({path}) runs other code; running here. Restart it with "
-              "'cathrepo worker start'.", file=sys.stderr)
+        why = "runs other code" if first and "stale" in first else "did not take the command"
+        print(f"cathrepo: the worker ({path}) {why}; running here. Restart it with 'cathrepo worker start'.",
+              file=sys.stderr)
         return None
+    conn.settimeout(None)
     return _wait(conn, int(first["pid"]))
 
 
@@ -223,7 +226,10 @@ def serve(bases: Sequence[str], idle_timeout: float) -> None:
                 continue
             last = time.monotonic()
             with conn:
-                _handle(server, conn, state, started)
+                try:
+                    _handle(server, conn, state, started)
+                except (OSError, ValueError) as exc:  # one bad request or a failed fork: the client runs it
+                    log.warning("request not served: %s", exc)
     finally:
         server.close()
         if path.exists() and path.stat().st_ino == inode:  # not a newer worker's socket
@@ -279,6 +285,7 @@ def _handle(server: socket.socket, conn: socket.socket, state: dict[str, Any], s
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
     if uid != os.getuid():
         return  # only the user who started the worker may use it (the socket is 0600 as well)
+    conn.settimeout(5.0)  # a client that connects and says nothing does not hold the worker up
     message, fds = receive(conn, with_fds=3)
     try:
         if message is None:
@@ -311,6 +318,7 @@ def _child(conn: socket.socket, fds: list[int], message: dict[str, Any]) -> None
     code = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        conn.settimeout(None)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         encoding = message.get("encoding") or "utf-8"
