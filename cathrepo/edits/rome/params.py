@@ -50,6 +50,9 @@ class RomeParams:
     v_stop_nll: float = _help("Stop once the target's mean NLL over all prompts is below this.", 0.05)
     v_stop_prob: float = _help("Stop once every prompt (each prefix and phrasing) gives the target at least this "
                                "length-normalised probability (0: use v_stop_nll instead).", 0.5)
+    v_stop_top1: bool = _help("With v_stop_prob, also wait until the target's first token is the most likely next "
+                              "token of every prompt (a multi-token target can pass the length-normalised bar "
+                              "while greedy generation starts with another word).", False)
     kl_factor: float = _help("Weight of the KL 'essence' term on '{subject} is a'.", 0.0625)
     v_weight_decay: float = _help("L2 penalty on the value delta relative to the original output.", 1e-3)
     clamp_norm_factor: float = _help("Clamp ‖δ‖ to this multiple of ‖original output‖.", 4.0)

@@ -9,7 +9,8 @@ Optimises ``δ`` added to the output of the edited module at the subject's last 
 
 with ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖`` after each Adam step, where v₀ is the module's
 original output on the bare prompt. Stops early once the rewrite NLL is below ``v_stop_nll`` or, with
-``v_stop_prob``, once every rewrite row gives the target at least that (length-normalised) probability:
+``v_stop_prob``, once every rewrite row gives the target at least that (length-normalised) probability
+(with ``v_stop_top1``, and the target's first token is every row's most likely next token):
 an edit stops where the model says the fact, instead of driving it to certainty (a target every prompt
 already gives with that probability stops at once, with δ = 0).
 """
@@ -228,6 +229,9 @@ def optimise_value(
                 optimizer = torch.optim.Adam([delta], lr=params.v_lr)
             reached = (float(row_lp.detach().min()) >= math.log(params.v_stop_prob) if params.v_stop_prob > 0
                        else nll < params.v_stop_nll)
+            if reached and params.v_stop_top1 and params.v_stop_prob > 0:
+                first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
+                reached = bool((first.detach().argmax(-1) == b["tokens"][0]).all())
             if reached or step == params.v_steps:
                 break
             assert optimizer is not None

@@ -161,3 +161,20 @@ def test_value_through_weight_is_what_the_edited_model_gives(tiny_llama, env):
         (shipped,) = mean_logprob(model, tok, [fact.prompt], ["Paris"])
     assert result.info["facts"][0]["steps"] > 0
     assert shipped == pytest.approx(seen, abs=2e-3)
+
+
+def test_stop_at_top1_waits_until_greedy_generation_starts_with_the_target(tiny_llama, env):
+    """A low length-normalised bar is reached at once; ``v_stop_top1`` keeps optimising until the
+    target's first token is the edited model's most likely next token."""
+    model, tok, _ = tiny_llama
+    fact = Fact(prompt=FACT.prompt, subject=FACT.subject, target_new="Tokyo London", target_true="Paris")
+    first = continuation_ids(tok, fact.target_new)[0]
+    runs = {}
+    for top1 in (False, True):
+        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=1e-9, v_stop_top1=top1,
+                                            v_lr=0.05, v_steps=200)).compute(model, tok, [fact], env)
+        with applied(model, result.delta), torch.no_grad():
+            logits = model(**tok(fact.prompt, return_tensors="pt")).logits[0, -1]
+        runs[top1] = (result.info["facts"][0]["steps"], int(logits.argmax()) == first)
+    assert runs[False] == (0, False)  # the bar was met before any step: no edit at all
+    assert runs[True][0] > 0 and runs[True][1]
