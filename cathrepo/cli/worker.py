@@ -198,6 +198,7 @@ def serve(bases: Sequence[str], idle_timeout: float) -> None:
     from cathrepo.cli import quiet_libraries
 
     quiet_libraries()  # before transformers is imported: its progress bars read the environment then
+    _log_to_stderr(True)
     started = time.monotonic()
     preloaded = _preload(bases)
     path = _private(socket_path())
@@ -271,6 +272,18 @@ def _private(path: Path) -> Path:
     return path
 
 
+def _log_to_stderr(on: bool) -> None:
+    """The worker's own log lines (start, stop, requests not served) go to its stderr, the log file;
+    nothing else's level or handlers change, so a forked command logs as it would anywhere."""
+    log.handlers.clear()
+    log.propagate = not on
+    log.setLevel(logging.INFO if on else logging.NOTSET)
+    if on:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+
+
 def _reap(state: dict[str, Any]) -> None:
     for pid in list(state["children"]):
         try:
@@ -329,7 +342,7 @@ def _child(conn: socket.socket, fds: list[int], message: dict[str, Any]) -> None
         os.environ.clear()
         os.environ.update(message["env"])
         _threads(message["env"])
-        logging.root.handlers.clear()
+        _log_to_stderr(False)  # the command logs as the command line sets it up
         send(conn, {"pid": os.getpid()})
         code = _run(message["args"])
     except BaseException:  # noqa: BLE001 - the child must report and exit whatever happened

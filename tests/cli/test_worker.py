@@ -56,6 +56,7 @@ def test_a_model_command_runs_in_the_worker_with_the_same_output_and_exit_codes(
     there = _run("generate", "The Eiffel Tower is in", "--json", cwd=repo, env=worker_env)
     assert there.returncode == here.returncode == 0, there.stderr
     assert json.loads(there.stdout) == json.loads(here.stdout)
+    assert there.stderr == here.stderr  # no log line of the worker's, nothing the worker's set-up turned on
     state = _status(repo, worker_env)
     assert state["served"] == 1 and state["fresh"] and state["preloaded"] == [model_dir.name]
 

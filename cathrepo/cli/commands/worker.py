@@ -32,9 +32,6 @@ def start_cmd(ctx: click.Context, bases: tuple[str, ...], no_model: bool, idle_t
 
     chosen = [] if no_model else list(bases) or [_default_base(ctx)]
     if foreground:
-        import logging
-
-        logging.getLogger("cathrepo").setLevel(logging.INFO)
         worker.serve(chosen, idle_timeout)
         return
     found = worker.start(chosen, idle_timeout)
