@@ -130,14 +130,15 @@ class RomeMethod(EditMethod):
         p: RomeParams = self.params
         start = time.perf_counter()
         target_ids = continuation_ids(tokenizer, fact.target_new)
-        key = key_vector(model, tokenizer, module, fact.prompt, fact.subject, prefixes)
+        phrasings = _phrasings(fact, p.phrasings)
+        worded = [fact.prompt, *phrasings] if p.key_phrasings else [fact.prompt]
+        key = torch.stack([key_vector(model, tokenizer, module, w, fact.subject, prefixes) for w in worded]).mean(0)
         keys, pool = protected
         preserved = None
         if keys is not None:
             extra = subject_keys(model, tokenizer, module, context_prompts(fact, pool, p.protect_context))
             preserved = preserved_moment(cov, torch.cat([keys, extra]) if extra.numel() else keys, p.protect_weight)
         u = update_direction(cov, key, p.cov_reg, preserved)
-        phrasings = _phrasings(fact, p.phrasings)
         context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.context_kl > 0 else []
         denom = float(u @ key)
         reader = u / denom if p.through_weight and abs(denom) >= 1e-8 else None

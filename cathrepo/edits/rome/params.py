@@ -53,6 +53,8 @@ class RomeParams:
     v_stop_top1: bool = _help("With v_stop_prob, also wait until the target's first token is the most likely next "
                               "token of every prompt (a multi-token target can pass the length-normalised bar "
                               "while greedy generation starts with another word).", False)
+    key_phrasings: bool = _help("Average the key k* over the phrasings too (not only the prompt), so the update "
+                                "direction reads the subject however the fact is worded.", False)
     kl_factor: float = _help("Weight of the KL 'essence' term on '{subject} is a'.", 0.0625)
     v_weight_decay: float = _help("L2 penalty on the value delta relative to the original output.", 1e-3)
     clamp_norm_factor: float = _help("Clamp ‖δ‖ to this multiple of ‖original output‖.", 4.0)
