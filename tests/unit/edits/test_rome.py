@@ -178,3 +178,17 @@ def test_stop_at_top1_waits_until_greedy_generation_starts_with_the_target(tiny_
         runs[top1] = (result.info["facts"][0]["steps"], int(logits.argmax()) == first)
     assert runs[False] == (0, False)  # the bar was met before any step: no edit at all
     assert runs[True][0] > 0 and runs[True][1]
+
+
+def test_key_phrasings_averages_the_key_over_the_wordings_and_changes_nothing_without_them(tiny_llama, env):
+    model, tok, _ = tiny_llama
+    fact = Fact(prompt="Rome is located in", subject="Rome", target_new="Paris", target_true="Italy",
+                relation_id="P17")
+    deltas = {}
+    for phrasings, averaged in ((0, False), (0, True), (2, False), (2, True)):
+        method = get_method("rome")(_params(model, n_context=0, v_steps=3, phrasings=phrasings,
+                                            key_phrasings=averaged))
+        deltas[phrasings, averaged] = method.compute(model, tok, [fact], env).delta.factors
+    (module,) = deltas[0, False]
+    assert torch.equal(deltas[0, True][module].A, deltas[0, False][module].A)  # one wording: the same key
+    assert not torch.allclose(deltas[2, True][module].A, deltas[2, False][module].A)  # u follows the average
