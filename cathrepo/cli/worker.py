@@ -245,7 +245,7 @@ def _preload(bases: Sequence[str]) -> list[str]:
     import torch  # noqa: F401  (imported here so the children find it loaded)
 
     for info in pkgutil.walk_packages(cathrepo.__path__, "cathrepo."):
-        if not info.name.startswith("cathrepo.cli.commands") or info.ispkg:
+        if not info.name.endswith("__main__"):  # importing that one would run the command line
             try:
                 importlib.import_module(info.name)
             except Exception as exc:  # an optional dependency missing: that module loads in the command

@@ -112,3 +112,15 @@ def test_the_subcommand_is_found_after_the_groups_options():
     assert _command(["-C", "some/dir", "-v", "edit", "--prompt", "p"]) == "edit"
     assert _command(["--traceback", "generate", "x"]) == "generate"
     assert _command(["-C", "edit"]) is None
+
+
+def test_the_worker_preloads_without_running_the_command_line(monkeypatch):
+    """Preloading imports every cathrepo module but ``cathrepo.__main__`` (which would start a second
+    command line, and a worker inside the worker)."""
+    from cathrepo.cli import worker
+
+    imported = []
+    monkeypatch.setattr("importlib.import_module", lambda name: imported.append(name))
+    worker._preload([])  # no base model: nothing is loaded
+    assert "cathrepo.cli.commands.edit" in imported and "cathrepo.repo" in imported
+    assert not [name for name in imported if name.endswith("__main__")]
