@@ -5,7 +5,9 @@
 - fluency: ROME's weighted bi-/tri-gram entropy of longer continuations of every prompt about the
   subject (the rewrite prompt, its paraphrases and the generation prompts), paired prompt by prompt
   before and after the change and judged on the mean drop; ``mention`` reports how often they name the
-  new target.
+  new target. ``drop_matched`` (each "before" text cut to its "after" text's length: a continuation that
+  ended is not a repetition) and the same two at half the length are reported beside the verdict's
+  ``drop`` while they are calibrated (BENCHMARKS.md); none of them decides.
 
 Both read continuations that :func:`~cathrepo.gates.base.run_gates` decodes once for all gates, the
 "before" and "after" rows in one batch. Fluency is ROME's weighted bi-/tri-gram entropy of generated
@@ -35,9 +37,16 @@ def contains_answer(text: str, answer: str) -> bool:
     return re.search(pattern, text.lower()) is not None
 
 
-def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
-    """Weighted mean of the n-gram entropies (bits) of ``text``'s word tokens (ROME's fluency measure)."""
-    tokens = _WORD.findall(text.lower())
+def words(text: str) -> list[str]:
+    """The word tokens the fluency measure counts (words and punctuation marks, lower case)."""
+    return _WORD.findall(text.lower())
+
+
+def ngram_entropy(text: str | Sequence[str], ns: Sequence[int] = (2, 3),
+                  weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """Weighted mean of the n-gram entropies (bits) of ``text``'s word tokens (ROME's fluency measure);
+    ``text`` may be the word tokens themselves."""
+    tokens = words(text) if isinstance(text, str) else list(text)
     values = []
     for n, w in zip(ns, weights, strict=True):
         grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
@@ -45,6 +54,18 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
         entropy = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
         values.append(w * entropy)
     return sum(values) / len(values)
+
+
+def matched_drop(before: str, after: str) -> float:
+    """The entropy drop of one prompt with the "before" text cut to the "after" text's length in words.
+
+    The decoder stops at the end-of-sequence token, and an n-gram entropy grows with the text's length:
+    an edited model that answers 'goaltender.' and stops would otherwise read as a model repeating
+    itself. A continuation that ended cannot repeat past its end, so it is compared with as many words
+    of the one before; a continuation at full length is compared as it is.
+    """
+    b, a = words(before), words(after)
+    return ngram_entropy(b[: len(a)]) - ngram_entropy(a)
 
 
 def subject_prompts(ctx: GateRun, *kinds: str) -> list[str]:
@@ -123,12 +144,15 @@ class FluencyGate(Gate):
         drop = _mean([b - a for b, a in zip(before, after, strict=True)])
         half = _mean([ngram_entropy(b) - ngram_entropy(a)
                       for b, a in zip(measured["before"]["half"], measured["after"]["half"], strict=True)])
+        matched = _mean([matched_drop(b, a) for b, a in zip(measured["before"]["texts"], texts, strict=True)])
+        matched_half = _mean([matched_drop(b, a) for b, a in zip(measured["before"]["half"], measured["after"]["half"],
+                                                                 strict=True)])
         mention = _mean([float(contains_answer(t, target)) for t in texts]) if target else float("nan")
         ok = drop <= self.policy.fluency_max_drop + 1e-9
         worst = min(range(len(after)), key=lambda i: after[i] - before[i])
         detail = "" if ok else f"generations repeat themselves: {texts[worst][:80]!r}"
         return self.result(ok, {"entropy": _mean(after), "entropy_before": _mean(before), "drop": drop,
-                                "drop_half": half, "mention": mention, "n": float(len(after))},
+                                "drop_matched": matched, "drop_half": half, "drop_matched_half": matched_half, "mention": mention, "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)
 
 

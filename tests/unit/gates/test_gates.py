@@ -397,3 +397,14 @@ def test_a_fail_fast_retry_decodes_only_the_short_rows_when_generation_refuses(t
                       fail_fast=True)
     assert not retry["generation"].passed and retry["fluency"].skipped
     assert budgets and set(budgets) == {GatePolicy().generation_tokens}  # no 48-token pass
+
+
+def test_fluency_matched_drop_compares_a_continuation_that_ended_with_as_many_words_before():
+    from cathrepo.gates.generation import matched_drop, ngram_entropy
+
+    before = "the players said that the team would win the cup again next year"
+    assert matched_drop(before, "the players said") == 0.0  # ended early, not repeating: no drop
+    assert ngram_entropy(before) - ngram_entropy("the players said") > 1.0  # the unmatched drop is large
+    looping = "the cup the cup the cup the cup the cup the cup"
+    assert matched_drop(before, looping) == pytest.approx(ngram_entropy(before.split()[:12]) - ngram_entropy(looping))
+    assert matched_drop(before, looping) > 1.0  # a repetition at full length still drops
