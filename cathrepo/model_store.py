@@ -171,6 +171,12 @@ def _converted_embedded(spec: EmbeddedModel) -> Path:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
+def file_stamps(files: list[Path]) -> list[str]:
+    """Each file's resolved path, size, mtime and inode: what changes when a file is rewritten, read
+    without reading the bytes (as DVC's state database does)."""
+    return [f"{p.resolve()}:{s.st_size}:{s.st_mtime_ns}:{s.st_ino}" for p in files for s in [p.stat()]]
+
+
 def weights_sha256(path: Path) -> str:
     """sha256 over the weight files of a checkpoint directory (names and bytes, in sorted order).
 
@@ -180,7 +186,7 @@ def weights_sha256(path: Path) -> str:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     if not files:
         raise ModelLoadError(f"No weight files in '{path}'.", hint="Is it a complete model directory?")
-    stamp = "|".join(f"{p.resolve()}:{s.st_size}:{s.st_mtime_ns}:{s.st_ino}" for p in files for s in [p.stat()])
+    stamp = "|".join(file_stamps(files))
     key = hashlib.sha256(stamp.encode()).hexdigest()
     memo = cache_dir() / "hashes" / f"{key}.txt"
     if memo.is_file():

@@ -25,6 +25,7 @@ from cathrepo.model_store import (  # re-exported: public names of cathrepo.mode
     EmbeddedModel,
     ResolvedModel,
     cache_dir,
+    file_stamps,
     resolve_model,
     weights_sha256,
 )
@@ -185,9 +186,7 @@ def _preload_key(path: Path | str, device: str, dtype: str) -> tuple[str, ...]:
     """The directory, device, dtype and every weight file's size, mtime and inode: a model rewritten on
     disk after the worker loaded it is read again."""
     root = Path(path).resolve()
-    stamps = sorted(f"{p.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-                    for p in root.iterdir() if p.is_file() for st in [p.stat()])
-    return (str(root), device, dtype, *stamps)
+    return (str(root), device, dtype, *file_stamps(sorted(p for p in root.iterdir() if p.is_file())))
 
 
 def preload(path: Path | str, *, device: str | None = None, dtype: str = "float32") -> None:

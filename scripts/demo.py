@@ -67,7 +67,7 @@ def main() -> None:
     try:
         demo(work, repo)
     finally:
-        run("worker", "stop", cwd=repo, show=False, allow=(1,))
+        run("worker", "stop", cwd=repo, show=False)
 
 
 def demo(work: Path, repo: Path) -> None:

@@ -19,18 +19,17 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cathrepo.delta import Delta, applied, applied_to_rows
+from cathrepo.delta import Delta, applied
 from cathrepo.exceptions import CathrepoError
 from cathrepo.facts.probes import ProbeSet
 from cathrepo.gates.cache import load_cached, store_cached
+from cathrepo.gates.decodes import decode_requests, decodes_unchanged_state
 from cathrepo.gates.policy import STAGES, GatePolicy
 from cathrepo.gates.results import GateReport, GateResult
-from cathrepo.lm.decoding import AroundBatch, greedy_token_ids
 from cathrepo.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -259,8 +258,8 @@ def run_gates(
     # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run. A decoding pass costs its
     #    longest budget whatever the rows, so every gate's continuations are decoded in one pass unless
     #    fail_fast and only new-state rows are left (a retry): then each tier decodes its own, shortest first.
-    if not fail_fast or _decodes_unchanged_state(ctx, active):
-        _decode_requests(ctx, active)
+    if not fail_fast or decodes_unchanged_state(ctx, active):
+        decode_requests(ctx, active)
     for tier in sorted({g.cost for g in active}):
         gates_now = [g for g in active if g.cost == tier]
         results.update(_run_tier(ctx, gates_now))
@@ -279,7 +278,7 @@ def run_gates(
 
 def _run_tier(ctx: GateRun, gates: Sequence[Gate]) -> dict[str, GateResult]:
     """Decode, measure state by state (each state applied once, restored bit for bit) and judge ``gates``."""
-    _decode_requests(ctx, gates)
+    decode_requests(ctx, gates)
     measured: dict[str, dict[str, Any]] = {g.name: g.measured for g in gates}
     seconds: dict[str, float] = {g.name: 0.0 for g in gates}
     errors: dict[str, str] = {}
@@ -347,55 +346,3 @@ def _carry_key(ctx: GateRun) -> str:
     suite = json.dumps([[p.to_dict() for p in ps.probes] for ps in ctx.suite], sort_keys=True, ensure_ascii=False)
     text = f"{ctx.state_digest('before')}\0{ctx.stage}\0{probes}\0{suite}"
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _decodes_unchanged_state(ctx: GateRun, gates: Sequence[Gate]) -> bool:
-    """Whether ``gates`` ask for a ``base`` or ``before`` continuation not decoded yet."""
-    return any(state != "after" and not ctx.has_decoded(state, prompt, tokens)
-               for gate in gates for state, prompt, tokens in gate.decodes(ctx))
-
-
-def _decode_requests(ctx: GateRun, gates: Sequence[Gate]) -> None:
-    """Decode what ``gates`` ask for into ``ctx.memo``: one batched pass when "after" is "before" plus
-    one delta (its rows see the delta through :func:`~cathrepo.delta.applied_to_rows`), else one
-    pass per state."""
-    wanted: dict[tuple[str, str], int] = {}
-    for gate in gates:
-        for state, prompt, tokens in gate.decodes(ctx):
-            wanted[(state, prompt)] = max(tokens, wanted.get((state, prompt), 0))
-    if not wanted:
-        return
-    # a continuation decoded before (an earlier tier, or carried from an earlier attempt) is reused only
-    # when it ran at least as many tokens as asked for now
-    keys = sorted(k for k in wanted if not ctx.has_decoded(*k, wanted[k]))
-    if not keys:
-        return
-    one_more = len(ctx.after) == len(ctx.before) + 1 and all(a is b for a, b in zip(ctx.after[:-1], ctx.before, strict=True))
-    added = ctx.after[-1] if one_more else None
-    if added is not None and {state for state, _ in keys} <= {"before", "after"}:
-        ctx.say(f"decoding {len(keys)} continuations (before and after together)")
-        with applied(ctx.model, *ctx.before):
-            ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in keys], max_new_tokens=[wanted[k] for k in keys],
-                                   around=_on_rows(ctx.model, added, [s == "after" for s, _ in keys]))
-        ctx.memo.update({("decode", *k): (wanted[k], v) for k, v in zip(keys, ids, strict=True)})
-        return
-    for state in STATES:
-        mine = [k for k in keys if k[0] == state]
-        if mine:
-            ctx.say(f"decoding {len(mine)} continuations ({state})")
-            with applied(ctx.model, *ctx.deltas(state)):
-                ids = greedy_token_ids(ctx.model, ctx.tokenizer, [p for _, p in mine],
-                                       max_new_tokens=[wanted[k] for k in mine])
-            ctx.memo.update({("decode", *k): (wanted[k], v) for k, v in zip(mine, ids, strict=True)})
-
-
-def _on_rows(model: Any, delta: Delta, changed: Sequence[bool]) -> AroundBatch:
-    """Decode the prompts flagged in ``changed`` with ``delta`` on top of the model, the others without."""
-
-    def around(idx: Sequence[int]) -> AbstractContextManager[Any]:
-        import torch
-
-        rows = torch.tensor([changed[i] for i in idx])
-        return applied_to_rows(model, delta, rows) if bool(rows.any()) else nullcontext()
-
-    return around

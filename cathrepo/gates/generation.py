@@ -152,7 +152,8 @@ class FluencyGate(Gate):
         worst = min(range(len(after)), key=lambda i: after[i] - before[i])
         detail = "" if ok else f"generations repeat themselves: {texts[worst][:80]!r}"
         return self.result(ok, {"entropy": _mean(after), "entropy_before": _mean(before), "drop": drop,
-                                "drop_matched": matched, "drop_half": half, "drop_matched_half": matched_half, "mention": mention, "n": float(len(after))},
+                                "drop_matched": matched, "drop_half": half, "drop_matched_half": matched_half,
+                                "mention": mention, "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)
 
 

@@ -117,10 +117,10 @@ def test_the_subcommand_is_found_after_the_groups_options():
 def test_the_worker_preloads_without_running_the_command_line(monkeypatch):
     """Preloading imports every cathrepo module but ``cathrepo.__main__`` (which would start a second
     command line, and a worker inside the worker)."""
-    from cathrepo.cli import worker
+    from cathrepo.cli import worker_server
 
     imported = []
     monkeypatch.setattr("importlib.import_module", lambda name: imported.append(name))
-    worker._preload([])  # no base model: nothing is loaded
+    worker_server._preload([])  # no base model: nothing is loaded
     assert "cathrepo.cli.commands.edit" in imported and "cathrepo.repo" in imported
     assert not [name for name in imported if name.endswith("__main__")]

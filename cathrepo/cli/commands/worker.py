@@ -32,7 +32,9 @@ def start_cmd(ctx: click.Context, bases: tuple[str, ...], no_model: bool, idle_t
 
     chosen = [] if no_model else list(bases) or [_default_base(ctx)]
     if foreground:
-        worker.serve(chosen, idle_timeout)
+        from cathrepo.cli.worker_server import serve
+
+        serve(chosen, idle_timeout)
         return
     found = worker.start(chosen, idle_timeout)
     models = ", ".join(found["preloaded"]) or "no model"

@@ -311,14 +311,14 @@ def test_carry_reuses_before_measurements_only_for_the_same_before_state(tiny_mo
     strong = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true)
     other = oracle_delta(model, tok, OTHER.prompt, OTHER.target_new, OTHER.target_true)
     decoded: list[list[str]] = []
-    real = base._decode_requests
+    real = base.decode_requests
 
     def counting(ctx, gates):
         before = len(ctx.memo)
         real(ctx, gates)
         decoded[-1] += [k[1] for k in list(ctx.memo)[before:] if k[0] == "decode"]
 
-    monkeypatch.setattr(base, "_decode_requests", counting)
+    monkeypatch.setattr(base, "decode_requests", counting)
     carry = GateCarry()
     decoded.append([])
     first = run_gates(model, tok, after=[strong], probes=probes_for(fact), gates=["fluency"], carry=carry)
@@ -381,14 +381,14 @@ def test_a_fail_fast_retry_decodes_only_the_short_rows_when_generation_refuses(t
     model, tok, _ = tiny_llama
     weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
     budgets: list[int] = []
-    real = base._decode_requests
+    real = base.decode_requests
 
     def recording(ctx, gates):
         before = dict(ctx.memo)
         real(ctx, gates)
         budgets.extend(v[0] for k, v in ctx.memo.items() if k[0] == "decode" and before.get(k) != v)
 
-    monkeypatch.setattr(base, "_decode_requests", recording)
+    monkeypatch.setattr(base, "decode_requests", recording)
     carry = GateCarry()
     gates = ["generation", "fluency"]
     run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=carry)
