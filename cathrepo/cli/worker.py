@@ -1,6 +1,6 @@
 """The resident worker: torch, transformers and the base model loaded once, a fresh process per command.
 
-A ``cathrepo`` command that computes on a model spends about 8 s importing torch and transformers and
+A ``cathrepo`` command that computes on a model spends about 9 s importing torch and transformers and
 loading the weights before any work (BENCHMARKS.md). ``cathrepo worker start`` keeps a process that has
 done that; while it runs, ``cathrepo edit`` (and the other model commands) hand their arguments, working
 directory, environment and terminal (stdin, stdout and stderr, passed as file descriptors over a Unix

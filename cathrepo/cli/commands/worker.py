@@ -13,7 +13,7 @@ def worker_group() -> None:
 
     While it runs, model commands (edit, revert, gate, generate, trace, bench) are handed to it with
     this terminal, directory and environment, and each runs in a fresh process forked from it: the same
-    output and exit codes, about 8 s sooner. CATHREPO_WORKER=0 keeps a command out of it.
+    output and exit codes, about 9 s sooner. CATHREPO_WORKER=0 keeps a command out of it.
     """
 
 
