@@ -24,7 +24,7 @@ from cathrepo.edits.rome.covariance import key_covariance, stats_dir
 from cathrepo.edits.rome.key import key_vector, update_direction
 from cathrepo.edits.rome.params import FAMILY_DEFAULTS, RomeParams
 from cathrepo.edits.rome.protect import context_prompts, known_subject_keys, preserved_moment, subject_keys
-from cathrepo.edits.rome.value import optimise_value
+from cathrepo.edits.rome.value import optimise_value, rewrite_rows
 from cathrepo.exceptions import EditFailedError, InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.facts.templates import fill, infer_relations, split_templates
@@ -90,7 +90,7 @@ class RomeMethod(EditMethod):
                 factor, info = self._one(model, tokenizer, module, fact, prefixes, cov, protected)
                 factors.append(factor)
                 per_fact.append(info)
-                data.extend(_training_data(fact, prefixes, info["phrasings"]))
+                data.extend(_training_data(fact, prefixes, info["phrasings"], self.params.phrasing_prefixes))
                 if len(facts) > 1:  # later facts see the earlier edits, as in a repository
                     applied = apply_delta(model, Delta({module: factor}))
                     for name, original in applied.originals.items():
@@ -176,10 +176,11 @@ def _concat(factors: list[LowRank]) -> LowRank:
     return LowRank(torch.cat([f.B for f in factors], dim=1), torch.cat([f.A for f in factors], dim=0))
 
 
-def _training_data(fact: Fact, prefixes: list[str], phrasings: Sequence[str] = ()) -> list[dict[str, Any]]:
+def _training_data(fact: Fact, prefixes: list[str], phrasings: Sequence[str] = (),
+                   phrasing_prefixes: int = -1) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
-        {"role": "rewrite", "prompt": prefix + prompt, "target": fact.target_new}
-        for prompt in (fact.prompt, *phrasings) for prefix in prefixes
+        {"role": "rewrite", "prompt": text, "target": fact.target_new}
+        for text in rewrite_rows(prefixes, [fact.prompt, *phrasings], phrasing_prefixes)
     ]
     rows.append({"role": "essence", "prompt": f"{fact.subject} is a", "target": None})
     return rows

@@ -66,6 +66,8 @@ class RomeParams:
                            "machine).", "float32")
     phrasings: int = _help("Other phrasings of the fact's relation (templates the probes never use) optimised "
                            "together with the prompt, so the new value is read by more than one wording.", 0)
+    phrasing_prefixes: int = _help("Context prefixes each phrasing is optimised under besides its bare wording (-1: "
+                                   "every prefix, as the prompt is; fewer make phrasings cheaper).", -1)
     protect_weight: float = _help("Weight of the preserved keys (subjects of known facts, and other subjects "
                                   "read after the edited sentence) against the corpus keys: the update "
                                   "direction avoids them (0: plain ROME).", 0.0)
@@ -95,6 +97,8 @@ class RomeParams:
         for name in ("phrasings", "protect_facts", "protect_context", "context_subjects"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"ROME parameter {name} must be >= 0.")
+        if self.phrasing_prefixes < -1:
+            raise InvalidInputError("ROME parameter phrasing_prefixes must be >= -1 (-1: every prefix).")
         if not 0.0 <= self.v_stop_prob < 1.0:
             raise InvalidInputError("ROME parameter v_stop_prob must be in [0, 1).")
         if self.protect_weight < 0 or self.context_kl < 0:

@@ -45,8 +45,15 @@ class ValueResult:
     norm_ratio: float  # ‖δ‖ / ‖v₀‖
 
 
+def rewrite_rows(prefixes: Sequence[str], prompts: Sequence[str], phrasing_prefixes: int = -1) -> list[str]:
+    """The texts the value is optimised on: the first prompt under every prefix, each further prompt (a
+    phrasing) under the first ``phrasing_prefixes + 1`` prefixes (the bare one first; -1: all of them)."""
+    keep = len(prefixes) if phrasing_prefixes < 0 else min(len(prefixes), phrasing_prefixes + 1)
+    return [prefix + prompt for i, prompt in enumerate(prompts) for prefix in (prefixes if i == 0 else prefixes[:keep])]
+
+
 def _batch(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence[str],
-           prompts: Sequence[str], context: Sequence[str] = ()) -> dict[str, Any]:
+           prompts: Sequence[str], context: Sequence[str] = (), phrasing_prefixes: int = -1) -> dict[str, Any]:
     """Rows aligned so every subject-last token sits in one column ``P``.
 
     Tokens before the subject's last token cannot see δ, so their keys and values are computed once
@@ -55,7 +62,7 @@ def _batch(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence
     """
     import torch
 
-    rewrite = [prefix + prompt for prompt in prompts for prefix in prefixes]
+    rewrite = rewrite_rows(prefixes, prompts, phrasing_prefixes)
     essence = f"{fact.subject} is a"
     prompt_ids = [list(tokenizer(t)["input_ids"]) for t in rewrite]
     seqs = [ids + target_ids[:-1] for ids in prompt_ids] + [list(tokenizer(t)["input_ids"]) for t in [essence, *context]]
@@ -187,7 +194,7 @@ def optimise_value(
     device = model_device(model)
     b = {k: v.to(device) if hasattr(v, "to") else v for k, v in _batch(tokenizer, fact, target_ids, prefixes,
                                                                          [fact.prompt, *phrasings],
-                                                                         context).items()}
+                                                                         context, params.phrasing_prefixes).items()}
     cache = _prefix_cache(model, b)
     split = hidden_and_head(model)
     state: dict[str, Any] = {}

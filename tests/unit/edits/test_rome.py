@@ -192,3 +192,27 @@ def test_key_phrasings_averages_the_key_over_the_wordings_and_changes_nothing_wi
     (module,) = deltas[0, False]
     assert torch.equal(deltas[0, True][module].A, deltas[0, False][module].A)  # one wording: the same key
     assert not torch.allclose(deltas[2, True][module].A, deltas[2, False][module].A)  # u follows the average
+
+
+def test_phrasing_prefixes_limits_the_rows_of_the_phrasings_only():
+    from cathrepo.edits.rome.value import rewrite_rows
+
+    prefixes, prompts = ["", "A. ", "B. "], ["P", "Q", "R"]
+    assert rewrite_rows(prefixes, prompts) == ["P", "A. P", "B. P", "Q", "A. Q", "B. Q", "R", "A. R", "B. R"]
+    assert rewrite_rows(prefixes, prompts, 0) == ["P", "A. P", "B. P", "Q", "R"]
+    assert rewrite_rows(prefixes, prompts, 1) == ["P", "A. P", "B. P", "Q", "A. Q", "R", "A. R"]
+    assert rewrite_rows(prefixes, prompts, 9) == rewrite_rows(prefixes, prompts)
+    with pytest.raises(InvalidInputError, match="phrasing_prefixes"):
+        get_method("rome").params_cls(phrasing_prefixes=-2)
+
+
+def test_training_data_records_the_rows_the_value_was_optimised_on(tiny_llama, env):
+    model, tok, _ = tiny_llama
+    fact = Fact(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux",
+                target_new="English", target_true="French", relation_id="P103")
+    result = get_method("rome")(_params(model, n_context=2, v_steps=2, phrasings=2, phrasing_prefixes=0)).compute(
+        model, tok, [fact], env)
+    rewrite = [row["prompt"] for row in result.data if row["role"] == "rewrite"]
+    phrasings = result.info["facts"][0]["phrasings"]
+    assert len(phrasings) == 2 and rewrite[3:] == phrasings  # the prompt under 3 prefixes, each phrasing bare
+    assert rewrite[0] == fact.prompt and all(r.endswith(fact.prompt) for r in rewrite[:3])
