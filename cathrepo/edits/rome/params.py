@@ -68,6 +68,9 @@ class RomeParams:
                            "together with the prompt, so the new value is read by more than one wording.", 0)
     phrasing_prefixes: int = _help("Context prefixes each phrasing is optimised under besides its bare wording (-1: "
                                    "every prefix, as the prompt is; fewer make phrasings cheaper).", -1)
+    phrasing_stop: bool = _help("The phrasings' rows count in the v_stop_prob stopping rule (off: the phrasings "
+                                "shape δ's direction through the loss, the prompt's rows decide when it stops).",
+                                True)
     protect_weight: float = _help("Weight of the preserved keys (subjects of known facts, and other subjects "
                                   "read after the edited sentence) against the corpus keys: the update "
                                   "direction avoids them (0: plain ROME).", 0.0)

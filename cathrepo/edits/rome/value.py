@@ -105,6 +105,7 @@ def _batch(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence
         "positions": torch.tensor(positions),
         "tokens": torch.tensor(tokens),
         "n_rewrite": len(rewrite),
+        "n_prompt": len(prefixes),  # the first rows: the prompt itself under every prefix
         "n_target": len(target_ids),
     }
 
@@ -148,6 +149,19 @@ def _read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any) -> tor
     picked = torch.cat([states[b["rows"], b["positions"]], states[b["kl_rows"], b["kl_cols"]]], dim=0)
     logits = split[1](picked) if split else picked
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def stop_reached(params: RomeParams, row_lp: Sequence[float], top1: Sequence[bool], nll: float,
+                 n_prompt: int) -> bool:
+    """The stopping rule: every judged row (the prompt's first ``n_prompt``, and the phrasings' unless
+    ``phrasing_stop`` is off) gives the target ``v_stop_prob`` (with ``v_stop_top1``, as its most likely
+    first token too); with ``v_stop_prob`` 0, the mean NLL over every row is under ``v_stop_nll``."""
+    if params.v_stop_prob <= 0:
+        return nll < params.v_stop_nll
+    judged = slice(None) if params.phrasing_stop else slice(0, n_prompt)
+    if min(row_lp[judged]) < math.log(params.v_stop_prob):
+        return False
+    return all(top1[judged]) if params.v_stop_top1 else True
 
 
 def working_copy(model: Any, precision: str) -> Any:
@@ -234,12 +248,9 @@ def optimise_value(
             if step == 0:
                 nll_start = nll
                 optimizer = torch.optim.Adam([delta], lr=params.v_lr)
-            reached = (float(row_lp.detach().min()) >= math.log(params.v_stop_prob) if params.v_stop_prob > 0
-                       else nll < params.v_stop_nll)
-            if reached and params.v_stop_top1 and params.v_stop_prob > 0:
-                first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
-                reached = bool((first.detach().argmax(-1) == b["tokens"][0]).all())
-            if reached or step == params.v_steps:
+            first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
+            top1 = (first.detach().argmax(-1) == b["tokens"][0]).tolist()
+            if stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"]) or step == params.v_steps:
                 break
             assert optimizer is not None
             optimizer.zero_grad()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -214,5 +216,20 @@ def test_training_data_records_the_rows_the_value_was_optimised_on(tiny_llama, e
         model, tok, [fact], env)
     rewrite = [row["prompt"] for row in result.data if row["role"] == "rewrite"]
     phrasings = result.info["facts"][0]["phrasings"]
-    assert len(phrasings) == 2 and rewrite[3:] == phrasings  # the prompt under 3 prefixes, each phrasing bare
+    assert phrasings and rewrite[3:] == phrasings  # the prompt under 3 prefixes, each phrasing bare
     assert rewrite[0] == fact.prompt and all(r.endswith(fact.prompt) for r in rewrite[:3])
+
+
+def test_stop_rule_judges_the_phrasings_only_with_phrasing_stop():
+    from cathrepo.edits.rome.value import stop_reached
+
+    params = get_method("rome").params_cls
+    rows = [math.log(0.6), math.log(0.7), math.log(0.1)]  # the prompt under two prefixes, then a phrasing
+    assert not stop_reached(params(v_stop_prob=0.5), rows, [True] * 3, 1.0, 2)
+    assert stop_reached(params(v_stop_prob=0.5, phrasing_stop=False), rows, [True] * 3, 1.0, 2)
+    assert not stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True), rows,
+                            [True, False, True], 1.0, 2)
+    assert stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True), rows,
+                        [True, True, False], 1.0, 2)
+    assert stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [False] * 3, 0.01, 2)
+    assert not stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [True] * 3, 0.5, 2)
