@@ -78,6 +78,9 @@ class RomeParams:
                                "are preserved.", 600)
     context_kl: float = _help("Weight of the KL that holds other subjects' next-token distributions, read after "
                               "the edited sentence, to the unedited model's (0: off).", 0.0)
+    after_kl: float = _help("Weight of the KL that holds the next-token distribution after the stated fact "
+                            "('{prompt} {target}') to the unedited model's, so the edit does not make the model "
+                            "say the target again and again (0: off).", 0.0)
     context_subjects: int = _help("Other subjects (protected half of the known facts) read after the edited "
                                   "sentence for context_kl.", 8)
     through_weight: bool = _help("Optimise the value as the rank-one weight delivers it (each position reads δ "
@@ -104,8 +107,8 @@ class RomeParams:
             raise InvalidInputError("ROME parameter phrasing_prefixes must be >= -1 (-1: every prefix).")
         if not 0.0 <= self.v_stop_prob < 1.0:
             raise InvalidInputError("ROME parameter v_stop_prob must be in [0, 1).")
-        if self.protect_weight < 0 or self.context_kl < 0:
-            raise InvalidInputError("ROME parameters protect_weight and context_kl must be >= 0.")
+        if self.protect_weight < 0 or self.context_kl < 0 or self.after_kl < 0:
+            raise InvalidInputError("ROME parameters protect_weight, context_kl and after_kl must be >= 0.")
         if not 0 < self.clamp_norm_factor:
             raise InvalidInputError("ROME parameter clamp_norm_factor must be positive.")
 

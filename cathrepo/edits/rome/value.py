@@ -5,6 +5,7 @@ Optimises ``δ`` added to the output of the edited module at the subject's last 
     L(δ) = mean_j NLL(target | prefix_j + prompt_i)                (rewrite, every prefix × phrasing)
          + kl_factor · KL(P₀(· | "{subject} is a") ‖ P_δ(·))        (essence drift)
          + context_kl · mean_c KL(P₀(· | c) ‖ P_δ(· | c))           (bleed: c = the edit, then another subject)
+         + after_kl · KL(P₀(· | prompt + target) ‖ P_δ(·))          (what follows the answer: no repeating it)
          + v_weight_decay · ‖δ‖² / ‖v₀‖²                             (keep the change small)
 
 with ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖`` after each Adam step, where v₀ is the module's
@@ -206,9 +207,11 @@ def optimise_value(
 
     model = working_copy(model, params.precision)
     device = model_device(model)
+    after = [f"{fact.prompt} {fact.target_new}"] if params.after_kl > 0 else []
     b = {k: v.to(device) if hasattr(v, "to") else v for k, v in _batch(tokenizer, fact, target_ids, prefixes,
                                                                          [fact.prompt, *phrasings],
-                                                                         context, params.phrasing_prefixes).items()}
+                                                                         [*after, *context],
+                                                                         params.phrasing_prefixes).items()}
     cache = _prefix_cache(model, b)
     split = hidden_and_head(model)
     state: dict[str, Any] = {}
@@ -238,11 +241,12 @@ def optimise_value(
             if "p0" not in state:  # δ is still zero: the unedited distributions
                 state["p0"] = logp[-n_kl:].detach()
             kls = torch.nn.functional.kl_div(logp[-n_kl:], state["p0"], log_target=True, reduction="none").sum(-1)
-            kl_t = kls[0]  # (n_kl,): the essence row, then the context rows
-            bleed_t = kls[1:].mean() if n_kl > 1 else kl_t * 0
+            kl_t = kls[0]  # (n_kl,): the essence row, the row after the stated target, the context rows
+            after_t = kls[1] if after else kl_t * 0
+            bleed_t = kls[1 + len(after):].mean() if n_kl > 1 + len(after) else kl_t * 0
             assert delta is not None
             v0_norm2 = state["v0"].norm() ** 2
-            loss = (nll_t + params.kl_factor * kl_t + params.context_kl * bleed_t
+            loss = (nll_t + params.kl_factor * kl_t + params.context_kl * bleed_t + params.after_kl * after_t
                     + params.v_weight_decay * delta.norm() ** 2 / v0_norm2)
             nll, kl = float(nll_t.detach()), float(kl_t.detach())
             if step == 0:

@@ -233,3 +233,26 @@ def test_stop_rule_judges_the_phrasings_only_with_phrasing_stop():
                         [True, True, False], 1.0, 2)
     assert stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [False] * 3, 0.01, 2)
     assert not stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [True] * 3, 0.5, 2)
+
+
+def test_after_kl_holds_what_follows_the_stated_answer(tiny_llama, env):
+    """``after_kl`` keeps the next-token distribution after '{prompt} {target}' closer to the unedited
+    model's (the edit should not make the model say the target again), and off it changes nothing."""
+    model, tok, _ = tiny_llama
+    stated_text = f"{FACT.prompt} {FACT.target_new}"
+
+    def after_dist():
+        with torch.no_grad():
+            return model(**tok(stated_text, return_tensors="pt")).logits[0, -1].log_softmax(-1)
+
+    base = after_dist()
+    kls, deltas = {}, {}
+    for weight in (0.0, 20.0):
+        result = get_method("rome")(_params(model, n_context=0, after_kl=weight, v_steps=30)).compute(
+            model, tok, [FACT], env)
+        deltas[weight] = next(iter(result.delta.factors.values())).B
+        with applied(model, result.delta):
+            kls[weight] = float(torch.nn.functional.kl_div(after_dist(), base, log_target=True, reduction="sum"))
+    assert kls[20.0] < kls[0.0]
+    plain = get_method("rome")(_params(model, n_context=0, v_steps=30)).compute(model, tok, [FACT], env)
+    assert torch.equal(next(iter(plain.delta.factors.values())).B, deltas[0.0])
