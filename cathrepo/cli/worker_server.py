@@ -64,6 +64,13 @@ def serve(bases: Sequence[str], idle_timeout: float) -> None:
             path.unlink()
 
 
+#: Libraries cathrepo imports inside the functions that need them (so that a short command does not pay
+#: for them): the worker imports them once, so a command that commits does not spend a second on DVC.
+LAZY_IMPORTS = ("dvc.repo", "dvc.logger", "dvc.ui", "dvc.exceptions", "git", "safetensors.torch", "peft",
+                "cryptography.hazmat.primitives.serialization",
+                "cryptography.hazmat.primitives.asymmetric.ed25519", "rich.console", "rich.table")
+
+
 def _preload(bases: Sequence[str]) -> list[str]:
     """Import what a command imports and load each base model (no computation: see the module docstring)."""
     import importlib
@@ -77,6 +84,11 @@ def _preload(bases: Sequence[str]) -> list[str]:
                 importlib.import_module(info.name)
             except Exception as exc:  # an optional dependency missing: that module loads in the command
                 log.info("not preloaded: %s (%s)", info.name, exc)
+    for name in LAZY_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # not installed: the command that needs it says so itself
+            log.info("not preloaded: %s (%s)", name, exc)
     from cathrepo.models import preload, resolve_model
 
     names = []

@@ -124,3 +124,4 @@ def test_the_worker_preloads_without_running_the_command_line(monkeypatch):
     worker_server._preload([])  # no base model: nothing is loaded
     assert "cathrepo.cli.commands.edit" in imported and "cathrepo.repo" in imported
     assert not [name for name in imported if name.endswith("__main__")]
+    assert {"dvc.repo", "git"} <= set(imported)  # what a commit imports lazily is loaded once too
