@@ -23,6 +23,12 @@ output) within a step or two on most facts and stopped there, dense and large; a
 half (records 5010-5019: 0.8-2.9× against 1.6-4.0×). On records 5010-5029 with every default gate of the
 ``edit`` stage and no retries, 12 of 20 edits pass against 9 before (through_weight alone 8, v_lr 0.2
 alone 9); BENCHMARKS.md has the table.
+
+Since then the value is also optimised on three other wordings of the fact's relation (``phrasings`` 3,
+relation templates no probe uses), each bare (``phrasing_prefixes`` 0), with only the prompt's rows in
+the stopping rule (``phrasing_stop`` off): the phrasings turn δ towards what every wording reads, without
+making it larger. On records 5300-5339, first attempt, every default gate of the ``edit`` stage: see
+BENCHMARKS.md ("Phrasings in the value optimisation").
 """
 
 from __future__ import annotations
@@ -65,12 +71,12 @@ class RomeParams:
                            "(faster where the CPU has bfloat16 matmuls, but the delta then depends on the "
                            "machine).", "float32")
     phrasings: int = _help("Other phrasings of the fact's relation (templates the probes never use) optimised "
-                           "together with the prompt, so the new value is read by more than one wording.", 0)
+                           "together with the prompt, so the new value is read by more than one wording.", 3)
     phrasing_prefixes: int = _help("Context prefixes each phrasing is optimised under besides its bare wording (-1: "
-                                   "every prefix, as the prompt is; fewer make phrasings cheaper).", -1)
+                                   "every prefix, as the prompt is; fewer make phrasings cheaper).", 0)
     phrasing_stop: bool = _help("The phrasings' rows count in the v_stop_prob stopping rule (off: the phrasings "
                                 "shape δ's direction through the loss, the prompt's rows decide when it stops).",
-                                True)
+                                False)
     protect_weight: float = _help("Weight of the preserved keys (subjects of known facts, and other subjects "
                                   "read after the edited sentence) against the corpus keys: the update "
                                   "direction avoids them (0: plain ROME).", 0.0)

@@ -225,12 +225,13 @@ def test_stop_rule_judges_the_phrasings_only_with_phrasing_stop():
 
     params = get_method("rome").params_cls
     rows = [math.log(0.6), math.log(0.7), math.log(0.1)]  # the prompt under two prefixes, then a phrasing
-    assert not stop_reached(params(v_stop_prob=0.5), rows, [True] * 3, 1.0, 2)
+    assert not stop_reached(params(v_stop_prob=0.5, phrasing_stop=True), rows, [True] * 3, 1.0, 2)
     assert stop_reached(params(v_stop_prob=0.5, phrasing_stop=False), rows, [True] * 3, 1.0, 2)
     assert not stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True), rows,
                             [True, False, True], 1.0, 2)
     assert stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True), rows,
                         [True, True, False], 1.0, 2)
+    assert stop_reached(params(v_stop_prob=0.5), rows, [True] * 3, 1.0, 2)  # the default: the prompt decides
     assert stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [False] * 3, 0.01, 2)
     assert not stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [True] * 3, 0.5, 2)
 
