@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from pathlib import Path
 
@@ -37,9 +36,10 @@ def test_rome_edits_three_facts_and_leaves_model_unchanged(smollm2, facts):
             (new, old), (pnew, pold) = prefers(model, tok, [fact.prompt, fact.paraphrases[0]],
                                                [fact.target_new] * 2, [fact.target_true] * 2)
         assert new > old, fact.prompt
-        # the value optimisation reached its stop: every prompt gives the target p >= v_stop_prob, so the
-        # mean NLL is at most -log(v_stop_prob)
-        assert result.info["facts"][0]["nll_end"] <= -math.log(method.params.v_stop_prob) + 1e-4
+        # the value optimisation reached its stop (every row of the prompt gives the target p >= v_stop_prob),
+        # not the end of its step budget
+        info = result.info["facts"][0]
+        assert info["stopped"]
     assert not changed_weights(model, before)
 
 

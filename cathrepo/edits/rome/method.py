@@ -153,6 +153,7 @@ class RomeMethod(EditMethod):
             "nll_end": round(value.nll_end, 4),
             "kl_end": round(value.kl_end, 5),
             "delta_norm_ratio": round(value.norm_ratio, 4),
+            "stopped": value.stopped,
             "phrasings": phrasings,
             "seconds": round(time.perf_counter() - start, 3),
         }

@@ -44,6 +44,7 @@ class ValueResult:
     nll_end: float
     kl_end: float
     norm_ratio: float  # ‖δ‖ / ‖v₀‖
+    stopped: bool = False  # the stopping rule was met (not the step budget)
 
 
 def rewrite_rows(prefixes: Sequence[str], prompts: Sequence[str], phrasing_prefixes: int = -1) -> list[str]:
@@ -230,7 +231,7 @@ def optimise_value(
 
     optimizer: torch.optim.Optimizer | None = None
     nll_start = nll = kl = float("nan")
-    steps = 0
+    steps, stopped = 0, False
     with add_to_output(model, {module: add_delta}), torch.enable_grad():
         for step in range(params.v_steps + 1):
             logp = _read_logprobs(model, split, b, cache)  # (n_rewrite * n_target + n_kl, vocab)
@@ -254,7 +255,8 @@ def optimise_value(
                 optimizer = torch.optim.Adam([delta], lr=params.v_lr)
             first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
             top1 = (first.detach().argmax(-1) == b["tokens"][0]).tolist()
-            if stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"]) or step == params.v_steps:
+            stopped = stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"])
+            if stopped or step == params.v_steps:
                 break
             assert optimizer is not None
             optimizer.zero_grad()
@@ -267,4 +269,4 @@ def optimise_value(
                     delta.mul_(limit / delta.norm())
     assert delta is not None
     final = delta.detach().clone()
-    return ValueResult(final, steps, nll_start, nll, kl, float(final.norm() / state["v0"].norm()))
+    return ValueResult(final, steps, nll_start, nll, kl, float(final.norm() / state["v0"].norm()), stopped)
