@@ -26,9 +26,10 @@ alone 9); BENCHMARKS.md has the table.
 
 Since then the value is also optimised on three other wordings of the fact's relation (``phrasings`` 3,
 relation templates no probe uses), each bare (``phrasing_prefixes`` 0), with only the prompt's rows in
-the stopping rule (``phrasing_stop`` off): the phrasings turn δ towards what every wording reads, without
-making it larger. On records 5300-5339, first attempt, every default gate of the ``edit`` stage: see
-BENCHMARKS.md ("Phrasings in the value optimisation").
+the stopping rule (``phrasing_stop`` off): the phrasings turn δ towards what every wording reads without
+holding it to every wording's bar (holding it there gave more NS+ refusals). On records 5300-5339, first
+attempt, every default gate of the ``edit`` stage: see BENCHMARKS.md ("Phrasings in the value
+optimisation").
 """
 
 from __future__ import annotations

