@@ -30,22 +30,30 @@ class Relation:
 
 _LOCATED = ("{} is located in", "{} is in", "{}, in", "{} can be found in")
 _BORN = ("{} is originally from", "{} was originally from")
+#: More phrasings of the location relations, after the ones the probes take (editors train on these).
+_LOCATED_MORE = ("{} is situated in", "{}, situated in", "{} lies in", "{} is found in")
+_MADE = ("{} is made by", "{}, made by", "{} was made by", "{}, which is made by", "{} is a creation of")
+_WORK_LANGUAGE = ("{} is in the language of", "{} was originally in", "{}, originally in")
 
 RELATIONS: dict[str, Relation] = {
     r.id: r
     for r in (
         Relation("P17", "country", (
             "{} is located in the country of", "{}, located in", "{}, which is located in", *_LOCATED,
+            *_LOCATED_MORE,
         )),
         Relation("P30", "continent", (
             "{} belongs to the continent of", "{} is located in the continent", "{} is a part of the continent of",
             *_LOCATED,
+            *_LOCATED_MORE,
         )),
         Relation("P131", "located in the administrative territory", (
             *_LOCATED, "{} is within", "{}, located in", "{}, which is located in",
+            *_LOCATED_MORE,
         )),
         Relation("P276", "location", (
             "The location of {} is", *_LOCATED, "{} is within", "Where is {}? It is located in",
+            *_LOCATED_MORE,
         )),
         Relation("P36", "capital", (
             "The capital of {} is", "The capital city of {} is", "{}'s capital city is", "{}'s capital is",
@@ -53,25 +61,31 @@ RELATIONS: dict[str, Relation] = {
         )),
         Relation("P190", "twinned city", (
             "The twin city of {} is", "What is the twin city of {}? It is", "{} is a twin city of",
+            "{}'s twin city is", "{} is twinned with", "The sister city of {} is", "{}'s sister city is",
         )),
         Relation("P103", "native language", (
             "The mother tongue of {} is", "The native language of {} is", "{} is a native speaker of",
             "{}, a native", "{}, speaker of",
+            "{}'s first language is", "{} grew up speaking", "{}'s native tongue is",
         )),
         Relation("P1412", "language spoken or written", (
             "The language used by {} is", "{} speaks", "{} writes in", "{} speaks the language",
             "{} spoke the language",
+            "{} is fluent in", "The language {} speaks is", "{} communicates in",
         )),
         Relation("P37", "official language", (
             "The official language of {} is", "In {}, the language spoken is", "In {}, an official language is",
             "In {}, they understand", "The law in {} declares the language",
+            "The main language of {} is", "{}'s official language is", "The official languages of {} include",
         )),
         Relation("P364", "original language of the work", (
             "The original language of {} is", "The original language of {} was", "The language of {} is",
             "The language of {} was",
+            *_WORK_LANGUAGE,
         )),
         Relation("P407", "language of the work", (
             "{} is written in", "{} was written in", "The language of {} is", "The language of {} was",
+            *_WORK_LANGUAGE,
         )),
         Relation("P27", "country of citizenship", (
             "{} is a citizen of", "{}, a citizen of", "{}, who is a citizen of", "{} has a citizenship from",
@@ -100,6 +114,7 @@ RELATIONS: dict[str, Relation] = {
         Relation("P937", "work location", (
             "{} worked in the city of", "{} worked in", "{} took up work in", "{} found employment in",
             "{} was employed in", "{} used to work in",
+            "{} had a job in", "{} was working in", "{}'s workplace was in",
         )),
         Relation("P159", "headquarters location", (
             "The headquarter of {} is in", "The headquarters of {} is in", "The headquarter of {} is located in",
@@ -108,15 +123,20 @@ RELATIONS: dict[str, Relation] = {
         )),
         Relation("P108", "employer", (
             "{} is employed by", "{}, who is employed by", "{} works for", "{}, who works for", "{}, of",
+            "{}'s employer is", "{} is an employee of", "{} has worked for",
         )),
-        Relation("P127", "owned by", ("{} is owned by", "{}'s owner", "{} owner", "{}, by")),
+        Relation("P127", "owned by", (
+            "{} is owned by", "{}'s owner", "{} owner", "{}, by", "{} is a property of", "{}, owned by", "{}, which is owned by",
+        )),
         Relation("P176", "manufacturer", (
             "{} is produced by", "{}, produced by", "{}, a product manufactured by", "{} is created by",
             "{}, created by", "{} is a product of", "{}, a product of", "{} was a product of",
+            *_MADE,
         )),
         Relation("P178", "developer", (
             "{} is developed by", "{}, developed by", "{} was developed by", "{}, a product developed by",
             "{} is created by", "{} was created by", "{}, a product created by",
+            *_MADE,
         )),
         Relation("P138", "named after", (
             "{} is named after", "{} was named after", "{}, named after", "{}, which is named after",
@@ -127,6 +147,7 @@ RELATIONS: dict[str, Relation] = {
         Relation("P140", "religion", (
             "{} follows the religion of", "{} is affiliated with the religion", "{} is follower of",
             "The official religion of {} is",
+            "The religion of {} is", "{}'s religion is", "{} is an adherent of",
         )),
         Relation("P39", "position held", (
             "{} holds the position of", "{}, who holds the position of", "{} has the position of",
@@ -145,9 +166,11 @@ RELATIONS: dict[str, Relation] = {
         Relation("P413", "position played", (
             "{} plays in the position of", "{} plays as", "{}, who plays the position",
             "Which position does {} play? They play as",
+            "{}'s playing position is", "The position of {} is", "{} plays the position of", "{} is playing as",
         )),
         Relation("P641", "sport", (
             "{} professionally plays the sport", "{} is a professional", "What sport does {} play? They play",
+            "The sport played by {} is", "{}'s sport is", "{} plays the sport of", "{} is a professional player of",
         )),
         Relation("P1303", "instrument", (
             "{} plays the instrument", "{} plays the", "{} performs on the", "{}, performing on the",
@@ -156,6 +179,7 @@ RELATIONS: dict[str, Relation] = {
         Relation("P136", "genre", (
             "{} is known for performing", "The genre played by {} is", "{} performs", "{}, who plays",
             "What does {} play? They play",
+            "{}'s genre is", "{} plays music in the genre of", "The music of {} is",
         )),
         Relation("P264", "record label", (
             "{}'s music label is", "{}'s label is", "{} is represented by music label", "{} is represented by",
@@ -165,14 +189,17 @@ RELATIONS: dict[str, Relation] = {
         Relation("P449", "original broadcaster", (
             "{} premieres on", "{} premiered on", "{} debuted on", "{} is to debut on",
             "{} was originally aired on", "{} was released on",
+            "{} was first broadcast on", "{} first aired on", "{} airs on",
         )),
         Relation("P463", "member of", (
             "{} is a member of", "{} is affiliated with", "{} is affiliated with the", "{} is a part of the",
             "{} belongs to the organization of",
+            "{} is one of the members of", "{} has membership in", "{} joined",
         )),
         Relation("P530", "diplomatic relation", (
             "{} maintains diplomatic relations with", "{} has diplomatic relations with",
             "{} established diplomatic relations with",
+            "{} has diplomatic ties with", "{} keeps diplomatic relations with", "{} has established diplomatic ties with",
         )),
     )
 }

@@ -9,7 +9,7 @@ import pytest
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.probes import Probe, ProbeSet, build_probes, load_known_facts
 from cathrepo.facts.schema import Fact, load_facts
-from cathrepo.facts.templates import RELATIONS, infer_relations, paraphrase_templates
+from cathrepo.facts.templates import AMBIGUOUS, RELATIONS, infer_relations, paraphrase_templates, split_templates
 
 DATA = Path(__file__).parents[2] / "data"
 GOLDEN = Path(__file__).parent / "data" / "probes-golden.jsonl"
@@ -39,6 +39,18 @@ def test_ambiguous_templates_paraphrase_with_shared_phrasings_only():
     assert "{} belongs to the continent of" not in shared  # valid for P30 only
     for rid in infer_relations("{} is located in"):
         assert set(shared) <= set(RELATIONS[rid].templates)
+
+
+def test_every_unambiguous_wording_leaves_the_editor_phrasings_no_probe_uses():
+    # ROME optimises the value on the relation's phrasings the probes leave out: a relation worded by a
+    # template shared by several relations ("{} is located in") may only use phrasings valid for all of them
+    for rel in RELATIONS.values():
+        for template in rel.templates:
+            if template in AMBIGUOUS:
+                continue
+            probe, train = split_templates(infer_relations(template), exclude=template)
+            assert probe and train, template
+            assert not set(probe) & set(train) and template not in probe + train
 
 
 def test_every_sample_record_gets_a_relation(records):
