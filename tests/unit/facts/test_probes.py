@@ -9,7 +9,13 @@ import pytest
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.probes import Probe, ProbeSet, build_probes, load_known_facts
 from cathrepo.facts.schema import Fact, load_facts
-from cathrepo.facts.templates import AMBIGUOUS, RELATIONS, infer_relations, paraphrase_templates, split_templates
+from cathrepo.facts.templates import (
+    AMBIGUOUS,
+    RELATIONS,
+    infer_relations,
+    paraphrase_templates,
+    split_templates,
+)
 
 DATA = Path(__file__).parents[2] / "data"
 GOLDEN = Path(__file__).parent / "data" / "probes-golden.jsonl"
