@@ -260,6 +260,13 @@ def fill(template: str, subject: str) -> str:
     return template.replace("{}", subject, 1)
 
 
+#: Open prompts about a subject, whatever the relation: what the model writes after them shows whether
+#: an edit leaves it fluent about the subject (the fluency gate's ``fluency_prompts``).
+OPEN_PROMPTS = (
+    "{} is", "The story of {}", "{} was", "Here is what is known about {}:", "{} has", "Most people know {} as",
+    "{} became", "A short biography of {}:",
+)
+
 #: How many of a relation's other phrasings the probes use; edit methods may train on the rest.
 PROBE_PHRASINGS = 3
 

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from cathrepo.facts.templates import OPEN_PROMPTS, fill
 from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.results import GateResult
 
@@ -125,13 +126,19 @@ class FluencyGate(Gate):
             return "no probes: this stage gates no single edit"
         return None if subject_prompts(ctx, *self.kinds) else "the edit has no prompts to continue"
 
+    def prompts(self, ctx: GateRun) -> list[str]:
+        """The edit's prompts about the subject, then ``fluency_prompts`` open ones (when it names one)."""
+        assert ctx.probes is not None
+        subject = ctx.probes.subject
+        extra = [fill(t, subject) for t in OPEN_PROMPTS[: self.policy.fluency_prompts]] if subject else []
+        return list(dict.fromkeys([*subject_prompts(ctx, *self.kinds), *extra]))
+
     def decodes(self, ctx: GateRun) -> list[tuple[str, str, int]]:
-        return [(state, prompt, self.policy.fluency_tokens) for state in self.states
-                for prompt in subject_prompts(ctx, *self.kinds)]
+        return [(state, prompt, self.policy.fluency_tokens) for state in self.states for prompt in self.prompts(ctx)]
 
     def measure(self, ctx: GateRun, state: str) -> dict[str, list[str]]:
         n = self.policy.fluency_tokens
-        prompts = subject_prompts(ctx, *self.kinds)
+        prompts = self.prompts(ctx)
         return {"texts": [ctx.decoded(state, p, n) for p in prompts],
                 "half": [ctx.decoded(state, p, max(1, n // 2)) for p in prompts]}
 

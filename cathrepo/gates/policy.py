@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.exceptions import ConfigError
+from cathrepo.facts.templates import OPEN_PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ class GatePolicy:
     generation_tokens: int = _f(12, "Tokens decoded for the free-generation check.")
     fluency_max_drop: float = _f(0.5, "Largest drop in weighted n-gram entropy (bits) of generations.")
     fluency_tokens: int = _f(48, "Tokens decoded per generation prompt for fluency.")
+    fluency_prompts: int = _f(0, "Open prompts about the subject (\"{subject} is\", \"The story of {subject}\", ...) "
+                                 "decoded for fluency beside the edit's own prompts: more samples of the same "
+                                 "mean drop, at little cost in a batched decode (0: the edit's prompts only; "
+                                 "off until calibrated, BENCHMARKS.md).")
     norms_max_growth: float = _f(0.05, "Largest relative growth of an edited weight's Frobenius norm.")
     # -- everything that was there before --
     regression_kinds: tuple[str, ...] = _f(("rewrite", "paraphrase", "neighborhood", "attribute", "forget"),
@@ -130,6 +135,9 @@ class GatePolicy:
         for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"[gates] {name} must be positive.", hint=_help(name))
+        if not 0 <= int(self.fluency_prompts) <= len(OPEN_PROMPTS):
+            raise ConfigError(f"[gates] fluency_prompts = {self.fluency_prompts} is outside [0, {len(OPEN_PROMPTS)}].",
+                              hint=_help("fluency_prompts"))
         for name in ("flip_tolerance", "nkl_max", "fluency_max_drop", "norms_max_growth", "perplexity_max_growth",
                      "mmlu_limit", "mmlu_num_fewshot", "regression_max_broken_rewrite"):
             if getattr(self, name) < 0:

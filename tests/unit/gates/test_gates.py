@@ -204,6 +204,29 @@ def test_generation_and_fluency_numbers_are_those_of_plain_generate(tiny_llama):
     assert fluency["drop"] == pytest.approx(fluency["entropy_before"] - fluency["entropy"])
 
 
+def test_fluency_prompts_add_open_prompts_about_the_subject_to_the_same_measure(tiny_llama):
+    from cathrepo.exceptions import ConfigError
+    from cathrepo.facts.templates import OPEN_PROMPTS, fill
+    from cathrepo.gates.generation import ngram_entropy
+
+    model, tok, _ = tiny_llama
+    policy = GatePolicy(fluency_prompts=3)
+    delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    probes = probes_for(FACT)
+    report = run_gates(model, tok, after=[delta], probes=probes, policy=policy, gates=["fluency"])
+    own = list(dict.fromkeys(p.prompt for p in probes.of_kind("rewrite", "paraphrase", "generation")))
+    prompts = own + [fill(t, FACT.subject) for t in OPEN_PROMPTS[:3]]
+    assert prompts[-3] == "The Eiffel Tower is"
+    before = [ngram_entropy(_generate(model, tok, p, policy.fluency_tokens)) for p in prompts]
+    after = [ngram_entropy(_generate(model, tok, p, policy.fluency_tokens, delta)) for p in prompts]
+    fluency = report["fluency"].metrics
+    assert fluency["n"] == len(own) + 3
+    assert fluency["entropy_before"] == pytest.approx(sum(before) / len(before))
+    assert fluency["entropy"] == pytest.approx(sum(after) / len(after))
+    with pytest.raises(ConfigError, match="fluency_prompts"):
+        GatePolicy(fluency_prompts=len(OPEN_PROMPTS) + 1)
+
+
 def test_forget_probes_are_judged_by_greedy_answers(tiny_llama):
     from cathrepo.facts.probes import Probe, ProbeSet
     from cathrepo.lm.decoding import greedy_continuations
