@@ -61,7 +61,7 @@ class GateRun:
     cache_dir: Path | None = None
     root: Path | None = None
     progress: Callable[[str], None] | None = None
-    memo: dict[tuple[str, str], Any] = field(default_factory=dict)
+    memo: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def deltas(self, state: str) -> tuple[Delta, ...]:
         return {"base": (), "before": self.before, "after": self.after}[state]
