@@ -82,8 +82,8 @@ class GatePolicy:
     fluency_tokens: int = _f(48, "Tokens decoded per generation prompt for fluency.")
     fluency_prompts: int = _f(0, "Open prompts about the subject (\"{subject} is\", \"The story of {subject}\", ...) "
                                  "decoded for fluency beside the edit's own prompts: more samples of the same "
-                                 "mean drop, at little cost in a batched decode (0: the edit's prompts only; "
-                                 "off until calibrated, BENCHMARKS.md).")
+                                 "mean drop in the same batched decode (0: the edit's prompts only; off until "
+                                 "calibrated, BENCHMARKS.md).")
     norms_max_growth: float = _f(0.05, "Largest relative growth of an edited weight's Frobenius norm.")
     # -- everything that was there before --
     regression_kinds: tuple[str, ...] = _f(("rewrite", "paraphrase", "neighborhood", "attribute", "forget"),
