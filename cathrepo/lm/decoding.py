@@ -32,7 +32,7 @@ def greedy_continuations(
 
     Args:
         max_new_tokens: one budget for all prompts, or one per prompt (a batch runs as long as its
-            longest budget; shorter rows are cut).
+            longest budget; a row whose budget is spent leaves the batch).
         around: called with each batch's prompt indices, returns the context the batch decodes in;
             the gates use it to add a delta to some rows only, so the "before" and "after"
             continuations cost one decode.
@@ -61,20 +61,24 @@ def greedy_token_ids(
     stop = _stop_ids(model, tokenizer)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        with around(idx) if around is not None else nullcontext():
-            ids = greedy_ids(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, pad_id(tokenizer))
+        rows_around = (lambda local, idx=idx: around([idx[r] for r in local])) if around is not None else None
+        ids = greedy_ids(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, pad_id(tokenizer),
+                         around=rows_around)
         for row, i in enumerate(idx):
             out[i] = ids[row]
     return out
 
 
 def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int], stop: set[int],
-               fill: int) -> list[list[int]]:
+               fill: int, around: AroundBatch | None = None) -> list[list[int]]:
     """Greedy decoding of token-id prompts with a KV cache; each row stops at a stop id or its budget.
 
     Prompts are left-padded so every row's next token sits in the last column; the attention mask keeps
     padding out and position ids count real tokens only, so a row decodes as it would alone. Logits are
-    computed only for the last position of each step.
+    computed only for the last position of each step. A row that is done leaves the batch (its cache
+    rows are dropped), so a short budget beside a long one costs only its own steps. ``around`` is
+    called with the rows still decoding (indices into ``prompts``) and returns the context they decode
+    in, entered anew whenever that set shrinks.
     """
     import torch
 
@@ -84,33 +88,55 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
     positions = (mask.cumsum(1) - 1).clamp_min(0)
     split = hidden_and_head(model)
     results: list[list[int]] = [[] for _ in prompts]
-    done = torch.tensor([b <= 0 for b in budgets], device=device)
+    live = [row for row, b in enumerate(budgets) if b > 0]  # rows still decoding, in batch order
+    if len(live) < len(prompts):
+        ids, mask, positions = ids[live], mask[live], positions[live]
     cache = None
     step_ids, step_pos = ids, positions
+    finished: set[int] = set()
+    context: AbstractContextManager[Any] = nullcontext()
     with torch.no_grad():
-        for _ in range(max(budgets, default=0)):
-            kwargs = cache_kwargs(split[0] if split else model, cache) if cache is not None else {"use_cache": True}
-            if split:
-                out = split[0](input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
-                logits = split[1](out.last_hidden_state[:, -1])  # (rows, vocab)
-            else:
-                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
-                logits = out.logits[:, -1]
-            cache = output_cache(out)
-            nxt = logits.float().argmax(-1)  # (rows,)
-            for row in range(len(prompts)):
-                if not done[row]:
-                    token = int(nxt[row])
-                    if token in stop:
-                        done[row] = True
-                    else:
+        try:
+            if live:
+                context = around(live) if around is not None else nullcontext()
+                context.__enter__()
+            for _ in range(max(budgets, default=0) if live else 0):
+                kwargs = cache_kwargs(split[0] if split else model, cache) if cache is not None else {"use_cache": True}
+                if split:
+                    out = split[0](input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                    logits = split[1](out.last_hidden_state[:, -1])  # (live rows, vocab)
+                else:
+                    out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                    logits = out.logits[:, -1]
+                cache = output_cache(out)
+                nxt = logits.float().argmax(-1)  # (rows in the batch,)
+                keep = []  # batch positions of the rows that decode on
+                for k, row in enumerate(live):
+                    if row in finished:
+                        continue
+                    token = int(nxt[k])
+                    if token not in stop:
                         results[row].append(token)
-                        done[row] = len(results[row]) >= budgets[row]
-            if bool(done.all()):
-                break
-            step_ids = nxt[:, None]
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                        if len(results[row]) < budgets[row]:
+                            keep.append(k)
+                            continue
+                    finished.add(row)
+                if not keep:
+                    break
+                step_ids = nxt[:, None]
+                step_pos = step_pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                if len(keep) < len(live) and hasattr(cache, "batch_select_indices"):  # drop the done rows
+                    picked = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(picked)
+                    step_ids, step_pos, mask = step_ids[picked], step_pos[picked], mask[picked]
+                    live = [live[k] for k in keep]
+                    context.__exit__(None, None, None)
+                    context = around(live) if around is not None else nullcontext()
+                    context.__enter__()
+                # (a cache that cannot drop rows keeps them in the batch; their tokens are ignored)
+        finally:
+            context.__exit__(None, None, None)
     return results
 
 

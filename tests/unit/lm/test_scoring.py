@@ -107,3 +107,36 @@ def test_perplexity_is_exp_of_the_mean_token_nll_over_windows(tiny_llama):
     expected = math.exp(nll / count)
     assert perplexity(model, tok, text, window=16, batch_size=3) == pytest.approx(expected, rel=1e-4)
     assert perplexity(model, tok, text, window=16) == pytest.approx(expected, rel=1e-4)
+
+
+def test_rows_whose_budget_is_spent_leave_the_batch_and_the_rest_decode_as_alone(tiny_llama):
+    """Mixed budgets in one batch, a delta on some rows only (the gates' before/after decode): each row
+    decodes exactly as it would alone, with or without the delta, however the batch shrinks."""
+    import torch
+
+    from cathrepo.delta import Delta, LowRank, applied, applied_to_rows
+    from cathrepo.lm.decoding import greedy_token_ids
+
+    model, tok, _ = tiny_llama
+    gen = torch.Generator().manual_seed(3)
+    weight = model.get_submodule("model.layers.1.mlp.down_proj").weight
+    delta = Delta({"model.layers.1.mlp.down_proj": LowRank(torch.randn(weight.shape[0], 1, generator=gen) * 3,
+                                                           torch.randn(1, weight.shape[1], generator=gen))})
+    prompts = [*PROMPTS, PROMPTS[0], PROMPTS[1]]
+    budgets = [2, 9, 5, 9, 1]
+    flagged = [False, False, True, True, True]
+    seen: list[list[int]] = []
+
+    def around(idx):
+        seen.append(list(idx))
+        return applied_to_rows(model, delta, torch.tensor([flagged[i] for i in idx]))
+
+    batched = greedy_token_ids(model, tok, prompts, max_new_tokens=budgets, around=around)
+    for i, prompt in enumerate(prompts):
+        if flagged[i]:
+            with applied(model, delta):
+                (alone,) = greedy_token_ids(model, tok, [prompt], max_new_tokens=budgets[i])
+        else:
+            (alone,) = greedy_token_ids(model, tok, [prompt], max_new_tokens=budgets[i])
+        assert batched[i] == alone
+    assert len(seen) > 1 and len(seen[-1]) < len(seen[0])  # the batch shrank as budgets ran out
