@@ -45,7 +45,8 @@ class RomeMethod(EditMethod):
     retry_variants = (
         RetryVariant("phrasings", {"phrasing_stop": True}, frozenset({"efficacy", "paraphrase", "generation"})),
         RetryVariant("gentler", {"v_stop_prob": 0.3}, frozenset({"fluency", "retention", "neighborhood", "norms"})),
-        RetryVariant("context_kl", {"context_kl": 1.0, "context_subjects": 2}, frozenset({"cfplus", "fluency"})),
+        RetryVariant("context_kl", {"context_kl": 1.0, "context_subjects": 2, "v_solver": "adam"},
+                     frozenset({"cfplus", "fluency"})),  # a loss term: only Adam's optimisation reads it
     )
 
     @classmethod
@@ -131,7 +132,8 @@ class RomeMethod(EditMethod):
         p: RomeParams = self.params
         start = time.perf_counter()
         target_ids = continuation_ids(tokenizer, fact.target_new)
-        phrasings = _phrasings(fact, p.phrasings)
+        # min_norm reads the phrasings only as constraints (phrasing_stop); otherwise they would cost rows for nothing
+        phrasings = _phrasings(fact, p.phrasings) if p.v_solver == "adam" or p.phrasing_stop else []
         worded = [fact.prompt, *phrasings] if p.key_phrasings else [fact.prompt]
         key = torch.stack([key_vector(model, tokenizer, module, w, fact.subject, prefixes) for w in worded]).mean(0)
         keys, pool = protected

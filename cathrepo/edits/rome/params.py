@@ -93,6 +93,13 @@ class RomeParams:
     through_weight: bool = _help("Optimise the value as the rank-one weight delivers it (each position reads δ "
                                  "through its own key) instead of as δ added at the subject's last token only.",
                                  True)
+    v_solver: str = _help("How δ is found: 'adam' (Adam steps until the stopping rule holds) or 'min_norm' (the "
+                          "smallest δ that meets the stopping rule, by sequential quadratic programming: a few "
+                          "passes instead of tens of steps).", "adam")
+    v_margin: float = _help("With v_solver min_norm, how far above the v_stop_prob bar (nats of log-probability) "
+                            "each step aims, so the linear model's optimism is met in fewer passes.", 0.1)
+    v_radius: float = _help("With v_solver min_norm, the first step's length bound as a multiple of ‖v₀‖ (a trust "
+                            "region, doubled or halved as the linear model keeps its promise).", 0.5)
     protect_context: int = _help("Other subjects, in the relation's templates after the edited sentence, "
                                  "whose keys are preserved (CounterFact+'s bleed through context).", 0)
 
@@ -110,6 +117,13 @@ class RomeParams:
         for name in ("phrasings", "protect_facts", "protect_context", "context_subjects"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"ROME parameter {name} must be >= 0.")
+        if self.v_solver not in ("adam", "min_norm"):
+            raise InvalidInputError(f"ROME v_solver '{self.v_solver}' is unknown.", hint="Use adam or min_norm.")
+        if self.v_solver == "min_norm" and self.v_stop_top1:
+            raise InvalidInputError("ROME v_stop_top1 needs v_solver adam: min_norm meets probability bars only.",
+                                    hint="Drop v_stop_top1, or pass v_solver=adam.")
+        if self.v_margin < 0 or self.v_radius <= 0:
+            raise InvalidInputError("ROME parameters v_margin must be >= 0 and v_radius positive.")
         if self.phrasing_prefixes < -1:
             raise InvalidInputError("ROME parameter phrasing_prefixes must be >= -1 (-1: every prefix).")
         if not 0.0 <= self.v_stop_prob < 1.0:

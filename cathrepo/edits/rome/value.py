@@ -229,6 +229,9 @@ def optimise_value(
             return (out + gain[..., None] * delta).to(out.dtype)
         return torch.cat([(out[:, :1] + delta).to(out.dtype), out[:, 1:]], dim=1)
 
+    if params.v_solver == "min_norm":
+        return _min_norm(model, module, split, b, cache, reader, params, after=bool(after))
+
     optimizer: torch.optim.Optimizer | None = None
     nll_start = nll = kl = float("nan")
     steps, stopped = 0, False
@@ -272,3 +275,115 @@ def optimise_value(
     assert delta is not None
     final = delta.detach().clone()
     return ValueResult(final, steps, nll_start, nll, kl, float(final.norm() / state["v0"].norm()), stopped)
+
+
+def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any, reader: torch.Tensor | None,
+              params: RomeParams, after: bool = False) -> ValueResult:
+    """The smallest δ whose judged rows give the target ``v_stop_prob`` (``v_solver`` "min_norm").
+
+    Sequential quadratic programming: at δₖ every rewrite row's mean target log-probability ℓᵣ and its
+    gradient Jᵣ come from one forward and one backward pass (δ is a separate leaf per row, so the
+    backward of Σℓᵣ yields every row's gradient at once), and δₖ₊₁ solves
+
+        min ‖δ‖²  subject to  ℓᵣ(δₖ) + Jᵣ·(δ − δₖ) ≥ log v_stop_prob + v_margin   for every judged row
+
+    (the prompt under every prefix; the phrasings too with ``phrasing_stop``), a QP with one constraint
+    per row solved in its dual. Rows whose linear model promises too much are revisited at the next
+    point; it stops when every judged row meets the bar at the point itself (the same rule as Adam's),
+    with ‖δ‖ bounded by ``clamp_norm_factor`` · ‖v₀‖. Rather than walking until the bar is crossed and
+    overshooting by whatever the last step adds, the edit is the least change that says the fact, in
+    a handful of passes instead of tens of Adam steps.
+    """
+    import torch
+
+    from cathrepo.lm.hooks import add_to_output
+
+    n_rows = b["suffix_ids"].shape[0]
+    n_rew, n_tgt, n_kl = b["n_rewrite"], b["n_target"], len(b["kl_rows"])
+    judged = n_rew if params.phrasing_stop else b["n_prompt"]
+    bar = math.log(params.v_stop_prob) if params.v_stop_prob > 0 else -params.v_stop_nll
+    aim = min(bar + params.v_margin, -1e-3)
+    state: dict[str, Any] = {}
+    leaf: torch.Tensor | None = None
+
+    def add_delta(inp: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        if "v0" not in state:
+            state["v0"] = out[0, 0].detach().float()
+        assert leaf is not None
+        if reader is not None and inp is not None:
+            gain = inp.float() @ reader.to(out.device)  # (batch, suffix)
+            return (out + gain[..., None] * leaf[:, None, :]).to(out.dtype)
+        return torch.cat([(out[:, :1] + leaf[:, None, :]).to(out.dtype), out[:, 1:]], dim=1)
+
+    d_out = None
+    delta = torch.zeros(0)
+    nll_start = nll = kl = float("nan")
+    steps, stopped = 0, False
+    radius: float | None = None  # trust region: the longest step, halved or doubled as the model keeps its promise
+    promised: float | None = None
+    worst = 0.0
+    with add_to_output(model, {module: add_delta}), torch.enable_grad():
+        for step in range(params.v_steps + 1):
+            if d_out is None:  # learn the width from a first pass with a zero leaf
+                d_out = _module_width(model, module)
+                delta = torch.zeros(d_out, device=b["suffix_ids"].device)
+            leaf = delta.detach().expand(n_rows, -1).clone().requires_grad_(True)
+            logp = _read_logprobs(model, split, b, cache)
+            token_lp = logp[:-n_kl].gather(1, b["tokens"][:, None]).squeeze(1)
+            row_lp = token_lp.view(n_rew, n_tgt).mean(1)  # (n_rewrite,)
+            if "p0" not in state:
+                state["p0"] = logp[-n_kl:].detach()
+            kl = float(torch.nn.functional.kl_div(logp[-n_kl].detach(), state["p0"][0], log_target=True, reduction="sum"))
+            nll = float(-row_lp.detach().mean())
+            if step == 0:
+                nll_start = nll
+            values = row_lp.detach().tolist()
+            stopped = stop_reached(params, values, [True] * n_rew, nll, b["n_prompt"])
+            if stopped or step == params.v_steps:
+                break
+            if promised is not None:  # how much of the last step's promised gain the worst row got
+                got = min(values[:judged]) - worst
+                ratio = got / promised if promised > 0 else 1.0
+                radius = radius * 2 if ratio > 0.75 else radius / 2 if ratio < 0.25 else radius
+            (grads,) = torch.autograd.grad(row_lp[:judged].sum(), leaf)
+            jac = grads[:judged].double()  # (judged, d_out): each row's gradient, from its own leaf
+            need = torch.tensor([aim - v for v in values[:judged]], dtype=torch.float64, device=jac.device)
+            step_ = _least_norm(jac, need)
+            if radius is None:
+                radius = params.v_radius * float(state["v0"].norm())
+            if float(step_.norm()) > radius:
+                step_ = step_ * (radius / float(step_.norm()))
+            worst = min(values[:judged])
+            promised = float(min(jac @ step_ + torch.tensor(values[:judged], dtype=torch.float64, device=jac.device))) - worst
+            delta = delta + step_.float()
+            steps += 1
+            limit = params.clamp_norm_factor * state["v0"].norm()
+            if delta.norm() > limit:
+                delta = delta * (limit / delta.norm())
+    final = delta.detach().clone()
+    return ValueResult(final, steps, nll_start, nll, kl, float(final.norm() / state["v0"].norm()), stopped)
+
+
+def _module_width(model: Any, module: str) -> int:
+    from cathrepo.models import get_module, weight_shape
+
+    return weight_shape(get_module(model, module))[0]
+
+
+def _least_norm(jac: torch.Tensor, need: torch.Tensor, sweeps: int = 500) -> torch.Tensor:
+    """argmin ‖x‖ subject to ``jac @ x >= need`` (rows of ``jac`` are constraints), through its dual
+    max_{λ≥0} λ·need − ½ λᵀ(J Jᵀ)λ, x = Jᵀλ, solved by coordinate ascent (Hildreth's method)."""
+    import torch
+
+    gram = jac @ jac.T
+    gram = gram + 1e-9 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    lam = torch.zeros(len(need), dtype=jac.dtype, device=jac.device)
+    for _ in range(sweeps):
+        moved = 0.0
+        for i in range(len(need)):
+            new = max(0.0, float(lam[i] + (need[i] - gram[i] @ lam) / gram[i, i]))
+            moved = max(moved, abs(new - float(lam[i])))
+            lam[i] = new
+        if moved < 1e-10:
+            break
+    return jac.T @ lam

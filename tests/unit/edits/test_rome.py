@@ -254,3 +254,49 @@ def test_after_kl_holds_what_follows_the_stated_answer(tiny_llama, env):
         with applied(model, result.delta):
             kls[weight] = float(torch.nn.functional.kl_div(after_dist(), base, log_target=True, reduction="sum"))
     assert kls[20.0] < kls[0.0]
+
+
+def test_least_norm_meets_every_constraint_with_the_smallest_change():
+    """The dual solve gives the pseudo-inverse answer when every constraint binds, and leaves out
+    constraints that are already met (a row needing nothing moves nothing)."""
+    from cathrepo.edits.rome.value import _least_norm
+
+    gen = torch.Generator().manual_seed(0)
+    jac = torch.randn(3, 12, generator=gen, dtype=torch.float64)
+    need = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    x = _least_norm(jac, need)
+    assert torch.allclose(jac @ x, need, atol=1e-8)
+    assert torch.allclose(x, torch.linalg.pinv(jac) @ need, atol=1e-8)
+    slack = torch.tensor([1.0, -5.0, 0.5], dtype=torch.float64)  # the second row is far above its bar
+    y = _least_norm(jac, slack)
+    assert (jac @ y >= slack - 1e-8).all()
+    keep = [0, 2]
+    assert torch.allclose(y, torch.linalg.pinv(jac[keep]) @ slack[keep], atol=1e-8)
+    assert _least_norm(jac, -torch.ones(3, dtype=torch.float64)).abs().max() == 0
+
+
+def test_min_norm_solver_stops_at_the_bar_with_a_smaller_value_than_adam(tiny_llama, env):
+    """``v_solver`` min_norm meets the same stopping rule in a few passes, and the model it ships gives
+    the target the bar's probability; its δ is no longer than Adam's, which walks past the bar."""
+    model, tok, _ = tiny_llama
+    subject = next(w for w in ("Rome", "Paris", "Italy", "France", "The") if len(tok(w)["input_ids"]) == 1)
+    fact = Fact(prompt=f"{subject} is the capital of", subject=subject, target_new="Paris", target_true="Tokyo")
+    runs = {}
+    for solver in ("adam", "min_norm"):
+        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=0.3, v_solver=solver, v_lr=0.2,
+                                            v_steps=200)).compute(model, tok, [fact], env)
+        info = result.info["facts"][0]
+        with applied(model, result.delta):
+            (shipped,) = mean_logprob(model, tok, [fact.prompt], ["Paris"])
+        assert info["stopped"] and shipped >= math.log(0.3) - 2e-3
+        runs[solver] = info
+    assert runs["min_norm"]["steps"] < runs["adam"]["steps"]
+    assert runs["min_norm"]["delta_norm_ratio"] <= runs["adam"]["delta_norm_ratio"] + 1e-6
+
+
+def test_min_norm_refuses_the_top1_rule(tiny_llama):
+    model, _, _ = tiny_llama
+    with pytest.raises(InvalidInputError, match="v_stop_top1"):
+        _params(model, v_solver="min_norm", v_stop_top1=True)
+    with pytest.raises(InvalidInputError, match="v_solver"):
+        _params(model, v_solver="newton")
