@@ -121,7 +121,7 @@ def test_failed_gate_commits_nothing(repo):
     params = {"rome": {**config.edit.params["rome"], "v_steps": 1}}
     head, status = repo.git.head(), repo.git.status_porcelain()
     with pytest.raises(GateFailedError, match="failed its gates"):
-        repo.edit([EditRequest(FACT)], params={**params["rome"], "v_lr": 1e-6})
+        repo.edit([EditRequest(FACT)], params={**params["rome"], "v_lr": 1e-6, "v_solver": "adam"})
     assert repo.git.head() == head
     assert repo.git.status_porcelain() == status
     assert not any((repo.root / "edits").glob("*")) if (repo.root / "edits").exists() else True

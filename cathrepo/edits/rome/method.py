@@ -39,11 +39,13 @@ class RomeMethod(EditMethod):
     name = "rome"
     params_cls = RomeParams
     #: Tuned on CounterFact records 5030-5069 (BENCHMARKS.md): of the edits refused at the default layer,
-    #: more phrasings rescued those that did not reach the record's rephrasings, a weaker stop those that
-    #: harmed fluency or known facts, and the context KL those whose neighbours took the target. Since the
-    #: phrasings are optimised by default (records 5300-5339), the retry makes every phrasing reach the bar.
+    #: a weaker stop rescued those that harmed fluency or known facts, and the context KL those whose
+    #: neighbours took the target. Since the smallest value is the default (records 5600-5619), Adam's
+    #: value (the default before it, phrasings in its loss) is the first retry of any refusal: each passed
+    #: first attempts the other refused (3 and 5 of 20).
     retry_variants = (
-        RetryVariant("phrasings", {"phrasing_stop": True}, frozenset({"efficacy", "paraphrase", "generation"})),
+        RetryVariant("adam", {"v_solver": "adam", "phrasing_stop": False}, frozenset({
+            "efficacy", "paraphrase", "generation", "fluency", "retention", "neighborhood", "norms", "cfplus"})),
         RetryVariant("gentler", {"v_stop_prob": 0.3}, frozenset({"fluency", "retention", "neighborhood", "norms"})),
         RetryVariant("context_kl", {"context_kl": 1.0, "context_subjects": 2, "v_solver": "adam"},
                      frozenset({"cfplus", "fluency"})),  # a loss term: only Adam's optimisation reads it

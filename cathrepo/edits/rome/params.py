@@ -30,6 +30,13 @@ the stopping rule (``phrasing_stop`` off): the phrasings turn δ towards what ev
 holding it to every wording's bar (holding it there gave more NS+ refusals). On records 5300-5339, first
 attempt, every default gate of the ``edit`` stage: see BENCHMARKS.md ("Phrasings in the value
 optimisation").
+
+Since then the value is the smallest change that meets the stopping rule (``v_solver`` "min_norm":
+sequential quadratic programming, 4-7 passes of one forward and one backward instead of 20-32 Adam
+steps) with the phrasings held to the same bar as the prompt (``phrasing_stop``). On tuning records
+5600-5619, first attempt, every default gate of the ``edit`` stage: 13 of 20 pass against 11 for Adam
+with the phrasings in its loss, at about a third of the ROME time; Adam stays a retry (BENCHMARKS.md,
+"The smallest value that says the fact").
 """
 
 from __future__ import annotations
@@ -76,8 +83,8 @@ class RomeParams:
     phrasing_prefixes: int = _help("Context prefixes each phrasing is optimised under besides its bare wording (-1: "
                                    "every prefix, as the prompt is; fewer make phrasings cheaper).", 0)
     phrasing_stop: bool = _help("The phrasings' rows count in the v_stop_prob stopping rule (off: the phrasings "
-                                "shape δ's direction through the loss, the prompt's rows decide when it stops).",
-                                False)
+                                "shape δ's direction through Adam's loss, the prompt's rows decide when it stops; "
+                                "min_norm reads phrasings only through this rule).", True)
     protect_weight: float = _help("Weight of the preserved keys (subjects of known facts, and other subjects "
                                   "read after the edited sentence) against the corpus keys: the update "
                                   "direction avoids them (0: plain ROME).", 0.0)
@@ -95,7 +102,7 @@ class RomeParams:
                                  True)
     v_solver: str = _help("How δ is found: 'adam' (Adam steps until the stopping rule holds) or 'min_norm' (the "
                           "smallest δ that meets the stopping rule, by sequential quadratic programming: a few "
-                          "passes instead of tens of steps).", "adam")
+                          "passes instead of tens of steps).", "min_norm")
     v_margin: float = _help("With v_solver min_norm, how far above the v_stop_prob bar (nats of log-probability) "
                             "each step aims, so the linear model's optimism is met in fewer passes.", 0.1)
     v_radius: float = _help("With v_solver min_norm, the first step's length bound as a multiple of ‖v₀‖ (a trust "

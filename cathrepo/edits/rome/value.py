@@ -14,6 +14,10 @@ original output on the bare prompt. Stops early once the rewrite NLL is below ``
 (with ``v_stop_top1``, and the target's first token is every row's most likely next token):
 an edit stops where the model says the fact, instead of driving it to certainty (a target every prompt
 already gives with that probability stops at once, with δ = 0).
+
+That is ``v_solver`` "adam". The default, "min_norm" (:func:`_min_norm`), meets the same stopping rule
+with the smallest δ instead of walking Adam's path until it is met: the loss terms above (KL, weight
+decay) are then not read, the bar and the norm bound are.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def test_stop_at_top1_waits_until_greedy_generation_starts_with_the_target(tiny_
     first = continuation_ids(tok, fact.target_new)[0]
     runs = {}
     for top1 in (False, True):
-        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=1e-9, v_stop_top1=top1,
+        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=1e-9, v_stop_top1=top1, v_solver="adam",
                                             v_lr=0.05, v_steps=200)).compute(model, tok, [fact], env)
         with applied(model, result.delta), torch.no_grad():
             logits = model(**tok(fact.prompt, return_tensors="pt")).logits[0, -1]
@@ -227,11 +227,11 @@ def test_stop_rule_judges_the_phrasings_only_with_phrasing_stop():
     rows = [math.log(0.6), math.log(0.7), math.log(0.1)]  # the prompt under two prefixes, then a phrasing
     assert not stop_reached(params(v_stop_prob=0.5, phrasing_stop=True), rows, [True] * 3, 1.0, 2)
     assert stop_reached(params(v_stop_prob=0.5, phrasing_stop=False), rows, [True] * 3, 1.0, 2)
-    assert not stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True), rows,
+    assert not stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True, v_solver="adam"), rows,
                             [True, False, True], 1.0, 2)
-    assert stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True), rows,
+    assert stop_reached(params(v_stop_prob=0.5, phrasing_stop=False, v_stop_top1=True, v_solver="adam"), rows,
                         [True, True, False], 1.0, 2)
-    assert stop_reached(params(v_stop_prob=0.5), rows, [True] * 3, 1.0, 2)  # the default: the prompt decides
+    assert not stop_reached(params(v_stop_prob=0.5), rows, [True] * 3, 1.0, 2)  # the default: phrasings too
     assert stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [False] * 3, 0.01, 2)
     assert not stop_reached(params(v_stop_prob=0.0, v_stop_nll=0.05), rows, [True] * 3, 0.5, 2)
 
@@ -249,7 +249,8 @@ def test_after_kl_holds_what_follows_the_stated_answer(tiny_llama, env):
     base = after_dist()
     kls = {}
     for weight in (0.0, 20.0):
-        result = get_method("rome")(_params(model, n_context=0, after_kl=weight, v_steps=30)).compute(
+        result = get_method("rome")(_params(model, n_context=0, after_kl=weight, v_steps=30,
+                                                    v_solver="adam")).compute(
             model, tok, [FACT], env)
         with applied(model, result.delta):
             kls[weight] = float(torch.nn.functional.kl_div(after_dist(), base, log_target=True, reduction="sum"))
