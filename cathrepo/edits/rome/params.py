@@ -31,7 +31,7 @@ holding it to every wording's bar (holding it there gave more NS+ refusals). On 
 attempt, every default gate of the ``edit`` stage: see BENCHMARKS.md ("Phrasings in the value
 optimisation").
 
-Since then the value is the smallest change that meets the stopping rule (``v_solver`` "min_norm":
+Since then the value is a near-smallest change that meets the stopping rule (``v_solver`` "min_norm":
 sequential quadratic programming, 4-7 passes of one forward and one backward instead of 20-32 Adam
 steps) with the phrasings held to the same bar as the prompt (``phrasing_stop``). On tuning records
 5600-5619, first attempt, every default gate of the ``edit`` stage: 13 of 20 pass against 11 for Adam
@@ -100,9 +100,11 @@ class RomeParams:
     through_weight: bool = _help("Optimise the value as the rank-one weight delivers it (each position reads δ "
                                  "through its own key) instead of as δ added at the subject's last token only.",
                                  True)
-    v_solver: str = _help("How δ is found: 'adam' (Adam steps until the stopping rule holds) or 'min_norm' (the "
-                          "smallest δ that meets the stopping rule, by sequential quadratic programming: a few "
-                          "passes instead of tens of steps).", "min_norm")
+    v_solver: str = _help("How δ is found: 'adam' (Adam steps until the stopping rule holds) or 'min_norm' (at each "
+                          "pass the shortest step that lifts every judged row to the bar under a linear model: "
+                          "a small δ in a few passes instead of tens of steps).", "min_norm")
+    v_passes: int = _help("With v_solver min_norm, the most passes (one forward and one backward each); the "
+                          "edits that met the bar took 4-9, a fact that needs more is out of this layer's reach.", 20)
     v_margin: float = _help("With v_solver min_norm, how far above the v_stop_prob bar (nats of log-probability) "
                             "each step aims, so the linear model's optimism is met in fewer passes.", 0.1)
     v_radius: float = _help("With v_solver min_norm, the first step's length bound as a multiple of ‖v₀‖ (a trust "
@@ -113,7 +115,7 @@ class RomeParams:
     def __post_init__(self) -> None:
         if self.layer is not None and self.layer < 0:
             raise InvalidInputError(f"ROME layer {self.layer} is negative.", hint="Pass a layer index >= 0.")
-        for name in ("v_steps", "context_tokens", "corpus_tokens"):
+        for name in ("v_steps", "v_passes", "context_tokens", "corpus_tokens"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"ROME parameter {name} must be positive.")
         if self.n_context < 0:

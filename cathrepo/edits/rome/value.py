@@ -283,20 +283,22 @@ def optimise_value(
 
 def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any, reader: torch.Tensor | None,
               params: RomeParams, after: bool = False) -> ValueResult:
-    """The smallest δ whose judged rows give the target ``v_stop_prob`` (``v_solver`` "min_norm").
+    """A small δ whose judged rows give the target ``v_stop_prob`` (``v_solver`` "min_norm").
 
-    Sequential quadratic programming: at δₖ every rewrite row's mean target log-probability ℓᵣ and its
-    gradient Jᵣ come from one forward and one backward pass (δ is a separate leaf per row, so the
-    backward of Σℓᵣ yields every row's gradient at once), and δₖ₊₁ solves
+    Gauss-Newton for an underdetermined system, from δ = 0: at δₖ every rewrite row's mean target
+    log-probability ℓᵣ and its gradient Jᵣ come from one forward and one backward pass (δ is a separate
+    leaf per row, so the backward of Σℓᵣ yields every row's gradient at once), and the step is the
+    shortest one that the linear model says lifts every judged row to the bar,
 
-        min ‖δ‖²  subject to  ℓᵣ(δₖ) + Jᵣ·(δ − δₖ) ≥ log v_stop_prob + v_margin   for every judged row
+        sₖ = argmin ‖s‖  subject to  Jᵣ·s ≥ log v_stop_prob + v_margin − ℓᵣ(δₖ)   for every judged row
 
-    (the prompt under every prefix; the phrasings too with ``phrasing_stop``), a QP with one constraint
-    per row solved in its dual. Rows whose linear model promises too much are revisited at the next
-    point; it stops when every judged row meets the bar at the point itself (the same rule as Adam's),
-    with ‖δ‖ bounded by ``clamp_norm_factor`` · ‖v₀‖. Rather than walking until the bar is crossed and
-    overshooting by whatever the last step adds, the edit is the least change that says the fact, in
-    a handful of passes instead of tens of Adam steps.
+    (the prompt under every prefix; the phrasings too with ``phrasing_stop``), a small QP solved in its
+    dual, cut to a trust radius (``v_radius`` · ‖v₀‖ at first, doubled or halved as the worst row gains
+    what the step promised). δₖ₊₁ = δₖ + sₖ; it stops when every judged row meets the bar at the point
+    itself (the same rule as Adam's), with ‖δ‖ bounded by ``clamp_norm_factor`` · ‖v₀‖, after at most
+    ``v_passes`` passes. Each step moves only along the rows' own gradients, so δ stays close to the
+    least change that says the fact, instead of Adam's path walked until the bar is crossed and past it
+    by whatever the last step adds, in a handful of passes instead of tens of Adam steps.
     """
     import torch
 
@@ -327,7 +329,7 @@ def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any
     promised: float | None = None
     worst = 0.0
     with add_to_output(model, {module: add_delta}), torch.enable_grad():
-        for step in range(params.v_steps + 1):
+        for step in range(params.v_passes + 1):
             if d_out is None:  # learn the width from a first pass with a zero leaf
                 d_out = _module_width(model, module)
                 delta = torch.zeros(d_out, device=b["suffix_ids"].device)
@@ -343,7 +345,7 @@ def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any
                 nll_start = nll
             values = row_lp.detach().tolist()
             stopped = stop_reached(params, values, [True] * n_rew, nll, b["n_prompt"])
-            if stopped or step == params.v_steps:
+            if stopped or step == params.v_passes:
                 break
             if promised is not None:  # how much of the last step's promised gain the worst row got
                 got = min(values[:judged]) - worst
