@@ -347,7 +347,7 @@ def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any
             stopped = stop_reached(params, values, [True] * n_rew, nll, b["n_prompt"])
             if stopped or step == params.v_passes:
                 break
-            if promised is not None:  # how much of the last step's promised gain the worst row got
+            if promised is not None and radius is not None:  # how much of the promised gain the worst row got
                 got = min(values[:judged]) - worst
                 ratio = got / promised if promised > 0 else 1.0
                 radius = radius * 2 if ratio > 0.75 else radius / 2 if ratio < 0.25 else radius
