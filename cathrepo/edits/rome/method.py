@@ -158,6 +158,7 @@ class RomeMethod(EditMethod):
             "kl_end": round(value.kl_end, 5),
             "delta_norm_ratio": round(value.norm_ratio, 4),
             "stopped": value.stopped,
+            "relaxed": value.relaxed,
             "phrasings": phrasings,
             "seconds": round(time.perf_counter() - start, 3),
         }

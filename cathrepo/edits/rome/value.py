@@ -23,6 +23,7 @@ decay) are then not read, the bar and the norm bound are.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class ValueResult:
     kl_end: float
     norm_ratio: float  # ‖δ‖ / ‖v₀‖
     stopped: bool = False  # the stopping rule was met (not the step budget)
+    relaxed: bool = False  # min_norm let the phrasings go: the norm bound could not hold them to the bar
 
 
 def rewrite_rows(prefixes: Sequence[str], prompts: Sequence[str], phrasing_prefixes: int = -1) -> list[str]:
@@ -296,7 +298,8 @@ def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any
     dual, cut to a trust radius (``v_radius`` · ‖v₀‖ at first, doubled or halved as the worst row gains
     what the step promised). δₖ₊₁ = δₖ + sₖ; it stops when every judged row meets the bar at the point
     itself (the same rule as Adam's), with ‖δ‖ bounded by ``clamp_norm_factor`` · ‖v₀‖, after at most
-    ``v_passes`` passes. Each step moves only along the rows' own gradients, so δ stays close to the
+    ``v_passes`` passes. When δ reaches that bound with the phrasings still below the bar, they are let
+    go (``relaxed``): it starts again from zero on the prompt's rows alone, which then decide the stop. Each step moves only along the rows' own gradients, so δ stays close to the
     least change that says the fact, instead of Adam's path walked until the bar is crossed and past it
     by whatever the last step adds, in a handful of passes instead of tens of Adam steps.
     """
@@ -324,7 +327,8 @@ def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any
     d_out = None
     delta = torch.zeros(0)
     nll_start = nll = kl = float("nan")
-    steps, stopped = 0, False
+    steps, stopped, relaxed = 0, False, False
+    rule, limit = params, math.inf
     radius: float | None = None  # trust region: the longest step, halved or doubled as the model keeps its promise
     promised: float | None = None
     worst = 0.0
@@ -344,9 +348,14 @@ def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any
             if step == 0:
                 nll_start = nll
             values = row_lp.detach().tolist()
-            stopped = stop_reached(params, values, [True] * n_rew, nll, b["n_prompt"])
+            stopped = stop_reached(rule, values, [True] * n_rew, nll, b["n_prompt"])
             if stopped or step == params.v_passes:
                 break
+            if judged > b["n_prompt"] and float(delta.norm()) >= 0.999 * limit:
+                # the norm bound cannot hold every phrasing to the bar: the prompt's rows alone, from zero
+                judged, rule, relaxed = b["n_prompt"], dataclasses.replace(params, phrasing_stop=False), True
+                delta, radius, promised = torch.zeros_like(delta), None, None
+                continue
             if promised is not None and radius is not None:  # how much of the promised gain the worst row got
                 got = min(values[:judged]) - worst
                 ratio = got / promised if promised > 0 else 1.0
@@ -363,11 +372,12 @@ def _min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any
             promised = float(min(jac @ step_ + torch.tensor(values[:judged], dtype=torch.float64, device=jac.device))) - worst
             delta = delta + step_.float()
             steps += 1
-            limit = params.clamp_norm_factor * state["v0"].norm()
-            if delta.norm() > limit:
-                delta = delta * (limit / delta.norm())
+            limit = params.clamp_norm_factor * float(state["v0"].norm())
+            if float(delta.norm()) > limit:
+                delta = delta * (limit / float(delta.norm()))
     final = delta.detach().clone()
-    return ValueResult(final, steps, nll_start, nll, kl, float(final.norm() / state["v0"].norm()), stopped)
+    return ValueResult(final, steps, nll_start, nll, kl, float(final.norm() / state["v0"].norm()), stopped,
+                       relaxed)
 
 
 def _module_width(model: Any, module: str) -> int:

@@ -301,3 +301,24 @@ def test_min_norm_refuses_the_top1_rule(tiny_llama):
         _params(model, v_solver="min_norm", v_stop_top1=True)
     with pytest.raises(InvalidInputError, match="v_solver"):
         _params(model, v_solver="newton")
+
+
+def test_min_norm_lets_the_phrasings_go_when_the_norm_bound_cannot_hold_them(tiny_llama, env):
+    """With a norm bound too tight for every phrasing to reach the bar, min_norm starts again on the
+    prompt's rows alone (``relaxed``) instead of spending its passes at the bound; with room it never does."""
+    import json
+    from pathlib import Path
+
+    from cathrepo.facts.schema import parse_records
+
+    model, tok, _ = tiny_llama
+    record = json.loads((Path(__file__).parents[2] / "data" / "counterfact-sample.json").read_text())[0]
+    (fact,) = parse_records([record])
+    infos = {}
+    for bound in (0.05, 50.0):
+        result = get_method("rome")(_params(model, clamp_norm_factor=bound, v_stop_prob=0.05, phrasings=3,
+                                            phrasing_stop=True)).compute(model, tok, [fact], env)
+        infos[bound] = result.info["facts"][0]
+        assert infos[bound]["phrasings"] and infos[bound]["delta_norm_ratio"] <= bound + 1e-4
+    assert infos[0.05]["relaxed"]
+    assert not infos[50.0]["relaxed"]
