@@ -8,7 +8,7 @@ weights, not by the rows, so callers put every prompt they need into one call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 from cathrepo.lm.scoring import hidden_and_head
@@ -94,49 +94,44 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
     cache = None
     step_ids, step_pos = ids, positions
     finished: set[int] = set()
-    context: AbstractContextManager[Any] = nullcontext()
-    with torch.no_grad():
-        try:
-            if live:
-                context = around(live) if around is not None else nullcontext()
-                context.__enter__()
-            for _ in range(max(budgets, default=0) if live else 0):
-                kwargs = cache_kwargs(split[0] if split else model, cache) if cache is not None else {"use_cache": True}
-                if split:
-                    out = split[0](input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
-                    logits = split[1](out.last_hidden_state[:, -1])  # (live rows, vocab)
-                else:
-                    out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
-                    logits = out.logits[:, -1]
-                cache = output_cache(out)
-                nxt = logits.float().argmax(-1)  # (rows in the batch,)
-                keep = []  # batch positions of the rows that decode on
-                for k, row in enumerate(live):
-                    if row in finished:
+    with torch.no_grad(), ExitStack() as rows_context:
+        if live and around is not None:
+            rows_context.enter_context(around(live))
+        for _ in range(max(budgets, default=0) if live else 0):
+            kwargs = cache_kwargs(split[0] if split else model, cache) if cache is not None else {"use_cache": True}
+            if split:
+                out = split[0](input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                logits = split[1](out.last_hidden_state[:, -1])  # (live rows, vocab)
+            else:
+                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
+                logits = out.logits[:, -1]
+            cache = output_cache(out)
+            nxt = logits.float().argmax(-1)  # (rows in the batch,)
+            keep = []  # batch positions of the rows that decode on
+            for k, row in enumerate(live):
+                if row in finished:
+                    continue
+                token = int(nxt[k])
+                if token not in stop:
+                    results[row].append(token)
+                    if len(results[row]) < budgets[row]:
+                        keep.append(k)
                         continue
-                    token = int(nxt[k])
-                    if token not in stop:
-                        results[row].append(token)
-                        if len(results[row]) < budgets[row]:
-                            keep.append(k)
-                            continue
-                    finished.add(row)
-                if not keep:
-                    break
-                step_ids = nxt[:, None]
-                step_pos = step_pos[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                if len(keep) < len(live) and hasattr(cache, "batch_select_indices"):  # drop the done rows
-                    picked = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(picked)
-                    step_ids, step_pos, mask = step_ids[picked], step_pos[picked], mask[picked]
-                    live = [live[k] for k in keep]
-                    context.__exit__(None, None, None)
-                    context = around(live) if around is not None else nullcontext()
-                    context.__enter__()
-                # (a cache that cannot drop rows keeps them in the batch; their tokens are ignored)
-        finally:
-            context.__exit__(None, None, None)
+                finished.add(row)
+            if not keep:
+                break
+            step_ids = nxt[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if len(keep) < len(live) and hasattr(cache, "batch_select_indices"):  # drop the done rows
+                picked = torch.tensor(keep, device=device)
+                cache.batch_select_indices(picked)
+                step_ids, step_pos, mask = step_ids[picked], step_pos[picked], mask[picked]
+                live = [live[k] for k in keep]
+                if around is not None:
+                    rows_context.close()
+                    rows_context.enter_context(around(live))
+            # (a cache that cannot drop rows keeps them in the batch; their tokens are ignored)
     return results
 
 

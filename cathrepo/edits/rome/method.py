@@ -24,7 +24,8 @@ from cathrepo.edits.rome.covariance import key_covariance, stats_dir
 from cathrepo.edits.rome.key import key_vector, update_direction
 from cathrepo.edits.rome.params import FAMILY_DEFAULTS, RomeParams
 from cathrepo.edits.rome.protect import context_prompts, known_subject_keys, preserved_moment, subject_keys
-from cathrepo.edits.rome.value import optimise_value, rewrite_rows
+from cathrepo.edits.rome.rows import rewrite_rows
+from cathrepo.edits.rome.value import optimise_value
 from cathrepo.exceptions import EditFailedError, InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.facts.templates import fill, infer_relations, split_templates

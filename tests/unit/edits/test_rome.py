@@ -10,7 +10,8 @@ import torch
 from cathrepo.delta import applied
 from cathrepo.edits.base import EditEnv, get_method
 from cathrepo.edits.rome.key import key_vector
-from cathrepo.edits.rome.value import _batch, _prefix_cache, _read_logprobs, working_copy
+from cathrepo.edits.rome.rows import batch_rows, prefix_cache, read_logprobs
+from cathrepo.edits.rome.value import working_copy
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.lm.scoring import hidden_and_head, mean_logprob
@@ -77,8 +78,8 @@ def test_prefix_cache_matches_full_forward(tiny_model):
     model, tok, _ = tiny_model
     target = continuation_ids(tok, FACT.target_new)
     prefixes = ["", "I went home. "]
-    b = _batch(tok, FACT, target, prefixes, [FACT.prompt])
-    cache = _prefix_cache(model, b)
+    b = batch_rows(tok, FACT, target, prefixes, [FACT.prompt])
+    cache = prefix_cache(model, b)
     with torch.no_grad():
         split = model(input_ids=b["suffix_ids"], attention_mask=b["mask"], position_ids=b["suffix_pos"],
                       **cache_kwargs(model, cache)).logits.log_softmax(-1)
@@ -96,13 +97,13 @@ def test_prefix_cache_matches_full_forward(tiny_model):
 def test_head_only_where_the_loss_reads_matches_the_full_model(tiny_model):
     """Body then head at the loss's positions gives the full model's log-probs (incl. the essence row)."""
     model, tok, _ = tiny_model
-    b = _batch(tok, FACT, continuation_ids(tok, FACT.target_new), ["", "I went home. "], [FACT.prompt])
-    cache = _prefix_cache(model, b)
+    b = batch_rows(tok, FACT, continuation_ids(tok, FACT.target_new), ["", "I went home. "], [FACT.prompt])
+    cache = prefix_cache(model, b)
     split = hidden_and_head(model)
     assert split is not None
     with torch.no_grad():
-        fast = _read_logprobs(model, split, b, cache)
-        full = _read_logprobs(model, None, b, cache)
+        fast = read_logprobs(model, split, b, cache)
+        full = read_logprobs(model, None, b, cache)
     assert fast.shape == (len(b["tokens"]) + 1, full.shape[1])
     assert torch.allclose(fast, full, atol=1e-4)
 
@@ -197,7 +198,7 @@ def test_key_phrasings_averages_the_key_over_the_wordings_and_changes_nothing_wi
 
 
 def test_phrasing_prefixes_limits_the_rows_of_the_phrasings_only():
-    from cathrepo.edits.rome.value import rewrite_rows
+    from cathrepo.edits.rome.rows import rewrite_rows
 
     prefixes, prompts = ["", "A. ", "B. "], ["P", "Q", "R"]
     assert rewrite_rows(prefixes, prompts) == ["P", "A. P", "B. P", "Q", "A. Q", "B. Q", "R", "A. R", "B. R"]
@@ -221,7 +222,7 @@ def test_training_data_records_the_rows_the_value_was_optimised_on(tiny_llama, e
 
 
 def test_stop_rule_judges_the_phrasings_only_with_phrasing_stop():
-    from cathrepo.edits.rome.value import stop_reached
+    from cathrepo.edits.rome.rows import stop_reached
 
     params = get_method("rome").params_cls
     rows = [math.log(0.6), math.log(0.7), math.log(0.1)]  # the prompt under two prefixes, then a phrasing
@@ -260,7 +261,7 @@ def test_after_kl_holds_what_follows_the_stated_answer(tiny_llama, env):
 def test_least_norm_meets_every_constraint_with_the_smallest_change():
     """The dual solve gives the pseudo-inverse answer when every constraint binds, and leaves out
     constraints that are already met (a row needing nothing moves nothing)."""
-    from cathrepo.edits.rome.value import _least_norm
+    from cathrepo.edits.rome.min_norm import least_norm as _least_norm
 
     gen = torch.Generator().manual_seed(0)
     jac = torch.randn(3, 12, generator=gen, dtype=torch.float64)
