@@ -155,12 +155,18 @@ class FluencyGate(Gate):
         matched_half = _mean([matched_drop(b, a) for b, a in zip(measured["before"]["half"], measured["after"]["half"],
                                                                  strict=True)])
         mention = _mean([float(contains_answer(t, target)) for t in texts]) if target else float("nan")
+        # the edit's own prompts alone (the open ones follow them), to pair with fluency_prompts = 0
+        own = len(subject_prompts(ctx, *self.kinds))
+        own_drop = _mean([b - a for b, a in zip(before[:own], after[:own], strict=True)])
+        own_half = _mean([ngram_entropy(b) - ngram_entropy(a) for b, a in
+                          zip(measured["before"]["half"][:own], measured["after"]["half"][:own], strict=True)])
         ok = drop <= self.policy.fluency_max_drop + 1e-9
         worst = min(range(len(after)), key=lambda i: after[i] - before[i])
         detail = "" if ok else f"generations repeat themselves: {texts[worst][:80]!r}"
         return self.result(ok, {"entropy": _mean(after), "entropy_before": _mean(before), "drop": drop,
                                 "drop_matched": matched, "drop_half": half, "drop_matched_half": matched_half,
-                                "mention": mention, "n": float(len(after))},
+                                "drop_own": own_drop, "drop_own_half": own_half, "mention": mention,
+                                "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)
 
 

@@ -53,6 +53,27 @@ def hidden_and_head(model: Any) -> tuple[Any, Callable[[torch.Tensor], torch.Ten
     return body, lambda hidden: head_logits(model, hidden)
 
 
+#: Padded tokens per teacher-forced forward pass. A CPU forward costs about the padded tokens it is given,
+#: so rows of alike length go together: 125 known-fact prompts of 4 to 23 tokens cost 5.0 s as one padded
+#: batch of 128 rows and 2.7 s in length-sorted batches of at most this many tokens (2 vCPU, float32).
+BATCH_TOKENS = 256
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int = BATCH_TOKENS) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of alike length: sorted shortest first, a batch closes at
+    ``batch_size`` rows or when one more row would pad it past ``max_tokens`` tokens (a row longer than
+    that goes alone)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if current and (len(current) >= batch_size or (len(current) + 1) * lengths[i] > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
 
 def target_logprobs(
     model: Any,
@@ -68,11 +89,9 @@ def target_logprobs(
     if len(prompts) != len(targets):
         raise ValueError("prompts and targets differ in length")
     encoded = [encode(tokenizer, p, t) for p, t in zip(prompts, targets, strict=True)]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))  # less padding per batch
     results: list[list[float]] = [[] for _ in encoded]
     device = model_device(model)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches([len(e.ids) for e in encoded], batch_size):
         batch = pad([encoded[i].ids for i in idx], pad_id(tokenizer), device)
         ids, mask = batch.ids, batch.mask
         with torch.no_grad():
@@ -217,12 +236,10 @@ def score_continuations(
         _pack(list(tokenizer(p)["input_ids"]), [continuation_ids(tokenizer, t) for t in conts])
         for p, conts in zip(prompts, continuations, strict=True)
     ]
-    order = sorted(range(len(packed)), key=lambda i: len(packed[i].ids))
     out: list[PromptScores | None] = [None] * len(packed)
     device = model_device(model)
     dtype = next(model.parameters()).dtype
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches([len(r.ids) for r in packed], batch_size):
         rows = [packed[i] for i in idx]
         width = max(len(r.ids) for r in rows)
         ids = torch.zeros((len(rows), width), dtype=torch.long)

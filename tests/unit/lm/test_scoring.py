@@ -140,3 +140,16 @@ def test_rows_whose_budget_is_spent_leave_the_batch_and_the_rest_decode_as_alone
             (alone,) = greedy_token_ids(model, tok, [prompt], max_new_tokens=budgets[i])
         assert batched[i] == alone
     assert len(seen) > 1 and len(seen[-1]) < len(seen[0])  # the batch shrank as budgets ran out
+
+
+def test_length_batches_group_alike_lengths_under_the_token_budget():
+    from cathrepo.lm.scoring import length_batches
+
+    lengths = [3, 20, 4, 5, 19, 3, 40]
+    batches = length_batches(lengths, batch_size=3, max_tokens=40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every row once
+    for batch in batches:
+        widths = [lengths[i] for i in batch]
+        assert widths == sorted(widths) and len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(widths) <= 40  # only a lone row may exceed the budget
+    assert [[lengths[i] for i in b] for b in batches] == [[3, 3, 4], [5, 19], [20], [40]]
