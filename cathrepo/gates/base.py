@@ -166,7 +166,7 @@ class Gate(ABC):
     def decodes(self, ctx: GateRun) -> list[tuple[str, str, int]]:
         """(state, prompt, tokens) greedy continuations the gate reads with :meth:`GateRun.decoded`.
 
-        :func:`run_gates` decodes every gate's requests together before measuring, with "before" and
+        :func:`run_gates` decodes every gate's requests together at the first tier that reads any, with "before" and
         "after" rows in the same batches where the change is one added delta.
         """
         return []
@@ -256,12 +256,15 @@ def run_gates(
             active.append(gate)
     _seed(ctx, active, carry)
     # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run. A decoding pass costs its
-    #    longest budget whatever the rows, so every gate's continuations are decoded in one pass unless
+    #    longest budget whatever the rows, so at the first tier that decodes, every gate's continuations
+    #    are decoded in one pass (the own-probe tier, which decodes nothing, can refuse before it) unless
     #    fail_fast and only new-state rows are left (a retry): then each tier decodes its own, shortest first.
-    if not fail_fast or decodes_unchanged_state(ctx, active):
-        decode_requests(ctx, active)
+    decode_all = not fail_fast or decodes_unchanged_state(ctx, active)
     for tier in sorted({g.cost for g in active}):
         gates_now = [g for g in active if g.cost == tier]
+        if decode_all and any(g.decodes(ctx) for g in gates_now):
+            decode_requests(ctx, active)
+            decode_all = False
         results.update(_run_tier(ctx, gates_now))
         if fail_fast and any(not results[g.name].passed for g in gates_now):
             for g in active:

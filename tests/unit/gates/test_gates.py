@@ -431,3 +431,27 @@ def test_fluency_matched_drop_compares_a_continuation_that_ended_with_as_many_wo
     looping = "the cup the cup the cup the cup the cup the cup"
     assert matched_drop(before, looping) == pytest.approx(ngram_entropy(before.split()[:12]) - ngram_entropy(looping))
     assert matched_drop(before, looping) > 1.0  # a repetition at full length still drops
+
+
+def test_a_fail_fast_first_attempt_decodes_nothing_when_its_own_probes_refuse(tiny_llama, monkeypatch):
+    from cathrepo.gates import base
+
+    model, tok, _ = tiny_llama
+    weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
+    decoded: list[tuple] = []
+    real = base.decode_requests
+
+    def recording(ctx, gates):
+        before = set(ctx.memo)
+        real(ctx, gates)
+        decoded.extend(k for k in ctx.memo if k[0] == "decode" and k not in before)
+
+    monkeypatch.setattr(base, "decode_requests", recording)
+    gates = ["efficacy", "generation", "fluency"]
+    report = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=GateCarry(),
+                       fail_fast=True)
+    assert not report["efficacy"].passed and report["generation"].skipped and report["fluency"].skipped
+    assert decoded == []  # the 48-token decode waits for the tier that reads it
+    full = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=GateCarry())
+    assert not full["efficacy"].passed and not full["fluency"].skipped
+    assert {k[1] for k in decoded} == {"before", "after"}  # without fail_fast, one pass for every gate
