@@ -221,6 +221,8 @@ def test_fluency_prompts_add_open_prompts_about_the_subject_to_the_same_measure(
     after = [ngram_entropy(_generate(model, tok, p, policy.fluency_tokens, delta)) for p in prompts]
     fluency = report["fluency"].metrics
     assert fluency["n"] == len(own) + 3
+    k = len(own)  # the edit's own prompts alone, reported beside the mean over all of them
+    assert fluency["drop_own"] == pytest.approx((sum(before[:k]) - sum(after[:k])) / k)
     assert fluency["entropy_before"] == pytest.approx(sum(before) / len(before))
     assert fluency["entropy"] == pytest.approx(sum(after) / len(after))
     with pytest.raises(ConfigError, match="fluency_prompts"):
@@ -419,7 +421,7 @@ def test_a_fail_fast_retry_decodes_only_the_short_rows_when_generation_refuses(t
     retry = run_gates(model, tok, after=[weak.scaled(2.0)], probes=probes_for(FACT), gates=gates, carry=carry,
                       fail_fast=True)
     assert not retry["generation"].passed and retry["fluency"].skipped
-    assert budgets and set(budgets) == {GatePolicy().generation_tokens}  # no 48-token pass
+    assert budgets and set(budgets) == {GatePolicy().generation_tokens}  # no fluency-length pass
 
 
 def test_fluency_matched_drop_compares_a_continuation_that_ended_with_as_many_words_before():
@@ -451,7 +453,7 @@ def test_a_fail_fast_first_attempt_decodes_nothing_when_its_own_probes_refuse(ti
     report = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=GateCarry(),
                        fail_fast=True)
     assert not report["efficacy"].passed and report["generation"].skipped and report["fluency"].skipped
-    assert decoded == []  # the 48-token decode waits for the tier that reads it
+    assert decoded == []  # fluency's decode waits for the tier that reads it
     full = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=GateCarry())
     assert not full["efficacy"].passed and not full["fluency"].skipped
     assert {k[1] for k in decoded} == {"before", "after"}  # without fail_fast, one pass for every gate
