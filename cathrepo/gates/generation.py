@@ -148,18 +148,16 @@ class FluencyGate(Gate):
         texts = measured["after"]["texts"]
         before = [ngram_entropy(t) for t in measured["before"]["texts"]]
         after = [ngram_entropy(t) for t in texts]
-        drop = _mean([b - a for b, a in zip(before, after, strict=True)])
-        half = _mean([ngram_entropy(b) - ngram_entropy(a)
-                      for b, a in zip(measured["before"]["half"], measured["after"]["half"], strict=True)])
+        drops = [b - a for b, a in zip(before, after, strict=True)]  # per prompt
+        halves = [ngram_entropy(b) - ngram_entropy(a)
+                  for b, a in zip(measured["before"]["half"], measured["after"]["half"], strict=True)]
+        drop, half = _mean(drops), _mean(halves)
         matched = _mean([matched_drop(b, a) for b, a in zip(measured["before"]["texts"], texts, strict=True)])
         matched_half = _mean([matched_drop(b, a) for b, a in zip(measured["before"]["half"], measured["after"]["half"],
                                                                  strict=True)])
         mention = _mean([float(contains_answer(t, target)) for t in texts]) if target else float("nan")
-        # the edit's own prompts alone (the open ones follow them), to pair with fluency_prompts = 0
-        own = len(subject_prompts(ctx, *self.kinds))
-        own_drop = _mean([b - a for b, a in zip(before[:own], after[:own], strict=True)])
-        own_half = _mean([ngram_entropy(b) - ngram_entropy(a) for b, a in
-                          zip(measured["before"]["half"][:own], measured["after"]["half"][:own], strict=True)])
+        own = len(subject_prompts(ctx, *self.kinds))  # the edit's own prompts come first, the open ones after
+        own_drop, own_half = _mean(drops[:own]), _mean(halves[:own])
         ok = drop <= self.policy.fluency_max_drop + 1e-9
         worst = min(range(len(after)), key=lambda i: after[i] - before[i])
         detail = "" if ok else f"generations repeat themselves: {texts[worst][:80]!r}"

@@ -54,8 +54,9 @@ def hidden_and_head(model: Any) -> tuple[Any, Callable[[torch.Tensor], torch.Ten
 
 
 #: Padded tokens per teacher-forced forward pass. A CPU forward costs about the padded tokens it is given,
-#: so rows of alike length go together: 125 known-fact prompts of 4 to 23 tokens cost 5.0 s as one padded
-#: batch of 128 rows and 2.7 s in length-sorted batches of at most this many tokens (2 vCPU, float32).
+#: so rows of alike length go together: 125 known-fact prompts of 4 to 23 tokens cost 4.3-5.0 s as one
+#: padded batch of 128 rows and 2.4-2.8 s in length-sorted batches of at most this many tokens (2 vCPU,
+#: float32; BENCHMARKS.md).
 BATCH_TOKENS = 256
 
 

@@ -401,27 +401,18 @@ def test_fail_fast_judges_fluency_on_its_full_length_after_the_short_generation_
 
 
 def test_a_fail_fast_retry_decodes_only_the_short_rows_when_generation_refuses(tiny_llama, monkeypatch):
-    from cathrepo.gates import base
-
     model, tok, _ = tiny_llama
     weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
-    budgets: list[int] = []
-    real = base.decode_requests
-
-    def recording(ctx, gates):
-        before = dict(ctx.memo)
-        real(ctx, gates)
-        budgets.extend(v[0] for k, v in ctx.memo.items() if k[0] == "decode" and before.get(k) != v)
-
-    monkeypatch.setattr(base, "decode_requests", recording)
+    decoded = _record_decodes(monkeypatch)
     carry = GateCarry()
     gates = ["generation", "fluency"]
     run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=carry)
-    budgets.clear()
+    decoded.clear()
     retry = run_gates(model, tok, after=[weak.scaled(2.0)], probes=probes_for(FACT), gates=gates, carry=carry,
                       fail_fast=True)
     assert not retry["generation"].passed and retry["fluency"].skipped
-    assert budgets and set(budgets) == {GatePolicy().generation_tokens}  # no fluency-length pass
+    budgets = {tokens for _, (tokens, _) in decoded}
+    assert budgets == {GatePolicy().generation_tokens}  # no fluency-length pass
 
 
 def test_fluency_matched_drop_compares_a_continuation_that_ended_with_as_many_words_before():
@@ -436,19 +427,9 @@ def test_fluency_matched_drop_compares_a_continuation_that_ended_with_as_many_wo
 
 
 def test_a_fail_fast_first_attempt_decodes_nothing_when_its_own_probes_refuse(tiny_llama, monkeypatch):
-    from cathrepo.gates import base
-
     model, tok, _ = tiny_llama
     weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
-    decoded: list[tuple] = []
-    real = base.decode_requests
-
-    def recording(ctx, gates):
-        before = set(ctx.memo)
-        real(ctx, gates)
-        decoded.extend(k for k in ctx.memo if k[0] == "decode" and k not in before)
-
-    monkeypatch.setattr(base, "decode_requests", recording)
+    decoded = _record_decodes(monkeypatch)
     gates = ["efficacy", "generation", "fluency"]
     report = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=GateCarry(),
                        fail_fast=True)
@@ -456,4 +437,20 @@ def test_a_fail_fast_first_attempt_decodes_nothing_when_its_own_probes_refuse(ti
     assert decoded == []  # fluency's decode waits for the tier that reads it
     full = run_gates(model, tok, after=[weak], probes=probes_for(FACT), gates=gates, carry=GateCarry())
     assert not full["efficacy"].passed and not full["fluency"].skipped
-    assert {k[1] for k in decoded} == {"before", "after"}  # without fail_fast, one pass for every gate
+    assert {k[1] for k, _ in decoded} == {"before", "after"}  # without fail_fast, one pass for every gate
+
+
+def _record_decodes(monkeypatch) -> list[tuple[tuple, tuple]]:
+    """Record every continuation run_gates decodes (memo key, (tokens, ids)) from now on."""
+    from cathrepo.gates import base
+
+    decoded: list[tuple[tuple, tuple]] = []
+    real = base.decode_requests
+
+    def recording(ctx, gates):
+        before = dict(ctx.memo)
+        real(ctx, gates)
+        decoded.extend((k, v) for k, v in ctx.memo.items() if k[0] == "decode" and before.get(k) != v)
+
+    monkeypatch.setattr(base, "decode_requests", recording)
+    return decoded
