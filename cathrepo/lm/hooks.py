@@ -134,6 +134,58 @@ def edit_input(model: Any, edits: dict[str, TensorFn]) -> Iterator[None]:
             handle.remove()
 
 
+@contextmanager
+def replayed(model: Any, names: Sequence[str], store: dict[str, Any]) -> Iterator[None]:
+    """Modules ``names`` give back what they returned the first time, without running again.
+
+    On an entry with ``store`` empty they run and their outputs (detached) are recorded into it; on every
+    later entry their forward is not called and each returns a copy of its recorded output. Only for
+    modules whose inputs are the same on every call: the layers below an edited one, run on the same
+    rows pass after pass, where nothing an optimisation changes can reach them.
+    """
+    if not store:
+        handles = []
+
+        def make(name: str) -> Callable[..., None]:
+            def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
+                store.setdefault(name, _detached(output))
+
+            return hook
+
+        try:
+            for name in names:
+                handles.append(get_module(model, name).register_forward_hook(make(name)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        return
+    modules = [(get_module(model, name), name) for name in names]
+    saved = [m.__dict__.get("forward") for m, _ in modules]  # a forward already patched on the instance
+    try:
+        for module, name in modules:
+            module.forward = (lambda *args, _name=name, **kwargs: _copied(store[_name]))
+        yield
+    finally:
+        for (module, _), own in zip(modules, saved, strict=True):
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)
+    return value.detach() if hasattr(value, "detach") else value
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value.clone() if hasattr(value, "clone") else value
+
+
 class _StopForward(Exception):
     """Raised inside a hook to abandon the rest of a forward pass."""
 

@@ -12,7 +12,14 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.edits.rome.rows import ValueResult, output_width, read_logprobs, stop_reached, value_hook
+from cathrepo.edits.rome.rows import (
+    ValueResult,
+    layers_below,
+    output_width,
+    read_logprobs,
+    stop_reached,
+    value_hook,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +38,8 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
 
         sₖ = argmin ‖s‖  subject to  Jᵣ·s ≥ log v_stop_prob + v_margin − ℓᵣ(δₖ)   for every judged row
 
-    (the prompt under every prefix; the phrasings too with ``phrasing_stop``), a small QP solved in its
+    (the prompt under every prefix; the phrasings too with ``phrasing_stop``; with ``v_stop_first``, each
+    judged row's first target token as a second constraint aimed at that bar), a small QP solved in its
     dual, cut to a trust radius (``v_radius`` · ‖v₀‖ at first, doubled or halved as the worst row gains
     what the step promised). δₖ₊₁ = δₖ + sₖ; it stops when every judged row meets the bar at the point
     itself (the same rule as Adam's), with ‖δ‖ bounded by ``clamp_norm_factor`` · ‖v₀‖, after at most
@@ -50,6 +58,7 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     bar = math.log(params.v_stop_prob) if params.v_stop_prob > 0 else -params.v_stop_nll
     aim = min(bar + params.v_margin, -1e-3)
     leaf = torch.zeros(0)
+    lower: tuple[list[str], dict[str, Any]] = (layers_below(model, module), {})
     delta = torch.zeros(output_width(model, module), device=b["suffix_ids"].device)
     nll_start = nll = kl = float("nan")
     steps, stopped, relaxed = 0, False, False
@@ -57,20 +66,23 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     radius: float | None = None  # trust region: the longest step, halved or doubled as the model keeps its promise
     promised: float | None = None
     worst = 0.0
+    first_aim = min(math.log(params.v_stop_first) + params.v_margin, -1e-3) if params.v_stop_first > 0 else None
+    two = first_aim is not None and n_tgt > 1  # a one-token target's row is its first token already
     with add_to_output(model, {module: value_hook(state, lambda: leaf, reader)}), torch.enable_grad():
         for step in range(params.v_passes + 1):
             leaf = delta.detach().expand(n_rows, -1).clone().requires_grad_(True)
-            logp = read_logprobs(model, split, b, cache)
-            token_lp = logp[:-n_kl].gather(1, b["tokens"][:, None]).squeeze(1)
-            row_lp = token_lp.view(n_rew, n_tgt).mean(1)  # (n_rewrite,)
+            logp = read_logprobs(model, split, b, cache, lower)
+            token_lp = logp[:-n_kl].gather(1, b["tokens"][:, None]).squeeze(1).view(n_rew, n_tgt)
+            row_lp = token_lp.mean(1)  # (n_rewrite,)
+            first_lp = token_lp[:, 0]
             if "p0" not in state:
                 state["p0"] = logp[-n_kl:].detach()
             kl = float(torch.nn.functional.kl_div(logp[-n_kl].detach(), state["p0"][0], log_target=True, reduction="sum"))
             nll = float(-row_lp.detach().mean())
             if step == 0:
                 nll_start = nll
-            values = row_lp.detach().tolist()
-            stopped = stop_reached(rule, values, [True] * n_rew, nll, b["n_prompt"])
+            values, firsts = row_lp.detach().tolist(), first_lp.detach().tolist()
+            stopped = stop_reached(rule, values, [True] * n_rew, nll, b["n_prompt"], firsts)
             if stopped or step == params.v_passes:
                 break
             if judged > b["n_prompt"] and float(delta.norm()) >= 0.999 * limit:
@@ -78,20 +90,28 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
                 judged, rule, relaxed = b["n_prompt"], dataclasses.replace(params, phrasing_stop=False), True
                 delta, radius, promised = torch.zeros_like(delta), None, None
                 continue
+            # the constraints: each judged row's mean target log-probability, then (v_stop_first) its first token's
+            current = values[:judged] + (firsts[:judged] if two else [])
+            aims = [aim] * judged + ([first_aim] * judged if two else [])
+            slack = min(c - a for c, a in zip(current, aims, strict=True))
             if promised is not None and radius is not None:  # how much of the promised gain the worst row got
-                got = min(values[:judged]) - worst
-                ratio = got / promised if promised > 0 else 1.0
+                ratio = (slack - worst) / promised if promised > 0 else 1.0
                 radius = radius * 2 if ratio > 0.75 else radius / 2 if ratio < 0.25 else radius
-            (grads,) = torch.autograd.grad(row_lp[:judged].sum(), leaf)
-            jac = grads[:judged].double()  # (judged, d_out): each row's gradient, from its own leaf
-            current = torch.tensor(values[:judged], dtype=torch.float64, device=jac.device)
-            step_ = least_norm(jac, aim - current)
+            (grads,) = torch.autograd.grad(row_lp[:judged].sum(), leaf, retain_graph=two)
+            rows_ = [grads[:judged]]
+            if two:
+                (grads_first,) = torch.autograd.grad(first_lp[:judged].sum(), leaf)
+                rows_.append(grads_first[:judged])
+            jac = torch.cat(rows_).double()  # (constraints, d_out): each row's gradient, from its own leaf
+            now = torch.tensor(current, dtype=torch.float64, device=jac.device)
+            need = torch.tensor(aims, dtype=torch.float64, device=jac.device)
+            step_ = least_norm(jac, need - now)
             if radius is None:
                 radius = params.v_radius * float(state["v0"].norm())
             if float(step_.norm()) > radius:
                 step_ = step_ * (radius / float(step_.norm()))
-            worst = min(values[:judged])
-            promised = float((jac @ step_ + current).min()) - worst
+            worst = slack
+            promised = float((jac @ step_ + now - need).min()) - worst
             delta = delta + step_.float()
             steps += 1
             limit = params.clamp_norm_factor * float(state["v0"].norm())

@@ -67,6 +67,10 @@ class RomeParams:
     v_stop_top1: bool = _help("With v_stop_prob, also wait until the target's first token is the most likely next "
                               "token of every prompt (a multi-token target can pass the length-normalised bar "
                               "while greedy generation starts with another word).", False)
+    v_stop_first: float = _help("With v_stop_prob, also wait until every judged row gives the target's first token "
+                                "this probability (over 0.5 it is the greedy next token, so the model starts "
+                                "writing the target instead of only scoring it well over all its tokens; min_norm "
+                                "aims each step at it; 0: off).", 0.0)
     key_phrasings: bool = _help("Average the key k* over the phrasings too (not only the prompt), so the update "
                                 "direction reads the subject however the fact is worded.", False)
     kl_factor: float = _help("Weight of the KL 'essence' term on '{subject} is a'.", 0.0625)
@@ -135,8 +139,8 @@ class RomeParams:
             raise InvalidInputError("ROME parameters v_margin must be >= 0 and v_radius positive.")
         if self.phrasing_prefixes < -1:
             raise InvalidInputError("ROME parameter phrasing_prefixes must be >= -1 (-1: every prefix).")
-        if not 0.0 <= self.v_stop_prob < 1.0:
-            raise InvalidInputError("ROME parameter v_stop_prob must be in [0, 1).")
+        if not 0.0 <= self.v_stop_prob < 1.0 or not 0.0 <= self.v_stop_first < 1.0:
+            raise InvalidInputError("ROME parameters v_stop_prob and v_stop_first must be in [0, 1).")
         if self.protect_weight < 0 or self.context_kl < 0 or self.after_kl < 0:
             raise InvalidInputError("ROME parameters protect_weight, context_kl and after_kl must be >= 0.")
         if not 0 < self.clamp_norm_factor:

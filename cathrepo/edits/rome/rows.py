@@ -9,6 +9,7 @@ and the result. :func:`~cathrepo.edits.rome.value.optimise_value` (Adam) and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -122,22 +123,40 @@ def prefix_cache(model: Any, b: dict[str, Any]) -> Any:
     return output_cache(out)
 
 
-def read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any) -> torch.Tensor:
+def layers_below(model: Any, module: str) -> list[str]:
+    """The decoder layers under the one that holds ``module`` (nothing δ adds there can reach them)."""
+    from cathrepo.models import family_for, num_layers
+
+    family = family_for(model)
+    names = [family.layer_name("layer", i) for i in range(num_layers(model))]
+    for i, name in enumerate(names):
+        if module.startswith(name + "."):
+            return names[:i]
+    return []
+
+
+def read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any,
+                  lower: tuple[Sequence[str], dict[str, Any]] | None = None) -> torch.Tensor:
     """Log-probabilities at the positions the loss reads: each target token's, then each KL row's.
 
     With the model split into body and head, the vocabulary projection runs only at those positions.
+    With ``lower`` (the layers below the edited one, from :func:`layers_below`, and a store), those
+    layers run on the first call only and replay their outputs afterwards: the rows and the prefix cache
+    are the same on every pass and δ enters above them (a fifth of a pass at layer 6 of 30).
     """
     import torch
 
+    from cathrepo.lm.hooks import replayed
     from cathrepo.models import cache_kwargs
 
     runner = split[0] if split else model
-    out = runner(
-        input_ids=b["suffix_ids"],
-        attention_mask=b["mask"],
-        position_ids=b["suffix_pos"],
-        **(cache_kwargs(runner, copy.deepcopy(cache)) if cache is not None else {}),
-    )
+    with replayed(model, *lower) if lower is not None else contextlib.nullcontext():
+        out = runner(
+            input_ids=b["suffix_ids"],
+            attention_mask=b["mask"],
+            position_ids=b["suffix_pos"],
+            **(cache_kwargs(runner, copy.deepcopy(cache)) if cache is not None else {}),
+        )
     states = out.last_hidden_state if split else out.logits  # (batch, suffix, d_model or vocab)
     picked = torch.cat([states[b["rows"], b["positions"]], states[b["kl_rows"], b["kl_cols"]]], dim=0)
     logits = split[1](picked) if split else picked
@@ -145,14 +164,17 @@ def read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any) -> torc
 
 
 def stop_reached(params: RomeParams, row_lp: Sequence[float], top1: Sequence[bool], nll: float,
-                 n_prompt: int) -> bool:
+                 n_prompt: int, first_lp: Sequence[float] = ()) -> bool:
     """The stopping rule: every judged row (the prompt's first ``n_prompt``, and the phrasings' unless
     ``phrasing_stop`` is off) gives the target ``v_stop_prob`` (with ``v_stop_top1``, as its most likely
-    first token too); with ``v_stop_prob`` 0, the mean NLL over every row is under ``v_stop_nll``."""
+    first token too; with ``v_stop_first``, its first token, log-probability ``first_lp``, at least that
+    probability); with ``v_stop_prob`` 0, the mean NLL over every row is under ``v_stop_nll``."""
     if params.v_stop_prob <= 0:
         return nll < params.v_stop_nll
     judged = slice(None) if params.phrasing_stop else slice(0, n_prompt)
     if min(row_lp[judged]) < math.log(params.v_stop_prob):
+        return False
+    if params.v_stop_first > 0 and first_lp and min(first_lp[judged]) < math.log(params.v_stop_first):
         return False
     return all(top1[judged]) if params.v_stop_top1 else True
 

@@ -30,6 +30,7 @@ from cathrepo.edits.rome.min_norm import solve_min_norm
 from cathrepo.edits.rome.rows import (
     ValueResult,
     batch_rows,
+    layers_below,
     output_width,
     prefix_cache,
     read_logprobs,
@@ -103,9 +104,10 @@ def optimise_value(
     optimizer: torch.optim.Optimizer | None = None
     nll_start = nll = kl = float("nan")
     steps, stopped = 0, False
+    lower: tuple[list[str], dict[str, Any]] = (layers_below(model, module), {})
     with add_to_output(model, {module: value_hook(state, lambda: delta, reader)}), torch.enable_grad():
         for step in range(params.v_steps + 1):
-            logp = read_logprobs(model, split, b, cache)  # (n_rewrite * n_target + n_kl, vocab)
+            logp = read_logprobs(model, split, b, cache, lower)  # (n_rewrite * n_target + n_kl, vocab)
             n_kl = len(b["kl_rows"])
             token_lp = logp[:-n_kl].gather(1, b["tokens"][:, None]).squeeze(1)
             row_lp = token_lp.view(b["n_rewrite"], b["n_target"]).mean(1)  # (n_rewrite,)
@@ -127,7 +129,8 @@ def optimise_value(
             if params.v_stop_top1:
                 first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
                 top1 = (first.detach().argmax(-1) == b["tokens"][0]).tolist()
-            stopped = stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"])
+            first_lp = token_lp.detach().view(b["n_rewrite"], b["n_target"])[:, 0].tolist()
+            stopped = stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"], first_lp)
             if stopped or step == params.v_steps:
                 break
             assert optimizer is not None

@@ -16,7 +16,7 @@ from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 from cathrepo.lm.scoring import hidden_and_head, mean_logprob
 from cathrepo.lm.tokens import continuation_ids
-from cathrepo.models import cache_kwargs, get_module
+from cathrepo.models import cache_kwargs, family_for, get_module
 from tests.helpers import changed_weights, snapshot
 
 # On random-init models attention barely carries information between positions, so the tiny-model
@@ -323,3 +323,56 @@ def test_min_norm_lets_the_phrasings_go_when_the_norm_bound_cannot_hold_them(tin
         assert infos[bound]["phrasings"] and infos[bound]["delta_norm_ratio"] <= bound + 1e-4
     assert infos[0.05]["relaxed"]
     assert not infos[50.0]["relaxed"]
+
+
+def test_layers_below_the_edit_run_once_and_the_value_is_the_same(tiny_model, env, monkeypatch):
+    """The value's passes replay the layers under the edited one (their rows and prefix cache never
+    change, δ enters above them): those layers run in the first pass only, and δ is bit for bit what
+    running every layer in every pass gives, on each family's layout."""
+    import cathrepo.edits.rome.min_norm as min_norm
+    from cathrepo.edits.rome.rows import layers_below
+
+    model, tok, _ = tiny_model
+    params = _params(model, layer=2, v_stop_prob=0.9, v_passes=6)
+    below = layers_below(model, family_for(model).layer_name(params.module, 2))
+    assert below == [family_for(model).layer_name("layer", i) for i in (0, 1)]
+    get_method("rome")(params).compute(model, tok, [FACT], env)  # statistics and prefixes cached for both runs
+    runs = {}
+    for replay in (True, False):
+        if not replay:
+            monkeypatch.setattr(min_norm, "layers_below", lambda model, module: [])
+        calls: list[int] = []
+        inner = get_module(model, family_for(model).layer_name("attn", 0))  # runs only when layer 0 does
+        handle = inner.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
+        try:
+            result = get_method("rome")(params).compute(model, tok, [FACT], env)
+        finally:
+            handle.remove()
+        runs[replay] = (result, len(calls))
+    (replayed, calls_replayed), (full, calls_full) = runs[True], runs[False]
+    passes = replayed.info["facts"][0]["steps"] + 1
+    assert passes >= 3 and full.info["facts"][0]["steps"] + 1 == passes
+    assert calls_full - calls_replayed == passes - 1  # everything else (statistics, keys, prefixes) as before
+    (name,) = replayed.delta.modules
+    assert torch.equal(replayed.delta.factors[name].B, full.delta.factors[name].B)
+    assert torch.equal(replayed.delta.factors[name].A, full.delta.factors[name].A)
+
+
+def test_first_token_bar_makes_the_target_the_greedy_start(tiny_llama, env):
+    """A length-normalised bar can hold while the target's first token is not the model's next token;
+    ``v_stop_first`` (min_norm aims each step at it) keeps stepping until the first token has that
+    probability."""
+    model, tok, _ = tiny_llama
+    fact = Fact(prompt=FACT.prompt, subject=FACT.subject, target_new="Tokyo London", target_true="Paris")
+    first = continuation_ids(tok, fact.target_new)[0]
+    runs = {}
+    for bar in (0.0, 0.3):
+        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=0.01, v_stop_first=bar,
+                                            v_passes=60)).compute(
+            model, tok, [fact], env)
+        with applied(model, result.delta), torch.no_grad():
+            logp = model(**tok(fact.prompt, return_tensors="pt")).logits[0, -1].log_softmax(-1)
+        runs[bar] = (result.info["facts"][0]["stopped"], float(logp[first]))
+    # the solver reads the prompt's earlier positions unedited; the shipped weight moves them a little too
+    assert runs[0.3][0] and runs[0.3][1] >= math.log(0.3) - 0.05
+    assert runs[0.0][1] < math.log(0.3) - 0.5  # the length-normalised rule alone stopped well short of it
