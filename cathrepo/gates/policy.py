@@ -78,8 +78,9 @@ class GatePolicy:
     generation_min: float = _f(0.5, "Fraction of rewrite and paraphrase prompts whose greedy continuation "
                                     "contains the new target.")
     generation_tokens: int = _f(12, "Tokens decoded for the free-generation check.")
-    fluency_max_drop: float = _f(0.5, "Largest drop in weighted n-gram entropy (bits) of generations.")
-    fluency_tokens: int = _f(48, "Tokens decoded per generation prompt for fluency (the gates' longest decode).")
+    fluency_max_drop: float = _f(0.2, "Largest drop in weighted n-gram entropy (bits) of generations (0.2 over 24 "
+                                      "tokens: paired against 0.5 over 48 on tuning records, BENCHMARKS.md).")
+    fluency_tokens: int = _f(24, "Tokens decoded per generation prompt for fluency (the gates' longest decode).")
     fluency_prompts: int = _f(0, "Open prompts about the subject (\"{subject} is\", \"The story of {subject}\", ...) "
                                  "decoded for fluency beside the edit's own prompts: more samples of the same "
                                  "mean drop in the same batched decode (0: the edit's prompts only; off until "
