@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from cathrepo.edits.rome.rows import (
     ValueResult,
-    layers_below,
     output_width,
     read_logprobs,
     stop_reached,
@@ -28,7 +27,8 @@ if TYPE_CHECKING:
 
 
 def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any,
-                   reader: torch.Tensor | None, params: RomeParams, state: dict[str, Any]) -> ValueResult:
+                   reader: torch.Tensor | None, params: RomeParams, state: dict[str, Any],
+                   lower: tuple[list[str], dict[str, Any]] | None = None) -> ValueResult:
     """A small δ whose judged rows give the target ``v_stop_prob`` (``v_solver`` "min_norm").
 
     Gauss-Newton for an underdetermined system, from δ = 0: at δₖ every rewrite row's mean target
@@ -46,7 +46,8 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     ``v_passes`` passes. When δ reaches that bound with the phrasings still below the bar, they are let
     go (``relaxed``): it starts again from zero on the prompt's rows alone, which then decide the stop.
     Each step moves only along the rows' own gradients, so δ stays close to the least change that says
-    the fact, in a handful of passes instead of tens of Adam steps.
+    the fact, in a handful of passes instead of tens of Adam steps. ``lower`` (the layers under the edited
+    one and their store) is handed to :func:`~cathrepo.edits.rome.rows.read_logprobs` to replay them.
     """
     import torch
 
@@ -58,7 +59,6 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     bar = math.log(params.v_stop_prob) if params.v_stop_prob > 0 else -params.v_stop_nll
     aim = min(bar + params.v_margin, -1e-3)
     leaf = torch.zeros(0)
-    lower: tuple[list[str], dict[str, Any]] = (layers_below(model, module), {})
     delta = torch.zeros(output_width(model, module), device=b["suffix_ids"].device)
     nll_start = nll = kl = float("nan")
     steps, stopped, relaxed = 0, False, False

@@ -142,7 +142,7 @@ def read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any,
     With the model split into body and head, the vocabulary projection runs only at those positions.
     With ``lower`` (the layers below the edited one, from :func:`layers_below`, and a store), those
     layers run on the first call only and replay their outputs afterwards: the rows and the prefix cache
-    are the same on every pass and δ enters above them (a fifth of a pass at layer 6 of 30).
+    are the same on every pass and δ enters above them (at layer 6 of 30, six layers of each forward).
     """
     import torch
 

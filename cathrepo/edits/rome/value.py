@@ -96,15 +96,15 @@ def optimise_value(
     cache = prefix_cache(model, b)
     split = hidden_and_head(model)
     state: dict[str, Any] = {}
+    lower: tuple[list[str], dict[str, Any]] = (layers_below(model, module), {})  # run once, then replayed
     if params.v_solver == "min_norm":
-        return solve_min_norm(model, module, split, b, cache, reader, params, state)
+        return solve_min_norm(model, module, split, b, cache, reader, params, state, lower)
 
     delta = torch.zeros(output_width(model, module), device=device, requires_grad=True)
 
     optimizer: torch.optim.Optimizer | None = None
     nll_start = nll = kl = float("nan")
     steps, stopped = 0, False
-    lower: tuple[list[str], dict[str, Any]] = (layers_below(model, module), {})
     with add_to_output(model, {module: value_hook(state, lambda: delta, reader)}), torch.enable_grad():
         for step in range(params.v_steps + 1):
             logp = read_logprobs(model, split, b, cache, lower)  # (n_rewrite * n_target + n_kl, vocab)

@@ -329,7 +329,7 @@ def test_layers_below_the_edit_run_once_and_the_value_is_the_same(tiny_model, en
     """The value's passes replay the layers under the edited one (their rows and prefix cache never
     change, δ enters above them): those layers run in the first pass only, and δ is bit for bit what
     running every layer in every pass gives, on each family's layout."""
-    import cathrepo.edits.rome.min_norm as min_norm
+    import cathrepo.edits.rome.value as value
     from cathrepo.edits.rome.rows import layers_below
 
     model, tok, _ = tiny_model
@@ -340,7 +340,7 @@ def test_layers_below_the_edit_run_once_and_the_value_is_the_same(tiny_model, en
     runs = {}
     for replay in (True, False):
         if not replay:
-            monkeypatch.setattr(min_norm, "layers_below", lambda model, module: [])
+            monkeypatch.setattr(value, "layers_below", lambda model, module: [])
         calls: list[int] = []
         inner = get_module(model, family_for(model).layer_name("attn", 0))  # runs only when layer 0 does
         handle = inner.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
