@@ -115,7 +115,7 @@ class RomeMethod(EditMethod):
         from cathrepo.facts.probes import load_known_facts
 
         p: RomeParams = self.params
-        if p.protect_weight <= 0 and (p.context_kl <= 0 or p.context_subjects == 0):
+        if p.protect_weight <= 0 and not p.reads_context:
             return None, []
         facts = load_known_facts(part="protect")
         if p.protect_weight <= 0:
@@ -145,7 +145,7 @@ class RomeMethod(EditMethod):
             extra = subject_keys(model, tokenizer, module, context_prompts(fact, pool, p.protect_context))
             preserved = preserved_moment(cov, torch.cat([keys, extra]) if extra.numel() else keys, p.protect_weight)
         u = update_direction(cov, key, p.cov_reg, preserved)
-        context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.context_kl > 0 else []
+        context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.reads_context else []
         denom = float(u @ key)
         reader = u / denom if p.through_weight and abs(denom) >= 1e-8 else None
         value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, p, phrasings, context, reader)

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache: Any,
                    reader: torch.Tensor | None, params: RomeParams, state: dict[str, Any],
-                   lower: tuple[list[str], dict[str, Any]] | None = None) -> ValueResult:
+                   lower: tuple[list[str], dict[str, Any]] | None = None,
+                   side: tuple[dict[str, Any], Any, tuple[list[str], dict[str, Any]] | None] | None = None,
+                   ) -> ValueResult:
     """A small δ whose judged rows give the target ``v_stop_prob`` (``v_solver`` "min_norm").
 
     Gauss-Newton for an underdetermined system, from δ = 0: at δₖ every rewrite row's mean target
@@ -48,6 +50,18 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     Each step moves only along the rows' own gradients, so δ stays close to the least change that says
     the fact, in a handful of passes instead of tens of Adam steps. ``lower`` (the layers under the edited
     one and their store) is handed to :func:`~cathrepo.edits.rome.rows.read_logprobs` to replay them.
+
+    ``side`` (capped rows, their prefix cache and layer store) adds one upper bound per such row, read in
+    a forward and backward of their own (they are longer than the rewrite rows):
+
+        J_c·s ≤ ℓ_c(0) + cap_c − ℓ_c(δₖ)     (ℓ_c: the new target's first-token log-probability)
+
+    The rows are other subjects' prompts read after the edited sentence (``context_cap``: the target must
+    not bleed into what is said about them by more than the cap over what the unedited model already
+    says with the edit in its context) and the stated answer itself (``after_cap``: the target must not
+    become what comes next, the edit that makes the model say it again and again). The bounds are soft (a ridge on
+    their dual variables): where they and the bar cannot both hold, the step trades them off instead of
+    failing, and the bar alone decides the stop.
     """
     import torch
 
@@ -68,9 +82,12 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     worst = 0.0
     first_aim = min(math.log(params.v_stop_first) + params.v_margin, -1e-3) if params.v_stop_first > 0 else None
     two = first_aim is not None and n_tgt > 1  # a one-token target's row is its first token already
-    with add_to_output(model, {module: value_hook(state, lambda: leaf, reader)}), torch.enable_grad():
+    first_token = int(b["tokens"][0])
+    now_leaf: list[torch.Tensor] = [leaf]  # the leaf of the batch being read (the rows, or the side rows)
+    with add_to_output(model, {module: value_hook(state, lambda: now_leaf[0], reader)}), torch.enable_grad():
         for step in range(params.v_passes + 1):
             leaf = delta.detach().expand(n_rows, -1).clone().requires_grad_(True)
+            now_leaf[0] = leaf
             logp = read_logprobs(model, split, b, cache, lower)
             token_lp = logp[:-n_kl].gather(1, b["tokens"][:, None]).squeeze(1).view(n_rew, n_tgt)
             row_lp = token_lp.mean(1)  # (n_rewrite,)
@@ -102,16 +119,25 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
             if two:
                 (grads_first,) = torch.autograd.grad(first_lp[:judged].sum(), leaf)
                 rows_.append(grads_first[:judged])
+            n_main = sum(len(r) for r in rows_)
+            gaps = [n - a for n, a in zip(current, aims, strict=True)]  # ≥ 0 where a row meets its aim
+            if side is not None:  # the capped rows: -J_c·s ≥ ℓ_c(δ) - ℓ_c(0) - cap
+                ctx_lp, ctx_grads = _side_rows(model, split, side, delta, now_leaf, first_token)
+                state.setdefault("ctx0", ctx_lp)
+                rows_.append(-ctx_grads)
+                gaps += (state["ctx0"] + side[0]["caps"] - ctx_lp).tolist()
             jac = torch.cat(rows_).double()  # (constraints, d_out): each row's gradient, from its own leaf
-            now = torch.tensor(current, dtype=torch.float64, device=jac.device)
-            need = torch.tensor(aims, dtype=torch.float64, device=jac.device)
-            step_ = least_norm(jac, need - now)
+            gap = torch.tensor(gaps, dtype=torch.float64, device=jac.device)
+            ridge = torch.zeros(len(gaps), dtype=torch.float64, device=jac.device)
+            if len(gaps) > n_main:  # soft caps: a ridge on their dual variables, relative to the bar's rows
+                ridge[n_main:] = SIDE_RIDGE * float((jac[:n_main] ** 2).sum(1).mean())
+            step_ = least_norm(jac, -gap, ridge)
             if radius is None:
                 radius = params.v_radius * float(state["v0"].norm())
             if float(step_.norm()) > radius:
                 step_ = step_ * (radius / float(step_.norm()))
             worst = slack
-            promised = float((jac @ step_ + now - need).min()) - worst
+            promised = float((jac[:n_main] @ step_ + gap[:n_main]).min()) - worst
             delta = delta + step_.float()
             steps += 1
             limit = params.clamp_norm_factor * float(state["v0"].norm())
@@ -122,13 +148,36 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
                        relaxed)
 
 
-def least_norm(jac: torch.Tensor, need: torch.Tensor, sweeps: int = 500) -> torch.Tensor:
+def _side_rows(model: Any, split: Any, side: tuple[dict[str, Any], Any, Any], delta: torch.Tensor,
+               now_leaf: list[torch.Tensor], token: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The side rows' (other subjects after the edited sentence) first-token log-probabilities of the new
+    target at ``delta`` and each one's gradient in δ (one forward and one backward of their own batch)."""
+    import torch
+
+    rows, cache, lower = side
+    leaf = delta.detach().expand(rows["suffix_ids"].shape[0], -1).clone().requires_grad_(True)
+    now_leaf[0] = leaf
+    lp = read_logprobs(model, split, rows, cache, lower)[1:, token]  # row 0 is the essence row: not capped
+    (grads,) = torch.autograd.grad(lp.sum(), leaf)
+    return lp.detach().double(), grads[1:].double()
+
+
+#: The ridge on a soft cap's dual variable, relative to the mean squared gradient of the bar's rows: the
+#: cap gives way where it and the bar cannot both hold (λ_c ≤ violation / ridge) instead of blowing up.
+SIDE_RIDGE = 0.1
+
+
+def least_norm(jac: torch.Tensor, need: torch.Tensor, ridge: torch.Tensor | None = None,
+               sweeps: int = 500) -> torch.Tensor:
     """argmin ‖x‖ subject to ``jac @ x >= need`` (rows of ``jac`` are constraints), through its dual
-    max_{λ≥0} λ·need − ½ λᵀ(J Jᵀ)λ, x = Jᵀλ, solved by coordinate ascent (Hildreth's method)."""
+    max_{λ≥0} λ·need − ½ λᵀ(J Jᵀ + diag(ridge))λ, x = Jᵀλ, solved by coordinate ascent (Hildreth's method).
+    A row with a ridge is soft: it may fall short by ``ridge · λ`` (an L2 penalty on its slack)."""
     import torch
 
     gram = jac @ jac.T
     gram = gram + 1e-9 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    if ridge is not None:
+        gram = gram + torch.diag(ridge.to(gram.dtype))
     lam = torch.zeros(len(need), dtype=jac.dtype, device=jac.device)
     for _ in range(sweeps):
         moved = 0.0

@@ -101,6 +101,14 @@ class RomeParams:
                             "say the target again and again (0: off).", 0.0)
     context_subjects: int = _help("Other subjects (protected half of the known facts) read after the edited "
                                   "sentence for context_kl.", 8)
+    context_cap: float = _help("With v_solver min_norm, the most (nats) the new target's first-token log-probability "
+                               "may rise after another subject's prompt read after the edited sentence "
+                               "(CounterFact+'s bleed, on context_subjects subjects of the protected half): each "
+                               "step holds it as a constraint beside the bar (0: off).", 0.0)
+    after_cap: float = _help("With v_solver min_norm, the most (nats) the target's first-token log-probability may "
+                             "rise right after the stated answer ('{prompt} {target}'), held as a constraint of each "
+                             "step so the edit does not make the model say the target again and again (0: off).",
+                             0.0)
     through_weight: bool = _help("Optimise the value as the rank-one weight delivers it (each position reads δ "
                                  "through its own key) instead of as δ added at the subject's last token only.",
                                  True)
@@ -141,10 +149,17 @@ class RomeParams:
             raise InvalidInputError("ROME parameter phrasing_prefixes must be >= -1 (-1: every prefix).")
         if not 0.0 <= self.v_stop_prob < 1.0 or not 0.0 <= self.v_stop_first < 1.0:
             raise InvalidInputError("ROME parameters v_stop_prob and v_stop_first must be in [0, 1).")
-        if self.protect_weight < 0 or self.context_kl < 0 or self.after_kl < 0:
-            raise InvalidInputError("ROME parameters protect_weight, context_kl and after_kl must be >= 0.")
+        if self.protect_weight < 0 or self.context_kl < 0 or self.after_kl < 0 or self.context_cap < 0 or self.after_cap < 0:
+            raise InvalidInputError("ROME parameters protect_weight, context_kl, context_cap, after_kl and after_cap must be >= 0.")
         if not 0 < self.clamp_norm_factor:
             raise InvalidInputError("ROME parameter clamp_norm_factor must be positive.")
+
+    @property
+    def reads_context(self) -> bool:
+        """Whether the value is optimised on other subjects read after the edited sentence (context_kl with
+        Adam, context_cap with min_norm)."""
+        capped = self.v_solver == "min_norm" and self.context_cap > 0
+        return self.context_subjects > 0 and (self.context_kl > 0 or capped)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

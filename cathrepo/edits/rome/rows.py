@@ -95,9 +95,9 @@ def batch_rows(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequ
         "mask": mask,
         "prefix_pos": prefix_pos,
         "suffix_pos": suffix_pos,
-        "rows": torch.tensor(rows),
-        "positions": torch.tensor(positions),
-        "tokens": torch.tensor(tokens),
+        "rows": torch.tensor(rows, dtype=torch.long),
+        "positions": torch.tensor(positions, dtype=torch.long),
+        "tokens": torch.tensor(tokens, dtype=torch.long),
         "n_rewrite": len(rewrite),
         "n_prompt": len(prefixes),  # the first rows: the prompt itself under every prefix
         "n_target": len(target_ids),

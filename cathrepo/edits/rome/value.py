@@ -17,8 +17,10 @@ already gives with that probability stops at once, with δ = 0).
 
 That is ``v_solver`` "adam". The default, "min_norm" (:func:`~cathrepo.edits.rome.min_norm.solve_min_norm`),
 meets the same stopping rule with a near-smallest δ instead of walking Adam's path until it is met: the
-loss terms above (KL, weight decay) are then not read, the bar and the norm bound are. Both run on the
-rows of :mod:`cathrepo.edits.rome.rows`.
+loss terms above (KL, weight decay) are then not read, the bar and the norm bound are, and what the KL
+terms on context and on the stated answer aim at is held by caps instead (``context_cap``, ``after_cap``:
+the new target may rise there by at most so many nats). Both run on the rows of
+:mod:`cathrepo.edits.rome.rows`.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ def optimise_value(
     ``phrasings`` are other prompts stating the same fact about the same subject; they join the rewrite
     prompt in the NLL term (each with every prefix), so δ must work for more than one wording.
     ``context`` are texts that state the edit and then ask about another subject; their next-token
-    distributions are held to the unedited model's (``context_kl``), so the edited subject does not
-    bleed into what is said about others after it (CounterFact+'s NS+).
+    distributions are held to the unedited model's (``context_kl``, Adam), or the new target's rise in
+    them is capped (``context_cap``, min_norm), so the edited subject does not bleed into what is said
+    about others after it (CounterFact+'s NS+).
 
     ``reader`` (``u / (u·k*)``, shape (d_in,)) makes the optimisation see δ as the shipped rank-one weight
     delivers it: every position from the subject's last token on moves by ``(k_t·reader) δ`` for its own
@@ -89,16 +92,28 @@ def optimise_value(
     model = working_copy(model, params.precision)
     device = model_device(model)
     after = [f"{fact.prompt} {fact.target_new}"] if params.after_kl > 0 else []
-    b = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch_rows(tokenizer, fact, target_ids, prefixes,
-                                                                         [fact.prompt, *phrasings],
-                                                                         [*after, *context],
-                                                                         params.phrasing_prefixes).items()}
+    min_norm = params.v_solver == "min_norm"
+
+    def on_device(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    # min_norm reads the context rows in a batch of their own: they are several times longer than the
+    # rewrite rows, which would otherwise all be padded to their width
+    b = on_device(batch_rows(tokenizer, fact, target_ids, prefixes, [fact.prompt, *phrasings],
+                             [] if min_norm else [*after, *context], params.phrasing_prefixes))
     cache = prefix_cache(model, b)
     split = hidden_and_head(model)
     state: dict[str, Any] = {}
     lower: tuple[list[str], dict[str, Any]] = (layers_below(model, module), {})  # run once, then replayed
-    if params.v_solver == "min_norm":
-        return solve_min_norm(model, module, split, b, cache, reader, params, state, lower)
+    if min_norm:  # the capped rows: what follows the stated answer, other subjects after the edited sentence
+        capped = [(f"{fact.prompt} {fact.target_new}", params.after_cap)] if params.after_cap > 0 else []
+        capped += [(text, params.context_cap) for text in context] if params.context_cap > 0 else []
+        side = None
+        if capped:
+            bc = on_device(batch_rows(tokenizer, fact, target_ids, [], [], [text for text, _ in capped]))
+            bc["caps"] = torch.tensor([cap for _, cap in capped], dtype=torch.float64)
+            side = (bc, prefix_cache(model, bc), (lower[0], {}))
+        return solve_min_norm(model, module, split, b, cache, reader, params, state, lower, side)
 
     delta = torch.zeros(output_width(model, module), device=device, requires_grad=True)
 

@@ -376,3 +376,69 @@ def test_first_token_bar_makes_the_target_the_greedy_start(tiny_llama, env):
     # the solver reads the prompt's earlier positions unedited; the shipped weight moves them a little too
     assert runs[0.3][0] and runs[0.3][1] >= math.log(0.3) - 0.05
     assert runs[0.0][1] < math.log(0.3) - 0.5  # the length-normalised rule alone stopped well short of it
+
+
+def test_least_norm_soft_rows_give_way_where_the_constraints_cannot_all_hold():
+    """A row with a ridge is soft: against a hard row it contradicts, the hard row is met and the soft
+    one falls short by ridge · λ, instead of the dual running off to infinity."""
+    from cathrepo.edits.rome.min_norm import least_norm as _least_norm
+
+    g = torch.tensor([[1.0, 2.0, -1.0]], dtype=torch.float64)
+    jac = torch.cat([g, -g])  # g·x ≥ 1 and g·x ≤ -1 cannot both hold
+    need = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    x = _least_norm(jac, need, torch.tensor([0.0, 0.5], dtype=torch.float64))
+    assert x.isfinite().all()
+    assert float(g @ x) >= 1 - 1e-6  # the hard row holds
+    feasible = torch.tensor([1.0, -3.0], dtype=torch.float64)  # both can hold: the ridge changes nothing
+    assert torch.allclose(_least_norm(jac, feasible, torch.tensor([0.0, 0.5], dtype=torch.float64)),
+                          _least_norm(jac, feasible), atol=1e-8)
+
+
+def test_context_cap_holds_the_target_down_after_other_subjects(tiny_llama, env):
+    """``context_cap`` (min_norm) bounds how far the new target rises after another subject's prompt read
+    after the edited sentence: the shipped edit raises it less than without the cap, and still meets the bar."""
+    from cathrepo.edits.rome.protect import context_prompts
+    from cathrepo.facts.probes import load_known_facts
+
+    model, tok, _ = tiny_llama
+    first = continuation_ids(tok, FACT.target_new)[0]
+    texts = [t for t, _ in context_prompts(FACT, load_known_facts(part="protect"), 3)]
+
+    def target_lp():
+        with torch.no_grad():
+            enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
+            return model(**enc).logits[:, -1].log_softmax(-1)[:, first]
+
+    base = target_lp()
+    rises = {}
+    for cap in (0.0, 0.05):
+        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=0.3, context_cap=cap,
+                                            context_subjects=3, v_passes=40)).compute(model, tok, [FACT], env)
+        with applied(model, result.delta):
+            rises[cap] = float((target_lp() - base).max())
+            (shipped,) = mean_logprob(model, tok, [FACT.prompt], [FACT.target_new])
+        assert result.info["facts"][0]["stopped"] and shipped >= math.log(0.3) - 0.05
+    assert rises[0.05] < rises[0.0]
+
+
+def test_after_cap_holds_down_the_target_right_after_it_is_said(tiny_llama, env):
+    """``after_cap`` (min_norm) bounds the rise of the target as the next word after '{prompt} {target}'
+    (the edit that makes the model repeat its answer), and the edit still meets the bar."""
+    model, tok, _ = tiny_llama
+    first = continuation_ids(tok, FACT.target_new)[0]
+    stated_text = f"{FACT.prompt} {FACT.target_new}"
+
+    def again():
+        with torch.no_grad():
+            return float(model(**tok(stated_text, return_tensors="pt")).logits[0, -1].log_softmax(-1)[first])
+
+    base = again()
+    rises = {}
+    for cap in (0.0, 0.05):
+        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=0.3, after_cap=cap,
+                                            v_passes=40)).compute(model, tok, [FACT], env)
+        with applied(model, result.delta):
+            rises[cap] = again() - base
+            (shipped,) = mean_logprob(model, tok, [FACT.prompt], [FACT.target_new])
+        assert result.info["facts"][0]["stopped"] and shipped >= math.log(0.3) - 0.05
+    assert rises[0.05] < rises[0.0] and rises[0.05] < 0.5
