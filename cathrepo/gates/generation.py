@@ -5,9 +5,11 @@
 - fluency: ROME's weighted bi-/tri-gram entropy of longer continuations of every prompt about the
   subject (the rewrite prompt, its paraphrases and the generation prompts), paired prompt by prompt
   before and after the change and judged on the mean drop; ``mention`` reports how often they name the
-  new target. ``drop_matched`` (each "before" text cut to its "after" text's length: a continuation that
-  ended is not a repetition) and the same two at half the length are reported beside the verdict's
-  ``drop`` while they are calibrated (BENCHMARKS.md); none of them decides.
+  new target. The verdict reads ``drop`` (each text as decoded) or, with ``fluency_compare``
+  "common-length", ``drop_common`` (both texts of a prompt cut to the shorter one's words: an answer
+  followed by the end of the text is not a repetition). ``drop_matched`` (only the "before" text cut),
+  the half-length forms, the median and trimmed mean of the per-prompt drops and the count of prompts
+  that fell over a bit are reported beside it while they are calibrated (BENCHMARKS.md).
 
 Both read continuations that :func:`~cathrepo.gates.base.run_gates` decodes once for all gates, the
 "before" and "after" rows in one batch. Fluency is ROME's weighted bi-/tri-gram entropy of generated
@@ -67,6 +69,15 @@ def matched_drop(before: str, after: str) -> float:
     """
     b, a = words(before), words(after)
     return ngram_entropy(b[: len(a)]) - ngram_entropy(a)
+
+
+def common_drop(before: str, after: str) -> float:
+    """The entropy drop of one prompt with both texts cut to the shorter one's length in words: the
+    symmetric form of :func:`matched_drop` (a continuation that ended, on either side, is compared with
+    as many words of the other)."""
+    b, a = words(before), words(after)
+    n = min(len(a), len(b))
+    return ngram_entropy(b[:n]) - ngram_entropy(a[:n])
 
 
 def subject_prompts(ctx: GateRun, *kinds: str) -> list[str]:
@@ -158,7 +169,9 @@ class FluencyGate(Gate):
         mention = _mean([float(contains_answer(t, target)) for t in texts]) if target else float("nan")
         own = len(subject_prompts(ctx, *self.kinds))  # the edit's own prompts come first, the open ones after
         own_drop, own_half = _mean(drops[:own]), _mean(halves[:own])
-        ok = drop <= self.policy.fluency_max_drop + 1e-9
+        common = [common_drop(b, a) for b, a in zip(measured["before"]["texts"], texts, strict=True)]
+        verdict = _mean(common) if self.policy.fluency_compare == "common-length" else drop
+        ok = verdict <= self.policy.fluency_max_drop + 1e-9
         worst = min(range(len(after)), key=lambda i: after[i] - before[i])
         # robust forms of the same paired drops, reported while they are calibrated (BENCHMARKS.md): one
         # prompt's greedy path turning into a loop by chance moves the mean of five, not their median
@@ -169,6 +182,7 @@ class FluencyGate(Gate):
                                 "drop_matched": matched, "drop_half": half, "drop_matched_half": matched_half,
                                 "drop_own": own_drop, "drop_own_half": own_half, "mention": mention,
                                 "drop_median": _median(drops), "drop_trimmed": _mean(trimmed),
+                                "drop_common": _mean(common), "drop_common_median": _median(common),
                                 "falls_1bit": float(sum(d > 1.0 for d in drops)),
                                 "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)

@@ -85,6 +85,10 @@ class GatePolicy:
                                  "decoded for fluency beside the edit's own prompts: more samples of the same "
                                  "mean drop in the same batched decode (0: the edit's prompts only; off until "
                                  "calibrated, BENCHMARKS.md).")
+    fluency_compare: str = _f("as-decoded", "How each prompt's two texts are compared: 'as-decoded' (each as the "
+                                            "decoder left it) or 'common-length' (both cut to the shorter one's "
+                                            "words, so a continuation that ended, the answer and a full stop, does "
+                                            "not read as a repetition).")
     norms_max_growth: float = _f(0.05, "Largest relative growth of an edited weight's Frobenius norm.")
     # -- everything that was there before --
     regression_kinds: tuple[str, ...] = _f(("rewrite", "paraphrase", "neighborhood", "attribute", "forget"),
@@ -136,6 +140,9 @@ class GatePolicy:
         for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"[gates] {name} must be positive.", hint=_help(name))
+        if self.fluency_compare not in ("as-decoded", "common-length"):
+            raise ConfigError(f"[gates] fluency_compare = {self.fluency_compare!r} is unknown.",
+                              hint="Use 'as-decoded' or 'common-length'.")
         if not 0 <= int(self.fluency_prompts) <= len(OPEN_PROMPTS):
             raise ConfigError(f"[gates] fluency_prompts = {self.fluency_prompts} is outside [0, {len(OPEN_PROMPTS)}].",
                               hint=_help("fluency_prompts"))

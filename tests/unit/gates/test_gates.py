@@ -426,6 +426,34 @@ def test_fluency_matched_drop_compares_a_continuation_that_ended_with_as_many_wo
     assert matched_drop(before, looping) > 1.0  # a repetition at full length still drops
 
 
+def test_fluency_common_length_judges_an_answer_that_ends_as_no_repetition():
+    """With ``fluency_compare`` 'common-length' both texts of a prompt are cut to the shorter one's words:
+    an edited model that answers and stops is not refused, one that loops at full length still is, and
+    the as-decoded rule (the default) reads the early stop as a drop."""
+    from cathrepo.facts.probes import Probe, ProbeSet
+    from cathrepo.gates.base import GateRun
+    from cathrepo.gates.generation import FluencyGate, common_drop
+
+    probes = ProbeSet((Probe("rewrite", "Rome is in", "Paris", "Italy"),
+                       Probe("paraphrase", "Where is Rome? It is in", "Paris", "Italy")), "Rome", None)
+    before = ["the players said that the team would win the cup again next year"] * 2
+    stops = ["Paris, and that is all", "Paris."]
+    loops = ["Paris the cup the cup the cup the cup the cup the cup the cup"] * 2
+    assert common_drop(before[0], stops[0]) == common_drop(stops[0], before[0]) == 0.0  # symmetric
+
+    def verdict(compare, after):
+        gate = FluencyGate(GatePolicy(fluency_compare=compare))
+        ctx = GateRun(None, None, (), (), probes, (), gate.policy, "edit")
+        measured = {"before": {"texts": before, "half": before}, "after": {"texts": after, "half": after}}
+        return gate.judge(ctx, measured)
+
+    assert not verdict("as-decoded", stops).passed
+    assert verdict("common-length", stops).passed
+    assert not verdict("common-length", loops).passed
+    with pytest.raises(Exception, match="fluency_compare"):
+        GatePolicy(fluency_compare="shortest")
+
+
 def test_a_fail_fast_first_attempt_decodes_nothing_when_its_own_probes_refuse(tiny_llama, monkeypatch):
     model, tok, _ = tiny_llama
     weak = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true).scaled(1e-6)
