@@ -4,12 +4,11 @@
   (teacher-forced scores alone overstate success two- to three-fold on small models).
 - fluency: ROME's weighted bi-/tri-gram entropy of longer continuations of every prompt about the
   subject (the rewrite prompt, its paraphrases and the generation prompts), paired prompt by prompt
-  before and after the change and judged on the mean drop; ``mention`` reports how often they name the
-  new target. The verdict reads ``drop`` (each text as decoded) or, with ``fluency_compare``
-  "common-length", ``drop_common`` (both texts of a prompt cut to the shorter one's words: an answer
-  followed by the end of the text is not a repetition). ``drop_matched`` (only the "before" text cut),
-  the half-length forms, the median and trimmed mean of the per-prompt drops and the count of prompts
-  that fell over a bit are reported beside it while they are calibrated (BENCHMARKS.md).
+  before and after the change and judged on the mean drop. By default (``fluency_compare``
+  "common-length") each prompt's two texts are cut to the shorter one's words first: the decoder stops
+  at the end of the text, and an edited model that gives the answer and a full stop would otherwise read
+  as one repeating itself (calibrated on tuning records, BENCHMARKS.md). ``drop_decoded`` and
+  ``drop_common`` report both forms; ``mention`` how often the texts name the new target.
 
 Both read continuations that :func:`~cathrepo.gates.base.run_gates` decodes once for all gates, the
 "before" and "after" rows in one batch. Fluency is ROME's weighted bi-/tri-gram entropy of generated
@@ -59,22 +58,14 @@ def ngram_entropy(text: str | Sequence[str], ns: Sequence[int] = (2, 3),
     return sum(values) / len(values)
 
 
-def matched_drop(before: str, after: str) -> float:
-    """The entropy drop of one prompt with the "before" text cut to the "after" text's length in words.
+def common_drop(before: str, after: str) -> float:
+    """The entropy drop of one prompt with both texts cut to the shorter one's length in words.
 
     The decoder stops at the end-of-sequence token, and an n-gram entropy grows with the text's length:
     an edited model that answers 'goaltender.' and stops would otherwise read as a model repeating
-    itself. A continuation that ended cannot repeat past its end, so it is compared with as many words
-    of the one before; a continuation at full length is compared as it is.
+    itself. A continuation that ended (on either side) cannot repeat past its end, so it is compared
+    with as many words of the other; two continuations at full length are compared as they are.
     """
-    b, a = words(before), words(after)
-    return ngram_entropy(b[: len(a)]) - ngram_entropy(a)
-
-
-def common_drop(before: str, after: str) -> float:
-    """The entropy drop of one prompt with both texts cut to the shorter one's length in words: the
-    symmetric form of :func:`matched_drop` (a continuation that ended, on either side, is compared with
-    as many words of the other)."""
     b, a = words(before), words(after)
     n = min(len(a), len(b))
     return ngram_entropy(b[:n]) - ngram_entropy(a[:n])
@@ -148,51 +139,29 @@ class FluencyGate(Gate):
         return [(state, prompt, self.policy.fluency_tokens) for state in self.states for prompt in self.prompts(ctx)]
 
     def measure(self, ctx: GateRun, state: str) -> dict[str, list[str]]:
-        n = self.policy.fluency_tokens
-        prompts = self.prompts(ctx)
-        return {"texts": [ctx.decoded(state, p, n) for p in prompts],
-                "half": [ctx.decoded(state, p, max(1, n // 2)) for p in prompts]}
+        return {"texts": [ctx.decoded(state, p, self.policy.fluency_tokens) for p in self.prompts(ctx)]}
 
     def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:
         assert ctx.probes is not None
         target = ctx.probes.of_kind("rewrite", "forget")[0].target if ctx.probes.of_kind("rewrite", "forget") else ""
-        texts = measured["after"]["texts"]
-        before = [ngram_entropy(t) for t in measured["before"]["texts"]]
+        before_texts, texts = measured["before"]["texts"], measured["after"]["texts"]
+        before = [ngram_entropy(t) for t in before_texts]
         after = [ngram_entropy(t) for t in texts]
-        drops = [b - a for b, a in zip(before, after, strict=True)]  # per prompt
-        halves = [ngram_entropy(b) - ngram_entropy(a)
-                  for b, a in zip(measured["before"]["half"], measured["after"]["half"], strict=True)]
-        drop, half = _mean(drops), _mean(halves)
-        matched = _mean([matched_drop(b, a) for b, a in zip(measured["before"]["texts"], texts, strict=True)])
-        matched_half = _mean([matched_drop(b, a) for b, a in zip(measured["before"]["half"], measured["after"]["half"],
-                                                                 strict=True)])
+        decoded = [b - a for b, a in zip(before, after, strict=True)]  # per prompt, each text as decoded
+        common = [common_drop(b, a) for b, a in zip(before_texts, texts, strict=True)]  # at the shorter's length
+        drops = common if self.policy.fluency_compare == "common-length" else decoded
+        drop = _mean(drops)
         mention = _mean([float(contains_answer(t, target)) for t in texts]) if target else float("nan")
         own = len(subject_prompts(ctx, *self.kinds))  # the edit's own prompts come first, the open ones after
-        own_drop, own_half = _mean(drops[:own]), _mean(halves[:own])
-        common = [common_drop(b, a) for b, a in zip(measured["before"]["texts"], texts, strict=True)]
-        verdict = _mean(common) if self.policy.fluency_compare == "common-length" else drop
-        ok = verdict <= self.policy.fluency_max_drop + 1e-9
-        worst = min(range(len(after)), key=lambda i: after[i] - before[i])
-        # robust forms of the same paired drops, reported while they are calibrated (BENCHMARKS.md): one
-        # prompt's greedy path turning into a loop by chance moves the mean of five, not their median
-        ranked = sorted(drops)
-        trimmed = ranked[1:-1] if len(ranked) > 2 else ranked
+        ok = drop <= self.policy.fluency_max_drop + 1e-9
+        worst = max(range(len(drops)), key=lambda i: drops[i])
         detail = "" if ok else f"generations repeat themselves: {texts[worst][:80]!r}"
         return self.result(ok, {"entropy": _mean(after), "entropy_before": _mean(before), "drop": drop,
-                                "drop_matched": matched, "drop_half": half, "drop_matched_half": matched_half,
-                                "drop_own": own_drop, "drop_own_half": own_half, "mention": mention,
-                                "drop_median": _median(drops), "drop_trimmed": _mean(trimmed),
-                                "drop_common": _mean(common), "drop_common_median": _median(common),
-                                "falls_1bit": float(sum(d > 1.0 for d in drops)),
-                                "n": float(len(after))},
+                                "drop_decoded": _mean(decoded), "drop_common": _mean(common),
+                                "drop_own": _mean(drops[:own]), "mention": mention, "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
-
-def _median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values) if values else float("nan")

@@ -85,10 +85,10 @@ class GatePolicy:
                                  "decoded for fluency beside the edit's own prompts: more samples of the same "
                                  "mean drop in the same batched decode (0: the edit's prompts only; off until "
                                  "calibrated, BENCHMARKS.md).")
-    fluency_compare: str = _f("as-decoded", "How each prompt's two texts are compared: 'as-decoded' (each as the "
-                                            "decoder left it) or 'common-length' (both cut to the shorter one's "
-                                            "words, so a continuation that ended, the answer and a full stop, does "
-                                            "not read as a repetition).")
+    fluency_compare: str = _f("common-length", "How each prompt's two texts are compared: 'common-length' (both cut "
+                                               "to the shorter one's words, so a continuation that ended, the answer "
+                                               "and a full stop, does not read as a repetition; calibrated on tuning "
+                                               "records, BENCHMARKS.md) or 'as-decoded' (each as the decoder left it).")
     norms_max_growth: float = _f(0.05, "Largest relative growth of an edited weight's Frobenius norm.")
     # -- everything that was there before --
     regression_kinds: tuple[str, ...] = _f(("rewrite", "paraphrase", "neighborhood", "attribute", "forget"),

@@ -201,7 +201,8 @@ def test_generation_and_fluency_numbers_are_those_of_plain_generate(tiny_llama):
     assert fluency["n"] == len(prompts) == 2
     assert fluency["entropy_before"] == pytest.approx(sum(before) / len(before))
     assert fluency["entropy"] == pytest.approx(sum(after) / len(after))
-    assert fluency["drop"] == pytest.approx(fluency["entropy_before"] - fluency["entropy"])
+    assert fluency["drop_decoded"] == pytest.approx(fluency["entropy_before"] - fluency["entropy"])
+    assert fluency["drop"] == fluency["drop_common"]  # the default compares at a common length
 
 
 def test_fluency_prompts_add_open_prompts_about_the_subject_to_the_same_measure(tiny_llama):
@@ -210,7 +211,7 @@ def test_fluency_prompts_add_open_prompts_about_the_subject_to_the_same_measure(
     from cathrepo.gates.generation import ngram_entropy
 
     model, tok, _ = tiny_llama
-    policy = GatePolicy(fluency_prompts=3)
+    policy = GatePolicy(fluency_prompts=3, fluency_compare="as-decoded")  # drops of the texts as decoded
     delta = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
     probes = probes_for(FACT)
     report = run_gates(model, tok, after=[delta], probes=probes, policy=policy, gates=["fluency"])
@@ -415,21 +416,21 @@ def test_a_fail_fast_retry_decodes_only_the_short_rows_when_generation_refuses(t
     assert budgets == {GatePolicy().generation_tokens}  # no fluency-length pass
 
 
-def test_fluency_matched_drop_compares_a_continuation_that_ended_with_as_many_words_before():
-    from cathrepo.gates.generation import matched_drop, ngram_entropy
+def test_fluency_common_drop_compares_a_continuation_that_ended_with_as_many_words_of_the_other():
+    from cathrepo.gates.generation import common_drop, ngram_entropy
 
     before = "the players said that the team would win the cup again next year"
-    assert matched_drop(before, "the players said") == 0.0  # ended early, not repeating: no drop
-    assert ngram_entropy(before) - ngram_entropy("the players said") > 1.0  # the unmatched drop is large
+    assert common_drop(before, "the players said") == 0.0  # ended early, not repeating: no drop
+    assert ngram_entropy(before) - ngram_entropy("the players said") > 1.0  # the drop as decoded is large
     looping = "the cup the cup the cup the cup the cup the cup"
-    assert matched_drop(before, looping) == pytest.approx(ngram_entropy(before.split()[:12]) - ngram_entropy(looping))
-    assert matched_drop(before, looping) > 1.0  # a repetition at full length still drops
+    assert common_drop(before, looping) == pytest.approx(ngram_entropy(before.split()[:12]) - ngram_entropy(looping))
+    assert common_drop(before, looping) > 1.0  # a repetition at full length still drops
 
 
 def test_fluency_common_length_judges_an_answer_that_ends_as_no_repetition():
     """With ``fluency_compare`` 'common-length' both texts of a prompt are cut to the shorter one's words:
     an edited model that answers and stops is not refused, one that loops at full length still is, and
-    the as-decoded rule (the default) reads the early stop as a drop."""
+    the as-decoded rule reads the early stop as a drop. Common length is the default."""
     from cathrepo.facts.probes import Probe, ProbeSet
     from cathrepo.gates.base import GateRun
     from cathrepo.gates.generation import FluencyGate, common_drop
@@ -450,6 +451,7 @@ def test_fluency_common_length_judges_an_answer_that_ends_as_no_repetition():
     assert not verdict("as-decoded", stops).passed
     assert verdict("common-length", stops).passed
     assert not verdict("common-length", loops).passed
+    assert GatePolicy().fluency_compare == "common-length"
     with pytest.raises(Exception, match="fluency_compare"):
         GatePolicy(fluency_compare="shortest")
 
