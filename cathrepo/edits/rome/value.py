@@ -108,7 +108,7 @@ def optimise_value(
     if min_norm:  # the capped rows: what follows the stated answer, other subjects after the edited sentence
         capped = [(f"{fact.prompt} {fact.target_new}", params.after_cap)] if params.after_cap > 0 else []
         capped += [(text, params.context_cap) for text in context] if params.context_cap > 0 else []
-        side = None
+        side: tuple[dict[str, Any], Any, tuple[list[str], dict[str, Any]]] | None = None
         if capped:
             bc = on_device(batch_rows(tokenizer, fact, target_ids, [], [], [text for text, _ in capped]))
             bc["caps"] = torch.tensor([cap for _, cap in capped], dtype=torch.float64)
