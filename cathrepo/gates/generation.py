@@ -164,4 +164,3 @@ class FluencyGate(Gate):
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
-

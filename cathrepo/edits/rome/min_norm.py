@@ -59,9 +59,9 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     The rows are other subjects' prompts read after the edited sentence (``context_cap``: the target must
     not bleed into what is said about them by more than the cap over what the unedited model already
     says with the edit in its context) and the stated answer itself (``after_cap``: the target must not
-    become what comes next, the edit that makes the model say it again and again). The bounds are soft (a ridge on
-    their dual variables): where they and the bar cannot both hold, the step trades them off instead of
-    failing, and the bar alone decides the stop.
+    become what comes next, the edit that makes the model say it again and again). The bounds are soft
+    (a ridge on their dual variables): where they and the bar cannot both hold, the step trades them off
+    instead of failing, and the bar alone decides the stop.
     """
     import torch
 
@@ -150,8 +150,9 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
 
 def _side_rows(model: Any, split: Any, side: tuple[dict[str, Any], Any, Any], delta: torch.Tensor,
                now_leaf: list[torch.Tensor], token: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The side rows' (other subjects after the edited sentence) first-token log-probabilities of the new
-    target at ``delta`` and each one's gradient in δ (one forward and one backward of their own batch)."""
+    """The capped rows' (the stated answer, other subjects after the edited sentence) first-token
+    log-probabilities of the new target at ``delta`` and each one's gradient in δ (one forward and one
+    backward of their own batch)."""
     import torch
 
     rows, cache, lower = side

@@ -100,7 +100,7 @@ class RomeParams:
                             "('{prompt} {target}') to the unedited model's, so the edit does not make the model "
                             "say the target again and again (0: off).", 0.0)
     context_subjects: int = _help("Other subjects (protected half of the known facts) read after the edited "
-                                  "sentence for context_kl.", 8)
+                                  "sentence for context_kl or context_cap.", 8)
     context_cap: float = _help("With v_solver min_norm, the most (nats) the new target's first-token log-probability "
                                "may rise after another subject's prompt read after the edited sentence "
                                "(CounterFact+'s bleed, on context_subjects subjects of the protected half): each "
@@ -149,8 +149,9 @@ class RomeParams:
             raise InvalidInputError("ROME parameter phrasing_prefixes must be >= -1 (-1: every prefix).")
         if not 0.0 <= self.v_stop_prob < 1.0 or not 0.0 <= self.v_stop_first < 1.0:
             raise InvalidInputError("ROME parameters v_stop_prob and v_stop_first must be in [0, 1).")
-        if self.protect_weight < 0 or self.context_kl < 0 or self.after_kl < 0 or self.context_cap < 0 or self.after_cap < 0:
-            raise InvalidInputError("ROME parameters protect_weight, context_kl, context_cap, after_kl and after_cap must be >= 0.")
+        weights = ("protect_weight", "context_kl", "context_cap", "after_kl", "after_cap")
+        if any(getattr(self, name) < 0 for name in weights):
+            raise InvalidInputError(f"ROME parameters {', '.join(weights)} must be >= 0.")
         if not 0 < self.clamp_norm_factor:
             raise InvalidInputError("ROME parameter clamp_norm_factor must be positive.")
 
