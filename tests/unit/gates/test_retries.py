@@ -142,3 +142,19 @@ def test_a_variant_never_changes_a_parameter_the_user_set(tiny_llama, corpus, re
     assert "broader" not in [a.get("retry") for a in result.attempts]
     assert result.attempts[1]["retry"].startswith("layer ")  # the layer retries still run
     assert result.params.phrasings == RomeParams().phrasings  # the default the user kept, not the variant's 1
+
+
+def test_a_variant_the_parameters_already_hold_is_not_tried_again(tiny_llama, corpus, refuse_first, monkeypatch):
+    from cathrepo.edits.base import RetryVariant
+    from cathrepo.edits.rome.method import RomeMethod
+
+    model, tok, _ = tiny_llama
+    monkeypatch.setattr(RomeMethod, "retry_variants", (
+        RetryVariant("same", {"v_stop_prob": TINY.v_stop_prob}, frozenset({"test_refuse_first"})),
+        RetryVariant("broader", {"phrasings": 1}, frozenset({"test_refuse_first"})),
+    ))
+    policy = GatePolicy(stages={"edit": ["test_refuse_first", "norms"]}, norms_max_growth=100.0)
+    result = run_with_retries(model, tok, FACT, method_name="rome", params=TINY, env=EditEnv(corpus=corpus),
+                              retry_layers=0, retry_variants=True, policy=policy)
+    assert [a.get("retry") for a in result.attempts] == [None, "broader"]
+    assert len(refuse_first.seen) == 2  # the first attempt and "broader": "same" computed nothing
