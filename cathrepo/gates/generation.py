@@ -157,6 +157,7 @@ class FluencyGate(Gate):
         worst = max(range(len(drops)), key=lambda i: drops[i])
         detail = "" if ok else f"generations repeat themselves: {texts[worst][:80]!r}"
         return self.result(ok, {"entropy": _mean(after), "entropy_before": _mean(before), "drop": drop,
+                                "drop_se": _standard_error(drops), "drop_max": max(drops),
                                 "drop_decoded": _mean(decoded), "drop_common": _mean(common),
                                 "drop_own": _mean(drops[:own]), "mention": mention, "n": float(len(after))},
                            {"fluency_max_drop": self.policy.fluency_max_drop}, detail)
@@ -164,3 +165,12 @@ class FluencyGate(Gate):
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def _standard_error(values: list[float]) -> float:
+    """The standard error of the mean of ``values`` (sample deviation over √n; 0 for fewer than two): how
+    far the prompts' drops agree, so a reader sees whether the mean drop is one prompt or all of them."""
+    if len(values) < 2:
+        return 0.0
+    mean = _mean(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5

@@ -178,7 +178,7 @@ def _generate(model, tok, prompt: str, tokens: int, *deltas) -> str:
 def test_generation_and_fluency_numbers_are_those_of_plain_generate(tiny_llama):
     """The gates decode "before" and "after" rows in one batch with the delta on some rows only; their
     numbers must be those of transformers' ``generate`` run prompt by prompt on the merged weights."""
-    from cathrepo.gates.generation import contains_answer, ngram_entropy
+    from cathrepo.gates.generation import common_drop, contains_answer, ngram_entropy
 
     model, tok, _ = tiny_llama
     policy = GatePolicy()
@@ -203,6 +203,11 @@ def test_generation_and_fluency_numbers_are_those_of_plain_generate(tiny_llama):
     assert fluency["entropy"] == pytest.approx(sum(after) / len(after))
     assert fluency["drop_decoded"] == pytest.approx(fluency["entropy_before"] - fluency["entropy"])
     assert fluency["drop"] == fluency["drop_common"]  # the default compares at a common length
+    drops = [common_drop(_generate(model, tok, p, policy.fluency_tokens), _generate(model, tok, p, policy.fluency_tokens,
+                                                                                     delta)) for p in prompts]
+    assert fluency["drop"] == pytest.approx(sum(drops) / 2)
+    assert fluency["drop_max"] == pytest.approx(max(drops))
+    assert fluency["drop_se"] == pytest.approx(abs(drops[0] - drops[1]) / 2)  # two prompts: half their spread
 
 
 def test_fluency_prompts_add_open_prompts_about_the_subject_to_the_same_measure(tiny_llama):
