@@ -154,8 +154,9 @@ def run_with_retries(
     """:func:`run_pipeline`, and when the gates refuse an edit: with ``retry_variants``, the same edit at
     the same layer computed with each of the method's :attr:`~cathrepo.edits.base.EditMethod.retry_variants`
     that the refusing gates call for (and that change none of the ``fixed`` parameters, those the user
-    set, and change something: a variant the parameters already hold is skipped); then the same edit at the next ``retry_layers`` layers that causal tracing ranks highest for the
-    fact (near the default layer).
+    set, and change something: a variant the parameters already hold is skipped); then the same edit at
+    the next ``retry_layers`` layers that causal tracing ranks highest for the fact (near the default
+    layer).
 
     Every attempt runs the gates cheapest tier first and stops at the first tier that refuses (a
     retry also reuses the first attempt's probes and ``before`` measurements), so an attempt that passes
@@ -192,9 +193,8 @@ def run_with_retries(
 
     refused = [r.name for r in first.gates.failures]
     for variant in variants:
-        changed = dataclasses.replace(params, **variant.overrides)
-        if variant.applies(refused, fixed) and changed != params:  # else it would repeat the first attempt
-            retry = attempt(changed, variant.name)
+        if variant.applies(refused, fixed, params):
+            retry = attempt(dataclasses.replace(params, **variant.overrides), variant.name)
             if retry.gates.passed:
                 return retry
     if moving:

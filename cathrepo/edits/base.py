@@ -100,10 +100,12 @@ class RetryVariant:
     overrides: Mapping[str, Any]
     when: frozenset[str]
 
-    def applies(self, refused: Iterable[str], fixed: Iterable[str]) -> bool:
-        """Whether a gate in ``refused`` calls for this variant and it changes no parameter in ``fixed``
-        (those the user set explicitly)."""
-        return bool(self.when & set(refused)) and not set(self.overrides) & set(fixed)
+    def applies(self, refused: Iterable[str], fixed: Iterable[str], params: Any) -> bool:
+        """Whether a gate in ``refused`` calls for this variant, it changes no parameter in ``fixed``
+        (those the user set explicitly) and it changes one of the attempt's ``params`` (a variant the
+        parameters already hold would compute the same attempt again)."""
+        new = any(getattr(params, k) != v for k, v in self.overrides.items())
+        return bool(self.when & set(refused)) and not set(self.overrides) & set(fixed) and new
 
 
 class EditMethod(ABC):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -168,9 +169,6 @@ def _mean(values: list[float]) -> float:
 
 
 def _standard_error(values: list[float]) -> float:
-    """The standard error of the mean of ``values`` (sample deviation over √n; 0 for fewer than two): how
-    far the prompts' drops agree, so a reader sees whether the mean drop is one prompt or all of them."""
-    if len(values) < 2:
-        return 0.0
-    mean = _mean(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+    """The standard error of the mean of ``values`` (0 for fewer than two): how far the prompts' drops
+    agree, so a reader sees whether the mean drop is one prompt or all of them."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0

@@ -195,16 +195,16 @@ def test_generation_and_fluency_numbers_are_those_of_plain_generate(tiny_llama):
         successes.append(sum(hits) / len(hits))
     assert successes[0] > successes[1]  # the oracle's write is said; a millionth of it is not
     prompts = list(dict.fromkeys(p.prompt for p in probes.of_kind("rewrite", "paraphrase", "generation")))
-    before = [ngram_entropy(_generate(model, tok, p, policy.fluency_tokens)) for p in prompts]
-    after = [ngram_entropy(_generate(model, tok, p, policy.fluency_tokens, delta)) for p in prompts]
+    before_texts = [_generate(model, tok, p, policy.fluency_tokens) for p in prompts]
+    after_texts = [_generate(model, tok, p, policy.fluency_tokens, delta) for p in prompts]
+    before, after = [ngram_entropy(t) for t in before_texts], [ngram_entropy(t) for t in after_texts]
     fluency = report["fluency"].metrics
     assert fluency["n"] == len(prompts) == 2
     assert fluency["entropy_before"] == pytest.approx(sum(before) / len(before))
     assert fluency["entropy"] == pytest.approx(sum(after) / len(after))
     assert fluency["drop_decoded"] == pytest.approx(fluency["entropy_before"] - fluency["entropy"])
     assert fluency["drop"] == fluency["drop_common"]  # the default compares at a common length
-    drops = [common_drop(_generate(model, tok, p, policy.fluency_tokens), _generate(model, tok, p, policy.fluency_tokens,
-                                                                                     delta)) for p in prompts]
+    drops = [common_drop(b, a) for b, a in zip(before_texts, after_texts, strict=True)]
     assert fluency["drop"] == pytest.approx(sum(drops) / 2)
     assert fluency["drop_max"] == pytest.approx(max(drops))
     assert fluency["drop_se"] == pytest.approx(abs(drops[0] - drops[1]) / 2)  # two prompts: half their spread
