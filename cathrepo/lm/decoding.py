@@ -7,8 +7,8 @@ weights, not by the rows, so callers put every prompt they need into one call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from cathrepo.lm.scoring import hidden_and_head
@@ -94,7 +94,7 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
     cache = None
     step_ids, step_pos = ids, positions
     finished: set[int] = set()
-    with torch.no_grad(), ExitStack() as rows_context:
+    with torch.no_grad(), few_row_products(model), ExitStack() as rows_context:
         if live and around is not None:
             rows_context.enter_context(around(live))
         for _ in range(max(budgets, default=0) if live else 0):
@@ -133,6 +133,62 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
                     rows_context.enter_context(around(live))
             # (a cache that cannot drop rows keeps them in the batch; their tokens are ignored)
     return results
+
+
+# --- few-row products on the CPU ------------------------------------------------------------------
+#
+# A decoding step multiplies every weight matrix by a handful of rows. PyTorch computes a linear layer
+# as ``x Wᵀ``, and with that few rows MKL barely uses a second thread; the same product computed as
+# ``(W xᵀ)ᵀ`` splits the weight's output rows across threads. On the 2-vCPU machine of BENCHMARKS.md
+# (float32, the embedded model's 210 matrices) a pass over 4 rows took 54 ms as ``x Wᵀ`` and 29 ms as
+# ``(W xᵀ)ᵀ``; on one thread the second form still wins up to 4 rows and loses from 6. The two forms
+# agree to float32 rounding (the order of the sums differs), which decoding tolerates as it tolerates
+# a different batch size.
+
+#: Rows up to which a linear layer is computed as ``(W xᵀ)ᵀ`` on one thread, and on more threads.
+FEW_ROWS = (4, 32)
+
+
+def few_rows_limit() -> int:
+    """The most rows a linear layer computes as ``(W xᵀ)ᵀ`` with the current thread count."""
+    import torch
+
+    return FEW_ROWS[1] if torch.get_num_threads() > 1 else FEW_ROWS[0]
+
+
+@contextmanager
+def few_row_products(model: Any) -> Iterator[None]:
+    """While open, the CPU model's ``nn.Linear`` layers compute inputs of at most
+    :func:`few_rows_limit` rows as ``(W xᵀ)ᵀ`` (larger inputs, a GPU model, or a layer whose forward
+    is already replaced are left as they are); every layer is restored on exit."""
+    import torch
+
+    if model_device(model).type != "cpu":
+        yield
+        return
+    limit = few_rows_limit()
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and "forward" not in vars(m)]
+
+    def make(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+        plain = layer.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if x.dim() < 2 or x.numel() > limit * x.shape[-1] or x.dtype != layer.weight.dtype:
+                return plain(x)
+            out = (layer.weight @ x.reshape(-1, x.shape[-1]).T).T
+            if layer.bias is not None:
+                out = out + layer.bias
+            return out.reshape(*x.shape[:-1], layer.weight.shape[0])
+
+        return forward
+
+    for layer in layers:
+        layer.forward = make(layer)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for layer in layers:
+            vars(layer).pop("forward", None)
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> set[int]:

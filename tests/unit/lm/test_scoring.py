@@ -153,3 +153,25 @@ def test_length_batches_group_alike_lengths_under_the_token_budget():
         assert widths == sorted(widths) and len(batch) <= 3
         assert len(batch) == 1 or len(batch) * max(widths) <= 40  # only a lone row may exceed the budget
     assert [[lengths[i] for i in b] for b in batches] == [[3, 3, 4], [5, 19], [20], [40]]
+
+
+def test_few_row_products_agree_with_the_plain_layers_and_are_undone(tiny_llama, monkeypatch):
+    import torch
+
+    from cathrepo.lm import decoding
+    from cathrepo.lm.decoding import few_row_products, greedy_token_ids
+
+    model, tok, _ = tiny_llama
+    layer = model.get_submodule("model.layers.0.mlp.down_proj")
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0))
+    plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    with few_row_products(model):
+        assert "forward" in vars(layer)
+        replaced = layer(x)
+    assert "forward" not in vars(layer)  # restored: the class's forward again
+    assert torch.allclose(replaced, plain, atol=1e-5)
+
+    prompts = [*PROMPTS, "The capital of France is"]
+    fast = greedy_token_ids(model, tok, prompts, max_new_tokens=8)
+    monkeypatch.setattr(decoding, "FEW_ROWS", (0, 0))  # every product the plain way
+    assert greedy_token_ids(model, tok, prompts, max_new_tokens=8) == fast
