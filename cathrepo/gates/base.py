@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cathrepo.delta import Delta, applied
 from cathrepo.exceptions import CathrepoError
@@ -31,6 +31,9 @@ from cathrepo.gates.decodes import decode_requests, decodes_unchanged_state
 from cathrepo.gates.policy import STAGES, GatePolicy
 from cathrepo.gates.results import GateReport, GateResult
 from cathrepo.registry import Registry
+
+if TYPE_CHECKING:
+    from cathrepo.lm.replay import Lower
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,18 @@ class GateRun:
         if (state, key) not in self.memo:
             self.memo[(state, key)] = compute()
         return self.memo[(state, key)]
+
+    def lower(self, state: str) -> Lower | None:
+        """The decoder layers below the lowest one the newest delta changes, and what they read in
+        ``state``: scoring replays them for rows another state with the same reading scored (every
+        state of one edit reads the same there). None when "after" is not "before" plus one delta, the
+        delta touches a module outside the decoder layers, or the base is unknown (nothing to key on)."""
+        if self.base_hash == "unknown" or len(self.after) != len(self.before) + 1:
+            return None
+        key = ("lower", state)
+        if key not in self.memo:
+            self.memo[key] = lower_for(self.model, self.base_hash, self.after[-1], self.deltas(state))
+        return self.memo[key]
 
     def state_digest(self, state: str) -> str:
         """A content hash of the model in ``state``: the base hash plus every applied delta's bytes."""
@@ -116,12 +131,37 @@ class GateCarry:
     decodes: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
 
-def deltas_digest(base_hash: str, deltas: Sequence[Delta]) -> str:
-    """sha256 over the base hash and, in order, each delta's module names, scales and factor bytes."""
+def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta]) -> Lower | None:
+    """:class:`~cathrepo.lm.replay.Lower` for a model carrying ``deltas``: the layers below ``change``'s
+    lowest one, keyed by the model, the base and the parts of ``deltas`` that reach those layers."""
+    from cathrepo.lm.replay import Lower, block_of
+    from cathrepo.models import family_for, num_layers
+
+    blocks = [family_for(model).layer_name("layer", i) for i in range(num_layers(model))]
+    changed = [block_of(blocks, name) for name in change]
+    if not changed or None in changed:
+        return None
+    lowest = min(i for i in changed if i is not None)
+
+    def reaches(name: str) -> bool:  # a module below the change, or outside the decoder layers
+        block = block_of(blocks, name)
+        return block is None or block < lowest
+
+    param = next(model.parameters())
+    reads = deltas_digest(f"{base_hash}:{id(model)}:{param.dtype}:{param.device}", deltas, reaches)
+    return Lower(tuple(blocks[:lowest]), reads)
+
+
+def deltas_digest(base_hash: str, deltas: Sequence[Delta], keep: Callable[[str], bool] | None = None) -> str:
+    """sha256 over the base hash and, in order, each delta's module names, scales and factor bytes
+    (only the modules ``keep`` accepts, when given; a delta left with none counts as absent)."""
     h = hashlib.sha256(base_hash.encode())
     for delta in deltas:
+        names = [name for name in delta if keep is None or keep(name)]
+        if not names:
+            continue
         h.update(b"\x01")
-        for name in delta:
+        for name in names:
             f = delta.factors[name]
             h.update(name.encode() + b"\0" + repr(float(f.scale)).encode())
             for t in (f.B, f.A):

@@ -27,7 +27,8 @@ def edit_outcomes(ctx: GateRun, state: str) -> list[ProbeOutcome]:
     def compute() -> list[ProbeOutcome]:
         assert ctx.probes is not None
         return score_probes(ctx.model, ctx.tokenizer, ctx.probes.of_kind(*SCORED_KINDS),
-                            batch_size=ctx.policy.batch_size, next_distribution=("neighborhood",))
+                            batch_size=ctx.policy.batch_size, next_distribution=("neighborhood",),
+                            lower=ctx.lower(state))
 
     return ctx.once(state, "edit-outcomes", compute)
 
@@ -146,7 +147,8 @@ class CounterFactPlusGate(_ProbeGate):
         if rewrite:
             prefix = stated(rewrite[0].prompt, rewrite[0].target)
             prefixed = [o.probe.after(prefix) for o in neighbours]
-            plus = score_probes(ctx.model, ctx.tokenizer, prefixed, batch_size=ctx.policy.batch_size)
+            plus = score_probes(ctx.model, ctx.tokenizer, prefixed, batch_size=ctx.policy.batch_size,
+                                lower=ctx.lower(state))
         return {"dists": [o.next_logprobs for o in neighbours], "plus": plus}
 
     def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:

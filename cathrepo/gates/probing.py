@@ -21,6 +21,8 @@ from cathrepo.facts.probes import SCORED_KINDS, Probe
 if TYPE_CHECKING:
     import torch
 
+    from cathrepo.lm.replay import Lower
+
 
 @dataclass(frozen=True)
 class ProbeOutcome:
@@ -72,8 +74,10 @@ def score_probes(
     *,
     batch_size: int = 64,
     next_distribution: Sequence[str] = (),
+    lower: Lower | None = None,
 ) -> list[ProbeOutcome]:
-    """Score teacher-forced probes in packed batches; keep next-token distributions of the given kinds."""
+    """Score teacher-forced probes in packed batches; keep next-token distributions of the given kinds
+    (``lower``: replay the layers below a change, as :func:`~cathrepo.lm.scoring.score_continuations`)."""
     from cathrepo.lm.scoring import score_continuations
     from cathrepo.lm.tokens import first_token_id
 
@@ -87,6 +91,7 @@ def score_probes(
         [[p.target] if p.other is None else [p.target, p.other] for p in probes],
         batch_size=batch_size,
         next_distribution=[p.kind in next_distribution for p in probes],
+        lower=lower,
     )
     outcomes = []
     for p, s in zip(probes, scores, strict=True):

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cathrepo.facts.probes import KnownFact, default_known_facts_path, load_known_facts
 from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.probing import broke, flip_falls
 from cathrepo.gates.results import GateResult
+
+if TYPE_CHECKING:
+    from cathrepo.lm.replay import Lower
 
 
 def retention_sample(ctx: GateRun, n: int) -> tuple[Path, list[KnownFact]]:
@@ -34,14 +37,15 @@ def retention_sample(ctx: GateRun, n: int) -> tuple[Path, list[KnownFact]]:
 
 
 def answer_leads(model: Any, tokenizer: Any, prompts: list[str], tokens: list[int],
-                 batch_size: int = 64) -> list[tuple[int, float]]:
-    """Per prompt: (top next-token id, lead of ``tokens[i]`` over the best other next token, nats)."""
+                 batch_size: int = 64, lower: Lower | None = None) -> list[tuple[int, float]]:
+    """Per prompt: (top next-token id, lead of ``tokens[i]`` over the best other next token, nats);
+    ``lower`` replays the layers below a change (:mod:`cathrepo.lm.replay`)."""
     import torch
 
     from cathrepo.lm.scoring import score_continuations
 
     scores = score_continuations(model, tokenizer, prompts, [[] for _ in prompts], batch_size=batch_size,
-                                 next_distribution=True)
+                                 next_distribution=True, lower=lower)
     out = []
     for s, token in zip(scores, tokens, strict=True):
         assert s.next_logprobs is not None
@@ -86,7 +90,7 @@ class RetentionGate(Gate):
             return {"counted": counted, "tokens": tokens, "leads": [lead for _, lead in base], "sampled": len(facts)}
         base = self.measured["base"]
         leads = answer_leads(ctx.model, ctx.tokenizer, [prompts[i] for i in base["counted"]], base["tokens"],
-                             self.policy.batch_size)
+                             self.policy.batch_size, ctx.lower(state))
         return {"leads": [lead for _, lead in leads]}
 
     def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cathrepo.lm.replay import Lower, lower_layers
 from cathrepo.lm.tokens import continuation_ids, encode, pad, pad_id
 from cathrepo.models import model_device
 
@@ -218,6 +219,7 @@ def score_continuations(
     *,
     batch_size: int = 64,
     next_distribution: Sequence[bool] | bool = False,
+    lower: Lower | None = None,
 ) -> list[PromptScores]:
     """Token log-probabilities of several continuations of each prompt, with each prompt run once.
 
@@ -227,6 +229,8 @@ def score_continuations(
             may be empty, to get only the next-token prediction.
         batch_size: packed rows per forward pass.
         next_distribution: per prompt (or for all), whether to return the full next-token distribution.
+        lower: the layers below a change and what they read: a batch scored before in a state that
+            reads the same there replays them (:mod:`cathrepo.lm.replay`).
     """
     import torch
 
@@ -258,7 +262,7 @@ def score_continuations(
                 need_r += [r] * (b_end - b_start - 1)
                 need_c += range(b_start, b_end - 1)
         mask = _packed_mask(rows, width, dtype)
-        with torch.no_grad():
+        with torch.no_grad(), lower_layers(model, lower, ids, pos, mask):
             logits = _logits_at(model, ids.to(device), mask.to(device), pos.to(device),
                                 torch.tensor(need_r, device=device), torch.tensor(need_c, device=device))
         logp = torch.log_softmax(logits, dim=-1).cpu()  # (n_needed, vocab)

@@ -1,0 +1,92 @@
+"""Replaying the layers below a change gives the scores a full forward gives, and only where it may."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.lm.test_scoring import PAIRS, PROMPTS
+
+
+def _delta(model, module, seed=3):
+    import torch
+
+    from cathrepo.delta import Delta, LowRank
+
+    gen = torch.Generator().manual_seed(seed)
+    layer = model.get_submodule(module)
+    out, into = (layer.nf, layer.weight.shape[0]) if hasattr(layer, "nf") else tuple(layer.weight.shape)  # Conv1D
+    return Delta({module: LowRank(torch.randn(out, 1, generator=gen), torch.randn(1, into, generator=gen))})
+
+
+def _flat(scores):
+    return [(s.top1, s.logprobs, s.top) for s in scores]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
+def test_a_change_above_the_replayed_layers_scores_as_a_full_forward(family, request):
+    """Record the lower layers' output in one state, replay it in a state changed above them: every
+    score equals the full forward's exactly, and the replay really ran (the store held the batch)."""
+    from cathrepo.delta import applied
+    from cathrepo.gates.base import lower_for
+    from cathrepo.lm.replay import ResidualStore
+    from cathrepo.lm.scoring import score_continuations
+    from cathrepo.models import family_for
+
+    model, tok, _ = request.getfixturevalue(f"tiny_{family}")
+    change = _delta(model, family_for(model).layer_name("mlp_out", 2))
+    lower = lower_for(model, "base-hash", change, ())
+    assert lower is not None and len(lower.blocks) == 2
+    store = ResidualStore()
+    import cathrepo.lm.replay as replay
+
+    original = replay.STORE
+    replay.STORE = store
+    try:
+        before = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
+        recorded = len(store)
+        assert recorded >= 2  # one residual per batch
+        with applied(model, change):
+            full = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2)
+            replayed = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
+        assert len(store) == recorded  # every batch replayed, none recorded anew
+        assert _flat(replayed) == _flat(full)
+        assert _flat(replayed) != _flat(before)  # the change above the replayed layers shows
+    finally:
+        replay.STORE = original
+
+
+def test_what_the_lower_layers_read_decides_the_reuse(tiny_llama):
+    """States that differ only above the change share their lower reading; a delta below it, another
+    base or an unknown base does not (None: no replay at all)."""
+    from cathrepo.gates.base import GateRun, lower_for
+    from cathrepo.gates.policy import GatePolicy
+
+    model, _, _ = tiny_llama
+    change = _delta(model, "model.layers.2.mlp.down_proj")
+    above = _delta(model, "model.layers.3.mlp.down_proj", seed=4)
+    below = _delta(model, "model.layers.0.mlp.down_proj", seed=5)
+    base = lower_for(model, "h", change, ())
+    assert base is not None and base.blocks == ("model.layers.0", "model.layers.1")
+    assert lower_for(model, "h", change, (above, change)) == base
+    assert lower_for(model, "h", change, (below,)).reads != base.reads
+    assert lower_for(model, "other", change, ()).reads != base.reads
+    assert lower_for(model, "h", _delta(model, "model.layers.0.mlp.down_proj"), ()).blocks == ()
+    ctx = GateRun(model, None, (), (change,), None, (), GatePolicy(), "edit")
+    assert ctx.lower("after") is None  # base_hash "unknown": nothing to key a reuse on
+    ctx = GateRun(model, None, (below,), (below, change), None, (), GatePolicy(), "edit", base_hash="h")
+    assert ctx.lower("before") == ctx.lower("after") != ctx.lower("base")
+
+
+def test_the_store_forgets_the_least_recently_used_first():
+    import torch
+
+    from cathrepo.lm.replay import ResidualStore
+
+    store = ResidualStore(max_bytes=3 * 400)
+    for i in range(3):
+        store.put(("r", str(i)), torch.zeros(100))  # 400 bytes each
+    assert store.get(("r", "0")) is not None  # now the most recently used
+    store.put(("r", "3"), torch.zeros(100))
+    assert store.get(("r", "1")) is None and store.get(("r", "0")) is not None and len(store) == 3
+    store.put(("r", "big"), torch.zeros(1000))  # larger than the whole store: not kept
+    assert store.get(("r", "big")) is None
