@@ -95,7 +95,7 @@ def lower_layers(model: Any, lower: Lower | None, *inputs: Any, store: ResidualS
         yield
         return
     store = STORE if store is None else store
-    key = (lower.reads, batch_key(*inputs))
+    key = (f"{lower.reads}:{lower.blocks[-1]}", batch_key(*inputs))  # the residual at this layer only
     recorded = store.get(key)
     if recorded is not None:
         with replayed(model, lower.blocks, dict.fromkeys(lower.blocks, recorded)):

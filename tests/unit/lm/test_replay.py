@@ -90,3 +90,31 @@ def test_the_store_forgets_the_least_recently_used_first():
     assert store.get(("r", "1")) is None and store.get(("r", "0")) is not None and len(store) == 3
     store.put(("r", "big"), torch.zeros(1000))  # larger than the whole store: not kept
     assert store.get(("r", "big")) is None
+
+
+def test_a_residual_recorded_under_one_layer_is_not_replayed_under_another(tiny_llama):
+    """A retry at a lower layer reads the same weights below it as the first attempt did, but its
+    residual lies at another layer: it records its own instead of replaying the first attempt's."""
+    from cathrepo.delta import applied
+    from cathrepo.gates.base import lower_for
+    from cathrepo.lm.replay import ResidualStore
+    from cathrepo.lm.scoring import score_continuations
+
+    model, tok, _ = tiny_llama
+    at2 = _delta(model, "model.layers.2.mlp.down_proj")
+    at1 = _delta(model, "model.layers.1.mlp.down_proj", seed=6)
+    store = ResidualStore()
+    import cathrepo.lm.replay as replay
+
+    original = replay.STORE
+    replay.STORE = store
+    try:
+        score_continuations(model, tok, PROMPTS, PAIRS, lower=lower_for(model, "h", at2, ()))
+        recorded = len(store)
+        with applied(model, at1):
+            full = score_continuations(model, tok, PROMPTS, PAIRS)
+            retried = score_continuations(model, tok, PROMPTS, PAIRS, lower=lower_for(model, "h", at1, ()))
+        assert len(store) == 2 * recorded  # recorded anew at layer 1
+        assert _flat(retried) == _flat(full)
+    finally:
+        replay.STORE = original
