@@ -75,16 +75,19 @@ class GateRun:
             self.memo[(state, key)] = compute()
         return self.memo[(state, key)]
 
-    def lower(self, state: str) -> Lower | None:
+    def lower(self, state: str, *, persist: bool = False) -> Lower | None:
         """The decoder layers below the lowest one the newest delta changes, and what they read in
         ``state``: scoring replays them for rows another state with the same reading scored (every
-        state of one edit reads the same there). None when "after" is not "before" plus one delta, the
-        delta touches a module outside the decoder layers, or the base is unknown (nothing to key on)."""
+        state of one edit reads the same there). With ``persist`` the recorded residuals also go to the
+        cache directory, for rows every edit scores (retention's known facts). None when "after" is
+        not "before" plus one delta, the delta touches a module outside the decoder layers, or the base
+        is unknown (nothing to key on)."""
         if self.base_hash == "unknown" or len(self.after) != len(self.before) + 1:
             return None
-        key = ("lower", state)
+        key = ("lower", state, str(persist))
         if key not in self.memo:
-            self.memo[key] = lower_for(self.model, self.base_hash, self.after[-1], self.deltas(state))
+            directory = self.cache_path("residuals") if persist else None
+            self.memo[key] = lower_for(self.model, self.base_hash, self.after[-1], self.deltas(state), directory)
         return self.memo[key]
 
     def state_digest(self, state: str) -> str:
@@ -131,9 +134,15 @@ class GateCarry:
     decodes: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
 
-def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta]) -> Lower | None:
+def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta],
+              directory: Path | None = None) -> Lower | None:
     """:class:`~cathrepo.lm.replay.Lower` for a model carrying ``deltas``: the layers below ``change``'s
-    lowest one, keyed by the model, the base and the parts of ``deltas`` that reach those layers."""
+    lowest one, keyed by the base, the dtype, the device, the torch and transformers versions and the
+    parts of ``deltas`` that reach those layers (so a residual persisted in ``directory`` by another
+    process is replayed only where that process computed the same)."""
+    import torch
+    import transformers
+
     from cathrepo.lm.replay import Lower, block_of
     from cathrepo.models import family_for, num_layers
 
@@ -148,8 +157,8 @@ def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta]
         return block is None or block < lowest
 
     param = next(model.parameters())
-    reads = deltas_digest(f"{base_hash}:{id(model)}:{param.dtype}:{param.device}", deltas, reaches)
-    return Lower(tuple(blocks[:lowest]), reads)
+    model_key = f"{base_hash}:{param.dtype}:{param.device}:{torch.__version__}:{transformers.__version__}"
+    return Lower(tuple(blocks[:lowest]), deltas_digest(model_key, deltas, reaches), directory)
 
 
 def deltas_digest(base_hash: str, deltas: Sequence[Delta], keep: Callable[[str], bool] | None = None) -> str:

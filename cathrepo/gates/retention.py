@@ -90,7 +90,7 @@ class RetentionGate(Gate):
             return {"counted": counted, "tokens": tokens, "leads": [lead for _, lead in base], "sampled": len(facts)}
         base = self.measured["base"]
         leads = answer_leads(ctx.model, ctx.tokenizer, [prompts[i] for i in base["counted"]], base["tokens"],
-                             self.policy.batch_size, ctx.lower(state))
+                             self.policy.batch_size, ctx.lower(state, persist=True))
         return {"leads": [lead for _, lead in leads]}
 
     def judge(self, ctx: GateRun, measured: dict[str, Any]) -> GateResult:

@@ -10,16 +10,22 @@ of 30 that is a fifth of each forward. The logits are bit-identical: the replaye
 same layers computed from the same rows and weights.
 
 Recorded residuals live in a process-wide store bounded by :data:`STORE_BYTES` (least recently used
-first out), so a resident worker reuses them from one edit to the next.
+first out): an edit's "after" probes replay its "before" pass, a retry at the same layer replays the
+first attempt's. Every command runs in a process of its own (a resident worker forks one per command),
+so what is shared from one edit to the next (retention's known facts, the same rows after every edit)
+also goes to ``Lower.directory`` when the caller gives one: one file per batch, written atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cathrepo.lm.hooks import replayed
@@ -36,10 +42,12 @@ class Lower:
         blocks: the names of decoder layers 0 .. L-1, in order (empty: nothing to replay).
         reads: a digest of the model and weights those layers compute with; two states with equal
             ``reads`` compute the same residual stream at layer L for the same rows.
+        directory: where recorded residuals also persist for other processes (None: memory only).
     """
 
     blocks: tuple[str, ...]
     reads: str
+    directory: Path | None = None
 
 
 class ResidualStore:
@@ -97,6 +105,10 @@ def lower_layers(model: Any, lower: Lower | None, *inputs: Any, store: ResidualS
     store = STORE if store is None else store
     key = (f"{lower.reads}:{lower.blocks[-1]}", batch_key(*inputs))  # the residual at this layer only
     recorded = store.get(key)
+    if recorded is None and lower.directory is not None:
+        recorded = _load(lower.directory, key, inputs[0].device if inputs else "cpu")
+        if recorded is not None:
+            store.put(key, recorded)
     if recorded is not None:
         with replayed(model, lower.blocks, dict.fromkeys(lower.blocks, recorded)):
             yield
@@ -106,6 +118,49 @@ def lower_layers(model: Any, lower: Lower | None, *inputs: Any, store: ResidualS
         yield
     if lower.blocks[-1] in seen:
         store.put(key, seen[lower.blocks[-1]])
+        if lower.directory is not None:
+            _save(lower.directory, key, seen[lower.blocks[-1]])
+
+
+def _file(directory: Path, key: tuple[str, str]) -> Path:
+    return directory / (hashlib.sha256("\0".join(key).encode()).hexdigest()[:40] + ".pt")
+
+
+def _load(directory: Path, key: tuple[str, str], device: Any) -> Any:
+    """A residual persisted under ``key``, on ``device``, or None (missing or unreadable: it is
+    recorded again)."""
+    import torch
+
+    path = _file(directory, key)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file is a miss, never an error
+        return None
+
+
+def _save(directory: Path, key: tuple[str, str], value: Any) -> None:
+    """Persist ``value`` under ``key``: a temporary file renamed into place, so a reader never sees half."""
+    import torch
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    except OSError:  # a read-only cache: replay stays in memory
+        return
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(_on_cpu(value), fh)
+        os.replace(tmp, _file(directory, key))
+    except OSError:  # a full disk: replay stays in memory
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _on_cpu(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_on_cpu(v) for v in value)
+    return value.cpu() if hasattr(value, "cpu") else value
 
 
 def block_of(blocks: Sequence[str], module: str) -> int | None:

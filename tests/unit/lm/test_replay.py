@@ -118,3 +118,38 @@ def test_a_residual_recorded_under_one_layer_is_not_replayed_under_another(tiny_
         assert _flat(retried) == _flat(full)
     finally:
         replay.STORE = original
+
+
+def test_a_residual_persisted_by_one_process_is_replayed_by_the_next(tiny_llama, tmp_path):
+    """With a directory, a recorded residual is written there; a process whose memory holds nothing
+    (here: an empty store) replays it from disk, and a damaged file is recorded again, not trusted."""
+    from cathrepo.delta import applied
+    from cathrepo.gates.base import lower_for
+    from cathrepo.lm.replay import ResidualStore
+    from cathrepo.lm.scoring import score_continuations
+
+    model, tok, _ = tiny_llama
+    change = _delta(model, "model.layers.2.mlp.down_proj")
+    lower = lower_for(model, "h", change, (), tmp_path / "residuals")
+    import cathrepo.lm.replay as replay
+
+    original = replay.STORE
+    try:
+        replay.STORE = ResidualStore()
+        score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
+        files = sorted((tmp_path / "residuals").glob("*.pt"))
+        assert len(files) == len(replay.STORE) >= 2 and not list((tmp_path / "residuals").glob("*.tmp"))
+        with applied(model, change):
+            full = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2)
+            replay.STORE = ResidualStore()  # the next process: nothing in memory
+            mtimes = [f.stat().st_mtime_ns for f in files]
+            assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
+            assert [f.stat().st_mtime_ns for f in files] == mtimes  # read, not written again
+            files[0].write_bytes(b"not a tensor")
+            replay.STORE = ResidualStore()
+            assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
+        import torch
+
+        assert torch.load(files[0], weights_only=True) is not None  # the damaged batch was recorded again
+    finally:
+        replay.STORE = original
