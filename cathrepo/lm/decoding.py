@@ -183,7 +183,7 @@ def few_row_products(model: Any) -> Iterator[None]:
         return forward
 
     for layer in layers:
-        layer.forward = make(layer)  # type: ignore[method-assign]
+        layer.forward = make(layer)  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
