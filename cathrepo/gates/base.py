@@ -143,10 +143,9 @@ def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta]
     import torch
     import transformers
 
-    from cathrepo.lm.replay import Lower, block_of
-    from cathrepo.models import family_for, num_layers
+    from cathrepo.lm.replay import Lower, block_of, decoder_layers
 
-    blocks = [family_for(model).layer_name("layer", i) for i in range(num_layers(model))]
+    blocks = decoder_layers(model)
     changed = [block_of(blocks, name) for name in change]
     if not changed or None in changed:
         return None

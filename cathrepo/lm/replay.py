@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.lm.hooks import replayed
+from cathrepo.models import model_device
 
 #: Bytes of recorded residual streams kept per process.
 STORE_BYTES = 256 * 2**20
@@ -74,15 +75,11 @@ class ResidualStore:
             _, old = self._items.popitem(last=False)
             self._bytes -= _nbytes(old)
 
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
-
     def __len__(self) -> int:
         return len(self._items)
 
 
-#: The process's store (a resident worker keeps it from one edit to the next).
+#: The process's store (one command's: a resident worker forks a process per command).
 STORE = ResidualStore()
 
 
@@ -96,17 +93,17 @@ def batch_key(*tensors: Any) -> str:
 
 
 @contextmanager
-def lower_layers(model: Any, lower: Lower | None, *inputs: Any, store: ResidualStore | None = None) -> Iterator[None]:
+def lower_layers(model: Any, lower: Lower | None, *inputs: Any) -> Iterator[None]:
     """Around one forward pass of ``inputs``: replay the layers in ``lower`` when this batch was recorded
     with the same ``lower.reads``, else run them and record their output."""
     if lower is None or not lower.blocks:
         yield
         return
-    store = STORE if store is None else store
+    store = STORE
     key = (f"{lower.reads}:{lower.blocks[-1]}", batch_key(*inputs))  # the residual at this layer only
     recorded = store.get(key)
     if recorded is None and lower.directory is not None:
-        recorded = _load(lower.directory, key, inputs[0].device if inputs else "cpu")
+        recorded = _load(lower.directory, key, model_device(model))
         if recorded is not None:
             store.put(key, recorded)
     if recorded is not None:
@@ -163,12 +160,28 @@ def _on_cpu(value: Any) -> Any:
     return value.cpu() if hasattr(value, "cpu") else value
 
 
+def decoder_layers(model: Any) -> list[str]:
+    """The names of the model's decoder layers, bottom to top."""
+    from cathrepo.models import family_for, num_layers
+
+    family = family_for(model)
+    return [family.layer_name("layer", i) for i in range(num_layers(model))]
+
+
 def block_of(blocks: Sequence[str], module: str) -> int | None:
     """The index of the decoder layer in ``blocks`` that holds ``module``, or None."""
     for i, name in enumerate(blocks):
         if module == name or module.startswith(name + "."):
             return i
     return None
+
+
+def layers_below(model: Any, module: str) -> list[str]:
+    """The decoder layers under the one that holds ``module`` (nothing a change there can reach them);
+    none for a module outside the decoder layers."""
+    blocks = decoder_layers(model)
+    i = block_of(blocks, module)
+    return blocks[:i] if i is not None else []
 
 
 def _nbytes(value: Any) -> int:

@@ -123,24 +123,13 @@ def prefix_cache(model: Any, b: dict[str, Any]) -> Any:
     return output_cache(out)
 
 
-def layers_below(model: Any, module: str) -> list[str]:
-    """The decoder layers under the one that holds ``module`` (nothing δ adds there can reach them)."""
-    from cathrepo.models import family_for, num_layers
-
-    family = family_for(model)
-    names = [family.layer_name("layer", i) for i in range(num_layers(model))]
-    for i, name in enumerate(names):
-        if module.startswith(name + "."):
-            return names[:i]
-    return []
-
 
 def read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any,
                   lower: tuple[Sequence[str], dict[str, Any]] | None = None) -> torch.Tensor:
     """Log-probabilities at the positions the loss reads: each target token's, then each KL row's.
 
     With the model split into body and head, the vocabulary projection runs only at those positions.
-    With ``lower`` (the layers below the edited one, from :func:`layers_below`, and a store), those
+    With ``lower`` (the layers below the edited one, from :func:`~cathrepo.lm.replay.layers_below`, and a store), those
     layers run on the first call only and replay their outputs afterwards: the rows and the prefix cache
     are the same on every pass and δ enters above them (at layer 6 of 30, six layers of each forward).
     """

@@ -32,7 +32,6 @@ from cathrepo.edits.rome.min_norm import solve_min_norm
 from cathrepo.edits.rome.rows import (
     ValueResult,
     batch_rows,
-    layers_below,
     output_width,
     prefix_cache,
     read_logprobs,
@@ -41,6 +40,7 @@ from cathrepo.edits.rome.rows import (
 )
 from cathrepo.facts.schema import Fact
 from cathrepo.lm.precision import cast_copy
+from cathrepo.lm.replay import layers_below
 
 if TYPE_CHECKING:
     import torch

@@ -330,7 +330,7 @@ def test_layers_below_the_edit_run_once_and_the_value_is_the_same(tiny_model, en
     change, δ enters above them): those layers run in the first pass only, and δ is bit for bit what
     running every layer in every pass gives, on each family's layout."""
     import cathrepo.edits.rome.value as value
-    from cathrepo.edits.rome.rows import layers_below
+    from cathrepo.lm.replay import layers_below
 
     model, tok, _ = tiny_model
     params = _params(model, layer=2, v_stop_prob=0.9, v_passes=6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import cathrepo.lm.replay as replay
 from tests.unit.lm.test_scoring import PAIRS, PROMPTS
 
 
@@ -23,7 +24,7 @@ def _flat(scores):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
-def test_a_change_above_the_replayed_layers_scores_as_a_full_forward(family, request):
+def test_a_change_above_the_replayed_layers_scores_as_a_full_forward(family, request, monkeypatch):
     """Record the lower layers' output in one state, replay it in a state changed above them: every
     score equals the full forward's exactly, and the replay really ran (the store held the batch)."""
     from cathrepo.delta import applied
@@ -37,22 +38,16 @@ def test_a_change_above_the_replayed_layers_scores_as_a_full_forward(family, req
     lower = lower_for(model, "base-hash", change, ())
     assert lower is not None and len(lower.blocks) == 2
     store = ResidualStore()
-    import cathrepo.lm.replay as replay
-
-    original = replay.STORE
-    replay.STORE = store
-    try:
-        before = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
-        recorded = len(store)
-        assert recorded >= 2  # one residual per batch
-        with applied(model, change):
-            full = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2)
-            replayed = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
-        assert len(store) == recorded  # every batch replayed, none recorded anew
-        assert _flat(replayed) == _flat(full)
-        assert _flat(replayed) != _flat(before)  # the change above the replayed layers shows
-    finally:
-        replay.STORE = original
+    monkeypatch.setattr(replay, "STORE", store)
+    before = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
+    recorded = len(store)
+    assert recorded >= 2  # one residual per batch
+    with applied(model, change):
+        full = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2)
+        replayed = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
+    assert len(store) == recorded  # every batch replayed, none recorded anew
+    assert _flat(replayed) == _flat(full)
+    assert _flat(replayed) != _flat(before)  # the change above the replayed layers shows
 
 
 def test_what_the_lower_layers_read_decides_the_reuse(tiny_llama):
@@ -92,7 +87,7 @@ def test_the_store_forgets_the_least_recently_used_first():
     assert store.get(("r", "big")) is None
 
 
-def test_a_residual_recorded_under_one_layer_is_not_replayed_under_another(tiny_llama):
+def test_a_residual_recorded_under_one_layer_is_not_replayed_under_another(tiny_llama, monkeypatch):
     """A retry at a lower layer reads the same weights below it as the first attempt did, but its
     residual lies at another layer: it records its own instead of replaying the first attempt's."""
     from cathrepo.delta import applied
@@ -104,23 +99,17 @@ def test_a_residual_recorded_under_one_layer_is_not_replayed_under_another(tiny_
     at2 = _delta(model, "model.layers.2.mlp.down_proj")
     at1 = _delta(model, "model.layers.1.mlp.down_proj", seed=6)
     store = ResidualStore()
-    import cathrepo.lm.replay as replay
-
-    original = replay.STORE
-    replay.STORE = store
-    try:
-        score_continuations(model, tok, PROMPTS, PAIRS, lower=lower_for(model, "h", at2, ()))
-        recorded = len(store)
-        with applied(model, at1):
-            full = score_continuations(model, tok, PROMPTS, PAIRS)
-            retried = score_continuations(model, tok, PROMPTS, PAIRS, lower=lower_for(model, "h", at1, ()))
-        assert len(store) == 2 * recorded  # recorded anew at layer 1
-        assert _flat(retried) == _flat(full)
-    finally:
-        replay.STORE = original
+    monkeypatch.setattr(replay, "STORE", store)
+    score_continuations(model, tok, PROMPTS, PAIRS, lower=lower_for(model, "h", at2, ()))
+    recorded = len(store)
+    with applied(model, at1):
+        full = score_continuations(model, tok, PROMPTS, PAIRS)
+        retried = score_continuations(model, tok, PROMPTS, PAIRS, lower=lower_for(model, "h", at1, ()))
+    assert len(store) == 2 * recorded  # recorded anew at layer 1
+    assert _flat(retried) == _flat(full)
 
 
-def test_a_residual_persisted_by_one_process_is_replayed_by_the_next(tiny_llama, tmp_path):
+def test_a_residual_persisted_by_one_process_is_replayed_by_the_next(tiny_llama, tmp_path, monkeypatch):
     """With a directory, a recorded residual is written there; a process whose memory holds nothing
     (here: an empty store) replays it from disk, and a damaged file is recorded again, not trusted."""
     from cathrepo.delta import applied
@@ -131,25 +120,19 @@ def test_a_residual_persisted_by_one_process_is_replayed_by_the_next(tiny_llama,
     model, tok, _ = tiny_llama
     change = _delta(model, "model.layers.2.mlp.down_proj")
     lower = lower_for(model, "h", change, (), tmp_path / "residuals")
-    import cathrepo.lm.replay as replay
+    import torch
 
-    original = replay.STORE
-    try:
-        replay.STORE = ResidualStore()
-        score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
-        files = sorted((tmp_path / "residuals").glob("*.pt"))
-        assert len(files) == len(replay.STORE) >= 2 and not list((tmp_path / "residuals").glob("*.tmp"))
-        with applied(model, change):
-            full = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2)
-            replay.STORE = ResidualStore()  # the next process: nothing in memory
-            mtimes = [f.stat().st_mtime_ns for f in files]
-            assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
-            assert [f.stat().st_mtime_ns for f in files] == mtimes  # read, not written again
-            files[0].write_bytes(b"not a tensor")
-            replay.STORE = ResidualStore()
-            assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
-        import torch
-
-        assert torch.load(files[0], weights_only=True) is not None  # the damaged batch was recorded again
-    finally:
-        replay.STORE = original
+    monkeypatch.setattr(replay, "STORE", ResidualStore())
+    score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)
+    files = sorted((tmp_path / "residuals").glob("*.pt"))
+    assert len(files) == len(replay.STORE) >= 2 and not list((tmp_path / "residuals").glob("*.tmp"))
+    with applied(model, change):
+        full = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2)
+        monkeypatch.setattr(replay, "STORE", ResidualStore())  # the next process: nothing in memory
+        mtimes = [f.stat().st_mtime_ns for f in files]
+        assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
+        assert [f.stat().st_mtime_ns for f in files] == mtimes  # read, not written again
+        files[0].write_bytes(b"not a tensor")
+        monkeypatch.setattr(replay, "STORE", ResidualStore())
+        assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
+    assert torch.load(files[0], weights_only=True) is not None  # the damaged batch was recorded again
