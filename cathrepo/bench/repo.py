@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,8 @@ class RepoBenchConfig:
         method: ``--method`` of every edit (None: the repository's default).
         params: ``--param KEY=VALUE`` items passed to every edit.
         worker: run the edits through a resident worker of this run's own (``cathrepo worker``).
+        fresh_gate_cache: the edits' gate measurements go to a cache of this run's own (every other
+            cache, models and statistics, is shared).
     """
 
     data: Path
@@ -60,6 +63,7 @@ class RepoBenchConfig:
     method: str | None = None
     params: Sequence[str] = field(default_factory=tuple)
     worker: bool = False
+    fresh_gate_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.n <= 0 or self.skip < 0:
@@ -84,11 +88,36 @@ def _cathrepo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
                           env=env)
 
 
+#: The cache entries a fresh gate cache shares with the user's even before they exist there.
+SHARED_CACHES = ("gguf", "hashes", "models", "stats")
+
+
 def _worker_env(config: RepoBenchConfig, scratch: Path) -> dict[str, str]:
-    """The edits' environment: the run's own worker socket, or no worker at all."""
+    """The edits' environment: the run's own worker socket, or no worker at all; with
+    ``fresh_gate_cache``, a cache directory of the run's own (see :func:`_fresh_cache`)."""
+    env = {**os.environ, **({"CATHREPO_CACHE_DIR": str(_fresh_cache(scratch))} if config.fresh_gate_cache else {})}
     if not config.worker:
-        return {**os.environ, "CATHREPO_WORKER": "0"}
-    return {**os.environ, "CATHREPO_WORKER": "1", "CATHREPO_WORKER_SOCKET": str(scratch / "worker.sock")}
+        return {**env, "CATHREPO_WORKER": "0"}
+    return {**env, "CATHREPO_WORKER": "1", "CATHREPO_WORKER_SOCKET": str(scratch / "worker.sock")}
+
+
+def _fresh_cache(scratch: Path) -> Path:
+    """A cache directory under ``scratch`` whose entries link to the user's cache (each of
+    :data:`SHARED_CACHES` created there when missing, so what the edits add is kept), all but the gate
+    cache, which starts empty."""
+    from cathrepo.model_store import cache_dir
+
+    fresh = scratch / "cache"
+    fresh.mkdir(exist_ok=True)
+    user = cache_dir()
+    present = {p.name for p in user.iterdir() if p.is_dir()} if user.is_dir() else set()
+    for name in sorted((present | set(SHARED_CACHES)) - {"gates"}):
+        shared = user / name
+        shared.mkdir(parents=True, exist_ok=True)
+        link = fresh / name
+        if not link.is_symlink():
+            link.symlink_to(shared, target_is_directory=True)
+    return fresh
 
 
 def _last_line(text: str) -> str:
@@ -173,6 +202,8 @@ def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,
             _cathrepo("worker", "stop", cwd=repo, env=env)
         for path in [*scratch.glob("record-*.json"), *scratch.glob("worker.*")]:
             path.unlink()
+        if config.fresh_gate_cache:  # the links go with the run's gate cache; what they point at stays
+            shutil.rmtree(scratch / "cache", ignore_errors=True)
         if not any(scratch.iterdir()):
             scratch.rmdir()
     say(len(todo), len(todo), rows[-1]["status"])
@@ -184,7 +215,7 @@ def _result(config: RepoBenchConfig, repo: Path, rows: list[dict[str, Any]],
             verify: subprocess.CompletedProcess[str] | None) -> dict[str, Any]:
     """The report; without ``verify`` (a partial result) ``verify_clean`` is None."""
     return {"data": str(config.data), "repo": str(repo), "method": config.method, "params": list(config.params),
-            "worker": config.worker,
+            "worker": config.worker, "fresh_gate_cache": config.fresh_gate_cache,
             **summarize(rows), "verify_clean": None if verify is None else verify.returncode == 0,
             "verify": "" if verify is None else _last_line(verify.stdout if verify.returncode == 0 else verify.stderr),
             "records": rows}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,37 @@ def _outcomes(report: dict) -> list:
     """Each record's status, failing gates and attempts, without the times."""
     return [(r["status"], r["failed_gates"], [{k: v for k, v in a.items() if k != "seconds"}
                                               for a in r.get("attempts", [])]) for r in report["records"]]
+
+
+def test_bench_repo_fresh_gate_cache_leaves_the_users_gate_cache_alone(tiny_llama, tmp_path, monkeypatch):
+    import tempfile
+
+    _, _, model_dir = tiny_llama
+    scratch, user_cache = tmp_path / "scratch", tmp_path / "user-cache"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("CATHREPO_CACHE_DIR", str(user_cache))
+    (user_cache / "stats").mkdir(parents=True)
+    (user_cache / "stats" / "kept.txt").write_text("statistics")
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps([{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome",
+                                 "target_new": "Paris", "target_true": "Tokyo"}]))
+    reports = []
+    for name, extra in (("shared", []), ("fresh", ["--fresh-gate-cache"])):
+        if name == "fresh":  # what the shared run stored goes, so anything the fresh run stores there shows
+            gates = sorted(p.name for p in (user_cache / "gates").rglob("*") if p.is_file())
+            assert gates, "the shared run keeps its gate measurements in the user's cache"
+            shutil.rmtree(user_cache / "gates")
+        out = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(cli, ["bench", "repo", "--data", str(data), "--n", "1", "--repo",
+                                          str(tmp_path / name), "--base", str(model_dir), "--param", "v_steps=40",
+                                          "--out", str(out), *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text()))
+    shared, fresh = reports
+    assert (shared["fresh_gate_cache"], fresh["fresh_gate_cache"]) == (False, True)
+    assert fresh["errors"] == 0 and fresh["verify_clean"] is True
+    assert _outcomes(fresh) == _outcomes(shared)  # the same verdicts from an empty gate cache
+    assert not (user_cache / "gates").exists()  # the fresh run measured its gates elsewhere
+    assert (user_cache / "stats" / "kept.txt").read_text() == "statistics"  # the links' targets stay
+    assert not list(scratch.iterdir())  # the run's own cache went with it

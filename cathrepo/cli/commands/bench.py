@@ -87,16 +87,19 @@ def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, dtype: str
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter for every edit.")
 @click.option("--worker", is_flag=True, help="Run the edits through a resident worker of the run's own "
                                            "(as after `cathrepo worker start`).")
+@click.option("--fresh-gate-cache", is_flag=True,
+              help="Keep the edits' gate measurements in a cache of the run's own, so a rerun on the same records "
+                   "times every gate (models and statistics stay shared).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the per-record JSON here.")
 def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None, method: str | None,
-             params: tuple[str, ...], worker: bool, out: Path | None) -> None:
+             params: tuple[str, ...], worker: bool, fresh_gate_cache: bool, out: Path | None) -> None:
     """Edit N records with one real `cathrepo edit` each into one repository with its gates: the share
     committed, refusals by gate, wall seconds per edit, and `cathrepo verify` at the end."""
     from cathrepo.bench.repo import RepoBenchConfig, bench_repo
 
     parse_params(params)  # a malformed --param fails here, not once per record
     config = RepoBenchConfig(data=data, n=n, skip=skip, repo=repo, base=base, method=method, params=params,
-                             worker=worker)
+                             worker=worker, fresh_gate_cache=fresh_gate_cache)
 
     def keep(partial: dict[str, object]) -> None:
         if out:
