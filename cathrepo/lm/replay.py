@@ -13,7 +13,10 @@ Recorded residuals live in a process-wide store bounded by :data:`STORE_BYTES` (
 first out): an edit's "after" probes replay its "before" pass, a retry at the same layer replays the
 first attempt's. Every command runs in a process of its own (a resident worker forks one per command),
 so what is shared from one edit to the next (retention's known facts, the same rows after every edit)
-also goes to ``Lower.directory`` when the caller gives one: one file per batch, written atomically.
+also goes to ``Lower.directory`` when the caller gives one: one file per batch, written atomically,
+the directory bounded by :data:`DISK_BYTES` (the files least recently written or read go first: every
+new edit is a new lower state for the layers above it, so without a bound it would grow with the
+repository's history).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from cathrepo.models import model_device
 
 #: Bytes of recorded residual streams kept per process.
 STORE_BYTES = 256 * 2**20
+
+#: Bytes of persisted residual streams kept in a ``Lower.directory``.
+DISK_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -132,9 +138,14 @@ def _load(directory: Path, key: tuple[str, str], device: Any) -> Any:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        value = torch.load(path, map_location=device, weights_only=True)
     except Exception:  # noqa: BLE001 - a truncated or foreign file is a miss, never an error
         return None
+    try:
+        os.utime(path)  # recently read: the last to be pruned
+    except OSError:
+        pass
+    return value
 
 
 def _save(directory: Path, key: tuple[str, str], value: Any) -> None:
@@ -152,6 +163,26 @@ def _save(directory: Path, key: tuple[str, str], value: Any) -> None:
         os.replace(tmp, _file(directory, key))
     except OSError:  # a full disk: replay stays in memory
         Path(tmp).unlink(missing_ok=True)
+        return
+    _prune(directory, DISK_BYTES)
+
+
+def _prune(directory: Path, max_bytes: int) -> None:
+    """Delete the persisted residuals least recently written or read until ``directory`` holds at most
+    ``max_bytes`` of them (a file another process deletes first is skipped)."""
+    files = []
+    for path in directory.glob("*.pt"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
 
 
 def _on_cpu(value: Any) -> Any:

@@ -129,10 +129,31 @@ def test_a_residual_persisted_by_one_process_is_replayed_by_the_next(tiny_llama,
     with applied(model, change):
         full = score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2)
         monkeypatch.setattr(replay, "STORE", ResidualStore())  # the next process: nothing in memory
-        mtimes = [f.stat().st_mtime_ns for f in files]
+        inodes = [f.stat().st_ino for f in files]
         assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
-        assert [f.stat().st_mtime_ns for f in files] == mtimes  # read, not written again
+        assert [f.stat().st_ino for f in files] == inodes  # read, not written again (a write renames a new file in)
         files[0].write_bytes(b"not a tensor")
         monkeypatch.setattr(replay, "STORE", ResidualStore())
         assert _flat(score_continuations(model, tok, PROMPTS, PAIRS, batch_size=2, lower=lower)) == _flat(full)
     assert torch.load(files[0], weights_only=True) is not None  # the damaged batch was recorded again
+
+
+def test_the_persisted_residuals_stay_under_their_bound_least_recently_used_out(tmp_path, monkeypatch):
+    """Past ``DISK_BYTES`` the files written or read longest ago go; one just read stays."""
+    import os
+
+    import torch
+
+    directory = tmp_path / "residuals"
+    value = torch.zeros(1000)  # about 4 kB on disk
+    replay._save(directory, ("a", "1"), value)
+    size = replay._file(directory, ("a", "1")).stat().st_size
+    monkeypatch.setattr(replay, "DISK_BYTES", 2 * size)
+    replay._save(directory, ("b", "2"), value)
+    for age, key in ((300, ("a", "1")), (200, ("b", "2"))):  # a written first, b later
+        os.utime(replay._file(directory, key), (1e9 - age, 1e9 - age))
+    assert replay._load(directory, ("a", "1"), "cpu") is not None  # a is read: now the most recent
+    replay._save(directory, ("c", "3"), value)  # a third file: one must go, and it is b
+    kept = {p.name for p in directory.glob("*.pt")}
+    assert kept == {replay._file(directory, k).name for k in (("a", "1"), ("c", "3"))}
+    assert not list(directory.glob("*.tmp"))
