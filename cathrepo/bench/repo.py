@@ -156,7 +156,8 @@ def edit_one(repo: Path, index: int, record: dict[str, Any], config: RepoBenchCo
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counts, refusals by gate and the wall-time distribution of the edited records."""
+    """Counts, refusals by gate and the wall-time distribution of the edited records, and how the
+    first attempts fared (:func:`first_attempts`)."""
     status = Counter(r["status"] for r in rows)
     by_gate = Counter(g["name"] for r in rows if r["status"] == "refused" for g in r["failed_gates"])
     walls = sorted(r["wall_s"] for r in rows)
@@ -167,7 +168,39 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "wall_median_s": round(statistics.median(walls), 3) if walls else None,
         "wall_p90_s": walls[math.ceil(0.9 * len(walls)) - 1] if walls else None,  # nearest rank
         "wall_min_s": walls[0] if walls else None, "wall_max_s": walls[-1] if walls else None,
+        **first_attempts(rows),
     }
+
+
+def first_attempts(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the records' first attempts fared, from each record's ``attempts``: how many passed, which
+    gates refused the others (an attempt can fail several), which retry won a record its first attempt
+    lost ("layer" for any other layer), and the median wall and seconds of the records whose first
+    attempt passed (what an edit costs when no retry is needed). Records without attempts (an error)
+    are left out."""
+    tried = [r for r in rows if r.get("attempts")]
+    passed = [r for r in tried if r["attempts"][0]["passed"]]
+    refused_by = Counter(f["gate"] for r in tried if not r["attempts"][0]["passed"] for f in r["attempts"][0]["failed"])
+    won_by = Counter(_retry_kind(r["attempts"][-1]) for r in tried
+                     if r["status"] == "committed" and len(r["attempts"]) > 1)
+
+    def median(values: list[float]) -> float | None:
+        return round(statistics.median(values), 3) if values else None
+
+    return {
+        "first_attempt_passed": len(passed),
+        "first_attempt_refusals_by_gate": dict(refused_by.most_common()),
+        "won_by_retry": dict(won_by.most_common()),
+        "first_attempt_wall_median_s": median([r["wall_s"] for r in passed]),
+        "first_attempt_seconds_median": {part: median([r["attempts"][0]["seconds"][part] for r in passed
+                                                       if part in r["attempts"][0].get("seconds", {})])
+                                         for part in ("probes", "compute", "gates")},
+    }
+
+
+def _retry_kind(attempt: dict[str, Any]) -> str:
+    kind = str(attempt.get("retry", "?"))
+    return "layer" if kind.startswith("layer ") else kind
 
 
 def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,

@@ -112,6 +112,11 @@ def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None,
     rows = {k: result[k] for k in ("committed", "refused", "errors", "committed_share", "wall_median_s",
                                      "wall_p90_s", "wall_min_s", "wall_max_s", "verify_clean")}
     rows.update({f"refused by {gate}": count for gate, count in result["refusals_by_gate"].items()})
+    rows["first_attempt_passed"] = result["first_attempt_passed"]
+    rows.update({f"first attempt refused by {gate}": count
+                 for gate, count in result["first_attempt_refusals_by_gate"].items()})
+    rows.update({f"won by retry {kind}": count for kind, count in result["won_by_retry"].items()})
+    rows["first_attempt_wall_median_s"] = result["first_attempt_wall_median_s"]
     _table(title, rows, None)
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
