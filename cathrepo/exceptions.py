@@ -6,10 +6,20 @@ do next. Library code raises; only ``cathrepo.cli.main`` turns an error into a r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from cathrepo.gates.results import GateReport
+
+class _Failure(Protocol):
+    def summary(self) -> str: ...
+
+
+class _Report(Protocol):
+    """What a refusal reads of a gate report (:class:`cathrepo.gates.results.GateReport`): the errors
+    sit below every stage and import none of them."""
+
+    @property
+    def failures(self) -> Sequence[_Failure]: ...
 
 
 class CathrepoError(Exception):
@@ -90,7 +100,7 @@ class GateFailedError(CathrepoError):
         self.fact = fact
 
     @classmethod
-    def from_report(cls, report: GateReport, what: str, *, tried: str = "", after: str = "",
+    def from_report(cls, report: _Report, what: str, *, tried: str = "", after: str = "",
                     hint: str | None = None, attempts: list[dict[str, object]] | None = None,
                     fact: object = None) -> GateFailedError:
         """The one refusal message: ``<what> failed its gates: <gate status numbers; ...>.<tried> Nothing
