@@ -13,6 +13,7 @@ for bit on exit, so the model is unchanged afterwards whatever happens (kept as 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,9 +28,10 @@ from cathrepo.delta import Delta, applied
 from cathrepo.exceptions import CathrepoError
 from cathrepo.facts.probes import ProbeSet
 from cathrepo.gates.cache import load_cached, store_cached
-from cathrepo.gates.decodes import decode_requests, decodes_unchanged_state
+from cathrepo.gates.decodes import BesideDecode, decode_beside, decode_requests, decodes_unchanged_state
 from cathrepo.gates.policy import STAGES, GatePolicy
 from cathrepo.gates.results import GateReport, GateResult
+from cathrepo.lm.scoring import between_batches
 from cathrepo.registry import Registry
 
 if TYPE_CHECKING:
@@ -194,6 +196,9 @@ class Gate(ABC):
     #: whether the ``base``/``before`` measurements depend only on those states, the edit's probes and the
     #: suite (not on the new delta), so a retry of the same edit may reuse them (``run_gates(carry=...)``)
     carries: ClassVar[bool] = False
+    #: whether :meth:`measure` runs the model (False: it reads only what run_gates decoded, so it can be
+    #: judged the moment the decode is done, without applying any state)
+    reads_model: ClassVar[bool] = True
     cacheable: ClassVar[bool] = False
     #: states whose measurement is cached on disk (by the state's content hash) when ``cacheable``
     cache_states: ClassVar[tuple[str, ...]] = ("base",)
@@ -307,14 +312,25 @@ def run_gates(
     #    longest budget whatever the rows, so at the first tier that decodes, every gate's continuations
     #    are decoded in one pass (the own-probe tier, which decodes nothing, can refuse before it) unless
     #    fail_fast and only new-state rows are left (a retry): then each tier decodes its own, shortest first.
+    #    Where decode_beside can (the CPU, more than one thread), that pass runs in a thread beside the
+    #    later tiers that decode nothing (the suite, the known facts), which are measured meanwhile; with
+    #    fail_fast a refusal of the decoding gates stops them and drops what they measured, so the report
+    #    is the one decoding first gives (_measure_beside).
     decode_all = not fail_fast or decodes_unchanged_state(ctx, active)
     for tier in sorted({g.cost for g in active}):
-        gates_now = [g for g in active if g.cost == tier]
+        tier_gates = [g for g in active if g.cost == tier]
+        gates_now = [g for g in tier_gates if g.name not in results]
         if decode_all and any(g.decodes(ctx) for g in gates_now):
-            decode_requests(ctx, active)
+            later = [g for g in active if g.cost > tier and not g.decodes(ctx)]
+            running = decode_beside(ctx, active) if later else None
+            if running is None:
+                decode_requests(ctx, active)
+            else:
+                results.update(_measure_beside(ctx, active, later, running, fail_fast))
+                gates_now = [g for g in tier_gates if g.name not in results]
             decode_all = False
         results.update(_run_tier(ctx, gates_now))
-        if fail_fast and any(not results[g.name].passed for g in gates_now):
+        if fail_fast and any(not results[g.name].passed for g in tier_gates):
             for g in active:
                 if g.name not in results:
                     results[g.name] = GateResult(g.name, True, skipped=True, not_run=True,
@@ -325,6 +341,48 @@ def run_gates(
     return GateReport(tuple(results[name] for name in names), stage,
                       {"before": len(ctx.before), "after": len(ctx.after), "suite": len(ctx.suite),
                        "base_hash": base_hash})
+
+
+class _Abandon(Exception):  # noqa: N818 - control flow, never seen outside run_gates
+    """The decoding gates refused while later tiers were measured beside the decode: stop those."""
+
+
+def _measure_beside(ctx: GateRun, active: Sequence[Gate], later: Sequence[Gate], running: BesideDecode,
+                    fail_fast: bool) -> dict[str, GateResult]:
+    """Measure and judge ``later`` while ``running`` decodes. The gates that judge only the decode are
+    judged tier by tier as soon as it is done (between two scoring batches); with ``fail_fast`` a tier
+    of them that refuses stops there, and ``later`` is dropped from the results whether or not it was
+    measured, so the caller reports it not run, as it would without the decode beside."""
+    early = [g for g in active if g.decodes(ctx) and not g.reads_model]
+    judged: dict[str, GateResult] = {}
+    refused: list[bool] = []
+
+    def judge_early() -> None:
+        running.finish()
+        for tier in sorted({g.cost for g in early}):
+            judged.update(_run_tier(ctx, [g for g in early if g.cost == tier]))
+            if fail_fast and any(not r.passed for r in judged.values()):
+                refused.append(True)
+                return
+
+    def settle() -> None:
+        running.settle()
+        if running.done.is_set() and early and not judged:
+            judge_early()
+            if refused:
+                raise _Abandon
+
+    beside: dict[str, GateResult] = {}
+    try:
+        with between_batches(settle):
+            beside = _run_tier(ctx, later)
+    except _Abandon:
+        pass
+    finally:
+        running.finish()
+    if early and not judged:
+        judge_early()
+    return judged if refused else {**judged, **beside}
 
 
 def _run_tier(ctx: GateRun, gates: Sequence[Gate]) -> dict[str, GateResult]:
@@ -343,7 +401,8 @@ def _run_tier(ctx: GateRun, gates: Sequence[Gate]) -> dict[str, GateResult]:
         if not todo:
             continue
         ctx.say(f"measuring {state} ({len(ctx.deltas(state))} edits applied)")
-        with applied(ctx.model, *ctx.deltas(state)):
+        reads = any(g.reads_model for g in todo)
+        with applied(ctx.model, *ctx.deltas(state)) if reads else contextlib.nullcontext():
             for gate in todo:
                 ctx.say(f"{gate.name}: {state}")
                 t0 = time.perf_counter()

@@ -85,6 +85,7 @@ class GenerationGate(Gate):
     name = "generation"
     states = ("after",)
     cost = 1
+    reads_model = False
 
     def _probes(self, ctx: GateRun) -> list[Any]:
         if ctx.probes is None or ctx.probes.action == "forget":
@@ -121,6 +122,7 @@ class FluencyGate(Gate):
 
     name = "fluency"
     cost = 2
+    reads_model = False
     carries = True
     kinds = ("rewrite", "paraphrase", "generation")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from cathrepo.lm.scoring import hidden_and_head
@@ -52,25 +53,46 @@ def greedy_token_ids(
     around: AroundBatch | None = None,
 ) -> list[list[int]]:
     """:func:`greedy_continuations` as token ids (stop tokens dropped), so callers can cut them shorter."""
-    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(budgets) != len(prompts):
-        raise ValueError("one budget per prompt")
-    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (budgets[i], len(encoded[i])))
-    out: list[list[int]] = [[] for _ in prompts]
-    stop = _stop_ids(model, tokenizer)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        rows_around = (lambda local, idx=idx: around([idx[r] for r in local])) if around is not None else None
-        ids = greedy_ids(model, [encoded[i] for i in idx], [budgets[i] for i in idx], stop, pad_id(tokenizer),
-                         around=rows_around)
-        for row, i in enumerate(idx):
-            out[i] = ids[row]
-    return out
+    return EncodedPrompts.of(model, tokenizer, prompts, max_new_tokens).decode(model, batch_size=batch_size, around=around)
+
+
+@dataclass(frozen=True)
+class EncodedPrompts:
+    """Prompts made ready to decode: their token ids, budgets, stop ids and padding id. Everything that
+    reads the tokenizer happens here, so :meth:`decode` touches only the model (a thread may run it while
+    another uses the tokenizer)."""
+
+    ids: tuple[list[int], ...]
+    budgets: tuple[int, ...]
+    stop: frozenset[int]
+    fill: int
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int | Sequence[int]) -> EncodedPrompts:
+        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(budgets) != len(prompts):
+            raise ValueError("one budget per prompt")
+        return cls(tuple(list(tokenizer(p)["input_ids"]) for p in prompts), tuple(budgets),
+                   frozenset(_stop_ids(model, tokenizer)), pad_id(tokenizer))
+
+    def decode(self, model: Any, *, batch_size: int = 32, around: AroundBatch | None = None,
+               rows_limit: int | None = None) -> list[list[int]]:
+        """Greedy token ids per prompt, in batches of prompts of similar budget and length;
+        ``rows_limit`` is handed to :func:`few_row_products`."""
+        order = sorted(range(len(self.ids)), key=lambda i: (self.budgets[i], len(self.ids[i])))
+        out: list[list[int]] = [[] for _ in self.ids]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            rows_around = (lambda local, idx=idx: around([idx[r] for r in local])) if around is not None else None
+            ids = greedy_ids(model, [self.ids[i] for i in idx], [self.budgets[i] for i in idx], set(self.stop),
+                             self.fill, around=rows_around, rows_limit=rows_limit)
+            for row, i in enumerate(idx):
+                out[i] = ids[row]
+        return out
 
 
 def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int], stop: set[int],
-               fill: int, around: AroundBatch | None = None) -> list[list[int]]:
+               fill: int, around: AroundBatch | None = None, rows_limit: int | None = None) -> list[list[int]]:
     """Greedy decoding of token-id prompts with a KV cache; each row stops at a stop id or its budget.
 
     Prompts are left-padded so every row's next token sits in the last column; the attention mask keeps
@@ -78,7 +100,7 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
     computed only for the last position of each step. A row that is done leaves the batch (its cache
     rows are dropped), so a short budget beside a long one costs only its own steps. ``around`` is
     called with the rows still decoding (indices into ``prompts``) and returns the context they decode
-    in, entered anew whenever that set shrinks.
+    in, entered anew whenever that set shrinks. ``rows_limit`` is handed to :func:`few_row_products`.
     """
     import torch
 
@@ -94,7 +116,7 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
     cache = None
     step_ids, step_pos = ids, positions
     finished: set[int] = set()
-    with torch.no_grad(), few_row_products(model), ExitStack() as rows_context:
+    with torch.no_grad(), few_row_products(model, rows_limit), ExitStack() as rows_context:
         if live and around is not None:
             rows_context.enter_context(around(live))
         for _ in range(max(budgets, default=0) if live else 0):
@@ -157,16 +179,18 @@ def few_rows_limit() -> int:
 
 
 @contextmanager
-def few_row_products(model: Any) -> Iterator[None]:
-    """While open, the CPU model's ``nn.Linear`` layers compute inputs of at most
-    :func:`few_rows_limit` rows as ``(W xᵀ)ᵀ`` (larger inputs, a GPU model, or a layer whose forward
-    is already replaced are left as they are); every layer is restored on exit."""
+def few_row_products(model: Any, limit: int | None = None) -> Iterator[None]:
+    """While open, the CPU model's ``nn.Linear`` layers compute inputs of at most ``limit`` rows
+    (default: :func:`few_rows_limit`) as ``(W xᵀ)ᵀ`` (larger inputs, a GPU model, or a layer whose
+    forward is already replaced are left as they are); every layer is restored on exit. A decode that
+    runs on fewer threads than the one it must match passes that one's limit: the two forms round
+    differently."""
     import torch
 
     if model_device(model).type != "cpu":
         yield
         return
-    limit = few_rows_limit()
+    limit = few_rows_limit() if limit is None else limit
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and "forward" not in vars(m)]
 
     def make(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -8,7 +8,8 @@ tokenized as ``" " + target`` after the prompt, the way the target follows the p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -211,6 +212,22 @@ def _logits_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: tor
     return head(hidden[rows, cols]).float()  # (n, vocab)
 
 
+#: Called before each batch of :func:`score_continuations` (see :func:`between_batches`).
+_BETWEEN: list[Callable[[], None]] = []
+
+
+@contextmanager
+def between_batches(fn: Callable[[], None]) -> Iterator[None]:
+    """While open, ``fn()`` runs before every batch :func:`score_continuations` scores in this process:
+    a caller that lent its threads to work beside the scoring takes them back there as soon as that
+    work is done (:func:`cathrepo.gates.decodes.decode_beside`)."""
+    _BETWEEN.append(fn)
+    try:
+        yield
+    finally:
+        _BETWEEN.remove(fn)
+
+
 def score_continuations(
     model: Any,
     tokenizer: Any,
@@ -245,6 +262,8 @@ def score_continuations(
     device = model_device(model)
     dtype = next(model.parameters()).dtype
     for idx in length_batches([len(r.ids) for r in packed], batch_size):
+        for fn in tuple(_BETWEEN):
+            fn()
         rows = [packed[i] for i in idx]
         width = max(len(r.ids) for r in rows)
         ids = torch.zeros((len(rows), width), dtype=torch.long)

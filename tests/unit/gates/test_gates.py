@@ -489,3 +489,127 @@ def _record_decodes(monkeypatch) -> list[tuple[tuple, tuple]]:
 
     monkeypatch.setattr(base, "decode_requests", recording)
     return decoded
+
+
+@pytest.fixture
+def two_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_decoding_beside_the_scoring_gives_the_report_of_decoding_first(tiny_llama, monkeypatch, tmp_path, two_threads):
+    """With two threads the decode runs in a thread of its own beside retention and the suite; every
+    gate's verdict and metrics are those of the run that decodes first, on a stack with an earlier edit
+    on the same module, the model is bit-identical afterwards and torch has its two threads back."""
+    import torch
+
+    from cathrepo.gates import base, decodes
+
+    model, tok, _ = tiny_llama
+    earlier = oracle_delta(model, tok, OTHER.prompt, OTHER.target_new, OTHER.target_true)
+    new = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    gates = ["efficacy", "generation", "fluency", "retention", "regression"]
+    started: list[bool] = []
+
+    def spy(ctx, asked):
+        finish = decodes.decode_beside(ctx, asked)
+        started.append(finish is not None)
+        return finish
+
+    def run(cache: str):
+        return run_gates(model, tok, before=[earlier], after=[earlier, new], probes=probes_for(FACT),
+                         suite=[probes_for(OTHER)], gates=gates, base_hash="tiny", cache_dir=tmp_path / cache)
+
+    snap = snapshot(model)
+    monkeypatch.setattr(base, "decode_beside", spy)
+    beside = run("beside")
+    assert started == [True] and torch.get_num_threads() == 2
+    assert not changed_weights(model, snap)
+    monkeypatch.setattr(base, "decode_beside", lambda ctx, asked: None)
+    first = run("first")
+    for name in gates:
+        assert (beside[name].passed, beside[name].skipped) == (first[name].passed, first[name].skipped), name
+        assert beside[name].metrics == pytest.approx(first[name].metrics, rel=1e-4, abs=1e-5), name
+
+
+def test_a_decode_that_fails_beside_the_scoring_fails_the_run_and_restores_everything(tiny_llama, monkeypatch,
+                                                                                     two_threads):
+    import torch
+
+    from cathrepo.lm.decoding import EncodedPrompts
+
+    model, tok, _ = tiny_llama
+    new = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+
+    def broken(self, model, **kwargs):
+        raise RuntimeError("decode failed")
+
+    monkeypatch.setattr(EncodedPrompts, "decode", broken)
+    snap = snapshot(model)
+    with pytest.raises(RuntimeError, match="decode failed"):
+        run_gates(model, tok, after=[new], probes=probes_for(FACT), gates=["generation", "retention"])
+    assert not changed_weights(model, snap) and torch.get_num_threads() == 2
+
+
+def test_the_decodes_private_copy_shares_only_what_no_delta_changes(tiny_llama):
+    from cathrepo.delta import applied
+    from cathrepo.gates.decodes import private_copy
+    from cathrepo.lm.hooks import add_to_output
+
+    model, tok, _ = tiny_llama
+    new = oracle_delta(model, tok, FACT.prompt, FACT.target_new, FACT.target_true)
+    (name,) = new.factors
+    twin = private_copy(model, [new])
+    ours, theirs = dict(model.named_parameters()), dict(twin.named_parameters())
+    assert all(ours[k] is theirs[k] for k in ours if k != f"{name}.weight")
+    assert theirs[f"{name}.weight"] is not ours[f"{name}.weight"]
+    assert bool((theirs[f"{name}.weight"] == ours[f"{name}.weight"]).all())
+    snap = snapshot(model)
+    with applied(twin, new), add_to_output(twin, {name: lambda x, out: out * 0}):
+        assert not changed_weights(model, snap)  # the delta went to the copy's own weight
+        assert not model.get_submodule(name)._forward_hooks  # and the hook to the copy's module
+
+
+@pytest.mark.parametrize("slow_scoring", [False, True])
+def test_a_decode_beside_that_its_gates_refuse_reports_what_decoding_first_reports(tiny_llama, monkeypatch,
+                                                                                   two_threads, slow_scoring):
+    """fail_fast: when the short generation check refuses, the report is the one of decoding first
+    (fluency and retention not run), whether the decode ended before the scoring beside it (which then
+    stops between two batches) or after it."""
+    import time
+
+    from cathrepo.gates import base
+    from cathrepo.lm import scoring
+
+    model, tok, _ = tiny_llama
+    fact = _fact_base_rejects(model, tok, FACT)
+    weak = oracle_delta(model, tok, fact.prompt, fact.target_new, fact.target_true).scaled(0.02)
+    gates = ["generation", "fluency", "retention"]
+    policy = GatePolicy(retention_sample=64, batch_size=4)
+    batches = [0]
+    if slow_scoring:  # every batch waits, so the decode is done long before the scoring
+        real = scoring.length_batches
+
+        def slowly(*args, **kwargs):
+            for batch in real(*args, **kwargs):
+                batches[0] += 1
+                time.sleep(0.2)
+                yield batch
+
+        monkeypatch.setattr(scoring, "length_batches", slowly)
+    beside = run_gates(model, tok, after=[weak], probes=probes_for(fact), gates=gates, policy=policy, fail_fast=True)
+    if slow_scoring:  # the scoring beside started and stopped early
+        started, batches[0] = batches[0], 0
+        run_gates(model, tok, after=[weak], gates=["retention"], policy=policy)
+        assert 0 < started < batches[0]
+    monkeypatch.setattr(base, "decode_beside", lambda ctx, asked: None)
+    first = run_gates(model, tok, after=[weak], probes=probes_for(fact), gates=gates, policy=policy, fail_fast=True)
+    assert not first["generation"].passed, "the weak delta must fail the generation check for this test"
+    for name in gates:
+        assert (beside[name].passed, beside[name].skipped, beside[name].not_run) == \
+            (first[name].passed, first[name].skipped, first[name].not_run), name
+        assert beside[name].metrics == first[name].metrics, name
