@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cathrepo.edits.base import EditEnv, EditMethod, EditResult
     from cathrepo.facts.probes import KnownFact, ProbeSet
     from cathrepo.facts.schema import Fact
-    from cathrepo.gates.base import GateCarry
+    from cathrepo.gates.carry import GateCarry
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.gates.results import GateReport
 
@@ -171,7 +171,7 @@ def run_with_retries(
     import dataclasses
 
     from cathrepo.edits.base import get_method
-    from cathrepo.gates.base import GateCarry
+    from cathrepo.gates.carry import GateCarry
 
     method_cls = get_method(method_name)
     carry = GateCarry()

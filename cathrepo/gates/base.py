@@ -14,8 +14,6 @@ for bit on exit, so the model is unchanged afterwards whatever happens (kept as 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -28,9 +26,11 @@ from cathrepo.delta import Delta, applied
 from cathrepo.exceptions import CathrepoError
 from cathrepo.facts.probes import ProbeSet
 from cathrepo.gates.cache import load_cached, store_cached
+from cathrepo.gates.carry import GateCarry, keep_carry, seed_carry
 from cathrepo.gates.decodes import BesideDecode, decode_beside, decode_requests, decodes_unchanged_state
 from cathrepo.gates.policy import STAGES, GatePolicy
 from cathrepo.gates.results import GateReport, GateResult
+from cathrepo.gates.states import deltas_digest, lower_for
 from cathrepo.lm.scoring import between_batches
 from cathrepo.registry import Registry
 
@@ -118,65 +118,6 @@ class GateRun:
         log.info(message)
         if self.progress is not None:
             self.progress(message)
-
-
-@dataclass
-class GateCarry:
-    """What the runs gating one edit's attempts on the same ``before`` state share (``run_gates(carry=)``).
-
-    Attributes:
-        key: what the kept values depend on (the ``before`` state, stage, probes and suite); a run with
-            another key starts afresh.
-        measured: gate name -> its ``base``/``before`` measurements (gates with ``carries`` only).
-        decodes: the ``base``/``before`` continuations, as in :attr:`GateRun.memo`.
-    """
-
-    key: str | None = None
-    measured: dict[str, dict[str, Any]] = field(default_factory=dict)
-    decodes: dict[tuple[str, ...], Any] = field(default_factory=dict)
-
-
-def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta],
-              directory: Path | None = None) -> Lower | None:
-    """:class:`~cathrepo.lm.replay.Lower` for a model carrying ``deltas``: the layers below ``change``'s
-    lowest one, keyed by the base, the dtype, the device, the torch and transformers versions and the
-    parts of ``deltas`` that reach those layers (so a residual persisted in ``directory`` by another
-    process is replayed only where that process computed the same)."""
-    import torch
-    import transformers
-
-    from cathrepo.lm.replay import Lower, block_of, decoder_layers
-
-    blocks = decoder_layers(model)
-    changed = [block_of(blocks, name) for name in change]
-    if not changed or None in changed:
-        return None
-    lowest = min(i for i in changed if i is not None)
-
-    def reaches(name: str) -> bool:  # a module below the change, or outside the decoder layers
-        block = block_of(blocks, name)
-        return block is None or block < lowest
-
-    param = next(model.parameters())
-    model_key = f"{base_hash}:{param.dtype}:{param.device}:{torch.__version__}:{transformers.__version__}"
-    return Lower(tuple(blocks[:lowest]), deltas_digest(model_key, deltas, reaches), directory)
-
-
-def deltas_digest(base_hash: str, deltas: Sequence[Delta], keep: Callable[[str], bool] | None = None) -> str:
-    """sha256 over the base hash and, in order, each delta's module names, scales and factor bytes
-    (only the modules ``keep`` accepts, when given; a delta left with none counts as absent)."""
-    h = hashlib.sha256(base_hash.encode())
-    for delta in deltas:
-        names = [name for name in delta if keep is None or keep(name)]
-        if not names:
-            continue
-        h.update(b"\x01")
-        for name in names:
-            f = delta.factors[name]
-            h.update(name.encode() + b"\0" + repr(float(f.scale)).encode())
-            for t in (f.B, f.A):
-                h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 class Gate(ABC):
@@ -307,7 +248,7 @@ def run_gates(
             results[name] = GateResult(name, True, detail=reason, skipped=True)
         else:
             active.append(gate)
-    _seed(ctx, active, carry)
+    seed_carry(ctx, active, carry)
     # 2. cheap gates first; with fail_fast, a tier with a refusal ends the run. A decoding pass costs its
     #    longest budget whatever the rows, so at the first tier that decodes, every gate's continuations
     #    are decoded in one pass (the own-probe tier, which decodes nothing, can refuse before it) unless
@@ -337,7 +278,7 @@ def run_gates(
                                                  detail="not run: a cheaper gate already refused this attempt")
             break
     if carry is not None:
-        _keep(ctx, active, carry)
+        keep_carry(ctx, active, carry)
     return GateReport(tuple(results[name] for name in names), stage,
                       {"before": len(ctx.before), "after": len(ctx.after), "suite": len(ctx.suite),
                        "base_hash": base_hash})
@@ -421,38 +362,3 @@ def _run_tier(ctx: GateRun, gates: Sequence[Gate]) -> dict[str, GateResult]:
         else:
             results[gate.name] = gate.judge(ctx, measured[gate.name]).with_seconds(seconds[gate.name])
     return results
-
-
-def _seed(ctx: GateRun, gates: Sequence[Gate], carry: GateCarry | None) -> None:
-    """Reuse a previous run's ``base`` and ``before`` measurements and decodes when ``carry`` holds them
-    for the same ``before`` state and edit probes (the retries of one edit); else start ``carry`` afresh."""
-    if carry is None:
-        return
-    key = _carry_key(ctx)
-    if carry.key != key:
-        carry.key, carry.measured, carry.decodes = key, {}, {}
-        return
-    for gate in gates:
-        if gate.carries:
-            gate.measured.update(carry.measured.get(gate.name, {}))
-    ctx.memo.update(carry.decodes)
-
-
-def _keep(ctx: GateRun, gates: Sequence[Gate], carry: GateCarry) -> None:
-    """Store this run's ``base`` and ``before`` measurements and decodes in ``carry`` for the next retry."""
-    for gate in gates:
-        if not gate.carries:
-            continue
-        kept = {s: v for s, v in gate.measured.items() if s in ("base", "before")}
-        if kept:
-            carry.measured[gate.name] = kept
-    carry.decodes = {k: v for k, v in ctx.memo.items() if k[0] == "decode" and k[1] in ("base", "before")}
-
-
-def _carry_key(ctx: GateRun) -> str:
-    """What carried measurements depend on: the ``before`` state, the stage, the suite and the probes."""
-    probes = json.dumps([p.to_dict() for p in ctx.probes.probes] if ctx.probes is not None else None,
-                        sort_keys=True, ensure_ascii=False)
-    suite = json.dumps([[p.to_dict() for p in ps.probes] for ps in ctx.suite], sort_keys=True, ensure_ascii=False)
-    text = f"{ctx.state_digest('before')}\0{ctx.stage}\0{probes}\0{suite}"
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -9,7 +9,7 @@ That batch can also run beside the gates' teacher-forced scoring (:func:`decode_
 bound by reading the weights and gains nothing from a second thread, while scoring many rows uses every
 thread it gets. On the CPU the decode then runs in a thread of its own, on a copy of the model that
 shares every weight no delta of the run touches, while retention and the suite are measured on the
-model itself (BENCHMARKS.md: "Decoding beside the scoring").
+model itself (BENCHMARKS.md: "Decoding in a thread beside retention and the suite").
 """
 
 from __future__ import annotations

@@ -115,15 +115,9 @@ def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path, mon
 
 
 def test_bench_repo_through_a_worker_gives_what_fresh_processes_give(tiny_llama, tmp_path, monkeypatch):
-    import tempfile
 
     _, _, model_dir = tiny_llama
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    data = tmp_path / "records.json"
-    data.write_text(json.dumps([{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome",
-                                 "target_new": "Paris", "target_true": "Tokyo"}]))
+    scratch, data = _one_record_run(tmp_path, monkeypatch)
     reports = []
     for name, extra in (("fresh", []), ("worker", ["--worker"])):
         out = tmp_path / f"{name}.json"
@@ -139,6 +133,19 @@ def test_bench_repo_through_a_worker_gives_what_fresh_processes_give(tiny_llama,
     assert not [p for p in scratch.iterdir() if p.name.startswith("worker")]
 
 
+def _one_record_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """A scratch directory the run's temporary files go to, and a file of one record with a true target."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps([{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome",
+                                 "target_new": "Paris", "target_true": "Tokyo"}]))
+    return scratch, data
+
+
 def _outcomes(report: dict) -> list:
     """Each record's status, failing gates and attempts, without the times."""
     return [(r["status"], r["failed_gates"], [{k: v for k, v in a.items() if k != "seconds"}
@@ -146,18 +153,13 @@ def _outcomes(report: dict) -> list:
 
 
 def test_bench_repo_fresh_gate_cache_leaves_the_users_gate_cache_alone(tiny_llama, tmp_path, monkeypatch):
-    import tempfile
 
     _, _, model_dir = tiny_llama
-    scratch, user_cache = tmp_path / "scratch", tmp_path / "user-cache"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    scratch, data = _one_record_run(tmp_path, monkeypatch)
+    user_cache = tmp_path / "user-cache"
     monkeypatch.setenv("CATHREPO_CACHE_DIR", str(user_cache))
     (user_cache / "stats").mkdir(parents=True)
     (user_cache / "stats" / "kept.txt").write_text("statistics")
-    data = tmp_path / "records.json"
-    data.write_text(json.dumps([{"case_id": 7, "prompt": "The capital of Italy is Rome", "subject": "Rome",
-                                 "target_new": "Paris", "target_true": "Tokyo"}]))
     reports = []
     for name, extra in (("shared", []), ("fresh", ["--fresh-gate-cache"])):
         if name == "fresh":  # what the shared run stored goes, so anything the fresh run stores there shows

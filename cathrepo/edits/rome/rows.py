@@ -123,7 +123,6 @@ def prefix_cache(model: Any, b: dict[str, Any]) -> Any:
     return output_cache(out)
 
 
-
 def read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any,
                   lower: tuple[Sequence[str], dict[str, Any]] | None = None) -> torch.Tensor:
     """Log-probabilities at the positions the loss reads: each target token's, then each KL row's.

@@ -6,7 +6,8 @@ import pytest
 from gate_helpers import FACT, OTHER, oracle_delta, probes_for
 
 from cathrepo.exceptions import UnknownNameError
-from cathrepo.gates.base import GATES, GateCarry, run_gates
+from cathrepo.gates.base import GATES, run_gates
+from cathrepo.gates.carry import GateCarry
 from cathrepo.gates.policy import GatePolicy
 from tests.helpers import changed_weights, snapshot
 

@@ -28,7 +28,7 @@ def test_a_change_above_the_replayed_layers_scores_as_a_full_forward(family, req
     """Record the lower layers' output in one state, replay it in a state changed above them: every
     score equals the full forward's exactly, and the replay really ran (the store held the batch)."""
     from cathrepo.delta import applied
-    from cathrepo.gates.base import lower_for
+    from cathrepo.gates.states import lower_for
     from cathrepo.lm.replay import ResidualStore
     from cathrepo.lm.scoring import score_continuations
     from cathrepo.models import family_for
@@ -53,8 +53,9 @@ def test_a_change_above_the_replayed_layers_scores_as_a_full_forward(family, req
 def test_what_the_lower_layers_read_decides_the_reuse(tiny_llama):
     """States that differ only above the change share their lower reading; a delta below it, another
     base or an unknown base does not (None: no replay at all)."""
-    from cathrepo.gates.base import GateRun, lower_for
+    from cathrepo.gates.base import GateRun
     from cathrepo.gates.policy import GatePolicy
+    from cathrepo.gates.states import lower_for
 
     model, _, _ = tiny_llama
     change = _delta(model, "model.layers.2.mlp.down_proj")
@@ -91,7 +92,7 @@ def test_a_residual_recorded_under_one_layer_is_not_replayed_under_another(tiny_
     """A retry at a lower layer reads the same weights below it as the first attempt did, but its
     residual lies at another layer: it records its own instead of replaying the first attempt's."""
     from cathrepo.delta import applied
-    from cathrepo.gates.base import lower_for
+    from cathrepo.gates.states import lower_for
     from cathrepo.lm.replay import ResidualStore
     from cathrepo.lm.scoring import score_continuations
 
@@ -113,7 +114,7 @@ def test_a_residual_persisted_by_one_process_is_replayed_by_the_next(tiny_llama,
     """With a directory, a recorded residual is written there; a process whose memory holds nothing
     (here: an empty store) replays it from disk, and a damaged file is recorded again, not trusted."""
     from cathrepo.delta import applied
-    from cathrepo.gates.base import lower_for
+    from cathrepo.gates.states import lower_for
     from cathrepo.lm.replay import ResidualStore
     from cathrepo.lm.scoring import score_continuations
 
