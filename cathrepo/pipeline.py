@@ -94,6 +94,8 @@ def run_pipeline(
         # ③④ locate and compute: methods that use attribution run it inside compute.
         say(f"compute ({method.name})")
         start = time.perf_counter()
+        if suite and not env.kept:
+            env = dataclasses.replace(env, kept=kept_prompts(suite, probes.relation_id))
         result = method.compute(model, tokenizer, todo, env)
         seconds["compute"] = time.perf_counter() - start
     # ⑤ gates: before = the active edits, after = active + the new delta.
@@ -103,6 +105,23 @@ def run_pipeline(
                         base_hash=env.base_hash, progress=progress, fail_fast=fail_fast, carry=carry)
     seconds["gates"] = time.perf_counter() - start
     return dataclasses.replace(result, facts=tuple(todo), probes=probes, report=report, seconds=seconds)
+
+
+def kept_prompts(suite: Sequence[ProbeSet], relation_id: str | None = None) -> tuple[tuple[str, str], ...]:
+    """(prompt, subject) a new edit's update is held off (:attr:`~cathrepo.edits.base.EditEnv.kept`):
+    every active edit's hard probes (the rewrite or forget prompt that must keep holding), and the
+    paraphrases of the active edits of the new fact's relation, which the regression gate checks too."""
+    from cathrepo.facts.probes import HARD_KINDS
+
+    kept: dict[tuple[str, str], None] = {}
+    for ps in suite:
+        if not ps.subject:
+            continue
+        related = relation_id is not None and ps.relation_id == relation_id
+        for p in ps.of_kind(*HARD_KINDS, *(("paraphrase",) if related else ())):
+            if ps.subject in p.prompt:  # a key is read at the subject's last token
+                kept[(p.prompt, ps.subject)] = None
+    return tuple(kept)
 
 
 def _gate_edit(model: Any, tokenizer: Any, delta: Delta, probes: ProbeSet, *, active: Sequence[Delta] = (),

@@ -35,12 +35,15 @@ class EditEnv:
         cache_dir: where methods cache statistics (covariances) between runs.
         corpus: text file for statistics, or None for the shipped default.
         seed: the random seed every stochastic step derives from.
+        kept: (prompt, subject) of the edits already active, whose answers a new edit must not move:
+            methods that write a weight update hold it off these prompts' keys (ROME's ``keep_active``).
     """
 
     base_hash: str = "unknown"
     cache_dir: Path | None = None
     corpus: Path | None = None
     seed: int = 0
+    kept: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

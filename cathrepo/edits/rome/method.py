@@ -95,8 +95,10 @@ class RomeMethod(EditMethod):
         per_fact: list[dict[str, Any]] = []
         data: list[dict[str, Any]] = []
         try:
+            kept = list(env.kept)
             for fact in facts:
-                factor, info = self._one(model, tokenizer, module, fact, prefixes, cov, protected)
+                factor, info = self._one(model, tokenizer, module, fact, prefixes, cov, protected, kept)
+                kept.append((fact.prompt, fact.subject))
                 factors.append(factor)
                 per_fact.append(info)
                 data.extend(_training_data(fact, prefixes, info["phrasings"], self.params.phrasing_prefixes))
@@ -128,7 +130,7 @@ class RomeMethod(EditMethod):
 
     def _one(
         self, model: Any, tokenizer: Any, module: str, fact: Fact, prefixes: list[str], cov: Any,
-        protected: tuple[Any, list[Any]],
+        protected: tuple[Any, list[Any]], kept: Sequence[tuple[str, str]] = (),
     ) -> tuple[LowRank, dict[str, Any]]:
         import torch
 
@@ -148,7 +150,9 @@ class RomeMethod(EditMethod):
         if keys is not None:
             extra = subject_keys(model, tokenizer, module, context_prompts(fact, pool, p.protect_context))
             preserved = preserved_moment(cov, torch.cat([keys, extra]) if extra.numel() else keys, p.protect_weight)
-        u = update_direction(cov, key, p.cov_reg, preserved)
+        held = [(t, s) for t, s in kept if not _same_subject(s, fact.subject)] if p.keep_active else []
+        held_keys = subject_keys(model, tokenizer, module, held) if held else None
+        u = update_direction(cov, key, p.cov_reg, preserved, held_keys)
         context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.reads_context else []
         denom = float(u @ key)
         reader = u / denom if p.through_weight and abs(denom) >= 1e-8 else None
@@ -165,10 +169,18 @@ class RomeMethod(EditMethod):
             "stopped": value.stopped,
             "relaxed": value.relaxed,
             "phrasings": phrasings,
+            "kept_keys": len(held),
             "seconds": round(time.perf_counter() - start, 3),
         }
         log.info("ROME %s -> %s: %s", fact.prompt, fact.target_new, info)
         return factor, info
+
+
+def _same_subject(a: str, b: str) -> bool:
+    """Whether two subjects name the same thing closely enough that holding one's key would hold the
+    other's (an earlier edit of the same subject is not held: its key is the new edit's own)."""
+    a, b = a.strip().lower(), b.strip().lower()
+    return a in b or b in a
 
 
 def _phrasings(fact: Fact, n: int) -> list[str]:

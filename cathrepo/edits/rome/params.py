@@ -121,6 +121,10 @@ class RomeParams:
                             "each step aims, so the linear model's optimism is met in fewer passes.", 0.1)
     v_radius: float = _help("With v_solver min_norm, the first step's length bound as a multiple of ‖v₀‖ (a trust "
                             "region, doubled or halved as the linear model keeps its promise).", 0.5)
+    keep_active: bool = _help("Hold the update exactly off the keys of the edits already active (each one's rewrite "
+                              "prompt at its subject's last token, read on the model as it stands): a new edit of "
+                              "the same relation then leaves the earlier answers where they were (AlphaEdit's "
+                              "preserved keys; edits of the same subject are not held).", True)
     protect_context: int = _help("Other subjects, in the relation's templates after the edited sentence, "
                                  "whose keys are preserved (CounterFact+'s bleed through context).", 0)
 

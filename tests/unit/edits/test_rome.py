@@ -442,3 +442,39 @@ def test_after_cap_holds_down_the_target_right_after_it_is_said(tiny_llama, env)
             (shipped,) = mean_logprob(model, tok, [FACT.prompt], [FACT.target_new])
         assert result.info["facts"][0]["stopped"] and shipped >= math.log(0.3) - 0.05
     assert rises[0.05] < rises[0.0] and rises[0.05] < 0.5
+
+
+def test_update_direction_holds_the_kept_keys_and_still_reads_the_new_one():
+    from cathrepo.edits.rome.key import update_direction
+
+    gen = torch.Generator().manual_seed(0)
+    d = 32
+    x = torch.randn(200, d, generator=gen)
+    cov = x.T @ x / 200
+    key, kept = torch.randn(d, generator=gen), torch.randn(5, d, generator=gen)
+    free = update_direction(cov, key, 0.01)
+    held = update_direction(cov, key, 0.01, kept=kept)
+    assert (free @ kept.T).abs().max() > 0.05  # the unconstrained direction reads the other keys
+    assert (held @ kept.T).abs().max() < 1e-3 * abs(float(held @ key))  # held: they read (almost) nothing
+    assert float(held @ key) > 0
+    assert torch.equal(update_direction(cov, key, 0.01, kept=torch.zeros(0, d)), free)
+
+
+def test_keep_active_leaves_an_earlier_edit_where_it_was(tiny_llama, env):
+    model, tok, _ = tiny_llama
+    earlier = Fact(prompt="The capital of Spain is Madrid", subject="Madrid", target_new="Paris", target_true="Tokyo")
+    method = get_method("rome")
+    first = method(_params(model)).compute(model, tok, [earlier], env).delta
+    module = next(iter(first.modules))
+    kept_env = EditEnv(base_hash="tiny", cache_dir=env.cache_dir, corpus=env.corpus,
+                       kept=((earlier.prompt, earlier.subject), (FACT.prompt, "Rome")))
+    with applied(model, first):
+        key = key_vector(model, tok, module, earlier.prompt, earlier.subject, [""])
+        held = method(_params(model)).compute(model, tok, [FACT], kept_env)
+        free = method(_params(model, keep_active=False)).compute(model, tok, [FACT], kept_env)
+    # the earlier edit's key (the bare prompt) goes through the held update untouched; Rome's own earlier
+    # prompt is the same subject and is not held (it would cancel the edit)
+    assert held.info["facts"][0]["kept_keys"] == 1
+    moved = {name: (d.factors[module].A.float() @ key).abs().item() for name, d in (("held", held.delta),
+                                                                                 ("free", free.delta))}
+    assert moved["held"] < 1e-3 * moved["free"]

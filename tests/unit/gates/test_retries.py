@@ -158,3 +158,33 @@ def test_a_variant_the_parameters_already_hold_is_not_tried_again(tiny_llama, co
                               retry_layers=0, retry_variants=True, policy=policy)
     assert [a.get("retry") for a in result.attempts] == [None, "broader"]
     assert len(refuse_first.seen) == 2  # the first attempt and "broader": "same" computed nothing
+
+
+def test_kept_prompts_hold_every_rewrite_and_the_related_paraphrases():
+    from cathrepo.facts.probes import Probe, ProbeSet
+    from cathrepo.pipeline import kept_prompts
+
+    def edit(subject, relation, prompt, para):
+        return ProbeSet((Probe("rewrite", prompt, "x", "y"), Probe("paraphrase", para, "x", "y"),
+                         Probe("neighborhood", "Someone else is a", "y")), subject=subject, relation_id=relation)
+
+    suite = [edit("Anna", "P106", "Anna works as a", "The job of Anna is"),
+             edit("Ben", "P27", "Ben is a citizen of", "Ben holds a passport of"),
+             edit("Cleo", "P106", "Cleo works as a", "Her job is")]  # the subject is not in it: no key to read
+    assert kept_prompts(suite, "P106") == (("Anna works as a", "Anna"), ("The job of Anna is", "Anna"),
+                                           ("Ben is a citizen of", "Ben"), ("Cleo works as a", "Cleo"))
+    assert kept_prompts(suite) == (("Anna works as a", "Anna"), ("Ben is a citizen of", "Ben"),
+                                   ("Cleo works as a", "Cleo"))
+
+
+def test_an_edit_over_active_edits_holds_their_keys(tiny_llama, corpus):
+    from cathrepo.facts.probes import Probe, ProbeSet
+    from cathrepo.pipeline import run_pipeline
+    from cathrepo.edits.rome.method import RomeMethod
+
+    model, tok, _ = tiny_llama
+    earlier = ProbeSet((Probe("rewrite", "The capital of Spain is Madrid", "Paris", "Tokyo"),), subject="Madrid")
+    policy = GatePolicy(stages={"edit": ("efficacy",)})
+    result = run_pipeline(model, tok, FACT, method=RomeMethod(TINY), env=EditEnv(corpus=corpus), suite=[earlier],
+                          policy=policy)
+    assert result.info["facts"][0]["kept_keys"] == 1
