@@ -178,9 +178,9 @@ def test_kept_prompts_hold_every_rewrite_and_the_related_paraphrases():
 
 
 def test_an_edit_over_active_edits_holds_their_keys(tiny_llama, corpus):
+    from cathrepo.edits.rome.method import RomeMethod
     from cathrepo.facts.probes import Probe, ProbeSet
     from cathrepo.pipeline import run_pipeline
-    from cathrepo.edits.rome.method import RomeMethod
 
     model, tok, _ = tiny_llama
     earlier = ProbeSet((Probe("rewrite", "The capital of Spain is Madrid", "Paris", "Tokyo"),), subject="Madrid")
