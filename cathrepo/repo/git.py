@@ -31,6 +31,7 @@ _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*): ?(.*)$")
 _LOG_FORMAT = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e"
 _ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true"}
+_FULL_ID = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class Git:
             raise NotARepositoryError(f"{path} is a bare git repository.",
                                       hint="Clone it into a work tree first: git clone <path> <dir>.")
         self._root = Path(work_tree).resolve()
+        self._reader: gitpython.Repo | None = None
 
     @classmethod
     def init(cls, path: Path, *, branch: str = "main") -> Git:
@@ -157,6 +159,22 @@ class Git:
 
         with gitpython.Repo(self._root) as repo:
             yield repo
+
+    def _objects(self) -> gitpython.Repo:
+        """One GitPython handle kept for reading objects, so its ``cat-file`` processes serve every read of
+        this instance (a handle per read started two processes for each file). Objects are content
+        addressed, so what it reads never goes stale; :meth:`close` (or the garbage collector) ends them."""
+        import git as gitpython
+
+        if self._reader is None:
+            self._reader = gitpython.Repo(self._root)
+        return self._reader
+
+    def close(self) -> None:
+        """End the processes the object reader keeps (reading again starts them anew)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def _exec(self, args: Sequence[str], *, config: dict[str, str] | None = None) -> tuple[int, str, str]:
         cmd = ["git"]
@@ -307,16 +325,25 @@ class Git:
     # --- reading history -------------------------------------------------------------------------
 
     def show_file(self, rev: str, path: str) -> bytes | None:
-        """The bytes of ``path`` at revision ``rev`` (no checkout), or None if it did not exist then."""
-        sha = self.rev_parse(rev)
-        with self._repo() as repo:
-            try:
-                obj = repo.commit(sha).tree / str(path).strip("/")
-            except KeyError:
-                return None
-            if obj.type != "blob":
-                return None
-            return obj.data_stream.read()
+        """The bytes of ``path`` at revision ``rev`` (no checkout), or None if it did not exist then.
+
+        ``rev`` as a full commit id is read as it is; anything else is resolved first (callers that read
+        many files at one revision resolve it once with :meth:`rev_parse`)."""
+        sha = rev if _FULL_ID.fullmatch(rev) else self.rev_parse(rev)
+        import gitdb.exc
+
+        try:
+            tree = self._objects().commit(sha).tree
+        except (ValueError, gitdb.exc.BadName, gitdb.exc.BadObject):
+            raise NotFoundError(f"No commit named '{rev}' in {self._root}.",
+                                hint="List revisions with 'cathrepo log' or 'git log --oneline'.") from None
+        try:
+            obj = tree / str(path).strip("/")
+        except KeyError:
+            return None
+        if obj.type != "blob":
+            return None
+        return bytes(obj.data_stream.read())
 
     def list_files(self, rev: str, under: str = "") -> list[str]:
         """Files (repository-relative, sorted) at ``rev`` below the directory ``under``."""

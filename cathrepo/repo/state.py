@@ -124,11 +124,13 @@ def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] 
     return EditCheck(record, issues, files)
 
 
-def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = True) -> ActiveEdit:
-    """Read (and by default verify) one edit at ``rev``; raises naming the first file that fails."""
+def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = True,
+              signers: list[AllowedSigner] | None = None) -> ActiveEdit:
+    """Read (and by default verify, against ``signers`` or those committed at ``rev``) one edit at
+    ``rev``; raises naming the first file that fails."""
     files: dict[str, bytes] = {}
     if verify:
-        check = check_edit(repo, rev, edit_id)
+        check = check_edit(repo, rev, edit_id, signers)
         if check.issues or check.record is None:
             first = check.issues[0] if check.issues else "unreadable"
             raise VerificationError(f"Edit {edit_id} does not verify: {first}.",
@@ -145,15 +147,19 @@ def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = Tru
 
 
 def active_edits(repo: Repo, rev: str = "HEAD", *, verify: bool = True) -> list[ActiveEdit]:
-    """The active set of ``rev`` in stack order, each loaded and verified."""
-    return [load_edit(repo, eid, rev, verify=verify) for eid in repo.stack(rev).active]
+    """The active set of ``rev`` in stack order, each loaded and verified (the revision resolved and its
+    signers read once: every edit's files are then read through one object reader)."""
+    sha = repo.git.rev_parse(rev)
+    signers = signers_at(repo, sha) if verify else None
+    return [load_edit(repo, eid, sha, verify=verify, signers=signers) for eid in repo.stack(sha).active]
 
 
 def probe_sets(repo: Repo, edit_ids: list[str], rev: str = "HEAD") -> list[ProbeSet]:
     """The committed probes of each edit (the regression suite)."""
     sets = []
+    sha = repo.git.rev_parse(rev) if edit_ids else rev
     for eid in edit_ids:
-        data = repo.git.show_file(rev, layout.edit_path(eid, layout.PROBES))
+        data = repo.git.show_file(sha, layout.edit_path(eid, layout.PROBES))
         if data is None:
             raise VerificationError(f"{layout.edit_path(eid, layout.PROBES)} is missing at {rev}.")
         sets.append(ProbeSet.from_jsonl(data.decode("utf-8")))

@@ -127,6 +127,14 @@ def test_reads_old_revisions_without_checkout(signed_git):
         signed_git.show_file("nope", "edits/e1/edit.json")
     with pytest.raises(NotFoundError):
         signed_git.rev_parse("--all")
+    # one object reader serves every read, and it sees commits made after it started
+    third = _commit_file(signed_git, "edits/e3/edit.json", "new", "Four")
+    assert signed_git.show_file(third, "edits/e3/edit.json") == b"new"
+    assert signed_git.show_file("HEAD", "edits/e3/edit.json") == b"new"
+    with pytest.raises(NotFoundError, match="No commit named"):
+        signed_git.show_file("0" * 40, "edits/e1/edit.json")
+    signed_git.close()
+    assert signed_git.show_file(first, "edits/e1/edit.json") == b"v1"  # reading again starts it anew
 
 
 def test_empty_repository(tmp_path):
