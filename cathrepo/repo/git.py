@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import GitError, InvalidInputError, NotARepositoryError, NotFoundError
 
@@ -132,6 +132,7 @@ class Git:
                                       hint="Clone it into a work tree first: git clone <path> <dir>.")
         self._root = Path(work_tree).resolve()
         self._reader: gitpython.Repo | None = None
+        self._trees: dict[tuple[str, str], Any] = {}
 
     @classmethod
     def init(cls, path: Path, *, branch: str = "main") -> Git:
@@ -175,6 +176,7 @@ class Git:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._trees.clear()
 
     def _exec(self, args: Sequence[str], *, config: dict[str, str] | None = None) -> tuple[int, str, str]:
         cmd = ["git"]
@@ -330,20 +332,42 @@ class Git:
         ``rev`` as a full commit id is read as it is; anything else is resolved first (callers that read
         many files at one revision resolve it once with :meth:`rev_parse`)."""
         sha = rev if _FULL_ID.fullmatch(rev) else self.rev_parse(rev)
-        import gitdb.exc
-
+        folder, _, name = str(path).strip("/").rpartition("/")
+        tree = self._tree(sha, folder, rev)
+        if tree is None:
+            return None
         try:
-            tree = self._objects().commit(sha).tree
-        except (ValueError, gitdb.exc.BadName, gitdb.exc.BadObject):
-            raise NotFoundError(f"No commit named '{rev}' in {self._root}.",
-                                hint="List revisions with 'cathrepo log' or 'git log --oneline'.") from None
-        try:
-            obj = tree / str(path).strip("/")
+            obj = tree / name
         except KeyError:
             return None
         if obj.type != "blob":
             return None
         return bytes(obj.data_stream.read())
+
+    def _tree(self, sha: str, folder: str, rev: str) -> Any:
+        """The tree of ``folder`` in commit ``sha`` (None if it has none), parsed once per reader: an edit's
+        files share its folder, and every edit's folder shares ``edits/``."""
+        import gitdb.exc
+
+        key = (sha, folder)
+        if key not in self._trees:
+            if len(self._trees) >= 4096:
+                self._trees.clear()
+            if not folder:
+                try:
+                    self._trees[key] = self._objects().commit(sha).tree
+                except (ValueError, gitdb.exc.BadName, gitdb.exc.BadObject):
+                    raise NotFoundError(f"No commit named '{rev}' in {self._root}.",
+                                        hint="List revisions with 'cathrepo log' or 'git log --oneline'.") from None
+            else:
+                parent, _, name = folder.rpartition("/")
+                above = self._tree(sha, parent, rev)
+                try:
+                    sub = above / name if above is not None else None
+                except KeyError:
+                    sub = None
+                self._trees[key] = sub if sub is not None and sub.type == "tree" else None
+        return self._trees[key]
 
     def list_files(self, rev: str, under: str = "") -> list[str]:
         """Files (repository-relative, sorted) at ``rev`` below the directory ``under``."""
