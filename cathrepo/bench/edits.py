@@ -234,9 +234,12 @@ def _independent(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seque
 def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
                 probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
                 base_hash: str, say: Progress) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
+    import dataclasses
+
     from cathrepo.delta import AppliedDelta, applied, apply_delta
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
+    from cathrepo.pipeline import kept_prompts
 
     deltas, seconds, sizes = [], [], []
     undo = AppliedDelta()
@@ -244,7 +247,9 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
         for i, fact in enumerate(facts):
             say("edits", i, len(facts))
             t0 = time.perf_counter()
-            result = editor.compute(model, tokenizer, [fact], env)
+            # as a repository would: the earlier edits' prompts are what the new update is held off
+            kept = kept_prompts(probesets[:i], probesets[i].relation_id)
+            result = editor.compute(model, tokenizer, [fact], dataclasses.replace(env, kept=kept))
             seconds.append(time.perf_counter() - t0)
             deltas.append(result.delta)
             sizes.append(result.delta.num_bytes())
