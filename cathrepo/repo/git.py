@@ -2,9 +2,11 @@
 
 Everything cathrepo asks of git goes through :class:`Git`: signed commits with trailers that name the
 edit, history and file contents at old revisions, signature checks against the repository's
-``allowed_signers``, and the undo steps a failed write needs. GitPython is imported inside methods (and
-each repository handle is opened in a ``with`` block, so git's helper processes are closed) to keep
-``cathrepo --help`` fast. Failures become :class:`~cathrepo.exceptions.GitError` carrying git's own
+``allowed_signers``, and the undo steps a failed write needs. GitPython is imported inside methods to
+keep ``cathrepo --help`` fast. Commands open a repository handle in a ``with`` block, so git's helper
+processes are closed; reading objects is the exception: one handle per :class:`Git` serves every read
+(a command reads several files of every active edit, and a handle per read started two processes for
+each), ended by :meth:`Git.close` or when the :class:`Git` is collected. Failures become :class:`~cathrepo.exceptions.GitError` carrying git's own
 message and a next step.
 """
 
