@@ -6,6 +6,10 @@ so that ``ΔW k* = δ`` exactly: the projection's output at the subject's (prefi
 the optimised δ, and inputs orthogonal to ``u`` in the covariance metric barely move. The result is a
 rank-one :class:`~cathrepo.delta.LowRank` with ``B = δ/(u·k*)`` (out×1) and ``A = uᵀ`` (1×in).
 
+With ``keep_active`` (the default) ``u`` also satisfies ``u · k_j = 0`` at the keys of the edits already
+active (:attr:`~cathrepo.edits.base.EditEnv.kept`), so a new edit of the same relation does not move
+the earlier answers (AlphaEdit's preserved keys, held exactly; :func:`~cathrepo.edits.rome.key.update_direction`).
+
 Several facts are edited one after another, each computed on the model with the earlier ones applied
 (as a repository would), and returned as one delta whose per-module factors are concatenated.
 """
