@@ -2,25 +2,33 @@
 
 Everything cathrepo asks of git goes through :class:`Git`: signed commits with trailers that name the
 edit, history and file contents at old revisions, signature checks against the repository's
-``allowed_signers``, and the undo steps a failed write needs. GitPython is imported inside methods to
-keep ``cathrepo --help`` fast. Commands open a repository handle in a ``with`` block, so git's helper
-processes are closed; reading objects is the exception: one handle per :class:`Git` serves every read
-(a command reads several files of every active edit, and a handle per read started two processes for
-each), ended by :meth:`Git.close` or when the :class:`Git` is collected. Failures become :class:`~cathrepo.exceptions.GitError` carrying git's own
-message and a next step.
+``allowed_signers``, and the undo steps a failed write needs; what git hands back is parsed by
+:mod:`cathrepo.repo.git_records`. GitPython is imported inside methods to keep ``cathrepo --help`` fast.
+Commands open a repository handle in a ``with`` block, so git's helper processes are closed; reading
+objects is the exception: one handle per :class:`Git` serves every read (a command reads several files
+of every active edit, and a handle per read started two processes for each), ended by
+:meth:`Git.close` or when the :class:`Git` is collected. Failures become
+:class:`~cathrepo.exceptions.GitError` carrying git's own message and a next step.
 """
-
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import GitError, InvalidInputError, NotARepositoryError, NotFoundError
+from cathrepo.repo.git_records import (
+    LOG_FORMAT,
+    STATUS_WORDS,
+    CommitInfo,
+    SignatureCheck,
+    first_line,
+    git_message,
+    parse_commit,
+)
 
 if TYPE_CHECKING:
     import git as gitpython
@@ -30,81 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
-_TRAILER_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*): ?(.*)$")
-_LOG_FORMAT = "%H%x1f%P%x1f%an%x1f%ae%x1f%aI%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e"
 _ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true"}
 _FULL_ID = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass(frozen=True)
-class CommitInfo:
-    """One commit as cathrepo reads it.
-
-    Attributes:
-        sha: full commit id.
-        author_name: the author's name.
-        author_email: the author's e-mail.
-        date: author date, ISO-8601 with offset.
-        subject: the first line of the message.
-        body: the rest of the message without the trailer block.
-        trailers: git trailers ("Cathrepo-Edit: <id>"); a repeated key keeps its last value.
-        parents: parent ids (two or more for a merge).
-    """
-
-    sha: str
-    author_name: str
-    author_email: str
-    date: str
-    subject: str
-    body: str
-    trailers: dict[str, str] = field(default_factory=dict)
-    parents: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SignatureCheck:
-    """The result of checking one commit's signature.
-
-    Attributes:
-        ok: True only for a good signature by a key listed in allowed_signers.
-        principal: who signed, when git could tell.
-        fingerprint: the signing key's fingerprint, when the commit is signed.
-        detail: git's (ssh-keygen's) own words, for the user.
-    """
-
-    ok: bool
-    principal: str | None
-    fingerprint: str | None
-    detail: str
-
-
-_STATUS_WORDS = {
-    "G": "good signature",
-    "B": "bad signature",
-    "U": "good signature, but the key is not in allowed_signers",
-    "X": "good signature that has expired",
-    "Y": "good signature made by an expired key",
-    "R": "good signature made by a revoked key",
-    "E": "the signature cannot be checked",
-    "N": "the commit is not signed",
-}
-
-
-def _first_line(text: str) -> str:
-    """The line of git's output that says what went wrong ("fatal: ..." first, else the first line)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("fatal:", "error:")):
-            return line.removeprefix("fatal: ").removeprefix("error: ")
-    return lines[0] if lines else "no message from git"
-
-
-def _git_message(err: str, out: str) -> str:
-    """git's reason for a failure: stderr when it said anything, else the last line of stdout."""
-    if err.strip():
-        return _first_line(err)
-    lines = [line.strip() for line in out.splitlines() if line.strip()]
-    return lines[-1] if lines else "no message from git"
 
 
 class Git:
@@ -145,7 +80,7 @@ class Git:
             with gitpython.Repo.init(Path(path), mkdir=True, initial_branch=branch):
                 pass
         except gitpython.GitCommandError as exc:
-            raise GitError(f"git init failed in {path}: {_first_line(str(exc.stderr))}",
+            raise GitError(f"git init failed in {path}: {first_line(str(exc.stderr))}",
                            hint="Check that the directory is writable.") from None
         return cls(path)
 
@@ -199,7 +134,7 @@ class Git:
         """
         status, out, err = self._exec(args, config=config)
         if status != 0:
-            raise GitError(f"git {args[0]} failed: {_git_message(err, out)}", hint=hint)
+            raise GitError(f"git {args[0]} failed: {git_message(err, out)}", hint=hint)
         return out
 
     def config_get(self, key: str) -> str | None:
@@ -242,9 +177,9 @@ class Git:
         out = self.run(["log", "-1", "--format=%G?%x1f%GS%x1f%GF%x1f%GG", commit], config=config)
         code, signer, fingerprint, raw = (out.split("\x1f", 3) + ["", "", ""])[:4]
         code = code.strip() or "N"
-        detail = _first_line(raw) if raw.strip() else _STATUS_WORDS.get(code, f"status {code}")
-        if code != "G" and code in _STATUS_WORDS and _STATUS_WORDS[code] not in detail:
-            detail = f"{_STATUS_WORDS[code]}: {detail}"
+        detail = first_line(raw) if raw.strip() else STATUS_WORDS.get(code, f"status {code}")
+        if code != "G" and code in STATUS_WORDS and STATUS_WORDS[code] not in detail:
+            detail = f"{STATUS_WORDS[code]}: {detail}"
         trusted = str(allowed_signers) if allowed_signers else self.config_get("gpg.ssh.allowedSignersFile")
         if code != "G" and code != "N" and (not trusted or not (self._root / trusted).is_file()):
             detail += f" (the allowed signers file {trusted or '(not configured)'} does not exist)"
@@ -384,12 +319,12 @@ class Git:
         """Commits reachable from ``rev``, newest first (empty for a repository without commits)."""
         if rev == "HEAD" and self.head() is None:
             return []
-        args = ["log", f"--format={_LOG_FORMAT}", self.rev_parse(rev)]
+        args = ["log", f"--format={LOG_FORMAT}", self.rev_parse(rev)]
         if max_count is not None:
             args.insert(1, f"--max-count={int(max_count)}")
         if paths:
             args += ["--", *map(str, paths)]
-        return [_parse_commit(rec) for rec in self.run(args).split("\x1e") if rec.strip()]
+        return [parse_commit(rec) for rec in self.run(args).split("\x1e") if rec.strip()]
 
     def rev_list(self, rev: str = "HEAD") -> list[str]:
         """Ids of the commits reachable from ``rev``, newest first."""
@@ -403,19 +338,3 @@ class Git:
         """``git status --porcelain`` lines ("XY path"), untracked files listed one by one."""
         out = self.run(["status", "--porcelain=v1", "--untracked-files=all"])
         return [line for line in out.splitlines() if line.strip()]
-
-def _parse_commit(record: str) -> CommitInfo:
-    sha, parents, name, email, date, subject, body, trailer_text = (record.lstrip("\n").split("\x1f") + [""] * 8)[:8]
-    trailers: dict[str, str] = {}
-    for line in trailer_text.splitlines():
-        match = _TRAILER_LINE.match(line.strip())
-        if match:
-            trailers[match.group(1)] = match.group(2).strip()
-    body = body.strip("\n")
-    if trailers:
-        paragraphs = body.split("\n\n")
-        last = paragraphs[-1].strip().splitlines()
-        if last and all(_TRAILER_LINE.match(line.strip()) for line in last):
-            body = "\n\n".join(paragraphs[:-1]).strip("\n")
-    return CommitInfo(sha=sha.strip(), author_name=name, author_email=email, date=date, subject=subject,
-                      body=body, trailers=trailers, parents=tuple(parents.split()))

@@ -61,7 +61,7 @@ def update_direction(cov: torch.Tensor, key: torch.Tensor, reg: float,
         a = torch.cat([key.double()[None], kept.double().to(key.device)]).T  # (d, 1 + m)
         y = torch.linalg.solve(m, a)
         gram = a.T @ y
-        gram = gram + KEEP_RIDGE * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=c.dtype)
+        gram = gram + KEEP_RIDGE * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=c.dtype, device=c.device)
         e1 = torch.zeros(gram.shape[0], dtype=c.dtype, device=c.device)
         e1[0] = 1.0
         u = y @ torch.linalg.solve(gram, e1)
