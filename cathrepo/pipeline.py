@@ -73,6 +73,7 @@ def run_pipeline(
     from cathrepo.delta import applied
     from cathrepo.facts.probes import build_probes
     from cathrepo.facts.schema import Fact
+    from cathrepo.gates.policy import GatePolicy
 
     todo = [facts] if isinstance(facts, Fact) else list(facts)
     say = progress or (lambda _msg: None)
@@ -85,7 +86,8 @@ def run_pipeline(
         if prepared is not None and prepared.probes is not None:
             todo, probes = list(prepared.facts), prepared.probes
         else:
-            sets = [build_probes(fact, model, tokenizer, known_facts) for fact in todo]
+            neighbors = (policy or GatePolicy()).neighbors
+            sets = [build_probes(fact, model, tokenizer, known_facts, n_neighbors=neighbors) for fact in todo]
             todo = [_with_old_target(fact, probes) for fact, probes in zip(todo, sets, strict=True)]
             merged = merge_probe_sets(sets)
             assert merged is not None

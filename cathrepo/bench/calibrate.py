@@ -127,7 +127,7 @@ def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None,
     rows: list[dict[str, Any]] = []
     for i, fact in enumerate(facts):
         say("records", i, len(facts))
-        probes = build_probes(fact, model, tokenizer, known, check_known=False)
+        probes = build_probes(fact, model, tokenizer, known, check_known=False, n_neighbors=policy.neighbors)
         rome = _rome(model, config.params).compute(model, tokenizer, [fact], env).delta
         for variant in config.variants:
             t0 = time.perf_counter()
@@ -172,6 +172,7 @@ def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, r
     from cathrepo.delta import Delta, LowRank
     from cathrepo.edits.base import get_method
     from cathrepo.facts.probes import build_probes, model_answer
+    from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import num_layers
 
     if variant == "rome":
@@ -191,7 +192,8 @@ def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, r
             raise CathrepoError("the model gives no answer to continue")
         null = dataclasses.replace(fact, target_new=own, target_true=fact.target_new, paraphrases=(),
                                    neighborhood=(), generation_prompts=())
-        used = build_probes(null, model, tokenizer, known, check_known=False)
+        used = build_probes(null, model, tokenizer, known, check_known=False,
+                            n_neighbors=GatePolicy.from_dict(config.policy).neighbors)
         return _rome(model, config.params).compute(model, tokenizer, [null], env).delta, used
     if variant == "overscale":
         return rome.scaled(config.overscale), probes

@@ -73,6 +73,8 @@ class GatePolicy:
                                             "neighbours that still prefer their own answer, vs before.")
     nkl_max: float = _f(0.2, "CounterFact+ NKL: largest mean KL (nats) of the neighbours' next-token "
                              "distribution, before vs after.")
+    neighbors: int = _f(3, "Neighbour prompts mined per edit (other subjects of the relation whose answer the model "
+                           "gives), besides the record's own: the samples NS, NS+ and NKL are measured on.")
     ns_plus_max_drop: float = _f(0.5, "CounterFact+ NS+: largest drop in neighbours (with the edit's "
                                       "prompt prepended) preferring their own answer.")
     generation_min: float = _f(0.5, "Fraction of rewrite and paraphrase prompts whose greedy continuation "
@@ -137,7 +139,7 @@ class GatePolicy:
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"[gates] {name} = {value} is outside [0, 1].", hint=_help(name))
-        for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size"):
+        for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size", "neighbors"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"[gates] {name} must be positive.", hint=_help(name))
         if self.fluency_compare not in ("as-decoded", "common-length"):
