@@ -48,3 +48,9 @@ def test_default_stage_gates_are_registered():
     for names in DEFAULT_STAGES.values():
         for name in names:
             assert name in GATES
+
+
+def test_neighbours_must_be_positive():
+    with pytest.raises(ConfigError, match="neighbors"):
+        GatePolicy(neighbors=0)
+    assert GatePolicy.from_dict({"neighbors": 12}).neighbors == 12

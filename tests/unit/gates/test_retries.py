@@ -188,3 +188,23 @@ def test_an_edit_over_active_edits_holds_their_keys(tiny_llama, corpus):
     result = run_pipeline(model, tok, FACT, method=RomeMethod(TINY), env=EditEnv(corpus=corpus), suite=[earlier],
                           policy=policy)
     assert result.info["facts"][0]["kept_keys"] == 1
+
+
+@pytest.mark.parametrize("neighbors", [2, 5])
+def test_the_policy_sets_how_many_neighbours_each_edit_is_measured_on(tiny_llama, corpus, monkeypatch, neighbors):
+    import dataclasses
+
+    from cathrepo.edits.rome.method import RomeMethod
+    from cathrepo.facts.probes import KnownFact
+    from cathrepo.pipeline import run_pipeline
+
+    model, tok, _ = tiny_llama
+    fact = dataclasses.replace(FACT, relation_id="P131")
+    pool = [KnownFact(f"Town {c}", f"Town {c} is located in the city of", "Lyon", "P131") for c in "ABCDEFGH"]
+    monkeypatch.setattr("cathrepo.facts.probes.known_by_model", lambda _m, _t, facts, **_kw: list(facts))
+    policy = GatePolicy(stages={"edit": ("efficacy",)}, neighbors=neighbors)
+    result = run_pipeline(model, tok, fact, method=RomeMethod(TINY), env=EditEnv(corpus=corpus), known_facts=pool,
+                          policy=policy)
+    assert result.probes is not None
+    mined = [p for p in result.probes.of_kind("neighborhood") if p.source == "mined"]
+    assert len(mined) == neighbors
