@@ -12,6 +12,7 @@ permanently: they compute a Delta and leave the model unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -305,3 +306,20 @@ def _pattern(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
         if re.match(rf"(.*\.)?({key})$", name):
             return value
     return default
+
+
+def deltas_digest(base_hash: str, deltas: Iterable[Delta], keep: Callable[[str], bool] | None = None) -> str:
+    """sha256 over the base hash and, in order, each delta's module names, scales and factor bytes
+    (only the modules ``keep`` accepts, when given; a delta left with none counts as absent)."""
+    h = hashlib.sha256(base_hash.encode())
+    for delta in deltas:
+        names = [name for name in delta if keep is None or keep(name)]
+        if not names:
+            continue
+        h.update(b"\x01")
+        for name in names:
+            f = delta.factors[name]
+            h.update(name.encode() + b"\0" + repr(float(f.scale)).encode())
+            for t in (f.B, f.A):
+                h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -98,6 +98,8 @@ def run_pipeline(
         start = time.perf_counter()
         if suite and not env.kept:
             env = dataclasses.replace(env, kept=kept_prompts(suite, probes.relation_id))
+        if env.active is None:
+            env = dataclasses.replace(env, active=tuple(active))
         result = method.compute(model, tokenizer, todo, env)
         seconds["compute"] = time.perf_counter() - start
     # ⑤ gates: before = the active edits, after = active + the new delta.

@@ -37,6 +37,8 @@ class EditEnv:
         seed: the random seed every stochastic step derives from.
         kept: (prompt, subject) of the edits already active, whose answers a new edit must not move:
             methods that write a weight update hold it off these prompts' keys (ROME's ``keep_active``).
+        active: the deltas applied to the model the method is given, in order, when the caller knows
+            them (None: unknown); methods key caches of values read off the model on them.
     """
 
     base_hash: str = "unknown"
@@ -44,6 +46,7 @@ class EditEnv:
     corpus: Path | None = None
     seed: int = 0
     kept: tuple[tuple[str, str], ...] = ()
+    active: tuple[Delta, ...] | None = None
 
 
 @dataclass(frozen=True)

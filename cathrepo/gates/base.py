@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cathrepo.delta import Delta, applied
+from cathrepo.delta import Delta, applied, deltas_digest
 from cathrepo.exceptions import CathrepoError
 from cathrepo.facts.probes import ProbeSet
 from cathrepo.gates.cache import load_cached, store_cached
@@ -30,7 +30,7 @@ from cathrepo.gates.carry import GateCarry, keep_carry, seed_carry
 from cathrepo.gates.decodes import BesideDecode, decode_beside, decode_requests, decodes_unchanged_state
 from cathrepo.gates.policy import STAGES, GatePolicy
 from cathrepo.gates.results import GateReport, GateResult
-from cathrepo.gates.states import deltas_digest, lower_for
+from cathrepo.gates.states import lower_for
 from cathrepo.lm.scoring import between_batches
 from cathrepo.registry import Registry
 

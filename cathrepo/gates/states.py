@@ -3,12 +3,11 @@ weights and the deltas applied, or only the parts of them that reach some layers
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.delta import Delta
+from cathrepo.delta import Delta, deltas_digest
 
 if TYPE_CHECKING:
     from cathrepo.lm.replay import Lower
@@ -38,20 +37,3 @@ def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta]
     param = next(model.parameters())
     model_key = f"{base_hash}:{param.dtype}:{param.device}:{torch.__version__}:{transformers.__version__}"
     return Lower(tuple(blocks[:lowest]), deltas_digest(model_key, deltas, reaches), directory)
-
-
-def deltas_digest(base_hash: str, deltas: Sequence[Delta], keep: Callable[[str], bool] | None = None) -> str:
-    """sha256 over the base hash and, in order, each delta's module names, scales and factor bytes
-    (only the modules ``keep`` accepts, when given; a delta left with none counts as absent)."""
-    h = hashlib.sha256(base_hash.encode())
-    for delta in deltas:
-        names = [name for name in delta if keep is None or keep(name)]
-        if not names:
-            continue
-        h.update(b"\x01")
-        for name in names:
-            f = delta.factors[name]
-            h.update(name.encode() + b"\0" + repr(float(f.scale)).encode())
-            for t in (f.B, f.A):
-                h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()

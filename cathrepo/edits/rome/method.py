@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cathrepo.delta import AppliedDelta, Delta, LowRank, apply_delta
@@ -27,7 +28,14 @@ from cathrepo.edits.rome.context import context_prefixes
 from cathrepo.edits.rome.covariance import key_covariance, stats_dir
 from cathrepo.edits.rome.key import key_vector, update_direction
 from cathrepo.edits.rome.params import FAMILY_DEFAULTS, RomeParams
-from cathrepo.edits.rome.protect import context_prompts, known_subject_keys, preserved_moment, subject_keys
+from cathrepo.edits.rome.protect import (
+    cached_subject_keys,
+    context_prompts,
+    input_state_key,
+    known_subject_keys,
+    preserved_moment,
+    subject_keys,
+)
 from cathrepo.edits.rome.rows import rewrite_rows
 from cathrepo.edits.rome.value import optimise_value
 from cathrepo.exceptions import EditFailedError, InvalidInputError
@@ -94,6 +102,10 @@ class RomeMethod(EditMethod):
             stats_dir(cache, env.base_hash),
         )
         protected = self._protected(model, tokenizer, module, stats_dir(cache, env.base_hash))
+        keys_file = None  # the active edits' keys, cached per state of what reaches the module's input
+        if env.active is not None and env.base_hash != "unknown":
+            state = input_state_key(model, env.base_hash, env.active, module)
+            keys_file = stats_dir(cache, env.base_hash) / module / "kept" / f"{state[:32]}.safetensors"
         undo = AppliedDelta()
         factors: list[LowRank] = []
         per_fact: list[dict[str, Any]] = []
@@ -101,7 +113,7 @@ class RomeMethod(EditMethod):
         try:
             kept = list(env.kept)
             for fact in facts:
-                factor, info = self._one(model, tokenizer, module, fact, prefixes, cov, protected, kept)
+                factor, info = self._one(model, tokenizer, module, fact, prefixes, cov, protected, kept, keys_file)
                 kept.append((fact.prompt, fact.subject))
                 factors.append(factor)
                 per_fact.append(info)
@@ -134,7 +146,7 @@ class RomeMethod(EditMethod):
 
     def _one(
         self, model: Any, tokenizer: Any, module: str, fact: Fact, prefixes: list[str], cov: Any,
-        protected: tuple[Any, list[Any]], kept: Sequence[tuple[str, str]] = (),
+        protected: tuple[Any, list[Any]], kept: Sequence[tuple[str, str]] = (), keys_file: Path | None = None,
     ) -> tuple[LowRank, dict[str, Any]]:
         import torch
 
@@ -155,7 +167,7 @@ class RomeMethod(EditMethod):
             extra = subject_keys(model, tokenizer, module, context_prompts(fact, pool, p.protect_context))
             preserved = preserved_moment(cov, torch.cat([keys, extra]) if extra.numel() else keys, p.protect_weight)
         held = [(t, s) for t, s in kept if not _same_subject(s, fact.subject)] if p.keep_active else []
-        held_keys = subject_keys(model, tokenizer, module, held) if held else None
+        held_keys = cached_subject_keys(model, tokenizer, module, held, path=keys_file) if held else None
         u = update_direction(cov, key, p.cov_reg, preserved, held_keys)
         context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.reads_context else []
         denom = float(u @ key)

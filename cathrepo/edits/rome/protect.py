@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cathrepo.delta import Delta, deltas_digest
 from cathrepo.facts.probes import KnownFact, stated
 from cathrepo.facts.schema import Fact
 from cathrepo.facts.templates import fill, infer_relations, paraphrase_templates
@@ -60,6 +61,62 @@ def subject_keys(model: Any, tokenizer: Any, module: str, prompts: Sequence[tupl
             keys = forward_until(model, module, inputs=True, **enc)  # (batch, seq, d_in), right-padded
         rows.append(keys[torch.arange(len(chunk)), at.to(keys.device)].float().cpu())
     return torch.cat(rows) if rows else torch.zeros(0)
+
+
+def input_state_key(model: Any, base_hash: str, deltas: Sequence[Delta], module: str) -> str:
+    """A content key of everything that reaches ``module``'s input: the base, the dtype, the device, the
+    torch and transformers versions, and the parts of ``deltas`` in the decoder layers up to the one
+    holding ``module`` (``module`` itself excepted) or outside the decoder layers. A delta written to
+    ``module`` or above it leaves the key, and every key vector read there, unchanged."""
+    import torch
+    import transformers
+
+    from cathrepo.lm.replay import block_of, decoder_layers
+
+    blocks = decoder_layers(model)
+    layer = block_of(blocks, module)
+
+    def reaches(name: str) -> bool:
+        if name == module:
+            return False
+        block = block_of(blocks, name)
+        return block is None or layer is None or block <= layer
+
+    param = next(model.parameters())
+    state = f"{base_hash}:{param.dtype}:{param.device}:{torch.__version__}:{transformers.__version__}:{module}"
+    return deltas_digest(state, deltas, reaches)
+
+
+def cached_subject_keys(model: Any, tokenizer: Any, module: str, prompts: Sequence[tuple[str, str]], *,
+                        path: Path | None, keep_files: int = 4) -> torch.Tensor:
+    """:func:`subject_keys`, read from and added to ``path``: one safetensors file per model state as
+    :func:`input_state_key` names it, one vector per (prompt, subject). The ``keep_files`` most recent
+    files of its folder are kept (older states are rarely met again; a missing file is recomputed)."""
+    import torch
+
+    if path is None or not prompts:
+        return subject_keys(model, tokenizer, module, prompts)
+    from safetensors.torch import load_file, save
+
+    from cathrepo.files import atomic_write
+
+    names = [hashlib.sha256(f"{p}\0{s}".encode()).hexdigest()[:32] for p, s in prompts]
+    stored: dict[str, torch.Tensor] = {}
+    if path.is_file():
+        try:
+            stored = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            log.warning("Recomputing the key cache %s: %s", path, exc)
+    missing = {n: pair for n, pair in zip(names, prompts, strict=True) if n not in stored}
+    if missing:
+        fresh = subject_keys(model, tokenizer, module, list(missing.values()))
+        stored.update({n: fresh[i].contiguous() for i, n in enumerate(missing)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, save(stored))
+        older = sorted((p for p in path.parent.glob("*.safetensors") if p != path), key=lambda p: p.stat().st_mtime)
+        for stale in older[: max(0, len(older) - keep_files + 1)]:
+            stale.unlink(missing_ok=True)
+    return torch.stack([stored[n] for n in names])
 
 
 def known_subject_keys(model: Any, tokenizer: Any, module: str, facts: Sequence[KnownFact], *,

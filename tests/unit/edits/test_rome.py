@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -478,3 +479,59 @@ def test_keep_active_leaves_an_earlier_edit_where_it_was(tiny_llama, env):
     moved = {name: (d.factors[module].A.float() @ key).abs().item() for name, d in (("held", held.delta),
                                                                                  ("free", free.delta))}
     assert moved["held"] < 1e-3 * moved["free"]
+
+
+def test_cached_keys_are_the_keys_and_are_read_back_instead_of_recomputed(tiny_llama, tmp_path, monkeypatch):
+    from cathrepo.edits.rome import protect
+
+    model, tok, _ = tiny_llama
+    module = family_for(model).layer_name("mlp_out", 1)
+    pairs = [("The capital of Spain is Madrid", "Madrid"), ("Anna works as a", "Anna")]
+    path = tmp_path / "kept" / "state.safetensors"
+    fresh = protect.subject_keys(model, tok, module, pairs)
+    assert torch.equal(protect.cached_subject_keys(model, tok, module, pairs, path=path), fresh)
+    assert path.is_file()
+    computed = []
+    real = protect.subject_keys
+    monkeypatch.setattr(protect, "subject_keys", lambda m, t, mod, p: computed.append(list(p)) or real(m, t, mod, p))
+    more = [*pairs, ("Ben is a citizen of", "Ben")]
+    again = protect.cached_subject_keys(model, tok, module, more, path=path)
+    assert computed == [[("Ben is a citizen of", "Ben")]]  # only the new pair ran through the model
+    assert torch.equal(again[:2], fresh)
+    path.write_bytes(b"not a safetensors file")  # a damaged cache is recomputed, not trusted
+    assert torch.equal(protect.cached_subject_keys(model, tok, module, pairs, path=path), fresh)
+
+
+def test_the_key_state_changes_with_a_delta_below_the_module_and_not_at_or_above_it(tiny_llama):
+    from cathrepo.delta import Delta, LowRank
+    from cathrepo.edits.rome.protect import input_state_key
+
+    model, _, _ = tiny_llama
+    family = family_for(model)
+    module = family.layer_name("mlp_out", 1)
+
+    def delta_at(layer: int) -> Delta:
+        name = family.layer_name("mlp_out", layer)
+        out, inp = get_module(model, name).weight.shape
+        return Delta({name: LowRank(torch.ones(out, 1), torch.ones(1, inp))})
+
+    bare = input_state_key(model, "tiny", (), module)
+    assert input_state_key(model, "tiny", (delta_at(1), delta_at(2)), module) == bare
+    assert input_state_key(model, "tiny", (delta_at(0),), module) != bare
+    assert input_state_key(model, "other", (), module) != bare
+
+
+def test_the_active_edits_keys_are_cached_per_state_and_the_edit_is_the_same(tiny_llama, env):
+    model, tok, _ = tiny_llama
+    kept = (("The capital of Spain is Madrid", "Madrid"), ("Anna works as a", "Anna"))
+    method = get_method("rome")
+    plain = method(_params(model)).compute(model, tok, [FACT], dataclasses.replace(env, kept=kept))
+    cached_env = dataclasses.replace(env, kept=kept, active=())
+    first = method(_params(model)).compute(model, tok, [FACT], cached_env)
+    files = list(env.cache_dir.rglob("kept/*.safetensors"))
+    assert len(files) == 1
+    second = method(_params(model)).compute(model, tok, [FACT], cached_env)
+    for result in (first, second):
+        for name, factor in plain.delta.factors.items():
+            assert torch.allclose(result.delta.factors[name].A, factor.A, atol=1e-6)
+            assert torch.allclose(result.delta.factors[name].B, factor.B, rtol=1e-4, atol=1e-6)
