@@ -156,13 +156,41 @@ def apply_delta(model: Any, delta: Delta, *, keep_originals: bool = True) -> App
 
 
 def apply_deltas(model: Any, deltas: Iterable[Delta]) -> AppliedDelta:
-    """Apply several deltas in order, with one undo record for all of them."""
-    combined = AppliedDelta()
+    """Apply several deltas, with one undo record for all of them.
+
+    Every factor is checked before any weight changes. A module that one delta touches gets exactly
+    what :func:`apply_delta` would give it; a module that several touch gets the sum of their updates
+    as one product of the stacked factors (``[s₁B₁ … sₙBₙ] @ [A₁; …; Aₙ]``), added once: a stack of
+    a thousand rank-one edits costs one matmul per module instead of a thousand dense adds and copies.
+    (The sum is rounded once instead of n times, so it may differ from adding the deltas one by one in
+    the last bits; the same stack always gives the same weights.)
+    """
+    import torch
+
+    from cathrepo.models import is_conv1d
+
+    per_module: dict[str, list[LowRank]] = {}
+    modules: dict[str, Any] = {}
     for delta in deltas:
-        applied = apply_delta(model, delta)
-        for name, original in applied.originals.items():
-            combined.originals.setdefault(name, original)
-    return combined
+        for name, factor in delta.factors.items():
+            modules[name] = _check(model, name, factor)
+            per_module.setdefault(name, []).append(factor)
+    record = AppliedDelta()
+    with torch.no_grad():
+        for name, factors in per_module.items():
+            weight = modules[name].weight
+            record.originals[name] = weight.detach().clone()
+            if len(factors) == 1:
+                update = factors[0].full()
+            else:
+                b = torch.cat([f.B.float() * f.scale for f in factors], dim=1)
+                a = torch.cat([f.A.float() for f in factors], dim=0)
+                update = b @ a
+            update = update.to(device=weight.device)
+            if is_conv1d(modules[name]):
+                update = update.T
+            weight.data.copy_((weight.data.float() + update).to(weight.dtype))
+    return record
 
 
 @contextmanager

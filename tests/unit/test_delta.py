@@ -62,6 +62,44 @@ def test_nonfinite_and_unknown_module_are_refused(tiny_llama):
         apply_delta(model, Delta({"model.layers.99.mlp.down_proj": good.factors[name]}))
 
 
+def test_a_stack_is_the_sum_of_its_deltas_applied_at_once_and_removed_bit_for_bit(tiny_model):
+    from cathrepo.delta import apply_deltas
+
+    model, _, _ = tiny_model
+    before = snapshot(model)
+    stack = [_random_delta(model, seed=i) for i in range(5)] + [_random_delta(model, layers=(0,), seed=9)]
+    one_by_one = [apply_delta(model, d) for d in stack]
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for record in reversed(one_by_one):
+        record.remove(model)
+    assert not changed_weights(model, before)
+    record = apply_deltas(model, stack)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, expected[name], rtol=1e-5, atol=1e-5), name
+    record.remove(model)
+    assert not changed_weights(model, before)
+    # one delta per module: exactly what apply_delta gives
+    single = apply_deltas(model, [stack[0]])
+    alone = {k: v.clone() for k, v in model.state_dict().items()}
+    single.remove(model)
+    record = apply_delta(model, stack[0])
+    assert all(torch.equal(v, alone[k]) for k, v in model.state_dict().items())
+    record.remove(model)
+
+
+def test_a_bad_delta_anywhere_in_a_stack_leaves_the_model_untouched(tiny_llama):
+    from cathrepo.delta import apply_deltas
+
+    model, _, _ = tiny_llama
+    before = snapshot(model)
+    good = _random_delta(model, layers=(0,))
+    name = next(iter(good.factors))
+    nan = Delta({name: LowRank(good.factors[name].B * float("nan"), good.factors[name].A)})
+    with pytest.raises(DeltaError, match="NaN"):
+        apply_deltas(model, [good, _random_delta(model, seed=3), nan])
+    assert not changed_weights(model, before)
+
+
 def test_factors_must_chain():
     with pytest.raises(DeltaError):
         LowRank(torch.ones(4, 2), torch.ones(3, 5))
