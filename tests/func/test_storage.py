@@ -132,6 +132,17 @@ def test_bad_ids_and_pointers(storage_repo):
         Storage.read_pointer(b"outs: []\n")
     with pytest.raises(StorageError, match="malformed"):
         Storage.read_pointer(b"\xff\xfe")
+    with pytest.raises(StorageError, match="malformed"):  # a refusal is not remembered as an answer
+        Storage.read_pointer(b"outs: []\n")
+
+
+def test_a_pointer_is_parsed_once_per_content(monkeypatch):
+    import dvc.utils.serialize
+
+    pointer = b"outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 12\n  hash: md5\n  path: w.bin\n"
+    first = Storage.read_pointer(pointer)
+    monkeypatch.setattr(dvc.utils.serialize, "parse_yaml", lambda *_a, **_k: pytest.fail("parsed again"))
+    assert Storage.read_pointer(bytes(pointer)) == first == ("0123456789abcdef0123456789abcdef", 12, "w.bin")
 
 
 def test_failed_add_leaves_no_half_written_pointer(storage_repo, monkeypatch):
