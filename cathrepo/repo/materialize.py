@@ -29,12 +29,6 @@ class Materialized:
     applied: Any = None
 
 
-
-
-
-
-
-
 def materialize(repo: Repo, rev: str = "HEAD", *, verify: bool = True) -> Materialized:
     """Load the verified base model and apply ``rev``'s active deltas in order."""
     from cathrepo.delta import apply_deltas
