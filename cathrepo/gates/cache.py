@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cathrepo.files import atomic_write
 
 if TYPE_CHECKING:
-    from cathrepo.gates.base import Gate, GateRun
+    from cathrepo.gates.gate import Gate, GateRun
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cathrepo.gates.base import Gate, GateRun
+    from cathrepo.gates.gate import Gate, GateRun
 
 
 @dataclass

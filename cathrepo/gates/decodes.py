@@ -25,7 +25,7 @@ from cathrepo.lm.decoding import AroundBatch, EncodedPrompts, few_rows_limit, gr
 from cathrepo.models import get_module, model_device
 
 if TYPE_CHECKING:
-    from cathrepo.gates.base import Gate, GateRun
+    from cathrepo.gates.gate import Gate, GateRun
 
 Key = tuple[str, str]  # (state, prompt)
 
