@@ -131,28 +131,12 @@ def _check(model: Any, name: str, factor: LowRank) -> Any:
     return module
 
 
-def apply_delta(model: Any, delta: Delta, *, keep_originals: bool = True) -> AppliedDelta:
+def apply_delta(model: Any, delta: Delta) -> AppliedDelta:
     """Add ``delta`` to the model's weights in place; returns the record that undoes it.
 
     Every module is checked before any weight changes, so a bad delta leaves the model untouched.
     """
-    import torch
-
-    from cathrepo.models import is_conv1d
-
-    modules = {name: _check(model, name, f) for name, f in delta.factors.items()}
-    applied = AppliedDelta()
-    with torch.no_grad():
-        for name, factor in delta.factors.items():
-            module = modules[name]
-            weight = module.weight
-            if keep_originals and name not in applied.originals:
-                applied.originals[name] = weight.detach().clone()
-            update = factor.full().to(device=weight.device)
-            if is_conv1d(module):
-                update = update.T
-            weight.data.copy_((weight.data.float() + update).to(weight.dtype))
-    return applied
+    return apply_deltas(model, [delta])
 
 
 def apply_deltas(model: Any, deltas: Iterable[Delta]) -> AppliedDelta:

@@ -132,7 +132,7 @@ def bench_calibrate(config: CalibrateConfig, progress: Progress | None = None,
         for variant in config.variants:
             t0 = time.perf_counter()
             try:
-                delta, used = _variant(variant, model, tokenizer, fact, probes, rome, known, env, config)
+                delta, used = _variant(variant, model, tokenizer, fact, probes, rome, known, env, config, policy.neighbors)
             except CathrepoError as exc:
                 rows.append({"record": config.skip + i, "case_id": fact.case_id, "variant": variant,
                              "error": str(exc), "passed": False, "side_effect_refused": False, "gates": {}})
@@ -165,14 +165,13 @@ def _rome(model: Any, params: Mapping[str, Any]) -> Any:
 
 
 def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, rome: Any, known: Any,
-             env: Any, config: CalibrateConfig) -> tuple[Any, Any]:
-    """(delta, probes) of one variant."""
+             env: Any, config: CalibrateConfig, neighbors: int) -> tuple[Any, Any]:
+    """(delta, probes) of one variant (``neighbors``: mined per edit, as the policy says)."""
     import torch
 
     from cathrepo.delta import Delta, LowRank
     from cathrepo.edits.base import get_method
     from cathrepo.facts.probes import build_probes, model_answer
-    from cathrepo.gates.policy import GatePolicy
     from cathrepo.models import num_layers
 
     if variant == "rome":
@@ -192,8 +191,7 @@ def _variant(variant: str, model: Any, tokenizer: Any, fact: Any, probes: Any, r
             raise CathrepoError("the model gives no answer to continue")
         null = dataclasses.replace(fact, target_new=own, target_true=fact.target_new, paraphrases=(),
                                    neighborhood=(), generation_prompts=())
-        used = build_probes(null, model, tokenizer, known, check_known=False,
-                            n_neighbors=GatePolicy.from_dict(config.policy).neighbors)
+        used = build_probes(null, model, tokenizer, known, check_known=False, n_neighbors=neighbors)
         return _rome(model, config.params).compute(model, tokenizer, [null], env).delta, used
     if variant == "overscale":
         return rome.scaled(config.overscale), probes

@@ -19,10 +19,7 @@ def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta]
     lowest one, keyed by the base, the dtype, the device, the torch and transformers versions and the
     parts of ``deltas`` that reach those layers (so a residual persisted in ``directory`` by another
     process is replayed only where that process computed the same)."""
-    import torch
-    import transformers
-
-    from cathrepo.lm.replay import Lower, block_of, decoder_layers
+    from cathrepo.lm.replay import Lower, block_of, decoder_layers, model_state_key
 
     blocks = decoder_layers(model)
     changed = [block_of(blocks, name) for name in change]
@@ -34,6 +31,4 @@ def lower_for(model: Any, base_hash: str, change: Delta, deltas: Sequence[Delta]
         block = block_of(blocks, name)
         return block is None or block < lowest
 
-    param = next(model.parameters())
-    model_key = f"{base_hash}:{param.dtype}:{param.device}:{torch.__version__}:{transformers.__version__}"
-    return Lower(tuple(blocks[:lowest]), deltas_digest(model_key, deltas, reaches), directory)
+    return Lower(tuple(blocks[:lowest]), deltas_digest(model_state_key(model, base_hash), deltas, reaches), directory)

@@ -199,6 +199,17 @@ def decoder_layers(model: Any) -> list[str]:
     return [family.layer_name("layer", i) for i in range(num_layers(model))]
 
 
+def model_state_key(model: Any, base_hash: str) -> str:
+    """What a value read off ``model`` depends on besides the deltas applied to it: the base weights'
+    hash, the dtype, the device and the torch and transformers versions (persisted residuals and cached
+    keys are reused only where another process computed the same)."""
+    import torch
+    import transformers
+
+    param = next(model.parameters())
+    return f"{base_hash}:{param.dtype}:{param.device}:{torch.__version__}:{transformers.__version__}"
+
+
 def block_of(blocks: Sequence[str], module: str) -> int | None:
     """The index of the decoder layer in ``blocks`` that holds ``module``, or None."""
     for i, name in enumerate(blocks):

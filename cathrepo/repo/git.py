@@ -10,6 +10,7 @@ of every active edit, and a handle per read started two processes for each), end
 :meth:`Git.close` or when the :class:`Git` is collected. Failures become
 :class:`~cathrepo.exceptions.GitError` carrying git's own message and a next step.
 """
+
 from __future__ import annotations
 
 import logging

@@ -7,7 +7,7 @@ import torch
 
 from cathrepo.delta import Delta, LowRank, applied, apply_delta, load_delta, save_delta
 from cathrepo.exceptions import DeltaError
-from cathrepo.models import family_for, get_module, weight_shape
+from cathrepo.models import family_for, get_module, is_conv1d, weight_shape
 from tests.helpers import changed_weights, snapshot
 
 
@@ -78,13 +78,15 @@ def test_a_stack_is_the_sum_of_its_deltas_applied_at_once_and_removed_bit_for_bi
         assert torch.allclose(value, expected[name], rtol=1e-5, atol=1e-5), name
     record.remove(model)
     assert not changed_weights(model, before)
-    # one delta per module: exactly what apply_delta gives
-    single = apply_deltas(model, [stack[0]])
-    alone = {k: v.clone() for k, v in model.state_dict().items()}
-    single.remove(model)
-    record = apply_delta(model, stack[0])
-    assert all(torch.equal(v, alone[k]) for k, v in model.state_dict().items())
-    record.remove(model)
+    # a module one delta touches gets exactly W + s·B@A
+    originals = {name: get_module(model, name).weight.detach().clone() for name in stack[0].factors}
+    record = apply_deltas(model, [stack[0]])
+    try:
+        for name, factor in stack[0].factors.items():
+            update = factor.full().T if is_conv1d(get_module(model, name)) else factor.full()
+            assert torch.equal(get_module(model, name).weight, originals[name] + update)
+    finally:
+        record.remove(model)
 
 
 def test_a_bad_delta_anywhere_in_a_stack_leaves_the_model_untouched(tiny_llama):

@@ -68,10 +68,7 @@ def input_state_key(model: Any, base_hash: str, deltas: Sequence[Delta], module:
     torch and transformers versions, and the parts of ``deltas`` in the decoder layers up to the one
     holding ``module`` (``module`` itself excepted) or outside the decoder layers. A delta written to
     ``module`` or above it leaves the key, and every key vector read there, unchanged."""
-    import torch
-    import transformers
-
-    from cathrepo.lm.replay import block_of, decoder_layers
+    from cathrepo.lm.replay import block_of, decoder_layers, model_state_key
 
     blocks = decoder_layers(model)
     layer = block_of(blocks, module)
@@ -82,9 +79,7 @@ def input_state_key(model: Any, base_hash: str, deltas: Sequence[Delta], module:
         block = block_of(blocks, name)
         return block is None or layer is None or block <= layer
 
-    param = next(model.parameters())
-    state = f"{base_hash}:{param.dtype}:{param.device}:{torch.__version__}:{transformers.__version__}:{module}"
-    return deltas_digest(state, deltas, reaches)
+    return deltas_digest(f"{model_state_key(model, base_hash)}:{module}", deltas, reaches)
 
 
 def cached_subject_keys(model: Any, tokenizer: Any, module: str, prompts: Sequence[tuple[str, str]], *,
