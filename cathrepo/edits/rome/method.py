@@ -58,15 +58,12 @@ class RomeMethod(EditMethod):
     #: first attempts the other refused (3 and 5 of 20). Before it, an NS+ refusal is retried with the
     #: smallest value that caps the target after other subjects (``context_cap``: seconds, where
     #: ``context_kl``, which rescued most NS+ refusals on acceptance records 50-99 and tuning records
-    #: 5800-5809, takes Adam's 17-44 s). Since the first attempt stops at p 0.9, ``gentler`` stops at 0.5, the
-    #: first attempt's bar before: on tuning records 5000-5023 it passes one of the ten first attempts that
-    #: fluency, retention or the neighbours refused at 0.9 (at 0.3 behind a first attempt at 0.5 it had
-    #: rescued none of 11 on the acceptance records).
+    #: 5800-5809, takes Adam's 17-44 s).
     retry_variants = (
         RetryVariant("capped", {"context_cap": 0.5, "context_subjects": 4}, frozenset({"cfplus"})),
         RetryVariant("adam", {"v_solver": "adam", "phrasing_stop": False}, frozenset({
             "efficacy", "paraphrase", "generation", "fluency", "retention", "neighborhood", "norms", "cfplus"})),
-        RetryVariant("gentler", {"v_stop_prob": 0.5}, frozenset({"fluency", "retention", "neighborhood", "norms"})),
+        RetryVariant("gentler", {"v_stop_prob": 0.3}, frozenset({"fluency", "retention", "neighborhood", "norms"})),
         RetryVariant("context_kl", {"context_kl": 1.0, "context_subjects": 2, "v_solver": "adam"},
                      frozenset({"cfplus", "fluency"})),  # a loss term: only Adam's optimisation reads it
     )
