@@ -53,6 +53,7 @@ class EditBenchConfig:
     n: int = 100
     method: str = "rome"
     sequential: bool = False
+    edit_batch: int = 1
     model: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     corpus: Path | None = None
@@ -212,21 +213,29 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> Ed
     return _result(config, resolved.name, metrics, unedited, scores, seconds, facts)
 
 
+def _batches(facts: Sequence[Fact], size: int) -> list[tuple[int, list[Fact]]]:
+    """(index of the first, the facts) of each consecutive batch of ``size`` facts."""
+    if size <= 0:
+        raise InvalidInputError(f"--batch-size {size} must be positive.")
+    return [(i, list(facts[i : i + size])) for i in range(0, len(facts), size)]
+
+
 def _independent(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
                  probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
                  say: Progress) -> tuple[list[dict[str, float]], list[float]]:
     from cathrepo.delta import applied
 
     scores, seconds = [], []
-    for i, (fact, probes) in enumerate(zip(facts, probesets, strict=True)):
-        say("edits", i, len(facts))
+    for start, batch in _batches(facts, config.edit_batch):
+        say("edits", start, len(facts))
         t0 = time.perf_counter()
-        result = editor.compute(model, tokenizer, [fact], env)
-        seconds.append(time.perf_counter() - t0)
+        result = editor.compute(model, tokenizer, batch, env)
+        seconds.extend([(time.perf_counter() - t0) / len(batch)] * len(batch))
+        rows = range(start, start + len(batch))
         with applied(model, result.delta):
-            (s,), _ = score_records(model, tokenizer, [probes], base_dists=[base_dists[i]],
-                                    generation_tokens=config.generation_tokens, batch_size=config.batch_size)
-        scores.append({**s, "adapter_bytes": result.delta.num_bytes()})
+            got, _ = score_records(model, tokenizer, [probesets[i] for i in rows], base_dists=[base_dists[i] for i in rows],
+                                   generation_tokens=config.generation_tokens, batch_size=config.batch_size)
+        scores.extend({**s, "adapter_bytes": result.delta.num_bytes() / len(batch)} for s in got)
     say("edits", len(facts), len(facts))
     return scores, seconds
 
@@ -244,15 +253,16 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
     deltas, seconds, sizes = [], [], []
     undo = AppliedDelta()
     try:
-        for i, fact in enumerate(facts):
-            say("edits", i, len(facts))
+        for start, batch in _batches(facts, config.edit_batch):
+            say("edits", start, len(facts))
             t0 = time.perf_counter()
             # as a repository would: the earlier edits' prompts are what the new update is held off
-            kept = kept_prompts(probesets[:i], probesets[i].relation_id)
-            result = editor.compute(model, tokenizer, [fact], dataclasses.replace(env, kept=kept))
-            seconds.append(time.perf_counter() - t0)
+            relation = probesets[start].relation_id if len(batch) == 1 else None
+            kept = kept_prompts(probesets[:start], relation)
+            result = editor.compute(model, tokenizer, batch, dataclasses.replace(env, kept=kept))
+            seconds.extend([(time.perf_counter() - t0) / len(batch)] * len(batch))
             deltas.append(result.delta)
-            sizes.append(result.delta.num_bytes())
+            sizes.extend([result.delta.num_bytes() / len(batch)] * len(batch))
             for name, original in apply_delta(model, result.delta).originals.items():
                 undo.originals.setdefault(name, original)
     finally:

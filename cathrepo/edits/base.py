@@ -155,7 +155,8 @@ class EditMethod(ABC):
 EDIT_METHODS: Registry[type[EditMethod]] = Registry(
     "edit method",
     "cathrepo.edit_methods",
-    builtins={"rome": "cathrepo.edits.rome.method", "lora": "cathrepo.edits.lora", "auto": "cathrepo.edits.auto"},
+    builtins={"rome": "cathrepo.edits.rome.method", "memit": "cathrepo.edits.memit.method", "lora": "cathrepo.edits.lora",
+              "auto": "cathrepo.edits.auto"},
 )
 
 

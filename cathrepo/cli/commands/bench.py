@@ -23,6 +23,8 @@ def bench_group() -> None:
 @click.option("--n", "n", type=int, default=100, show_default=True, help="Records to edit.")
 @click.option("--method", default="rome", show_default=True, help="Edit method, or 'none' for the unedited model.")
 @click.option("--sequential", is_flag=True, help="Apply all N edits to one model; score them, retention and MMLU at the end.")
+@click.option("--batch-size", "edit_batch", type=int, default=1, show_default=True,
+              help="Facts per edit: each batch is one call of the method (MEMIT writes a batch jointly).")
 @click.option("--model", help="Model directory or hub id (default: the embedded model).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
 @click.option("--corpus", type=_FILE, help="Text for the method's statistics (default: the method's own).")
@@ -33,13 +35,13 @@ def bench_group() -> None:
 @click.option("--mmlu-limit", type=int, default=0, show_default=True, help="Test questions per subject (0: all).")
 @click.option("--no-mmlu", is_flag=True, help="Skip MMLU in --sequential runs.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
-def edits_cmd(data: Path, n: int, method: str, sequential: bool, model: str | None, params: tuple[str, ...],
+def edits_cmd(data: Path, n: int, method: str, sequential: bool, edit_batch: int, model: str | None, params: tuple[str, ...],
               corpus: Path | None, skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
               json_out: Path | None) -> None:
     """Edit N CounterFact/zsRE records and report ES, PS, NS, NS+, NKL, generation, retention, MMLU."""
     from cathrepo.bench.edits import EditBenchConfig, bench_edits
 
-    config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, model=model,
+    config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, edit_batch=edit_batch, model=model,
                              params=parse_params(params), corpus=corpus, skip=skip, known=known, mmlu=not no_mmlu,
                              mmlu_data=mmlu_data, mmlu_limit=mmlu_limit)
     with progress("Benchmarking") as say:

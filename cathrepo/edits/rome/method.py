@@ -117,7 +117,7 @@ class RomeMethod(EditMethod):
                 kept.append((fact.prompt, fact.subject))
                 factors.append(factor)
                 per_fact.append(info)
-                data.extend(_training_data(fact, prefixes, info["phrasings"], self.params.phrasing_prefixes))
+                data.extend(training_rows(fact, prefixes, info["phrasings"], self.params.phrasing_prefixes))
                 if len(facts) > 1:  # later facts see the earlier edits, as in a repository
                     applied = apply_delta(model, Delta({module: factor}))
                     for name, original in applied.originals.items():
@@ -158,7 +158,7 @@ class RomeMethod(EditMethod):
         start = time.perf_counter()
         target_ids = continuation_ids(tokenizer, fact.target_new)
         # min_norm reads the phrasings only as constraints (phrasing_stop); otherwise they would cost rows for nothing
-        phrasings = _phrasings(fact, p.phrasings) if p.v_solver == "adam" or p.phrasing_stop else []
+        phrasings = relation_phrasings(fact, p.phrasings) if p.v_solver == "adam" or p.phrasing_stop else []
         worded = [fact.prompt, *phrasings] if p.key_phrasings else [fact.prompt]
         key = torch.stack([key_vector(model, tokenizer, module, w, fact.subject, prefixes) for w in worded]).mean(0)
         keys, pool = protected
@@ -166,7 +166,7 @@ class RomeMethod(EditMethod):
         if keys is not None:
             extra = subject_keys(model, tokenizer, module, context_prompts(fact, pool, p.protect_context))
             preserved = preserved_moment(cov, torch.cat([keys, extra]) if extra.numel() else keys, p.protect_weight)
-        held = [(t, s) for t, s in kept if not _same_subject(s, fact.subject)] if p.keep_active else []
+        held = [(t, s) for t, s in kept if not same_subject(s, fact.subject)] if p.keep_active else []
         held_keys = cached_subject_keys(model, tokenizer, module, held, path=keys_file) if held else None
         u = update_direction(cov, key, p.cov_reg, preserved, held_keys)
         context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.reads_context else []
@@ -192,14 +192,14 @@ class RomeMethod(EditMethod):
         return factor, info
 
 
-def _same_subject(a: str, b: str) -> bool:
+def same_subject(a: str, b: str) -> bool:
     """Whether two subjects name the same thing closely enough that holding one's key would hold the
     other's (an earlier edit of the same subject is not held: its key is the new edit's own)."""
     a, b = a.strip().lower(), b.strip().lower()
     return a in b or b in a
 
 
-def _phrasings(fact: Fact, n: int) -> list[str]:
+def relation_phrasings(fact: Fact, n: int) -> list[str]:
     """Up to ``n`` other wordings of the fact's prompt: relation templates the probes leave out."""
     if n <= 0:
         return []
@@ -216,7 +216,7 @@ def _concat(factors: list[LowRank]) -> LowRank:
     return LowRank(torch.cat([f.B for f in factors], dim=1), torch.cat([f.A for f in factors], dim=0))
 
 
-def _training_data(fact: Fact, prefixes: list[str], phrasings: Sequence[str] = (),
+def training_rows(fact: Fact, prefixes: list[str], phrasings: Sequence[str] = (),
                    phrasing_prefixes: int = -1) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
         {"role": "rewrite", "prompt": text, "target": fact.target_new}

@@ -1,0 +1,118 @@
+"""MEMIT's hyper-parameters: one dataclass, defaults per model family (STYLE.md §4).
+
+MEMIT (Meng et al. 2023) writes a batch of facts into the MLP output projections of several consecutive
+layers. The target of each fact is found as ROME finds its value, at the last of those layers (the
+residual stream there must move by δ); the value fields below are ROME's and mean the same
+(:class:`~cathrepo.edits.rome.params.RomeParams`). ``mom2_weight`` weighs the corpus keys' second moment
+against the batch's keys in the least-squares update (MEMIT's ``mom2_update_weight``; its published
+settings are 15,000 on GPT-J and 20,000 on GPT-2 XL, against a second moment of mean keys as here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cathrepo.exceptions import InvalidInputError
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+#: The fields shared with ROME's value optimisation (same names, same meaning).
+VALUE_FIELDS = ("n_context", "context_tokens", "v_steps", "v_lr", "v_stop_nll", "v_stop_prob", "kl_factor",
+                "v_weight_decay", "clamp_norm_factor", "seed", "precision", "phrasings", "phrasing_prefixes",
+                "phrasing_stop", "v_solver", "v_passes", "v_margin", "v_radius", "cov_reg", "corpus_tokens")
+
+
+@dataclass(frozen=True)
+class MemitParams:
+    """Parameters of a MEMIT edit; ``layers=None`` means the family's default span around ROME's layer."""
+
+    layers: tuple[int, ...] | None = _help("Layers whose MLP output projections are edited, bottom to top (None: "
+                                           "ROME's default layer and span-1 layers below it).", None)
+    span: int = _help("With layers=None, how many consecutive layers end at ROME's default layer.", 3)
+    mom2_weight: float = _help("Weight of the corpus keys' second moment against the batch's keys (MEMIT's "
+                               "mom2_update_weight).", 15000.0)
+    null_space: bool = _help("Project each layer's update off the keys of the edits already active "
+                             "(AlphaEdit's preserved keys, held exactly): earlier answers stay where they were.",
+                             True)
+    n_context: int = _help("Generated context prefixes averaged into keys and targets.", 5)
+    context_tokens: int = _help("Length in tokens of each generated context prefix.", 10)
+    v_steps: int = _help("Maximum Adam steps of the target optimisation (v_solver adam).", 60)
+    v_lr: float = _help("Adam learning rate of the target optimisation.", 0.2)
+    v_stop_nll: float = _help("Stop once the target's mean NLL is below this (with v_stop_prob 0).", 0.05)
+    v_stop_prob: float = _help("Stop once every prompt gives the target this length-normalised probability at "
+                               "the last layer (the layers below share the change, so it aims higher than "
+                               "ROME's single write).", 0.9)
+    kl_factor: float = _help("Weight of the KL 'essence' term (v_solver adam).", 0.0625)
+    v_weight_decay: float = _help("L2 penalty on the target's change (v_solver adam).", 1e-3)
+    clamp_norm_factor: float = _help("Clamp the target's change to this multiple of the output's norm.", 4.0)
+    seed: int = _help("Seed of the context-prefix sampling.", 0)
+    precision: str = _help("Target optimisation precision: float32 or bfloat16.", "float32")
+    phrasings: int = _help("Other phrasings of each fact's relation optimised with its prompt.", 3)
+    phrasing_prefixes: int = _help("Context prefixes each phrasing is read under besides its bare wording.", 0)
+    phrasing_stop: bool = _help("The phrasings count in the stopping rule.", True)
+    v_solver: str = _help("'min_norm' (the smallest change meeting the bar) or 'adam'.", "min_norm")
+    v_passes: int = _help("With min_norm, the most passes.", 20)
+    v_margin: float = _help("With min_norm, the margin (nats) each step aims above the bar.", 0.1)
+    v_radius: float = _help("With min_norm, the first step's trust region (multiple of the output's norm).", 0.5)
+    cov_reg: float = _help("Ridge added to each layer's key second moment, relative to its mean eigenvalue.", 1e-2)
+    corpus_tokens: int = _help("Corpus tokens used for the key statistics.", 100_000)
+
+    def __post_init__(self) -> None:
+        layers = self.layers
+        if isinstance(layers, str):  # --param layers=4,5,6
+            try:
+                layers = tuple(int(x) for x in layers.replace(" ", "").split(",") if x)
+            except ValueError:
+                raise InvalidInputError(f"MEMIT layers '{self.layers}' are not integers.",
+                                        hint="Pass layers as a list: --param layers=[4,5,6].") from None
+        if isinstance(layers, int):
+            layers = (layers,)
+        if layers is not None:
+            layers = tuple(int(x) for x in layers)
+            if not layers or any(x < 0 for x in layers) or len(set(layers)) != len(layers):
+                raise InvalidInputError(f"MEMIT layers {list(layers)} must be distinct layers >= 0.",
+                                        hint="Pass layers as a list: --param layers=[4,5,6].")
+            object.__setattr__(self, "layers", tuple(sorted(layers)))
+        if self.span <= 0:
+            raise InvalidInputError("MEMIT parameter span must be positive.")
+        if self.mom2_weight <= 0:
+            raise InvalidInputError("MEMIT parameter mom2_weight must be positive.")
+        if self.n_context < 0 or self.phrasings < 0 or self.phrasing_prefixes < -1:
+            raise InvalidInputError("MEMIT parameters n_context and phrasings must be >= 0.")
+        if self.precision not in ("float32", "bfloat16"):
+            raise InvalidInputError(f"MEMIT precision '{self.precision}' is unknown.", hint="Use float32 or bfloat16.")
+        if self.v_solver not in ("adam", "min_norm"):
+            raise InvalidInputError(f"MEMIT v_solver '{self.v_solver}' is unknown.", hint="Use adam or min_norm.")
+        if not 0.0 <= self.v_stop_prob < 1.0:
+            raise InvalidInputError("MEMIT parameter v_stop_prob must be in [0, 1).")
+        for name in ("v_steps", "v_passes", "context_tokens", "corpus_tokens"):
+            if getattr(self, name) <= 0:
+                raise InvalidInputError(f"MEMIT parameter {name} must be positive.")
+
+    def edit_layers(self, default_layer: int) -> tuple[int, ...]:
+        """The layers edited: ``layers``, else the ``span`` layers ending at ``default_layer``."""
+        if self.layers is not None:
+            return self.layers
+        return tuple(range(max(0, default_layer - self.span + 1), default_layer + 1))
+
+    def value_params(self, layer: int) -> Any:
+        """ROME's parameters for the target optimisation at ``layer`` (δ at the subject's last token)."""
+        from cathrepo.edits.rome.params import RomeParams
+
+        shared = {name: getattr(self, name) for name in VALUE_FIELDS}
+        return RomeParams(layer=layer, through_weight=False, keep_active=False, **shared)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Per-family overrides of the defaults above (data, not code).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": {"v_lr": 0.5},
+    "llama": {},
+    "gemma": {},
+}
