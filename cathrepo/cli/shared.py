@@ -86,12 +86,12 @@ def parse_params(items: Iterable[str]) -> dict[str, Any]:
 def edit_requests(
     *, prompt: str | None, subject: str | None, target: str | None, target_true: str | None,
     facts_file: Path | None, passage_file: Path | None, limit: int | None, method: str | None,
-    meta: Mapping[str, Any],
+    meta: Mapping[str, Any], batch_size: int = 1,
 ) -> tuple[list[EditRequest], str | None]:
     """What ``cathrepo edit`` was asked to write, and the method (a passage defaults to ``auto``).
 
-    One fact from --prompt/--subject/--target, one request per fact of --file, or one request holding
-    every question synthesized from a --passage.
+    One fact from --prompt/--subject/--target, one request per ``batch_size`` facts of --file (one per
+    fact by default), or one request holding every question synthesized from a --passage.
     """
     from cathrepo.facts.schema import EditRequest, Fact, load_facts
 
@@ -105,8 +105,14 @@ def edit_requests(
         request = EditRequest(probes[0], more=tuple(probes[1:]), passage=passage.to_dict(),
                               **{**meta, "source": meta.get("source") or passage.source})
         return [request], method or "auto"
+    if batch_size < 1:
+        raise InvalidInputError(f"--batch-size {batch_size} must be at least 1.")
+    if batch_size > 1 and not facts_file:
+        raise InvalidInputError("--batch-size groups the facts of --file.", hint="Pass --file FACTS with it.")
     if facts_file:
-        return [EditRequest(f, **meta) for f in load_facts(facts_file, limit)], method
+        facts = load_facts(facts_file, limit)
+        return [EditRequest(facts[i], more=tuple(facts[i + 1 : i + batch_size]), **meta)
+                for i in range(0, len(facts), batch_size)], method
     if prompt and subject and target:
         fact = Fact(prompt=prompt, subject=subject, target_new=target, target_true=target_true)
         return [EditRequest(fact, **meta)], method

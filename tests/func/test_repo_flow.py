@@ -259,3 +259,29 @@ def test_a_passage_is_one_edit_of_several_facts(repo):
     probes_file = (repo.root / "edits" / outcome.edit_id / "probes.jsonl").read_text()
     assert all(p.prompt in probes_file for p in probes)
     assert repo.verify().ok
+
+
+def test_a_memit_batch_is_one_signed_edit_that_reverts_exactly(repo):
+    """``edit --file F --batch-size 2 --method memit``: both facts in one commit, one delta per layer."""
+    base_model, _ = repo.load_base()
+    before = snapshot(base_model)
+    params = {"layers": [1, 2], "corpus_tokens": 400, "n_context": 2, "context_tokens": 4, "v_steps": 40,
+              "clamp_norm_factor": 10.0, "v_weight_decay": 0.0, "mom2_weight": 1.0, "phrasings": 0}
+    other = Fact(prompt="The city of France is Paris", subject="Paris", target_new="Italy", target_true="Rome")
+    (outcome,) = repo.edit([EditRequest(FACT, more=(other,), source="test://batch")], method="memit", params=params)
+    record = repo.record(outcome.edit_id)
+    assert [f["prompt"] for f in record.facts] == [FACT.prompt, other.prompt]
+    assert record.method == "memit" and record.params["layers"] == [1, 2]
+    assert sorted(outcome.delta.modules) == ["model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"]
+    probes_file = (repo.root / "edits" / outcome.edit_id / "probes.jsonl").read_text()
+    assert FACT.prompt in probes_file and other.prompt in probes_file
+    assert repo.verify().ok
+    edited = repo.materialize()
+    try:
+        assert sorted(changed_weights(edited.model, before)) == [f"{m}.weight" for m in sorted(outcome.delta.modules)]
+    finally:
+        edited.applied.remove(edited.model)
+    repo.revert(outcome.edit_id, gate=False)
+    reverted = repo.materialize()
+    assert reverted.edits == [] and not changed_weights(reverted.model, before)
+    assert repo.verify().ok

@@ -29,6 +29,8 @@ from cathrepo.pipeline import attempt_label, attempt_refusal
 @click.option("--file", "facts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON array or JSONL of facts (CounterFact flat or ROME format, zsRE, or plain).")
 @click.option("--limit", type=int, help="Edit only the first N facts of --file.")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Facts of --file per edit: each batch is one signed commit, written jointly (--method memit).")
 @click.option("--passage", "passage_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A free-text passage to internalize as one edit (default method: auto -> lora).")
 @click.option("--method", help="Edit method (default from cathrepo.toml, normally rome).")
@@ -41,12 +43,12 @@ from cathrepo.pipeline import attempt_label, attempt_refusal
 @click.option("--dry-run", is_flag=True, help="Compute and gate, but commit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.pass_context
-def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, passage_file, method,
-             params, corpus, source, author, confidence, risk, dry_run, as_json) -> None:
+def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, batch_size, passage_file,
+             method, params, corpus, source, author, confidence, risk, dry_run, as_json) -> None:
     """Compute, gate and commit an edit (one fact, every fact of a file, or a passage)."""
     requests, method = edit_requests(
         prompt=prompt, subject=subject, target=target, target_true=target_true, facts_file=facts_file,
-        passage_file=passage_file, limit=limit, method=method,
+        passage_file=passage_file, limit=limit, method=method, batch_size=batch_size,
         meta={"source": source, "author": author, "confidence": confidence, "risk": risk},
     )
     repo = open_repo(ctx)
