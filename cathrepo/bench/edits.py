@@ -277,12 +277,14 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
                         retention_known_only=config.retention_known_only,
                         mmlu_data=str(config.mmlu_data or ""), mmlu_limit=config.mmlu_limit,
                         batch_size=config.batch_size)
-    gates = ["retention", "norms"] + (["mmlu"] if config.mmlu else [])
+    gates = ["retention", "norms", "perplexity"] + (["mmlu"] if config.mmlu else [])
     report = run_gates(model, tokenizer, before=[], after=deltas, policy=policy, stage="promote", gates=gates,
                        base_hash=base_hash)
     scores = [{**s, "adapter_bytes": n} for s, n in zip(scores, sizes, strict=True)]
     extra: dict[str, Any] = {"retention": report["retention"].metrics.get("retention"),
-                             "norm_growth": report["norms"].metrics.get("max_growth")}
+                             "norm_growth": report["norms"].metrics.get("max_growth"),
+                             "perplexity_before": report["perplexity"].metrics.get("ppl_before"),
+                             "perplexity_after": report["perplexity"].metrics.get("ppl")}
     if config.mmlu:
         extra.update({"mmlu_before": report["mmlu"].metrics["mmlu_base"], "mmlu_after": report["mmlu"].metrics["mmlu"],
                       "mmlu_n": report["mmlu"].metrics["n"]})
