@@ -30,7 +30,7 @@ from cathrepo.facts.schema import Fact, load_facts
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-HEADLINE = ("es", "ps", "ns", "s", "ns_plus", "nkl", "gen_success", "ps_template", "ns_mined", "em", "pm", "nm")
+HEADLINE = ("es", "ps", "ns", "s", "ns_plus", "nkl", "gen_success", "gen_chat", "ps_template", "ns_mined", "em", "pm", "nm")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,20 @@ class EditBenchResult:
 # --- scoring records in the current model state ---------------------------------------------------------
 
 
+#: Tokens the chat-template answer may take (WILD-style: the model answers as it would a user).
+CHAT_TOKENS = 24
+
+
+def chat_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
+    """Each prompt as a user's request in the model's chat template, ready for the assistant's answer
+    (WILD-style free generation: no teacher forcing, the question asked as a user would); none when the
+    tokenizer has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    return [tokenizer.apply_chat_template([{"role": "user", "content": f"Complete this sentence: {p}"}],
+                                          tokenize=False, add_generation_prompt=True) for p in prompts]
+
+
 def score_records(
     model: Any, tokenizer: Any, probesets: Sequence[ProbeSet], *, base_dists: Sequence[list[Any]] | None = None,
     generation_tokens: int = 12, batch_size: int = 64,
@@ -122,6 +136,9 @@ def score_records(
                   if p.source == "record"]
     texts = greedy_continuations(model, tokenizer, [p.prompt for _, p in gen_probes],
                                  max_new_tokens=generation_tokens, batch_size=batch_size)
+    chats = chat_prompts(tokenizer, [p.prompt for _, p in gen_probes])
+    answers = greedy_continuations(model, tokenizer, chats, max_new_tokens=CHAT_TOKENS,
+                                   batch_size=batch_size) if chats else []
     rows: list[dict[str, list[Any]]] = [{} for _ in probesets]
     dists: list[list[Any]] = [[] for _ in probesets]
     for (i, kind, probe), o in zip(flat, outcomes, strict=True):
@@ -133,6 +150,8 @@ def score_records(
             dists[i].append(o.next_logprobs.half())
     for (i, p), text in zip(gen_probes, texts, strict=True):
         rows[i].setdefault("gen", []).append(contains_answer(text, p.target))
+    for (i, p), text in zip(gen_probes, answers, strict=bool(answers)):
+        rows[i].setdefault("chat", []).append(contains_answer(text, p.target))
     scores = []
     for i, row in enumerate(rows):
         s: dict[str, float] = {}
@@ -144,6 +163,8 @@ def score_records(
                 s[mag] = magnitude(row[key])
         if row.get("gen"):
             s["gen_success"] = sum(row["gen"]) / len(row["gen"])
+        if row.get("chat"):
+            s["gen_chat"] = sum(row["chat"]) / len(row["chat"])
         if base_dists is not None and dists[i]:
             kls = [kl_divergence(b.float(), a.float()) for b, a in zip(base_dists[i], dists[i], strict=True)]
             s["nkl"] = sum(kls) / len(kls)

@@ -168,3 +168,49 @@ def test_summary_harmonic_mean():
     assert s["es"] == 1.0 and s["ps"] == 0.75 and s["ns"] == 0.5
     assert math.isclose(s["s"], 3 / (1 / 1.0 + 1 / 0.75 + 1 / 0.5))
     assert summarize([{"es": 0.0, "ps": 1.0, "ns": 1.0}])["s"] == 0.0
+
+
+def test_batches_are_one_call_each_and_perplexity_is_reported(tiny_llama, data, corpus):
+    """``--batch-size 2`` over three records: MEMIT is called on [1, 2] and [3], the stack is scored as
+    a whole, and the held-out perplexity before and after comes with retention."""
+    calls = []
+    from cathrepo.edits.memit.method import MemitMethod
+
+    original = MemitMethod.compute
+
+    def counting(self, model, tokenizer, facts, env):
+        calls.append(len(facts))
+        return original(self, model, tokenizer, facts, env)
+
+    _, _, path = tiny_llama
+    params = {"layers": [1, 2], "corpus_tokens": 400, "n_context": 1, "context_tokens": 4, "mom2_weight": 1.0,
+              "phrasings": 0, "clamp_norm_factor": 10.0, "v_weight_decay": 0.0}
+    MemitMethod.compute = counting
+    try:
+        out = bench_edits(_config(path, data, method="memit", params=params, corpus=corpus, sequential=True,
+                                  edit_batch=2, retention_sample=20, retention_known_only=False)).to_dict()
+    finally:
+        MemitMethod.compute = original
+    assert calls == [2, 1]
+    assert len(out["records"]) == 3 and len(out["edit_seconds"]) == 3
+    assert out["edit_seconds"][0] == out["edit_seconds"][1]  # a batch's time is shared by its facts
+    assert out["perplexity_before"] > 1.0 and out["perplexity_after"] > 1.0
+    assert out["perplexity_after"] != out["perplexity_before"]
+
+
+def test_chat_prompts_use_the_template_when_there_is_one():
+    from cathrepo.bench.edits import chat_prompts
+
+    class Chat:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return f"<user>{messages[0]['content']}</user><assistant>"
+
+    assert chat_prompts(Chat(), ["Rome is the capital of"]) == ["<user>Complete this sentence: Rome is the capital of</user><assistant>"]
+
+    class Plain:
+        chat_template = None
+
+    assert chat_prompts(Plain(), ["Rome is the capital of"]) == []
