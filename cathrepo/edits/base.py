@@ -156,7 +156,7 @@ EDIT_METHODS: Registry[type[EditMethod]] = Registry(
     "edit method",
     "cathrepo.edit_methods",
     builtins={"rome": "cathrepo.edits.rome.method", "memit": "cathrepo.edits.memit.method", "lora": "cathrepo.edits.lora",
-              "auto": "cathrepo.edits.auto"},
+              "ft": "cathrepo.edits.finetune", "auto": "cathrepo.edits.auto"},
 )
 
 

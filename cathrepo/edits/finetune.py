@@ -1,0 +1,175 @@
+"""``ft``: plain fine-tuning of one late MLP down-projection, breadth-first over the batch.
+
+The baseline issue 12 asks for, in the spirit of LocFT-BF (ICLR 2026: fine-tuning one late MLP output
+projection, every step over the whole batch rather than one fact to convergence after another, holds
+up to very many edits): only that matrix is trained, with Adam on the new targets' negative
+log-likelihood under the bare prompt and its context prefixes, each step over every fact of the batch,
+until every fact's target has ``stop_prob`` (length-normalised) or the step budget is spent. Nothing
+else keeps the change local (no covariance, no KL): that is the point of a baseline.
+
+The trained change is dense; it is stored exactly as low-rank factors from its SVD (``B = U S``,
+``A = Vᵀ``, every singular value above ``1e-6`` of the largest), so PEFT and the repository read it as
+any other delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cathrepo.delta import Delta, LowRank
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.facts.schema import Fact
+
+log = logging.getLogger(__name__)
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Parameters of the fine-tuning baseline; ``layer=None`` means ``late_fraction`` of the depth."""
+
+    layer: int | None = _help("Layer whose MLP output projection is trained (None: late_fraction of the depth).", None)
+    late_fraction: float = _help("With layer=None, the layer as a fraction of the depth.", 0.7)
+    lr: float = _help("Adam learning rate.", 1e-3)
+    steps: int = _help("Most Adam steps, each over every fact of the batch.", 60)
+    stop_prob: float = _help("Stop once every fact's target has this length-normalised probability.", 0.9)
+    n_context: int = _help("Generated context prefixes each prompt is also trained under.", 5)
+    context_tokens: int = _help("Length in tokens of each context prefix.", 10)
+    seed: int = _help("Seed of the context-prefix sampling.", 0)
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and self.layer < 0:
+            raise InvalidInputError(f"ft layer {self.layer} is negative.", hint="Pass a layer index >= 0.")
+        if not 0.0 < self.late_fraction < 1.0 or self.lr <= 0 or self.steps <= 0 or self.n_context < 0:
+            raise InvalidInputError("ft parameters: late_fraction in (0, 1), lr and steps positive, n_context >= 0.")
+        if not 0.0 < self.stop_prob < 1.0:
+            raise InvalidInputError("ft parameter stop_prob must be in (0, 1).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@EDIT_METHODS.register
+class FinetuneMethod(EditMethod):
+    """Fine-tune one late MLP down-projection on the batch's targets (the honest baseline)."""
+
+    name = "ft"
+    params_cls = FinetuneParams
+    batched = True
+
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
+        import torch
+
+        from cathrepo.edits.rome.context import context_prefixes
+        from cathrepo.edits.rome.covariance import stats_dir
+        from cathrepo.models import cache_dir, family_for, get_module, num_layers
+
+        if not facts:
+            raise InvalidInputError("No facts to edit.")
+        if any(f.action != "edit" for f in facts):
+            raise InvalidInputError("ft writes facts; it cannot forget one.", hint="Use a forget method.")
+        p: FinetuneParams = self.params
+        depth = num_layers(model)
+        layer = round(p.late_fraction * (depth - 1)) if p.layer is None else p.layer
+        if layer >= depth:
+            raise InvalidInputError(f"ft layer {layer} does not exist; the model has {depth} layers.",
+                                    hint=f"Pass a layer between 0 and {depth - 1}.")
+        module_name = family_for(model).layer_name("mlp_out", layer)
+        module = get_module(model, module_name)
+        prefixes = context_prefixes(model, tokenizer, p.n_context, p.context_tokens, p.seed,
+                                    stats_dir(env.cache_dir or cache_dir(), env.base_hash))
+        batch = _rows(tokenizer, facts, prefixes)
+        start = time.perf_counter()
+        weight = module.weight
+        original = weight.detach().clone()
+        flags = [q.requires_grad for q in model.parameters()]
+        for q in model.parameters():
+            q.requires_grad_(False)
+        step, worst = 0, 0.0
+        try:
+            weight.requires_grad_(True)
+            opt = torch.optim.Adam([weight], lr=p.lr)
+            for step in range(p.steps + 1):  # noqa: B007 - the last value is reported
+                nll = _row_nll(model, batch)  # (rows,): mean NLL of each row's target
+                worst = float(torch.exp(-nll.detach()).min())
+                if worst >= p.stop_prob or step == p.steps:
+                    break
+                opt.zero_grad()
+                nll.mean().backward()
+                opt.step()
+            change = (weight.detach() - original).float()
+        finally:
+            with torch.no_grad():
+                weight.copy_(original)
+            weight.requires_grad_(False)
+            for q, flag in zip(model.parameters(), flags, strict=True):
+                q.requires_grad_(flag)
+        if family_for(model).conv1d:
+            change = change.T  # Conv1D stores (in, out); deltas are (out, in)
+        factor = exact_factors(change)
+        info = {"steps": step, "min_prob": round(worst, 4), "rank": factor.rank, "layer": layer,
+                "change_norm_ratio": round(float(change.norm() / original.float().norm()), 5),
+                "seconds": round(time.perf_counter() - start, 3)}
+        log.info("ft %d fact(s) at layer %d: %s", len(facts), layer, info)
+        data = [{"role": "rewrite", "prompt": prefix + f.prompt, "target": f.target_new} for f in facts for prefix in prefixes]
+        return EditResult(delta=Delta({module_name: factor}, base_model=getattr(model, "name_or_path", "")),
+                          site={"layers": [layer], "modules": [module_name], "component": "mlp_out"},
+                          info=info, data=data)
+
+
+def exact_factors(change: Any, tol: float = 1e-6) -> LowRank:
+    """``change`` (out, in) as ``B = U S``, ``A = Vᵀ`` over its singular values above ``tol`` of the largest."""
+    import torch
+
+    u, s, vh = torch.linalg.svd(change.double(), full_matrices=False)
+    keep = max(1, int((s > tol * s[0]).sum())) if s.numel() and s[0] > 0 else 1
+    return LowRank(B=(u[:, :keep] * s[:keep]).float().contiguous(), A=vh[:keep].float().contiguous())
+
+
+def _rows(tokenizer: Any, facts: Sequence[Fact], prefixes: Sequence[str]) -> dict[str, Any]:
+    """Right-padded ``prefix + prompt + target`` rows and the positions that predict the target tokens."""
+    import torch
+
+    from cathrepo.lm.tokens import continuation_ids
+
+    seqs, spans = [], []
+    for fact in facts:
+        target = continuation_ids(tokenizer, fact.target_new)
+        for prefix in prefixes:
+            ids = tokenizer(prefix + fact.prompt)["input_ids"]
+            seqs.append(ids + target[:-1])
+            spans.append((len(ids) - 1, target))
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    rows = [i for i, (_, t) in enumerate(spans) for _ in t]
+    positions = [at + j for at, t in spans for j in range(len(t))]
+    tokens = [tok for _, t in spans for tok in t]
+    return {"ids": ids, "mask": mask, "rows": torch.tensor(rows), "positions": torch.tensor(positions),
+            "tokens": torch.tensor(tokens), "n": len(seqs)}
+
+
+def _row_nll(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean target-token NLL of each row under the model as it is now (with gradients)."""
+    import torch
+
+    from cathrepo.models import model_device
+
+    device = model_device(model)
+    logits = model(input_ids=batch["ids"].to(device), attention_mask=batch["mask"].to(device)).logits
+    logp = logits.log_softmax(-1)[batch["rows"], batch["positions"], batch["tokens"]]
+    total = torch.zeros(batch["n"], device=logp.device).index_add(0, batch["rows"].to(logp.device), -logp)
+    count = torch.bincount(batch["rows"], minlength=batch["n"]).to(logp.device)
+    return total / count
