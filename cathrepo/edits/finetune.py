@@ -70,6 +70,8 @@ class FinetuneMethod(EditMethod):
 
         from cathrepo.edits.rome.context import context_prefixes
         from cathrepo.edits.rome.covariance import stats_dir
+        from cathrepo.lm.hooks import replayed
+        from cathrepo.lm.replay import layers_below
         from cathrepo.models import cache_dir, family_for, get_module, num_layers
 
         if not facts:
@@ -87,6 +89,7 @@ class FinetuneMethod(EditMethod):
         prefixes = context_prefixes(model, tokenizer, p.n_context, p.context_tokens, p.seed,
                                     stats_dir(env.cache_dir or cache_dir(), env.base_hash))
         batch = _rows(tokenizer, facts, prefixes)
+        below = layers_below(model, module_name)
         start = time.perf_counter()
         weight = module.weight
         original = weight.detach().clone()
@@ -97,8 +100,10 @@ class FinetuneMethod(EditMethod):
         try:
             weight.requires_grad_(True)
             opt = torch.optim.Adam([weight], lr=p.lr)
+            lower: dict[str, Any] = {}  # the layers below the trained one run once, then are replayed
             for step in range(p.steps + 1):  # noqa: B007 - the last value is reported
-                nll = _row_nll(model, batch)  # (rows,): mean NLL of each row's target
+                with replayed(model, below, lower):
+                    nll = _row_nll(model, batch)  # (rows,): mean NLL of each row's target
                 worst = float(torch.exp(-nll.detach()).min())
                 if worst >= p.stop_prob or step == p.steps:
                     break

@@ -108,6 +108,7 @@ class MemitMethod(EditMethod):
 
         # 2. spread the change over the layers, bottom up, each on the model with the lower ones applied
         held = [(t, s) for t, s in env.kept if not any(same_subject(s, f.subject) for f in facts)] if p.null_space else []
+        held += _known(p.protect_facts, facts)
         undo = AppliedDelta()
         factors: dict[str, LowRank] = {}
         layer_info = []
@@ -116,7 +117,8 @@ class MemitMethod(EditMethod):
                 keys, hidden = read_keys(model, tokenizer, module, top, facts, prefixes)
                 cov, _ = key_covariance(model, tokenizer, module, corpus=env.corpus, max_tokens=p.corpus_tokens,
                                         cache=cache, base_hash=env.base_hash, also=modules)
-                preserved = _preserved_keys(model, tokenizer, module, held)
+                state = None if env.active is None else [*env.active, *(Delta({m: f}) for m, f in factors.items())]
+                preserved = _preserved_keys(model, tokenizer, module, held, env, state)
                 share = (goal - hidden) / (len(layers) - i)  # (n, d_model)
                 A = spread_update(cov, keys, p.mom2_weight, p.cov_reg, preserved)
                 factor = LowRank(B=share.T.contiguous(), A=A)
@@ -196,10 +198,27 @@ def spread_update(cov: torch.Tensor, keys: torch.Tensor, weight: float, reg: flo
     return (torch.linalg.solve(m, pk).T @ proj).float()
 
 
-def _preserved_keys(model: Any, tokenizer: Any, module: str, held: Sequence[tuple[str, str]]) -> torch.Tensor | None:
-    """The active edits' keys at ``module`` on the model as it stands (None when there are none)."""
+def _known(n: int, facts: Sequence[Fact]) -> list[tuple[str, str]]:
+    """(prompt, subject) of the first ``n`` known facts of the protected half, the batch's subjects left out."""
+    if n <= 0:
+        return []
+    from cathrepo.facts.probes import load_known_facts
+
+    known = load_known_facts(part="protect")[:n]
+    return [(k.prompt, k.subject) for k in known if not any(same_subject(k.subject, f.subject) for f in facts)]
+
+
+def _preserved_keys(model: Any, tokenizer: Any, module: str, held: Sequence[tuple[str, str]], env: EditEnv,
+                    state: Sequence[Delta] | None) -> torch.Tensor | None:
+    """The keys of ``held`` at ``module`` on the model as it stands (None when there are none), cached per
+    state of what reaches the module's input when the deltas applied (``state``) are known."""
     if not held:
         return None
-    from cathrepo.edits.rome.protect import subject_keys
+    from cathrepo.edits.rome.protect import cached_subject_keys, input_state_key
+    from cathrepo.models import cache_dir
 
-    return subject_keys(model, tokenizer, module, list(held))
+    path = None
+    if state is not None and env.base_hash != "unknown":
+        key = input_state_key(model, env.base_hash, state, module)
+        path = stats_dir(env.cache_dir or cache_dir(), env.base_hash) / module / "kept" / f"{key[:32]}.safetensors"
+    return cached_subject_keys(model, tokenizer, module, list(held), path=path)

@@ -38,6 +38,9 @@ class MemitParams:
     null_space: bool = _help("Project each layer's update off the keys of the edits already active "
                              "(AlphaEdit's preserved keys, held exactly): earlier answers stay where they were.",
                              True)
+    protect_facts: int = _help("Known facts (the protected half of the known-facts file; the retention gate "
+                               "measures the other half) whose subject keys every layer's update is held off, "
+                               "as the active edits' (0: off).", 0)
     n_context: int = _help("Generated context prefixes averaged into keys and targets.", 5)
     context_tokens: int = _help("Length in tokens of each generated context prefix.", 10)
     v_steps: int = _help("Maximum Adam steps of the target optimisation (v_solver adam).", 60)
@@ -81,8 +84,8 @@ class MemitParams:
             raise InvalidInputError("MEMIT parameter span must be positive.")
         if self.mom2_weight <= 0:
             raise InvalidInputError("MEMIT parameter mom2_weight must be positive.")
-        if self.n_context < 0 or self.phrasings < 0 or self.phrasing_prefixes < -1:
-            raise InvalidInputError("MEMIT parameters n_context and phrasings must be >= 0.")
+        if self.n_context < 0 or self.phrasings < 0 or self.phrasing_prefixes < -1 or self.protect_facts < 0:
+            raise InvalidInputError("MEMIT parameters n_context, phrasings and protect_facts must be >= 0.")
         if self.precision not in ("float32", "bfloat16"):
             raise InvalidInputError(f"MEMIT precision '{self.precision}' is unknown.", hint="Use float32 or bfloat16.")
         if self.v_solver not in ("adam", "min_norm"):
