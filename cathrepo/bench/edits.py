@@ -246,7 +246,8 @@ def _independent(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seque
                  say: Progress) -> tuple[list[dict[str, float]], list[float]]:
     from cathrepo.delta import applied
 
-    scores, seconds = [], []
+    scores: list[dict[str, float]] = []
+    seconds: list[float] = []
     for start, batch in _batches(facts, config.edit_batch):
         say("edits", start, len(facts))
         t0 = time.perf_counter()
