@@ -170,11 +170,19 @@ def _row_nll(model: Any, batch: dict[str, Any]) -> Any:
     """Mean target-token NLL of each row under the model as it is now (with gradients)."""
     import torch
 
+    from cathrepo.lm.scoring import hidden_and_head
     from cathrepo.models import model_device
 
     device = model_device(model)
-    logits = model(input_ids=batch["ids"].to(device), attention_mask=batch["mask"].to(device)).logits
-    logp = logits.log_softmax(-1)[batch["rows"], batch["positions"], batch["tokens"]]
+    ids, mask = batch["ids"].to(device), batch["mask"].to(device)
+    split = hidden_and_head(model)
+    if split is None:
+        logits = model(input_ids=ids, attention_mask=mask).logits[batch["rows"], batch["positions"]]
+    else:  # the head (a vocabulary-wide product) only where a target token is predicted
+        body, head = split
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = head(hidden[batch["rows"], batch["positions"]])
+    logp = logits.log_softmax(-1)[torch.arange(len(batch["tokens"])), batch["tokens"].to(logits.device)]
     total = torch.zeros(batch["n"], device=logp.device).index_add(0, batch["rows"].to(logp.device), -logp)
     count = torch.bincount(batch["rows"], minlength=batch["n"]).to(logp.device)
     return total / count
