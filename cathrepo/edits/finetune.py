@@ -114,6 +114,7 @@ class FinetuneMethod(EditMethod):
         finally:
             with torch.no_grad():
                 weight.copy_(original)
+            weight.grad = None  # nothing of the training stays on the caller's model
             weight.requires_grad_(False)
             for q, flag in zip(model.parameters(), flags, strict=True):
                 q.requires_grad_(flag)

@@ -30,6 +30,7 @@ def test_trains_one_projection_and_the_targets_win(tiny_model, tmp_path):
                                                  "steps": 40})
     result = get_method("ft")(params).compute(model, tok, FACTS, EditEnv(base_hash="tiny", cache_dir=tmp_path))
     assert not changed_weights(model, before)
+    assert all(q.grad is None for q in model.parameters())
     assert result.delta.modules == [family_for(model).layer_name("mlp_out", 2)]
     prompts = [f.prompt for f in FACTS for _ in range(2)]
     targets = [t for f in FACTS for t in (f.target_new, f.target_true)]
