@@ -152,6 +152,14 @@ class EditMethod(ABC):
         """Compute the delta that writes ``facts``; must leave ``model`` bit-identical."""
 
 
+def require_writes(facts: Sequence[Fact], method: str) -> None:
+    """Refuse an empty call, or a fact to forget, for a method that only writes facts."""
+    if not facts:
+        raise InvalidInputError("No facts to edit.")
+    if any(f.action != "edit" for f in facts):
+        raise InvalidInputError(f"{method} writes facts; it cannot forget one.", hint="Use a forget method.")
+
+
 EDIT_METHODS: Registry[type[EditMethod]] = Registry(
     "edit method",
     "cathrepo.edit_methods",

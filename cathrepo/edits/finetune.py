@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cathrepo.delta import Delta, LowRank
-from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult, require_writes
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.schema import Fact
 
@@ -74,10 +74,7 @@ class FinetuneMethod(EditMethod):
         from cathrepo.lm.replay import layers_below
         from cathrepo.models import cache_dir, family_for, get_module, num_layers
 
-        if not facts:
-            raise InvalidInputError("No facts to edit.")
-        if any(f.action != "edit" for f in facts):
-            raise InvalidInputError("ft writes facts; it cannot forget one.", hint="Use a forget method.")
+        require_writes(facts, "ft")
         p: FinetuneParams = self.params
         depth = num_layers(model)
         layer = round(p.late_fraction * (depth - 1)) if p.layer is None else p.layer

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.delta import AppliedDelta, Delta, LowRank, apply_delta
-from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult, require_writes
 from cathrepo.edits.memit.params import FAMILY_DEFAULTS, MemitParams
 from cathrepo.edits.rome.context import context_prefixes
 from cathrepo.edits.rome.covariance import key_covariance, stats_dir
@@ -71,10 +71,7 @@ class MemitMethod(EditMethod):
         from cathrepo.lm.tokens import continuation_ids
         from cathrepo.models import cache_dir, default_edit_layer, family_for, num_layers
 
-        if not facts:
-            raise InvalidInputError("No facts to edit.")
-        if any(f.action != "edit" for f in facts):
-            raise InvalidInputError("MEMIT writes facts; it cannot forget one.", hint="Use a forget method.")
+        require_writes(facts, "MEMIT")
         p: MemitParams = self.params
         family = family_for(model)
         layers = p.edit_layers(default_edit_layer(model))
@@ -102,8 +99,8 @@ class MemitMethod(EditMethod):
                              "nll_end": round(value.nll_end, 4), "delta_norm_ratio": round(value.norm_ratio, 4),
                              "stopped": value.stopped, "phrasings": phrasings})
             data.extend(training_rows(fact, prefixes, phrasings, p.phrasing_prefixes))
-        _, hidden = read_keys(model, tokenizer, modules[0], top, facts, prefixes)
-        goal = hidden + torch.stack(targets)  # (n, d_model): what layer L's output must become
+        first = read_keys(model, tokenizer, modules[0], top, facts, prefixes)  # also layer 0's keys below
+        goal = first[1] + torch.stack(targets)  # (n, d_model): what layer L's output must become
         target_seconds = time.perf_counter() - start
 
         # 2. spread the change over the layers, bottom up, each on the model with the lower ones applied
@@ -114,7 +111,7 @@ class MemitMethod(EditMethod):
         layer_info = []
         try:
             for i, (layer, module) in enumerate(zip(layers, modules, strict=True)):
-                keys, hidden = read_keys(model, tokenizer, module, top, facts, prefixes)
+                keys, hidden = first if i == 0 else read_keys(model, tokenizer, module, top, facts, prefixes)
                 cov, _ = key_covariance(model, tokenizer, module, corpus=env.corpus, max_tokens=p.corpus_tokens,
                                         cache=cache, base_hash=env.base_hash, also=modules)
                 state = None if env.active is None else [*env.active, *(Delta({m: f}) for m, f in factors.items())]

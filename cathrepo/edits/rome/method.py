@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cathrepo.delta import AppliedDelta, Delta, LowRank, apply_delta
-from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult, RetryVariant
+from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult, RetryVariant, require_writes
 from cathrepo.edits.rome.context import context_prefixes
 from cathrepo.edits.rome.covariance import key_covariance, stats_dir
 from cathrepo.edits.rome.key import key_vector, update_direction
@@ -78,8 +78,7 @@ class RomeMethod(EditMethod):
     def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
         from cathrepo.models import cache_dir, default_edit_layer, family_for, get_module, num_layers
 
-        if not facts:
-            raise InvalidInputError("No facts to edit.")
+        require_writes(facts, "ROME")
         params: RomeParams = self.params
         family = family_for(model)
         layer = default_edit_layer(model) if params.layer is None else params.layer
@@ -152,8 +151,6 @@ class RomeMethod(EditMethod):
 
         from cathrepo.lm.tokens import continuation_ids
 
-        if fact.action != "edit":
-            raise InvalidInputError("ROME writes facts; it cannot forget one.", hint="Use a forget method.")
         p: RomeParams = self.params
         start = time.perf_counter()
         target_ids = continuation_ids(tokenizer, fact.target_new)

@@ -3,6 +3,8 @@ update delivers the residuals at the batch's keys, preserved keys are left exact
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -93,7 +95,7 @@ def test_active_edits_keys_are_held(tiny_llama, env):
     """An active edit's prompt (env.kept) reads no change from the lowest layer's update."""
     model, tok, _ = tiny_llama
     kept = (("The capital of Spain is Madrid", "Madrid"),)
-    result = get_method("memit")(_params(model)).compute(model, tok, FACTS, EditEnv(**{**env.__dict__, "kept": kept}))
+    result = get_method("memit")(_params(model)).compute(model, tok, FACTS, dataclasses.replace(env, kept=kept))
     assert result.info["kept_keys"] == 1 and result.info["layers"][0]["preserved_keys"] == 1
     module = family_for(model).layer_name("mlp_out", 1)
     keys, _ = read_keys(model, tok, module, family_for(model).layer_name("layer", 2),
