@@ -30,6 +30,8 @@ from cathrepo.facts.schema import Fact, load_facts
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+#: Called with each checkpoint of a sequential run as it is measured (the metrics after that many edits).
+Checkpoint = Callable[[dict[str, Any]], None]
 HEADLINE = ("es", "ps", "ns", "s", "ns_plus", "nkl", "gen_success", "gen_chat", "ps_template", "ns_mined", "em", "pm", "nm")
 
 
@@ -47,6 +49,8 @@ class EditBenchConfig:
         corpus: text for the method's statistics (None: the method's default).
         known: known-facts file for neighbour mining and retention (None: the shipped copy).
         mmlu_data, mmlu_limit: MMLU directory and questions per subject (sequential runs only).
+        checkpoints: in sequential runs, also score the records edited so far (with retention,
+            perplexity and MMLU) once this many edits are in; the end is always one.
     """
 
     data: Path
@@ -68,6 +72,7 @@ class EditBenchConfig:
     mmlu_data: Path | None = None
     mmlu_limit: int = 0
     batch_size: int = 128
+    checkpoints: tuple[int, ...] = ()
 
 
 @dataclass
@@ -80,6 +85,7 @@ class EditBenchResult:
     unedited: dict[str, float | None]
     per_record: list[dict[str, Any]]
     edit_seconds: list[float]
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
@@ -87,7 +93,8 @@ class EditBenchResult:
         return {
             "n": len(self.per_record), "method": self.config.method, "model": self.model,
             "sequential": self.config.sequential, **self.metrics, "unedited": self.unedited,
-            "config": cfg, "edit_seconds": [round(s, 4) for s in self.edit_seconds], "records": self.per_record,
+            "config": cfg, "edit_seconds": [round(s, 4) for s in self.edit_seconds], "checkpoints": self.checkpoints,
+            "records": self.per_record,
         }
 
 
@@ -194,8 +201,10 @@ def _facts(config: EditBenchConfig) -> list[Fact]:
     return facts[: config.n]
 
 
-def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> EditBenchResult:
-    """Run the benchmark and return its numbers; ``progress(stage, done, total)`` reports advance."""
+def bench_edits(config: EditBenchConfig, progress: Progress | None = None,
+                on_checkpoint: Checkpoint | None = None) -> EditBenchResult:
+    """Run the benchmark and return its numbers; ``progress(stage, done, total)`` reports advance and
+    ``on_checkpoint`` gets each checkpoint of a sequential run as soon as it is measured."""
     from cathrepo.edits.base import EditEnv, get_method
     from cathrepo.models import load_model, resolve_model, weights_sha256
 
@@ -224,14 +233,22 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None) -> Ed
     editor = method(method.params_for(model, dict(config.params)))
     env = EditEnv(base_hash=base_hash, corpus=config.corpus)
     # 3. edit
+    checkpoints: list[dict[str, Any]] = []
     if config.sequential:
+        def measured(point: dict[str, Any]) -> None:
+            checkpoints.append(point)
+            if on_checkpoint is not None:
+                on_checkpoint(point)
+
         scores, seconds, extra = _sequential(model, tokenizer, editor, env, facts, probesets, base_dists,
-                                             config, base_hash, say)
+                                             config, base_hash, say, measured)
     else:
         scores, seconds = _independent(model, tokenizer, editor, env, facts, probesets, base_dists, config, say)
         extra = {}
     metrics = {**summarize(scores), **extra}
-    return _result(config, resolved.name, metrics, unedited, scores, seconds, facts)
+    result = _result(config, resolved.name, metrics, unedited, scores, seconds, facts)
+    result.checkpoints = checkpoints
+    return result
 
 
 def _batches(facts: Sequence[Fact], size: int) -> list[tuple[int, list[Fact]]]:
@@ -264,15 +281,15 @@ def _independent(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seque
 
 def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
                 probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
-                base_hash: str, say: Progress) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
+                base_hash: str, say: Progress, measured: Checkpoint,
+                ) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
     import dataclasses
 
-    from cathrepo.delta import AppliedDelta, applied, apply_delta
-    from cathrepo.gates.base import run_gates
-    from cathrepo.gates.policy import GatePolicy
+    from cathrepo.delta import AppliedDelta, apply_delta
     from cathrepo.pipeline import kept_prompts
 
     deltas, seconds, sizes = [], [], []
+    points = sorted({n for n in config.checkpoints if 0 < n < len(facts)})
     undo = AppliedDelta()
     try:
         for start, batch in _batches(facts, config.edit_batch):
@@ -287,10 +304,37 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
             sizes.extend([result.delta.num_bytes() / len(batch)] * len(batch))
             for name, original in apply_delta(model, result.delta).originals.items():
                 undo.originals.setdefault(name, original)
+            done = start + len(batch)
+            if points and done >= points[0]:
+                while points and done >= points[0]:
+                    points.pop(0)
+                undo.remove(model)  # measured from the base weights, as at the end
+                _, extra = _measure(model, tokenizer, deltas, probesets[:done], base_dists[:done], config,
+                                    base_hash, say)
+                measured({"edits": done, "seconds_per_edit": statistics.median(seconds), **extra})
+                for delta in deltas:  # the same additions in the same order: the same weights
+                    for name, original in apply_delta(model, delta).originals.items():
+                        undo.originals.setdefault(name, original)
     finally:
         undo.remove(model)  # back to the base weights, bit for bit
     say("edits", len(facts), len(facts))
-    say("scoring", 0, 1)
+    scores, extra = _measure(model, tokenizer, deltas, probesets, base_dists, config, base_hash, say)
+    measured({"edits": len(facts), "seconds_per_edit": statistics.median(seconds), **extra})
+    scores = [{**s, "adapter_bytes": n} for s, n in zip(scores, sizes, strict=True)]
+    extra = {k: v for k, v in extra.items() if k not in HEADLINE}
+    return scores, seconds, extra
+
+
+def _measure(model: Any, tokenizer: Any, deltas: Sequence[Any], probesets: Sequence[ProbeSet],
+             base_dists: Sequence[list[Any]], config: EditBenchConfig, base_hash: str,
+             say: Progress) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """The records' scores with ``deltas`` stacked on the base weights, and their summary with the
+    stack's retention, norm growth, perplexity (and MMLU) before and after."""
+    from cathrepo.delta import applied
+    from cathrepo.gates.base import run_gates
+    from cathrepo.gates.policy import GatePolicy
+
+    say("scoring", 0, len(probesets))
     with applied(model, *deltas):
         scores, _ = score_records(model, tokenizer, probesets, base_dists=base_dists,
                                   generation_tokens=config.generation_tokens, batch_size=config.batch_size)
@@ -302,15 +346,15 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
     gates = ["retention", "norms", "perplexity"] + (["mmlu"] if config.mmlu else [])
     report = run_gates(model, tokenizer, before=[], after=deltas, policy=policy, stage="promote", gates=gates,
                        base_hash=base_hash)
-    scores = [{**s, "adapter_bytes": n} for s, n in zip(scores, sizes, strict=True)]
-    extra: dict[str, Any] = {"retention": report["retention"].metrics.get("retention"),
+    extra: dict[str, Any] = {**summarize(scores),
+                             "retention": report["retention"].metrics.get("retention"),
                              "norm_growth": report["norms"].metrics.get("max_growth"),
                              "perplexity_before": report["perplexity"].metrics.get("ppl_before"),
                              "perplexity_after": report["perplexity"].metrics.get("ppl")}
     if config.mmlu:
         extra.update({"mmlu_before": report["mmlu"].metrics["mmlu_base"], "mmlu_after": report["mmlu"].metrics["mmlu"],
                       "mmlu_n": report["mmlu"].metrics["n"]})
-    return scores, seconds, extra
+    return scores, extra
 
 
 def _result(config: EditBenchConfig, model_name: str, metrics: Mapping[str, Any], unedited: Mapping[str, Any],

@@ -31,6 +31,15 @@ def test_bench_edits_unedited_writes_json(tiny_llama, tmp_path):
     assert data["n"] == 2 and data["method"] == "none"
 
 
+def test_bench_edits_checkpoint_needs_sequential(tiny_llama):
+    _, _, model_dir = tiny_llama
+    result = CliRunner().invoke(cli, [
+        "bench", "edits", "--data", str(DATA / "counterfact-sample.json"), "--n", "2", "--method", "none",
+        "--model", str(model_dir), "--checkpoint", "1",
+    ])
+    assert result.exit_code == 2 and "add --sequential" in result.output
+
+
 def test_bench_gates_times_the_regression_suite(tiny_llama, tmp_path):
     _, _, model_dir = tiny_llama
     out = tmp_path / "gates.json"

@@ -34,19 +34,35 @@ def bench_group() -> None:
               help="MMLU directory with dev/ and test/ (default: the shipped sample).")
 @click.option("--mmlu-limit", type=int, default=0, show_default=True, help="Test questions per subject (0: all).")
 @click.option("--no-mmlu", is_flag=True, help="Skip MMLU in --sequential runs.")
+@click.option("--checkpoint", "checkpoints", type=click.IntRange(min=1), multiple=True, metavar="N",
+              help="In --sequential runs, also measure everything after the first N edits (repeatable); with "
+                   "--json each checkpoint is written as soon as it is measured.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 def edits_cmd(data: Path, n: int, method: str, sequential: bool, edit_batch: int, model: str | None, params: tuple[str, ...],
               corpus: Path | None, skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
-              json_out: Path | None) -> None:
+              checkpoints: tuple[int, ...], json_out: Path | None) -> None:
     """Edit N CounterFact/zsRE records and report ES, PS, NS, NS+, NKL, generation, retention, MMLU."""
     from cathrepo.bench.edits import EditBenchConfig, bench_edits
 
     config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, edit_batch=edit_batch, model=model,
                              params=parse_params(params), corpus=corpus, skip=skip, known=known, mmlu=not no_mmlu,
-                             mmlu_data=mmlu_data, mmlu_limit=mmlu_limit)
+                             mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, checkpoints=checkpoints)
+    if checkpoints and not sequential:
+        raise click.UsageError("--checkpoint measures a --sequential run part way; add --sequential.")
+    measured: list[dict[str, Any]] = []
+
+    def keep(point: dict[str, Any]) -> None:  # a long run leaves what it has measured so far
+        measured.append(point)
+        if json_out:
+            json_out.write_text(json.dumps({"partial": True, "method": method, "checkpoints": measured}, indent=2) + "\n")
+
     with progress("Benchmarking") as say:
-        result = bench_edits(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+        result = bench_edits(config, lambda stage, done, total: say(f"{stage} {done}/{total}"), keep)
     out = result.to_dict()
+    for point in out["checkpoints"][:-1]:
+        click.echo(f"after {point['edits']} edits: " + ", ".join(
+            f"{k} {_fmt(point.get(k))}" for k in ("es", "ps", "ns", "gen_success", "gen_chat", "retention",
+                                                  "perplexity_after", "norm_growth")))
     _table(f"{method} on {out['n']} records ({'sequential' if sequential else 'one edit per model'}), {out['model']}",
            out, out["unedited"])
     if json_out:

@@ -214,3 +214,20 @@ def test_chat_prompts_use_the_template_when_there_is_one():
         chat_template = None
 
     assert chat_prompts(Plain(), ["Rome is the capital of"]) == []
+
+
+def test_checkpoints_measure_part_way_without_changing_the_run(tiny_llama, data):
+    """Checkpoints after 1 and 2 of 3 sequential edits: each is measured on the records edited so far
+    and reported as it comes; the last is the end's own numbers, and the run ends exactly as one without
+    checkpoints (the stack is taken off and put back addition by addition)."""
+    _, _, path = tiny_llama
+    seen = []
+    kw = {"sequential": True, "retention_sample": 20, "retention_known_only": False}
+    plain = bench_edits(_config(path, data, **kw)).to_dict()
+    out = bench_edits(_config(path, data, checkpoints=(2, 1, 7), **kw), on_checkpoint=seen.append).to_dict()
+    assert [p["edits"] for p in seen] == [1, 2, 3] and out["checkpoints"] == seen
+    assert plain["records"] == out["records"]
+    assert {k: out[k] for k in ("es", "ps", "ns", "retention", "norm_growth")} == \
+        {k: seen[-1][k] for k in ("es", "ps", "ns", "retention", "norm_growth")}
+    assert seen[0]["es"] == out["records"][0]["es"]  # after one edit: that edit's own record alone
+    assert seen[0]["norm_growth"] < seen[-1]["norm_growth"]
