@@ -49,8 +49,8 @@ class EditBenchConfig:
         corpus: text for the method's statistics (None: the method's default).
         known: known-facts file for neighbour mining and retention (None: the shipped copy).
         mmlu_data, mmlu_limit: MMLU directory and questions per subject (sequential runs only).
-        checkpoints: in sequential runs, also score the records edited so far (with retention,
-            perplexity and MMLU) once this many edits are in; the end is always one.
+        checkpoints: in sequential runs, also score the records edited so far (with retention and
+            perplexity; MMLU only at the end) once this many edits are in; the end is always one.
     """
 
     data: Path
@@ -310,7 +310,7 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
                     points.pop(0)
                 undo.remove(model)  # measured from the base weights, as at the end
                 _, extra = _measure(model, tokenizer, deltas, probesets[:done], base_dists[:done], config,
-                                    base_hash, say)
+                                    base_hash, say, mmlu=False)
                 measured({"edits": done, "seconds_per_edit": statistics.median(seconds), **extra})
                 for delta in deltas:  # the same additions in the same order: the same weights
                     for name, original in apply_delta(model, delta).originals.items():
@@ -318,7 +318,8 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
     finally:
         undo.remove(model)  # back to the base weights, bit for bit
     say("edits", len(facts), len(facts))
-    scores, extra = _measure(model, tokenizer, deltas, probesets, base_dists, config, base_hash, say)
+    scores, extra = _measure(model, tokenizer, deltas, probesets, base_dists, config, base_hash, say,
+                             mmlu=config.mmlu)
     measured({"edits": len(facts), "seconds_per_edit": statistics.median(seconds), **extra})
     scores = [{**s, "adapter_bytes": n} for s, n in zip(scores, sizes, strict=True)]
     extra = {k: v for k, v in extra.items() if k not in HEADLINE}
@@ -327,9 +328,9 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
 
 def _measure(model: Any, tokenizer: Any, deltas: Sequence[Any], probesets: Sequence[ProbeSet],
              base_dists: Sequence[list[Any]], config: EditBenchConfig, base_hash: str,
-             say: Progress) -> tuple[list[dict[str, float]], dict[str, Any]]:
+             say: Progress, *, mmlu: bool) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """The records' scores with ``deltas`` stacked on the base weights, and their summary with the
-    stack's retention, norm growth, perplexity (and MMLU) before and after."""
+    stack's retention, norm growth, perplexity (and with ``mmlu``, MMLU) before and after."""
     from cathrepo.delta import applied
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
@@ -343,7 +344,7 @@ def _measure(model: Any, tokenizer: Any, deltas: Sequence[Any], probesets: Seque
                         retention_known_only=config.retention_known_only,
                         mmlu_data=str(config.mmlu_data or ""), mmlu_limit=config.mmlu_limit,
                         batch_size=config.batch_size)
-    gates = ["retention", "norms", "perplexity"] + (["mmlu"] if config.mmlu else [])
+    gates = ["retention", "norms", "perplexity"] + (["mmlu"] if mmlu else [])
     report = run_gates(model, tokenizer, before=[], after=deltas, policy=policy, stage="promote", gates=gates,
                        base_hash=base_hash)
     extra: dict[str, Any] = {**summarize(scores),
@@ -351,7 +352,7 @@ def _measure(model: Any, tokenizer: Any, deltas: Sequence[Any], probesets: Seque
                              "norm_growth": report["norms"].metrics.get("max_growth"),
                              "perplexity_before": report["perplexity"].metrics.get("ppl_before"),
                              "perplexity_after": report["perplexity"].metrics.get("ppl")}
-    if config.mmlu:
+    if mmlu:
         extra.update({"mmlu_before": report["mmlu"].metrics["mmlu_base"], "mmlu_after": report["mmlu"].metrics["mmlu"],
                       "mmlu_n": report["mmlu"].metrics["n"]})
     return scores, extra

@@ -35,7 +35,7 @@ def bench_group() -> None:
 @click.option("--mmlu-limit", type=int, default=0, show_default=True, help="Test questions per subject (0: all).")
 @click.option("--no-mmlu", is_flag=True, help="Skip MMLU in --sequential runs.")
 @click.option("--checkpoint", "checkpoints", type=click.IntRange(min=1), multiple=True, metavar="N",
-              help="In --sequential runs, also measure everything after the first N edits (repeatable); with "
+              help="In --sequential runs, also measure the first N edits, retention and perplexity (not MMLU, measured at the end) (repeatable); with "
                    "--json each checkpoint is written as soon as it is measured.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 def edits_cmd(data: Path, n: int, method: str, sequential: bool, edit_batch: int, model: str | None, params: tuple[str, ...],
