@@ -17,12 +17,22 @@ from typing import Any
 from cathrepo.exceptions import VerificationError
 from cathrepo.files import sha256_bytes
 
-SCHEMA_VERSION = 2  # 2: the fact's "kind" (edit/forget) is named "action"
+SCHEMA_VERSION = 3  # 2: the fact's "kind" (edit/forget) is named "action"; 3: stack_before replaces computed_on
 ID_LENGTH = 16
 
 def canonical_json(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
+
+
+def stack_digest(active: tuple[str, ...] | list[str]) -> str:
+    """The sha256 of an active set's edit ids in order (one per line), as records name it."""
+    return sha256_bytes("\n".join(active).encode("utf-8"))
+
+
+def stack_summary(active: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """A record's ``stack_before``: how many edits, their digest, the last."""
+    return {"count": len(active), "sha256": stack_digest(active), "last": active[-1] if active else None}
 
 
 def edit_id(record_bytes: bytes) -> str:
@@ -42,7 +52,11 @@ class EditRecord:
         info: numbers from the computation (losses, steps, seconds).
         source, author, created, confidence, risk: the provenance manifest.
         base_model: {"name", "sha256"} of the base the delta applies to.
-        computed_on: ids of the edits active when this one was computed (in order).
+        stack_before: the active set this edit was computed on: {"count", "sha256", "last"} (the number of
+            edits, :func:`stack_digest` of their ids in order, the last of them). The ids themselves are the
+            parent commit's ``stack.json``; a record does not repeat them, so it stays the same size at
+            the ten-thousandth edit as at the first.
+        computed_on: schema 1-2 only: the ids of that active set, listed (read, never written).
         files: path (relative to the edit directory) -> sha256.
         gates: gate results at commit time.
         versions: library versions that produced it.
@@ -63,6 +77,7 @@ class EditRecord:
     gates: Mapping[str, Any] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)
     attribution: Mapping[str, Any] | None = None
+    stack_before: Mapping[str, Any] | None = None
     computed_on: tuple[str, ...] = ()
     versions: Mapping[str, str] = field(default_factory=dict)
     facts: tuple[Mapping[str, Any], ...] = ()
@@ -72,6 +87,7 @@ class EditRecord:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["computed_on"] = list(self.computed_on)
+        del data["computed_on" if self.schema_version >= 3 else "stack_before"]  # the bytes a schema had
         data["facts"] = [dict(f) for f in self.facts]
         if not self.facts:
             del data["facts"]

@@ -49,7 +49,7 @@ def build_edit_files(
     from cathrepo.delta import save_delta
     from cathrepo.files import sha256_bytes
     from cathrepo.models import family_for
-    from cathrepo.provenance.manifest import EditRecord, library_versions
+    from cathrepo.provenance.manifest import EditRecord, library_versions, stack_summary
 
     config = repo.config
     save_delta(result.delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
@@ -77,7 +77,7 @@ def build_edit_files(
         info={**dict(result.info), "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
               **({"numerics": dict(numerics)} if numerics else {})},
         attribution=dict(result.attribution) if result.attribution else None,
-        computed_on=tuple(computed_on),
+        stack_before=stack_summary(tuple(computed_on)),
         versions=library_versions(),
     )
 

@@ -18,7 +18,9 @@ from cathrepo.exceptions import (
     VerificationError,
 )
 from cathrepo.facts.schema import EditRequest, Fact
+from cathrepo.provenance.manifest import stack_summary
 from cathrepo.repo import Repo, layout
+from cathrepo.repo.layout import Stack
 from tests.helpers import changed_weights, snapshot
 
 FACT = Fact(prompt="The capital of Italy is Rome", subject="Rome", target_new="Paris", target_true="Tokyo")
@@ -113,7 +115,8 @@ def test_materialize_at_old_revision(repo):
     assert repo.stack().active == (first.edit_id, second.edit_id)
     old = repo.materialize(first.commit)
     assert [e.id for e in old.edits] == [first.edit_id]
-    assert repo.record(second.edit_id).computed_on == (first.edit_id,)
+    assert repo.record(second.edit_id).stack_before == stack_summary((first.edit_id,))
+    assert Stack.from_bytes(repo.git.show_file(f"{second.commit}^", layout.STACK)).active == (first.edit_id,)
 
 
 def test_failed_gate_commits_nothing(repo):

@@ -13,7 +13,7 @@ import torch
 from cathrepo.delta import Delta, LowRank, peft_config
 from cathrepo.facts.schema import Fact
 from cathrepo.gates.results import GateReport, GateResult
-from cathrepo.provenance.manifest import EditRecord
+from cathrepo.provenance.manifest import EditRecord, stack_summary
 from cathrepo.repo import layout
 from cathrepo.repo.commit import edit_trailers
 from cathrepo.repo.layout import Stack
@@ -33,7 +33,7 @@ RECORD = EditRecord(
     confidence=0.9, risk="low", base_model={"name": "SmolLM2-135M-Instruct", "sha256": "ab" * 32},
     files={layout.ADAPTER_CONFIG: "01" * 32, layout.WEIGHTS: "02" * 32, layout.PROBES: "03" * 32,
            layout.DATA: "04" * 32},
-    gates=REPORT.to_dict(), info={"seconds": {"compute": 3.2}}, computed_on=("0123456789ab",),
+    gates=REPORT.to_dict(), info={"seconds": {"compute": 3.2}}, stack_before=stack_summary(("0123456789ab",)),
     versions={"cathrepo": "0.1.0", "torch": "2.13.0"},
 )
 
@@ -55,6 +55,14 @@ def test_edit_json_of_schema_1_still_reads():
     old = EditRecord.from_bytes((GOLDEN / "edit-schema1.json").read_bytes())
     assert old.action == "edit" and old.schema_version == 1
     assert Fact.from_dict(old.fact) == FACT
+
+
+def test_edit_json_of_schema_2_still_reads_and_keeps_its_id():
+    """Schema 2 listed the active set's ids (``computed_on``); its bytes, and so its id, are kept."""
+    raw = (GOLDEN / "edit-schema2.json").read_bytes()
+    old = EditRecord.from_bytes(raw)
+    assert old.schema_version == 2 and old.computed_on == ("0123456789ab",) and old.stack_before is None
+    assert old.to_bytes() == raw
 
 
 def test_stack_json():
