@@ -334,9 +334,19 @@ class Storage:
         return candidate.as_posix()
 
 
+#: The one form DVC writes a single-file pointer in; read without DVC's YAML parser (3 ms a pointer, and
+#: importing DVC half a second: at 10,000 edits, verify and materialize would spend 30 s parsing).
+_SIMPLE_POINTER = re.compile(r"\Aouts:\n- md5: ([0-9a-f]{32})\n  size: ([0-9]+)\n(?:  hash: md5\n)?"
+                             r"  path: ([A-Za-z0-9_.][A-Za-z0-9_./-]*)\n\Z")
+
+
 @functools.lru_cache(maxsize=65536)
 def _parse_pointer(pointer_bytes: bytes) -> tuple[str, int, str]:
-    """:meth:`Storage.read_pointer`, memoised on the pointer's bytes (a malformed one raises every time)."""
+    """:meth:`Storage.read_pointer`, memoised on the pointer's bytes (a malformed one raises every time).
+    A pointer in the form DVC writes is matched directly; any other goes through DVC's own parser."""
+    simple = _SIMPLE_POINTER.match(pointer_bytes.decode("utf-8", errors="replace"))
+    if simple:
+        return simple.group(1), int(simple.group(2)), simple.group(3)
     _import_dvc()
     from dvc.utils.serialize import YAMLFileCorruptedError, parse_yaml
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cathrepo.exceptions import NotARepositoryError, StorageError
-from cathrepo.repo.storage import Storage, data_dir
+from cathrepo.repo.storage import _SIMPLE_POINTER, Storage, data_dir
 
 WEIGHTS = "edits/e1/delta/adapter_model.safetensors"
 
@@ -62,6 +62,7 @@ def test_add_push_pull_round_trip(storage_repo):
     assert stored.pointer_path == git.root / (WEIGHTS + ".dvc")
     assert set(stored.git_files) == {stored.pointer_path, weights.parent / ".gitignore"}
     assert storage.read_pointer(stored.pointer_path.read_bytes()) == (stored.md5, 4096, weights.name)
+    assert _SIMPLE_POINTER.match(stored.pointer_path.read_text()), "DVC's own pointer takes the fast path"
     assert storage.object_path(stored.md5).read_bytes() == data
     git.add(list(stored.git_files))
     git.commit("Add weights")
@@ -139,10 +140,18 @@ def test_bad_ids_and_pointers(storage_repo):
 def test_a_pointer_is_parsed_once_per_content(monkeypatch):
     import dvc.utils.serialize
 
-    pointer = b"outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 12\n  hash: md5\n  path: w.bin\n"
+    pointer = b"outs:\n- md5: '0123456789abcdef0123456789abcdef'\n  size: 12\n  hash: md5\n  path: w.bin\n"
+    assert not _SIMPLE_POINTER.match(pointer.decode())  # DVC's parser reads this one
     first = Storage.read_pointer(pointer)
     monkeypatch.setattr(dvc.utils.serialize, "parse_yaml", lambda *_a, **_k: pytest.fail("parsed again"))
     assert Storage.read_pointer(bytes(pointer)) == first == ("0123456789abcdef0123456789abcdef", 12, "w.bin")
+
+
+def test_a_pointer_in_another_yaml_form_goes_through_dvc():
+    """Quoted values and extra keys are YAML DVC reads; the fast path leaves them to DVC's parser."""
+    pointer = b'outs:\n- md5: "0123456789abcdef0123456789abcdef"\n  size: 12\n  cache: true\n  path: "w x.bin"\n'
+    assert not _SIMPLE_POINTER.match(pointer.decode())
+    assert Storage.read_pointer(pointer) == ("0123456789abcdef0123456789abcdef", 12, "w x.bin")
 
 
 def test_failed_add_leaves_no_half_written_pointer(storage_repo, monkeypatch):
