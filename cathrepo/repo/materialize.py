@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from cathrepo.repo import Repo
 
 
-
-
 @dataclass
 class Materialized:
     """A model with a revision's active edits applied (``applied`` undoes them)."""

@@ -9,6 +9,7 @@ each file once.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,9 +58,15 @@ def signers_at(repo: Repo, rev: str) -> list[AllowedSigner]:
     return parse_allowed_signers(data.decode("utf-8"), source=f"{rev}:{layout.ALLOWED_SIGNERS}")
 
 
-def weights_bytes(repo: Repo, rev: str, edit_id: str) -> tuple[Path, bytes]:
+def read_file(repo: Repo, rev: str, path: str, tree: Mapping[str, bytes] | None = None) -> bytes | None:
+    """``path`` at ``rev``: from ``tree`` (every file below ``edits/`` at ``rev``, read at once by
+    :meth:`~cathrepo.repo.git.Git.read_files`) when given, else from git."""
+    return tree.get(path) if tree is not None else repo.git.show_file(rev, path)
+
+
+def weights_bytes(repo: Repo, rev: str, edit_id: str, tree: Mapping[str, bytes] | None = None) -> tuple[Path, bytes]:
     """The cached weight file of an edit at ``rev`` (through its committed DVC pointer) and its bytes."""
-    pointer = repo.git.show_file(rev, layout.edit_path(edit_id, layout.WEIGHTS_POINTER))
+    pointer = read_file(repo, rev, layout.edit_path(edit_id, layout.WEIGHTS_POINTER), tree)
     if pointer is None:
         raise VerificationError(f"{layout.edit_path(edit_id, layout.WEIGHTS_POINTER)} is missing at {rev}.")
     md5, _size, _rel = repo.storage.read_pointer(pointer)
@@ -78,17 +85,18 @@ class EditCheck:
 
 
 def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] | None = None,
-               *, worktree: bool = False) -> EditCheck:
-    """Verify one edit at ``rev``: its id, its signature, and the hash of every file its record names."""
+               *, worktree: bool = False, tree: Mapping[str, bytes] | None = None) -> EditCheck:
+    """Verify one edit at ``rev``: its id, its signature, and the hash of every file its record names
+    (read from ``tree`` when given: see :func:`read_file`)."""
     issues: list[Issue] = []
     record_path = layout.edit_path(edit_id, layout.RECORD)
-    raw = repo.git.show_file(rev, record_path)
+    raw = read_file(repo, rev, record_path, tree)
     if raw is None:
         return EditCheck(None, [Issue(record_path, f"missing at {rev}")])
     if id_of(raw) != edit_id:
         issues.append(Issue(record_path, f"hashes to {id_of(raw)}, not to its edit id {edit_id} (modified)"))
     sig_path = layout.edit_path(edit_id, layout.SIGNATURE)
-    sig = repo.git.show_file(rev, sig_path)
+    sig = read_file(repo, rev, sig_path, tree)
     try:
         if sig is None:
             raise VerificationError("missing")
@@ -106,9 +114,9 @@ def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] 
         data: bytes | None
         try:
             if name == layout.WEIGHTS:
-                _, data = weights_bytes(repo, rev, edit_id)
+                _, data = weights_bytes(repo, rev, edit_id, tree)
             else:
-                data = repo.git.show_file(rev, path)
+                data = read_file(repo, rev, path, tree)
                 if data is None:
                     raise VerificationError("missing")
         except CathrepoError as exc:
@@ -125,12 +133,12 @@ def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] 
 
 
 def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = True,
-              signers: list[AllowedSigner] | None = None) -> ActiveEdit:
+              signers: list[AllowedSigner] | None = None, tree: Mapping[str, bytes] | None = None) -> ActiveEdit:
     """Read (and by default verify, against ``signers`` or those committed at ``rev``) one edit at
     ``rev``; raises naming the first file that fails."""
     files: dict[str, bytes] = {}
     if verify:
-        check = check_edit(repo, rev, edit_id, signers)
+        check = check_edit(repo, rev, edit_id, signers, tree=tree)
         if check.issues or check.record is None:
             first = check.issues[0] if check.issues else "unreadable"
             raise VerificationError(f"Edit {edit_id} does not verify: {first}.",
@@ -138,10 +146,11 @@ def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = Tru
         record, files = check.record, check.files
     else:
         record = repo.record(edit_id, rev)
-    config_bytes = files.get(layout.ADAPTER_CONFIG) or repo.git.show_file(rev, layout.edit_path(edit_id, layout.ADAPTER_CONFIG))
+    config_bytes = files.get(layout.ADAPTER_CONFIG) or read_file(repo, rev, layout.edit_path(edit_id, layout.ADAPTER_CONFIG),
+                                                                 tree)
     if config_bytes is None:
         raise VerificationError(f"{layout.edit_path(edit_id, layout.ADAPTER_CONFIG)} is missing at {rev}.")
-    weights = files.get(layout.WEIGHTS) or weights_bytes(repo, rev, edit_id)[1]
+    weights = files.get(layout.WEIGHTS) or weights_bytes(repo, rev, edit_id, tree)[1]
     delta = delta_from_parts(json.loads(config_bytes), weights, what=f"edit {edit_id}")
     return ActiveEdit(edit_id, record, delta)
 
@@ -151,7 +160,9 @@ def active_edits(repo: Repo, rev: str = "HEAD", *, verify: bool = True) -> list[
     signers read once: every edit's files are then read through one object reader)."""
     sha = repo.git.rev_parse(rev)
     signers = signers_at(repo, sha) if verify else None
-    return [load_edit(repo, eid, sha, verify=verify, signers=signers) for eid in repo.stack(sha).active]
+    active = repo.stack(sha).active
+    tree = repo.git.read_files(sha, layout.EDITS) if active else None
+    return [load_edit(repo, eid, sha, verify=verify, signers=signers, tree=tree) for eid in active]
 
 
 def probe_sets(repo: Repo, edit_ids: list[str], rev: str = "HEAD") -> list[ProbeSet]:

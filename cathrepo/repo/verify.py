@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from cathrepo.repo import Repo
 
 
-
-
 @dataclass
 class VerifyReport:
     """What ``verify`` checked and found."""
@@ -41,14 +39,6 @@ class VerifyReport:
                 "edits": self.edits, "files": self.files, "issues": [str(i) for i in self.issues]}
 
 
-
-
-
-
-
-
-
-
 def verify(repo: Repo, rev: str = "HEAD") -> VerifyReport:
     """Check every commit reachable from ``rev`` and every edit present at ``rev``."""
     commit = repo.git.rev_parse(rev)
@@ -61,11 +51,12 @@ def verify(repo: Repo, rev: str = "HEAD") -> VerifyReport:
     signers = signers_at(repo, commit)
     head = repo.git.head()
     stack = repo.stack(commit)
-    present = set(repo.edit_ids(commit))
+    tree = repo.git.read_files(commit, layout.EDITS)  # every edit's files, read at once
+    present = {path.split("/")[1] for path in tree if path.endswith("/" + layout.RECORD)}
     for missing in [e for e in stack.active if e not in present]:
         report.issues.append(Issue(layout.STACK, f"names edit {missing}, which does not exist"))
     for eid in sorted(present):
-        issues = check_edit(repo, commit, eid, signers, worktree=commit == head).issues
+        issues = check_edit(repo, commit, eid, signers, worktree=commit == head, tree=tree).issues
         report.edits += 1
         report.files += 1 + len(layout.EDIT_FILES)
         report.issues.extend(issues)
