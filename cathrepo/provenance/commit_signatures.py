@@ -12,16 +12,12 @@ import base64
 import calendar
 import dataclasses
 import hashlib
-import os
 import re
 import struct
-import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from cathrepo.exceptions import GitError, InvalidInputError, NotFoundError, VerificationError
+from cathrepo.exceptions import VerificationError
 from cathrepo.provenance.allowed_signers import AllowedSigner
 from cathrepo.provenance.keys import KEY_TYPE, SigningKey, fingerprint_of, private_key
 
@@ -33,7 +29,6 @@ _OTHER_ARMOR = ("-----BEGIN PGP SIGNATURE-----", "-----BEGIN PGP MESSAGE-----",
 _SIG_HEADERS = {"sha1": b"gpgsig", "sha256": b"gpgsig-sha256"}
 _HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _COMMITTER_TIME = re.compile(rb"^committer [^\n]*> (\d+)", re.MULTILINE)
-_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_EDITOR": "true"}  # as cathrepo.repo.git runs git
 
 
 @dataclass(frozen=True)
@@ -277,30 +272,3 @@ def signed_commit(payload: bytes, armored: str, *, object_format: str = "sha1") 
     lines = re.findall(rb"[^\n]*\n|[^\n]+$", armored.encode("utf-8"))
     return payload[:at] + _SIG_HEADERS[object_format] + b"".join(b" " + line for line in lines) + payload[at:]
 
-
-def read_commits(git_dir_or_root: Path, shas: Sequence[str]) -> dict[str, bytes]:
-    """The raw objects of many commits from one ``git cat-file --batch``, keyed by the names given.
-
-    Raises:
-        InvalidInputError: a name is empty or holds a newline.
-        NotFoundError: a name is missing or not a commit.
-        GitError: git could not run there.
-    """
-    names = list(shas)
-    if any(not name.strip() or "\n" in name for name in names):
-        raise InvalidInputError("A commit name is empty or holds a newline.", hint="Pass full commit ids.")
-    done = subprocess.run(["git", "-C", str(git_dir_or_root), "cat-file", "--batch"], check=False,
-                          input="".join(f"{n}\n" for n in names).encode(), capture_output=True,
-                          env={**os.environ, **_ENV})
-    if done.returncode != 0:
-        raise GitError(f"git cat-file failed in {git_dir_or_root}: {done.stderr.decode(errors='replace')}",
-                       hint="Pass a git work tree or its .git directory.")
-    out, pos, commits = done.stdout, 0, {}
-    for name in names:
-        end = out.index(b"\n", pos)
-        fields = out[pos:end].split()
-        if fields[1:2] != [b"commit"]:
-            raise NotFoundError(f"'{name}' is not a commit in {git_dir_or_root} "
-                                f"(git: {out[pos:end].decode(errors='replace')}).")
-        commits[name], pos = out[end + 1:end + 1 + int(fields[2])], end + 2 + int(fields[2])
-    return commits

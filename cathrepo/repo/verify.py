@@ -43,9 +43,8 @@ def verify(repo: Repo, rev: str = "HEAD") -> VerifyReport:
     """Check every commit reachable from ``rev`` and every edit present at ``rev``."""
     commit = repo.git.rev_parse(rev)
     report = VerifyReport(rev=rev, commit=commit)
-    for sha in repo.git.rev_list(commit):
+    for sha, check in repo.git.verify_commits(repo.git.rev_list(commit)).items():
         report.commits += 1
-        check = repo.git.verify_commit(sha)
         if not check.ok:
             report.issues.append(Issue(f"commit {sha[:12]}", f"signature does not verify: {check.detail}"))
     signers = signers_at(repo, commit)

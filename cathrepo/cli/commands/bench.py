@@ -190,6 +190,27 @@ def calibrate_cmd(data: Path, n: int, skip: int, variants: tuple[str, ...], conf
         click.echo(f"wrote {json_out}")
 
 
+@bench_group.command("scale")
+@click.option("--repo", "repo", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Repository to build (created when missing) or extend to N edits.")
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Edits the repository holds.")
+@click.option("--base", metavar="MODEL", help="Base model of a repository this run creates (default: embedded).")
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs of each command (medians).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def scale_cmd(repo: Path, n: int, base: str | None, runs: int, json_out: Path | None) -> None:
+    """Build a repository of N synthetic edits (each a signed commit with DVC-tracked weights) and time
+    log, verify and materialize on it."""
+    from cathrepo.bench.scale import ScaleBenchConfig, bench_scale
+
+    with progress("Building") as say:
+        out = bench_scale(ScaleBenchConfig(repo=repo, n=n, base=base, runs=runs),
+                          lambda stage, done, total: say(f"{stage} {done}/{total}"))
+    _table(f"{out['edits']} edits in {out['repo']} (medians of {runs} runs)", out, None)
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
 def _table(title: str, values: dict[str, Any], beside: dict[str, Any] | None) -> None:
     from rich.console import Console
     from rich.table import Table

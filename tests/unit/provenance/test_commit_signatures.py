@@ -14,7 +14,6 @@ from cathrepo.exceptions import NotFoundError, VerificationError
 from cathrepo.provenance.allowed_signers import add_signer, parse_allowed_signers, read_allowed_signers
 from cathrepo.provenance.commit_signatures import (
     parse_sshsig,
-    read_commits,
     sign_commit_payload,
     signed_commit,
     split_signed_commit,
@@ -90,7 +89,7 @@ def test_commit_signed_by_git_verifies_and_its_payload_is_what_ssh_keygen_checks
     (repo.root / "a.txt").write_text("1")
     repo.add(["a.txt"])
     sha = repo.commit("First edit\n\nWhy it was made.", {"Cathrepo-Edit": "abc"})
-    raw = read_commits(repo.root, [sha])[sha]
+    raw = repo.read_objects([sha])[sha]
     payload, armored = split_signed_commit(raw)
     assert armored is not None and b"gpgsig" not in payload and payload.endswith(b"Cathrepo-Edit: abc\n")
     check = verify_commit_signature(raw, read_allowed_signers(repo.root / "allowed_signers"))
@@ -237,16 +236,15 @@ def test_parse_sshsig_refuses_malformed_signatures(armored, words):
     assert words in error.value.message
 
 
-def test_read_commits_is_git_cat_file_for_many_commits(repo):
+def test_read_objects_is_git_cat_file_for_many_commits(repo):
     for name in ("a", "b", "c"):
         (repo.root / name).write_text(name)
         repo.add([name])
         repo.commit(f"Add {name}")
     shas = _git(repo.root, "rev-list", "HEAD").stdout.decode().split()
     assert len(shas) == 4
-    for where in (repo.root, repo.root / ".git"):
-        commits = read_commits(where, shas)
-        assert list(commits) == shas
-        assert all(commits[sha] == _git(repo.root, "cat-file", "commit", sha).stdout for sha in shas)
-    with pytest.raises(NotFoundError, match="missing"):
-        read_commits(repo.root, [shas[0], "0" * 40])
+    commits = repo.read_objects(shas)
+    assert list(commits) == shas
+    assert all(commits[sha] == _git(repo.root, "cat-file", "commit", sha).stdout for sha in shas)
+    with pytest.raises(NotFoundError, match="no object"):
+        repo.read_objects([shas[0], "0" * 40])
