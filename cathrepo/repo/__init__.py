@@ -234,11 +234,12 @@ class Repo:
 
         return status(self)
 
-    def verify(self, rev: str = "HEAD") -> VerifyReport:
-        """Every commit signature, edit signature and file hash reachable from ``rev``."""
+    def verify(self, rev: str = "HEAD", *, full: bool = False) -> VerifyReport:
+        """Every commit signature, edit signature and file hash reachable from ``rev`` (what this clone
+        verified before only by its weights, unless ``full``)."""
         from cathrepo.repo.verify import verify
 
-        return verify(self, rev)
+        return verify(self, rev, full=full)
 
     def materialize(self, rev: str = "HEAD", *, verify: bool = True) -> Materialized:
         """The verified base model with ``rev``'s active deltas applied in order."""

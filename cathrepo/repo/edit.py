@@ -53,6 +53,7 @@ def edit(
     from cathrepo.provenance.manifest import numerics
     from cathrepo.repo.commit import commit_edit
     from cathrepo.repo.state import active_edits, probe_sets
+    from cathrepo.repo.verified import Verified
 
     if not requests:
         raise InvalidInputError("No facts to edit.", hint="Pass --prompt/--subject/--target or --file.")
@@ -65,7 +66,7 @@ def edit(
     resolved = method_cls.params_for(model, overrides)
     corpus_path = corpus or (Path(config.edit.corpus) if config.edit.corpus else None)
     env = EditEnv(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
-    active = [(e.id, e.delta) for e in active_edits(repo, "HEAD")]
+    active = [(e.id, e.delta) for e in active_edits(repo, "HEAD", verified=Verified.of(repo.root))]
     suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
     results: list[EditResult] = []
     for i, request in enumerate(requests):

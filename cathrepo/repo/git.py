@@ -197,8 +197,7 @@ class Git:
         from cathrepo.provenance.allowed_signers import parse_allowed_signers
         from cathrepo.provenance.commit_signatures import verify_commit_signature
 
-        configured = self.config_get("gpg.ssh.allowedSignersFile")
-        path = (self._root / configured) if configured else None
+        path = self.allowed_signers_file()
         try:
             signers = parse_allowed_signers(path.read_text(encoding="utf-8"), source=str(path)) \
                 if path is not None and path.is_file() else None
@@ -363,21 +362,32 @@ class Git:
             pos = end + 2 + size
         return found
 
-    def read_files(self, rev: str, under: str = "") -> dict[str, bytes]:
-        """Every file below the directory ``under`` at ``rev`` (repository-relative path -> bytes), read
-        by two git processes whatever their number."""
+    def list_tree(self, rev: str, under: str = "") -> dict[str, tuple[str, str]]:
+        """Every file and directory below ``under`` at ``rev``: repository-relative path -> (``blob`` or
+        ``tree``, object id), from one ``git ls-tree``."""
         sha = rev if _FULL_ID.fullmatch(rev) else self.rev_parse(rev)
-        args = ["ls-tree", "-r", "-z", "--full-tree", sha]
+        args = ["ls-tree", "-r", "-t", "-z", "--full-tree", sha]
         if under.strip("/"):
             args += ["--", under.strip("/") + "/"]
-        blobs: dict[str, str] = {}
+        listing: dict[str, tuple[str, str]] = {}
         for entry in self.run(args).split("\0"):
             meta, _, path = entry.partition("\t")
             parts = meta.split()
-            if len(parts) == 3 and parts[1] == "blob":
-                blobs[path] = parts[2]
+            if len(parts) == 3 and parts[1] in ("blob", "tree"):
+                listing[path] = (parts[1], parts[2])
+        return listing
+
+    def read_files(self, rev: str, under: str = "") -> dict[str, bytes]:
+        """Every file below the directory ``under`` at ``rev`` (repository-relative path -> bytes), read
+        by two git processes whatever their number."""
+        blobs = {path: oid for path, (kind, oid) in self.list_tree(rev, under).items() if kind == "blob"}
         data = self.read_objects(list(blobs.values()))
         return {path: data[oid] for path, oid in blobs.items()}
+
+    def allowed_signers_file(self) -> Path | None:
+        """The allowed signers file git checks commit signatures against (``gpg.ssh.allowedSignersFile``)."""
+        configured = self.config_get("gpg.ssh.allowedSignersFile")
+        return (self._root / configured) if configured else None
 
     def list_files(self, rev: str, under: str = "") -> list[str]:
         """Files (repository-relative, sorted) at ``rev`` below the directory ``under``."""

@@ -30,9 +30,10 @@ class Materialized:
 def materialize(repo: Repo, rev: str = "HEAD", *, verify: bool = True) -> Materialized:
     """Load the verified base model and apply ``rev``'s active deltas in order."""
     from cathrepo.delta import apply_deltas
+    from cathrepo.repo.verified import Verified
 
     commit = repo.git.rev_parse(rev)
-    edits = active_edits(repo, commit, verify=verify)
+    edits = active_edits(repo, commit, verify=verify, verified=Verified.of(repo.root))
     model, tokenizer = repo.load_base()
     record = apply_deltas(model, [e.delta for e in edits])
     return Materialized(model, tokenizer, rev, commit, edits, record)

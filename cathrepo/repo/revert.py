@@ -47,6 +47,7 @@ def revert(
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.repo.state import active_edits, probe_sets
+    from cathrepo.repo.verified import Verified
 
     edit_id = repo.resolve_edit(ref)
     stack = repo.stack("HEAD")
@@ -56,7 +57,7 @@ def revert(
     record = repo.record(edit_id)
     report = None
     if gate:
-        edits = active_edits(repo, "HEAD")
+        edits = active_edits(repo, "HEAD", verified=Verified.of(repo.root))
         remaining = [e for e in edits if e.id != edit_id]
         report = run_gates(
             *repo.load_base(),

@@ -9,7 +9,7 @@ each file once.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cathrepo.delta import Delta
     from cathrepo.provenance.allowed_signers import AllowedSigner
     from cathrepo.repo import Repo
+    from cathrepo.repo.verified import Verified
 
 
 @dataclass(frozen=True)
@@ -155,23 +156,103 @@ def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = Tru
     return ActiveEdit(edit_id, record, delta)
 
 
-def active_edits(repo: Repo, rev: str = "HEAD", *, verify: bool = True) -> list[ActiveEdit]:
-    """The active set of ``rev`` in stack order, each loaded and verified (the revision resolved and its
-    signers read once: every edit's files are then read through one object reader)."""
+def check_edits(repo: Repo, sha: str, edit_ids: Sequence[str], *, worktree: bool = False,
+                verified: Verified | None = None, records: bool = True) -> dict[str, EditCheck]:
+    """:func:`check_edit` of several edits at commit ``sha``, their files read at once. An edit that
+    ``verified`` knows (its directory's tree id verified against the same ``allowed_signers``) is checked
+    by its weights alone; with ``records`` its record and adapter config are read for loading. Edits that
+    verify now are added to ``verified`` (the caller saves it)."""
+    from cathrepo.repo.verified import signers_key
+
+    listing = repo.git.list_tree(sha, layout.EDITS)
+    raw_signers = repo.git.show_file(sha, layout.ALLOWED_SIGNERS)
+    signers = signers_at(repo, sha)
+    key = signers_key(raw_signers)
+    trees = {eid: listing.get(layout.edit_path(eid), ("", ""))[1] for eid in edit_ids}
+    known = {eid: w for eid in edit_ids if verified and (w := verified.edit_weights(trees[eid], key))}
+    light = (layout.WEIGHTS_POINTER, *((layout.RECORD, layout.ADAPTER_CONFIG) if records else ()))
+    files_of: dict[str, list[str]] = {}
+    for path, (kind, _) in listing.items():
+        if kind == "blob":
+            files_of.setdefault(path.split("/", 2)[1], []).append(path)
+    wanted: dict[str, str] = {}
+    for eid in edit_ids:
+        below = [layout.edit_path(eid, n) for n in light] if eid in known else files_of.get(eid, [])
+        wanted.update({path: listing[path][1] for path in below if listing.get(path, ("",))[0] == "blob"})
+    data = repo.git.read_objects(list(wanted.values()))
+    tree = {path: data[oid] for path, oid in wanted.items()}
+    out: dict[str, EditCheck] = {}
+    for eid in edit_ids:
+        if eid in known:
+            out[eid] = _check_weights(repo, sha, eid, known[eid], tree, worktree=worktree, records=records)
+            continue
+        check = out[eid] = check_edit(repo, sha, eid, signers, worktree=worktree, tree=tree)
+        if verified is not None and not check.issues and check.record is not None and trees[eid]:
+            verified.add_edit(trees[eid], key, check.record.files[layout.WEIGHTS])
+    return out
+
+
+def _check_weights(repo: Repo, sha: str, edit_id: str, expected: str, tree: Mapping[str, bytes], *,
+                   worktree: bool, records: bool) -> EditCheck:
+    """An already verified edit: only its weights, which git does not hold, are read and hashed."""
+    path = layout.edit_path(edit_id, layout.WEIGHTS)
+    try:
+        _, weights = weights_bytes(repo, sha, edit_id, tree)
+    except CathrepoError as exc:
+        return EditCheck(None, [Issue(path, exc.message)])
+    issues = []
+    if sha256_bytes(weights) != expected:
+        issues.append(Issue(path, f"sha256 {sha256_bytes(weights)[:12]}… differs from the record's {expected[:12]}…"))
+    local = repo.root / path
+    if worktree and local.is_file() and sha256_file(local) != expected:
+        issues.append(Issue(path, "the copy in the work tree differs from the committed weights (modified)"))
+    files = {layout.WEIGHTS: weights}
+    record = None
+    if records:
+        raw = tree.get(layout.edit_path(edit_id, layout.RECORD))
+        config = tree.get(layout.edit_path(edit_id, layout.ADAPTER_CONFIG))
+        if raw is None or config is None:
+            return EditCheck(None, [*issues, Issue(layout.edit_path(edit_id), "record or adapter config missing")])
+        record, files[layout.ADAPTER_CONFIG] = EditRecord.from_bytes(raw), config
+    return EditCheck(record, issues, files)
+
+
+def active_edits(repo: Repo, rev: str = "HEAD", *, verify: bool = True,
+                 verified: Verified | None = None) -> list[ActiveEdit]:
+    """The active set of ``rev`` in stack order, each loaded and verified (its files read at once; with
+    ``verified``, an edit this clone verified before is checked by its weights' hash alone)."""
     sha = repo.git.rev_parse(rev)
-    signers = signers_at(repo, sha) if verify else None
     active = repo.stack(sha).active
-    tree = repo.git.read_files(sha, layout.EDITS) if active else None
-    return [load_edit(repo, eid, sha, verify=verify, signers=signers, tree=tree) for eid in active]
+    if not active:
+        return []
+    if not verify:
+        tree = repo.git.read_files(sha, layout.EDITS)
+        return [load_edit(repo, eid, sha, verify=False, tree=tree) for eid in active]
+    checks = check_edits(repo, sha, active, verified=verified)
+    out = []
+    for eid in active:
+        check = checks[eid]
+        if check.issues or check.record is None:
+            first = check.issues[0] if check.issues else "unreadable"
+            raise VerificationError(f"Edit {eid} does not verify: {first}.",
+                                    hint="Run 'cathrepo verify' for the full list.")
+        config = json.loads(check.files[layout.ADAPTER_CONFIG])
+        out.append(ActiveEdit(eid, check.record, delta_from_parts(config, check.files[layout.WEIGHTS],
+                                                                  what=f"edit {eid}")))
+    if verified is not None:
+        verified.save()
+    return out
 
 
 def probe_sets(repo: Repo, edit_ids: list[str], rev: str = "HEAD") -> list[ProbeSet]:
-    """The committed probes of each edit (the regression suite)."""
-    sets = []
-    sha = repo.git.rev_parse(rev) if edit_ids else rev
-    for eid in edit_ids:
-        data = repo.git.show_file(sha, layout.edit_path(eid, layout.PROBES))
-        if data is None:
-            raise VerificationError(f"{layout.edit_path(eid, layout.PROBES)} is missing at {rev}.")
-        sets.append(ProbeSet.from_jsonl(data.decode("utf-8")))
-    return sets
+    """The committed probes of each edit (the regression suite), read at once."""
+    if not edit_ids:
+        return []
+    sha = repo.git.rev_parse(rev)
+    paths = [layout.edit_path(eid, layout.PROBES) for eid in edit_ids]
+    listing = repo.git.list_tree(sha, layout.EDITS)
+    missing = [path for path in paths if path not in listing]
+    if missing:
+        raise VerificationError(f"{missing[0]} is missing at {rev}.")
+    data = repo.git.read_objects([listing[path][1] for path in paths])
+    return [ProbeSet.from_jsonl(data[listing[path][1]].decode("utf-8")) for path in paths]

@@ -1,10 +1,11 @@
 """``cathrepo verify [REV]``: every commit signature, every edit signature, every file hash.
 
-Commits are checked by git itself (``git verify-commit`` semantics against ``allowed_signers``). Each
-edit's ``edit.json`` must hash to its directory name (the edit id), carry a valid ``edit.sig`` by an
+Commits are checked as ``git verify-commit`` checks them against ``allowed_signers`` (in-process for SSH
+signatures, :meth:`~cathrepo.repo.git.Git.verify_commits`). Each edit's ``edit.json`` must hash to its directory name (the edit id), carry a valid ``edit.sig`` by an
 allowed signer, and name the sha256 of every other file of the edit; the weights are read from the DVC
 cache (fetched from the remote if needed) through the pointer committed at that revision. An issue
-names the exact file.
+names the exact file. What this clone verified before is recorded in an index
+(:mod:`cathrepo.repo.verified`) and not checked again, except the weights; ``--full`` checks all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cathrepo.repo import layout
-from cathrepo.repo.state import Issue, check_edit, signers_at
+from cathrepo.repo.state import Issue, check_edits
+from cathrepo.repo.verified import Verified, signers_key
 
 if TYPE_CHECKING:
     from cathrepo.repo import Repo
@@ -39,24 +41,32 @@ class VerifyReport:
                 "edits": self.edits, "files": self.files, "issues": [str(i) for i in self.issues]}
 
 
-def verify(repo: Repo, rev: str = "HEAD") -> VerifyReport:
-    """Check every commit reachable from ``rev`` and every edit present at ``rev``."""
+def verify(repo: Repo, rev: str = "HEAD", *, full: bool = False) -> VerifyReport:
+    """Check every commit reachable from ``rev`` and every edit present at ``rev``. What this clone
+    verified before (:mod:`cathrepo.repo.verified`) is not checked again, except each edit's weights;
+    ``full`` checks everything."""
+    verified = Verified.of(repo.root, full=full)
     commit = repo.git.rev_parse(rev)
     report = VerifyReport(rev=rev, commit=commit)
-    for sha, check in repo.git.verify_commits(repo.git.rev_list(commit)).items():
-        report.commits += 1
-        if not check.ok:
+    shas = repo.git.rev_list(commit)
+    report.commits = len(shas)
+    file = repo.git.allowed_signers_file()
+    key = signers_key(file.read_bytes() if file is not None and file.is_file() else None)
+    todo = [sha for sha in shas if not verified.has_commit(sha, key)]
+    for sha, check in repo.git.verify_commits(todo).items():
+        if check.ok:
+            verified.add_commit(sha, key)
+        else:
             report.issues.append(Issue(f"commit {sha[:12]}", f"signature does not verify: {check.detail}"))
-    signers = signers_at(repo, commit)
-    head = repo.git.head()
     stack = repo.stack(commit)
-    tree = repo.git.read_files(commit, layout.EDITS)  # every edit's files, read at once
-    present = {path.split("/")[1] for path in tree if path.endswith("/" + layout.RECORD)}
+    present = sorted({path.split("/")[1] for path in repo.git.list_tree(commit, layout.EDITS)
+                      if path.endswith("/" + layout.RECORD)})
     for missing in [e for e in stack.active if e not in present]:
         report.issues.append(Issue(layout.STACK, f"names edit {missing}, which does not exist"))
-    for eid in sorted(present):
-        issues = check_edit(repo, commit, eid, signers, worktree=commit == head, tree=tree).issues
+    checks = check_edits(repo, commit, present, worktree=commit == repo.git.head(), verified=verified, records=False)
+    for eid in present:
         report.edits += 1
         report.files += 1 + len(layout.EDIT_FILES)
-        report.issues.extend(issues)
+        report.issues.extend(checks[eid].issues)
+    verified.save()
     return report

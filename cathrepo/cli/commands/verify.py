@@ -1,4 +1,4 @@
-"""cathrepo verify [REV] [--json]"""
+"""cathrepo verify [REV] [--full] [--json]"""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from cathrepo.exceptions import VerificationError
 
 @click.command("verify")
 @click.argument("rev", default="HEAD")
+@click.option("--full", is_flag=True, help="Check again what this clone verified before (by default only "
+                                         "each edit's weights are, the rest is known by its git ids).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def verify_cmd(ctx: click.Context, rev: str, as_json: bool) -> None:
+def verify_cmd(ctx: click.Context, rev: str, full: bool, as_json: bool) -> None:
     """Check every commit signature, edit signature and file hash up to REV."""
-    report = open_repo(ctx).verify(rev)
+    report = open_repo(ctx).verify(rev, full=full)
     if as_json:
         echo_json(report.to_dict())
     else:
