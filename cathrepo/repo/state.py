@@ -157,14 +157,16 @@ def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = Tru
 
 
 def check_edits(repo: Repo, sha: str, edit_ids: Sequence[str], *, worktree: bool = False,
-                verified: Verified | None = None, records: bool = True) -> dict[str, EditCheck]:
+                verified: Verified | None = None, records: bool = True,
+                listing: Mapping[str, tuple[str, str]] | None = None) -> dict[str, EditCheck]:
     """:func:`check_edit` of several edits at commit ``sha``, their files read at once. An edit that
     ``verified`` knows (its directory's tree id verified against the same ``allowed_signers``) is checked
     by its weights alone; with ``records`` its record and adapter config are read for loading. Edits that
-    verify now are added to ``verified`` (the caller saves it)."""
+    verify now are added to ``verified`` (the caller saves it). ``listing``: ``list_tree(sha, "edits")``,
+    when the caller has it."""
     from cathrepo.repo.verified import signers_key
 
-    listing = repo.git.list_tree(sha, layout.EDITS)
+    listing = listing if listing is not None else repo.git.list_tree(sha, layout.EDITS)
     raw_signers = repo.git.show_file(sha, layout.ALLOWED_SIGNERS)
     signers = signers_at(repo, sha)
     key = signers_key(raw_signers)

@@ -59,11 +59,12 @@ def verify(repo: Repo, rev: str = "HEAD", *, full: bool = False) -> VerifyReport
         else:
             report.issues.append(Issue(f"commit {sha[:12]}", f"signature does not verify: {check.detail}"))
     stack = repo.stack(commit)
-    present = sorted({path.split("/")[1] for path in repo.git.list_tree(commit, layout.EDITS)
-                      if path.endswith("/" + layout.RECORD)})
+    listing = repo.git.list_tree(commit, layout.EDITS)
+    present = sorted({path.split("/")[1] for path in listing if path.endswith("/" + layout.RECORD)})
     for missing in [e for e in stack.active if e not in present]:
         report.issues.append(Issue(layout.STACK, f"names edit {missing}, which does not exist"))
-    checks = check_edits(repo, commit, present, worktree=commit == repo.git.head(), verified=verified, records=False)
+    checks = check_edits(repo, commit, present, worktree=commit == repo.git.head(), verified=verified, records=False,
+                         listing=listing)
     for eid in present:
         report.edits += 1
         report.files += 1 + len(layout.EDIT_FILES)
