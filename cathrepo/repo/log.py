@@ -27,11 +27,15 @@ class LogEntry:
         return asdict(self)
 
 
+#: The trailers a log entry shows (the others, one per gate and file hash, are not read).
+TRAILERS = ("Cathrepo-Action", "Cathrepo-Edit", "Cathrepo-Method", "Cathrepo-Gates")
+
+
 def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None) -> list[LogEntry]:
     """Commits reachable from ``rev``, newest first."""
     active = set(repo.stack(rev).active)
     entries = []
-    for c in repo.git.log(rev, max_count=max_count):
+    for c in repo.git.log(rev, max_count=max_count, trailer_keys=TRAILERS):
         trailers = c.trailers
         action = trailers.get("Cathrepo-Action", "other")
         edit_id = trailers.get("Cathrepo-Edit")

@@ -106,6 +106,9 @@ def test_trailers_and_body_round_trip_through_log(signed_git):
     assert [c.sha for c in signed_git.log(paths=["a.txt"])] == [first]
     assert [c.sha for c in signed_git.log(max_count=1)] == [sha]
     assert signed_git.rev_list() == [sha, first, root.sha]
+    (light, *_) = signed_git.log(trailer_keys=["Cathrepo-Edit", "Cathrepo-Gates"])  # what log shows, only
+    assert light.trailers == {"Cathrepo-Edit": "e-3f2a", "Cathrepo-Gates": "pass 7/7"} and light.body == ""
+    assert (light.sha, light.subject, light.parents) == (sha, newest.subject, newest.parents)
     with pytest.raises(InvalidInputError):
         signed_git.commit("x", {"Bad Key": "v"})
 
