@@ -32,7 +32,7 @@ STAGES = ("edit", "revert", "merge", "promote", "revision")
 
 DEFAULT_STAGES: dict[str, tuple[str, ...]] = {
     "edit": ("efficacy", "paraphrase", "neighborhood", "cfplus", "generation", "fluency", "norms",
-             "regression", "retention"),
+             "regression", "retention", "perplexity"),
     "revert": ("regression", "retention"),
     "merge": ("regression", "retention", "norms", "perplexity"),
     "promote": ("regression", "retention", "perplexity", "mmlu"),
