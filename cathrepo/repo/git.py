@@ -29,7 +29,9 @@ from cathrepo.repo.git_records import (
     SignatureCheck,
     first_line,
     git_message,
+    parse_batch,
     parse_commit,
+    parse_ls_tree,
 )
 
 if TYPE_CHECKING:
@@ -188,32 +190,6 @@ class Git:
         return SignatureCheck(ok=code == "G", principal=signer.strip() or None,
                               fingerprint=fingerprint.strip() or None, detail=detail)
 
-    def verify_commits(self, shas: Sequence[str]) -> dict[str, SignatureCheck]:
-        """:meth:`verify_commit` of many commits. SSH signatures are checked in-process against the
-        configured ``gpg.ssh.allowedSignersFile`` exactly as git and ssh-keygen check them
-        (:mod:`cathrepo.provenance.commit_signatures`: 10,000 commits in seconds, not minutes); a PGP or
-        X.509 signature, or a repository without an allowed signers file, is left to git itself."""
-        from cathrepo.exceptions import CathrepoError
-        from cathrepo.provenance.allowed_signers import parse_allowed_signers
-        from cathrepo.provenance.commit_signatures import verify_commit_signature
-
-        path = self.allowed_signers_file()
-        try:
-            signers = parse_allowed_signers(path.read_text(encoding="utf-8"), source=str(path)) \
-                if path is not None and path.is_file() else None
-        except (CathrepoError, OSError, UnicodeDecodeError):
-            signers = None  # git's own check reports what is wrong with the file
-        raws = self.read_objects(shas) if signers is not None else {}
-        out: dict[str, SignatureCheck] = {}
-        for sha in shas:
-            check = verify_commit_signature(raws[sha], signers) if signers is not None else None
-            if check is None or check.needs_git:
-                out[sha] = self.verify_commit(sha)
-            else:
-                out[sha] = SignatureCheck(ok=check.ok, principal=check.principal, fingerprint=check.fingerprint,
-                                          detail=check.detail)
-        return out
-
     # --- index and commits -----------------------------------------------------------------------
 
     def add(self, paths: Sequence[Path | str]) -> None:
@@ -351,15 +327,9 @@ class Git:
         if done.returncode != 0:
             raise GitError(f"git cat-file failed: {first_line(done.stderr.decode(errors='replace'))}",
                            hint="Run 'git fsck' in the repository.")
-        out, pos, found = done.stdout, 0, {}
-        for oid in wanted:
-            end = out.index(b"\n", pos)
-            header = out[pos:end].split()
-            if len(header) != 3:
-                raise NotFoundError(f"git has no object {oid} in {self._root}.", hint="Run 'git fsck' in the repository.")
-            size = int(header[2])
-            found[oid] = out[end + 1 : end + 1 + size]
-            pos = end + 2 + size
+        found, missing = parse_batch(done.stdout, wanted)
+        if missing is not None:
+            raise NotFoundError(f"git has no object {missing} in {self._root}.", hint="Run 'git fsck' in the repository.")
         return found
 
     def list_tree(self, rev: str, under: str = "") -> dict[str, tuple[str, str]]:
@@ -369,13 +339,7 @@ class Git:
         args = ["ls-tree", "-r", "-t", "-z", "--full-tree", sha]
         if under.strip("/"):
             args += ["--", under.strip("/") + "/"]
-        listing: dict[str, tuple[str, str]] = {}
-        for entry in self.run(args).split("\0"):
-            meta, _, path = entry.partition("\t")
-            parts = meta.split()
-            if len(parts) == 3 and parts[1] in ("blob", "tree"):
-                listing[path] = (parts[1], parts[2])
-        return listing
+        return parse_ls_tree(self.run(args))
 
     def read_files(self, rev: str, under: str = "") -> dict[str, bytes]:
         """Every file below the directory ``under`` at ``rev`` (repository-relative path -> bytes), read
@@ -391,11 +355,7 @@ class Git:
 
     def list_files(self, rev: str, under: str = "") -> list[str]:
         """Files (repository-relative, sorted) at ``rev`` below the directory ``under``."""
-        sha = self.rev_parse(rev)
-        args = ["ls-tree", "-r", "-z", "--name-only", "--full-tree", sha]
-        if under.strip("/"):
-            args += ["--", under.strip("/") + "/"]
-        return sorted(p for p in self.run(args).split("\0") if p)
+        return sorted(path for path, (kind, _) in self.list_tree(self.rev_parse(rev), under).items() if kind == "blob")
 
     def log(self, rev: str = "HEAD", paths: Sequence[str] | None = None,
             max_count: int | None = None, trailer_keys: Sequence[str] | None = None) -> list[CommitInfo]:

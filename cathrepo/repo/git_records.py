@@ -100,3 +100,29 @@ def parse_commit(record: str) -> CommitInfo:
             body = "\n\n".join(paragraphs[:-1]).strip("\n")
     return CommitInfo(sha=sha.strip(), author_name=name, author_email=email, date=date, subject=subject,
                       body=body, trailers=trailers, parents=tuple(parents.split()))
+
+
+def parse_batch(out: bytes, wanted: list[str]) -> tuple[dict[str, bytes], str | None]:
+    """``git cat-file --batch`` output for the ids ``wanted`` (in order): id -> contents, and the first
+    id git does not have (None when it has them all)."""
+    pos, found = 0, dict[str, bytes]()
+    for oid in wanted:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()
+        if len(header) != 3:
+            return found, oid
+        size = int(header[2])
+        found[oid] = out[end + 1 : end + 1 + size]
+        pos = end + 2 + size
+    return found, None
+
+
+def parse_ls_tree(text: str) -> dict[str, tuple[str, str]]:
+    """``git ls-tree -z`` output: path -> (``blob`` or ``tree``, object id); other entries are left out."""
+    listing: dict[str, tuple[str, str]] = {}
+    for entry in text.split("\0"):
+        meta, _, path = entry.partition("\t")
+        parts = meta.split()
+        if len(parts) == 3 and parts[1] in ("blob", "tree"):
+            listing[path] = (parts[1], parts[2])
+    return listing
