@@ -69,7 +69,14 @@ class MemitMethod(EditMethod):
         import torch
 
         from cathrepo.lm.tokens import continuation_ids
-        from cathrepo.models import cache_dir, default_edit_layer, family_for, num_layers
+        from cathrepo.models import (
+            cache_dir,
+            default_edit_layer,
+            family_for,
+            get_module,
+            num_layers,
+            weight_shape,
+        )
 
         require_writes(facts, "MEMIT")
         p: MemitParams = self.params
@@ -79,6 +86,11 @@ class MemitMethod(EditMethod):
             raise InvalidInputError(f"MEMIT layer {layers[-1]} does not exist; the model has {num_layers(model)} layers.",
                                     hint=f"Pass layers between 0 and {num_layers(model) - 1}.")
         modules = [family.layer_name("mlp_out", layer) for layer in layers]
+        width = weight_shape(get_module(model, modules[0]))[1]
+        if p.corpus_rank >= width:
+            raise InvalidInputError(f"MEMIT corpus_rank {p.corpus_rank} would hold every direction of the "
+                                    f"{width}-wide keys; nothing would be left to write in.",
+                                    hint=f"Pass a corpus_rank below {width} (0: off).")
         top = family.layer_name("layer", layers[-1])
         cache = env.cache_dir or cache_dir()
         stats = stats_dir(cache, env.base_hash)
@@ -116,6 +128,9 @@ class MemitMethod(EditMethod):
                                         cache=cache, base_hash=env.base_hash, also=modules)
                 state = None if env.active is None else [*env.active, *(Delta({m: f}) for m, f in factors.items())]
                 preserved = _preserved_keys(model, tokenizer, module, held, env, state)
+                if p.corpus_rank > 0:
+                    directions = corpus_directions(cov, p.corpus_rank)
+                    preserved = directions if preserved is None else torch.cat([preserved, directions])
                 share = (goal - hidden) / (len(layers) - i)  # (n, d_model)
                 A = spread_update(cov, keys, p.mom2_weight, p.cov_reg, preserved)
                 factor = LowRank(B=share.T.contiguous(), A=A)
@@ -193,6 +208,15 @@ def spread_update(cov: torch.Tensor, keys: torch.Tensor, weight: float, reg: flo
     pk = proj @ k
     m = weight * (proj @ c @ proj) + pk @ pk.T + weight * ridge * eye
     return (torch.linalg.solve(m, pk).T @ proj).float()
+
+
+def corpus_directions(cov: torch.Tensor, rank: int) -> torch.Tensor:
+    """The ``rank`` top eigenvectors of a key second moment as rows (rank, d), each scaled to the root of
+    its trace (a typical key's norm), so they sit beside real keys in the preserved set."""
+    import torch
+
+    _, vectors = torch.linalg.eigh(cov.double())  # ascending
+    return (vectors[:, -rank:].T * float(torch.trace(cov.double())) ** 0.5).float()
 
 
 def _known(n: int, facts: Sequence[Fact]) -> list[tuple[str, str]]:

@@ -53,6 +53,9 @@ class MemitParams:
     protect_facts: int = _help("Known facts (the protected half of the known-facts file; the retention gate "
                                "measures the other half) whose subject keys every layer's update is held off, "
                                "as the active edits' (0: off).", 0)
+    corpus_rank: int = _help("The corpus keys' top eigen-directions (of each layer's second moment) every update is "
+                             "held exactly off, as AlphaEdit holds its preserved-knowledge null space (0: off; "
+                             "the corpus is then held by mom2_weight alone).", 0)
     n_context: int = _help("Generated context prefixes averaged into keys and targets.", 5)
     context_tokens: int = _help("Length in tokens of each generated context prefix.", 10)
     v_steps: int = _help("Maximum Adam steps of the target optimisation (v_solver adam).", 60)
@@ -92,8 +95,9 @@ class MemitParams:
                 raise InvalidInputError(f"MEMIT layers {list(layers)} must be distinct layers >= 0.",
                                         hint="Pass layers as a list: --param layers=[4,5,6].")
             object.__setattr__(self, "layers", tuple(sorted(layers)))
-        if self.span <= 0 or self.mom2_weight <= 0 or self.protect_facts < 0:
-            raise InvalidInputError("MEMIT parameters span and mom2_weight must be positive, protect_facts >= 0.")
+        if self.span <= 0 or self.mom2_weight <= 0 or self.protect_facts < 0 or self.corpus_rank < 0:
+            raise InvalidInputError("MEMIT parameters span and mom2_weight must be positive, protect_facts and "
+                                    "corpus_rank >= 0.")
         try:  # the target optimisation's fields are ROME's, checked by ROME's own rules
             self.value_params(0)
         except InvalidInputError as exc:

@@ -105,6 +105,28 @@ def test_active_edits_keys_are_held(tiny_llama, env):
     assert (factor.A @ keys[0]).abs().max() < 1e-2 * (factor.A @ own.T).abs().max()
 
 
+def test_corpus_rank_holds_the_top_corpus_directions(tiny_llama, env):
+    """With corpus_rank k, every layer's update reads nothing along the k top eigenvectors of that
+    layer's key second moment, and the batch is still written."""
+    from cathrepo.edits.memit.method import corpus_directions
+    from cathrepo.edits.rome.covariance import key_covariance
+
+    model, tok, _ = tiny_llama
+    result = get_method("memit")(_params(model, corpus_rank=4)).compute(model, tok, FACTS, env)
+    module = family_for(model).layer_name("mlp_out", 1)
+    cov, _ = key_covariance(model, tok, module, corpus=env.corpus, max_tokens=_params(model).corpus_tokens,
+                            cache=env.cache_dir, base_hash=env.base_hash)
+    top = corpus_directions(cov, 4)
+    assert top.shape[0] == 4 and result.info["layers"][0]["preserved_keys"] == 4
+    factor = result.delta.factors[module]
+    own, _ = read_keys(model, tok, module, family_for(model).layer_name("layer", 2), FACTS, [""])
+    assert (factor.A @ top.T).abs().max() < 1e-2 * (factor.A @ own.T).abs().max()
+    with pytest.raises(InvalidInputError, match="corpus_rank"):
+        MemitParams(corpus_rank=-1)
+    with pytest.raises(InvalidInputError, match="nothing would be left"):
+        get_method("memit")(_params(model, corpus_rank=10_000)).compute(model, tok, FACTS, env)
+
+
 def test_params_validate_and_parse_layers(tiny_llama):
     model, _, _ = tiny_llama
     assert MemitParams(layers="3,1,2").layers == (1, 2, 3)
