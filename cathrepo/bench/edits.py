@@ -236,6 +236,7 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None,
     checkpoints: list[dict[str, Any]] = []
     if config.sequential:
         def measured(point: dict[str, Any]) -> None:
+            point["unedited"] = summarize(base_scores[: point["edits"]])  # the same records, unedited
             checkpoints.append(point)
             if on_checkpoint is not None:
                 on_checkpoint(point)

@@ -231,3 +231,5 @@ def test_checkpoints_measure_part_way_without_changing_the_run(tiny_llama, data)
         {k: seen[-1][k] for k in ("es", "ps", "ns", "retention", "norm_growth")}
     assert seen[0]["es"] == out["records"][0]["es"]  # after one edit: that edit's own record alone
     assert seen[0]["norm_growth"] < seen[-1]["norm_growth"]
+    assert seen[-1]["unedited"] == out["unedited"]  # each checkpoint carries its records' unedited scores
+    assert seen[0]["unedited"]["es"] in (0.0, 1.0)
