@@ -15,7 +15,8 @@ retention after all 100, unedited NS 0.72): ``mom2_weight`` 500: 0.97 / 0.95 / 0
 through this benchmark). Five layers instead of three: 0.96 / 0.94 / 0.72 / 0.864; holding the
 updates off 600 known subjects' keys (``protect_facts``): 0.92 / 0.79 / 0.71 / 0.896 (the projection
 takes the generalisation with it); without ``null_space``: 0.97 / 0.93 / 0.71 / 0.872, neighbours' KL
-0.28 against 0.18. BENCHMARKS.md has the table.
+0.28 against 0.18; held off the corpus keys' top 512 directions (``corpus_rank``): 0.95 / 0.90 / 0.70 / 0.880.
+BENCHMARKS.md has the table.
 """
 
 from __future__ import annotations
