@@ -151,3 +151,25 @@ def smollm2():
     resolved = resolve_model(None)
     model, tokenizer = load_model(resolved.path, device="cpu")
     return model, tokenizer, resolved.path
+
+
+@pytest.fixture
+def signing_key():
+    """Alice's Ed25519 key in the scratch configuration directory."""
+    from cathrepo.provenance.keys import ensure_key
+
+    return ensure_key("alice@example.com")
+
+
+@pytest.fixture
+def signed_git(tmp_path, signing_key):
+    """A git repository whose commits are signed by ``signing_key``; its first commit adds allowed_signers."""
+    from cathrepo.provenance.allowed_signers import add_signer
+    from cathrepo.repo.git import Git
+
+    git = Git.init(tmp_path / "repo")
+    add_signer(git.root / "allowed_signers", signing_key.principal, signing_key.public_key)
+    git.configure_signing(signing_key, git.root / "allowed_signers")
+    git.add(["allowed_signers"])
+    git.commit("Add allowed_signers")
+    return git

@@ -53,7 +53,10 @@ class ActiveEdit:
 
 def signers_at(repo: Repo, rev: str) -> list[AllowedSigner]:
     """Who may sign at ``rev``: its committed ``allowed_signers``."""
-    data = repo.git.show_file(rev, layout.ALLOWED_SIGNERS)
+    return _parse_signers(repo.git.show_file(rev, layout.ALLOWED_SIGNERS), rev)
+
+
+def _parse_signers(data: bytes | None, rev: str) -> list[AllowedSigner]:
     if data is None:
         raise VerificationError(f"{layout.ALLOWED_SIGNERS} is missing at {rev}.")
     return parse_allowed_signers(data.decode("utf-8"), source=f"{rev}:{layout.ALLOWED_SIGNERS}")
@@ -124,13 +127,19 @@ def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] 
             issues.append(Issue(path, exc.message))
             continue
         files[name] = data
-        if sha256_bytes(data) != expected:
-            issues.append(Issue(path, f"sha256 {sha256_bytes(data)[:12]}… differs from the record's {expected[:12]}…"))
-        if worktree and name == layout.WEIGHTS:
-            local = repo.root / path
-            if local.is_file() and sha256_file(local) != expected:
-                issues.append(Issue(path, "the copy in the work tree differs from the committed weights (modified)"))
+        issues.extend(_hash_issues(repo, path, data, expected, worktree=worktree and name == layout.WEIGHTS))
     return EditCheck(record, issues, files)
+
+
+def _hash_issues(repo: Repo, path: str, data: bytes, expected: str, *, worktree: bool) -> list[Issue]:
+    """``data`` of ``path`` against the record's sha256, and with ``worktree`` the work tree's copy too."""
+    issues = []
+    if sha256_bytes(data) != expected:
+        issues.append(Issue(path, f"sha256 {sha256_bytes(data)[:12]}… differs from the record's {expected[:12]}…"))
+    local = repo.root / path
+    if worktree and local.is_file() and sha256_file(local) != expected:
+        issues.append(Issue(path, "the copy in the work tree differs from the committed weights (modified)"))
+    return issues
 
 
 def load_edit(repo: Repo, edit_id: str, rev: str = "HEAD", *, verify: bool = True,
@@ -168,7 +177,7 @@ def check_edits(repo: Repo, sha: str, edit_ids: Sequence[str], *, worktree: bool
 
     listing = listing if listing is not None else repo.git.list_tree(sha, layout.EDITS)
     raw_signers = repo.git.show_file(sha, layout.ALLOWED_SIGNERS)
-    signers = signers_at(repo, sha)
+    signers = _parse_signers(raw_signers, sha)
     key = signers_key(raw_signers)
     trees = {eid: listing.get(layout.edit_path(eid), ("", ""))[1] for eid in edit_ids}
     known = {eid: w for eid in edit_ids if verified and (w := verified.edit_weights(trees[eid], key))}
@@ -202,12 +211,7 @@ def _check_weights(repo: Repo, sha: str, edit_id: str, expected: str, tree: Mapp
         _, weights = weights_bytes(repo, sha, edit_id, tree)
     except CathrepoError as exc:
         return EditCheck(None, [Issue(path, exc.message)])
-    issues = []
-    if sha256_bytes(weights) != expected:
-        issues.append(Issue(path, f"sha256 {sha256_bytes(weights)[:12]}… differs from the record's {expected[:12]}…"))
-    local = repo.root / path
-    if worktree and local.is_file() and sha256_file(local) != expected:
-        issues.append(Issue(path, "the copy in the work tree differs from the committed weights (modified)"))
+    issues = _hash_issues(repo, path, weights, expected, worktree=worktree)
     files = {layout.WEIGHTS: weights}
     record = None
     if records:

@@ -26,28 +26,6 @@ def no_git_identity(isolated_env, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def signing_key():
-    """Alice's Ed25519 key in the scratch configuration directory."""
-    from cathrepo.provenance.keys import ensure_key
-
-    return ensure_key("alice@example.com")
-
-
-@pytest.fixture
-def signed_git(tmp_path, signing_key):
-    """A git repository whose commits are signed by ``signing_key``; its first commit adds allowed_signers."""
-    from cathrepo.provenance.allowed_signers import add_signer
-    from cathrepo.repo.git import Git
-
-    git = Git.init(tmp_path / "repo")
-    add_signer(git.root / "allowed_signers", signing_key.principal, signing_key.public_key)
-    git.configure_signing(signing_key, git.root / "allowed_signers")
-    git.add(["allowed_signers"])
-    git.commit("Add allowed_signers")
-    return git
-
-
-@pytest.fixture
 def storage_repo(signed_git):
     """``(git, storage)``: a signed git repository with DVC storage and a local default remote."""
     from cathrepo.repo.storage import Storage

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cathrepo.exceptions import NotFoundError, VerificationError
-from cathrepo.provenance.allowed_signers import add_signer, parse_allowed_signers, read_allowed_signers
+from cathrepo.provenance.allowed_signers import parse_allowed_signers, read_allowed_signers
 from cathrepo.provenance.commit_signatures import (
     parse_sshsig,
     sign_commit_payload,
@@ -26,20 +26,14 @@ BEGIN, END = "-----BEGIN SSH SIGNATURE-----", "-----END SSH SIGNATURE-----"
 
 
 @pytest.fixture
-def alice() -> SigningKey:
-    return ensure_key("alice@example.com")
+def alice(signing_key) -> SigningKey:
+    return signing_key
 
 
 @pytest.fixture
-def repo(tmp_path, alice) -> Git:
-    """A repository whose commits git signs with alice's key (tests/func's ``signed_git``, which
-    tests/unit does not see)."""
-    git = Git.init(tmp_path / "repo")
-    add_signer(git.root / "allowed_signers", alice.principal, alice.public_key)
-    git.configure_signing(alice, git.root / "allowed_signers")
-    git.add(["allowed_signers"])
-    git.commit("Add allowed_signers")
-    return git
+def repo(signed_git) -> Git:
+    """A repository whose commits git signs with alice's key."""
+    return signed_git
 
 
 def _git(root: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
