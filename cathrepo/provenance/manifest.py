@@ -60,6 +60,7 @@ class EditRecord:
         files: path (relative to the edit directory) -> sha256.
         gates: gate results at commit time.
         versions: library versions that produced it.
+        proposal: the id of the proposal (``proposals/<id>/``) this edit realises, if it came from one.
     """
 
     action: str
@@ -82,6 +83,7 @@ class EditRecord:
     versions: Mapping[str, str] = field(default_factory=dict)
     facts: tuple[Mapping[str, Any], ...] = ()
     passage: Mapping[str, Any] | None = None
+    proposal: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,8 +93,9 @@ class EditRecord:
         data["facts"] = [dict(f) for f in self.facts]
         if not self.facts:
             del data["facts"]
-        if self.passage is None:
-            del data["passage"]
+        for optional in ("passage", "proposal"):  # absent unless set: older records keep their bytes and ids
+            if data[optional] is None:
+                del data[optional]
         return data
 
     def to_bytes(self) -> bytes:

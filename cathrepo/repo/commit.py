@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from cathrepo.edits.base import EditResult
     from cathrepo.facts.schema import EditRequest
     from cathrepo.gates.results import GateReport
+    from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
     from cathrepo.repo import Repo
 
@@ -44,6 +45,7 @@ def build_edit_files(
     computed_on: Sequence[str],
     staging: Path,
     numerics: Mapping[str, Any] | None = None,
+    proposal: str | None = None,
 ) -> EditRecord:
     """Write the edit's files into ``staging`` and return its record (whose files map holds their hashes)."""
     from cathrepo.delta import save_delta
@@ -79,6 +81,7 @@ def build_edit_files(
         attribution=dict(result.attribution) if result.attribution else None,
         stack_before=stack_summary(tuple(computed_on)),
         versions=library_versions(),
+        proposal=proposal,
     )
 
 
@@ -106,8 +109,16 @@ def commit_edit(
     method: str,
     params: Mapping[str, Any],
     numerics: Mapping[str, Any] | None = None,
+    key: SigningKey | None = None,
+    proposal: str | None = None,
 ) -> EditResult:
-    """Store and commit one gated edit; returns (edit id, commit sha, record)."""
+    """Store and commit one gated edit; returns (edit id, commit sha, record).
+
+    Args:
+        key: the key that signs the record and the commit (default: the repository's, ``user.signingkey``);
+            ``cathrepo ci --commit`` passes the CI key.
+        proposal: the id of the proposal this edit realises.
+    """
     from cathrepo.provenance.signing import sign_payload, write_envelope
 
     stack = repo.stack("WORKTREE")
@@ -121,12 +132,12 @@ def commit_edit(
     try:
         # 1. The files, assembled off to the side; the record names each file's hash.
         record = build_edit_files(repo, request, result, method=method, params=params,
-                                  computed_on=stack.active, staging=staging, numerics=numerics)
+                                  computed_on=stack.active, staging=staging, numerics=numerics, proposal=proposal)
         raw = record.to_bytes()
         edit_id = record.id
         (staging / layout.RECORD).write_bytes(raw)
         # 2. Sign the record (which holds every other file's hash).
-        key = repo.signing_key()
+        key = key or repo.signing_key()
         write_envelope(staging / layout.SIGNATURE, sign_payload(key, raw))
         final = edits_dir / edit_id
         if final.exists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +17,92 @@ from cathrepo.exceptions import GateFailedError, InvalidInputError
 from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
-    from cathrepo.edits.base import EditResult
+    from cathrepo.delta import Delta
+    from cathrepo.edits.base import EditEnv, EditResult
+    from cathrepo.facts.probes import ProbeSet
     from cathrepo.facts.schema import EditRequest
+    from cathrepo.gates.policy import GatePolicy
+    from cathrepo.provenance.keys import SigningKey
     from cathrepo.repo import Repo
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditSession:
+    """What editing several facts in a row shares: the verified base model, the repository's settings, and
+    the active stack each new edit is computed and gated on (it grows as edits are committed or held).
+
+    ``cathrepo edit`` and ``cathrepo ci`` both edit through one session, so a fact is realised the same way
+    whichever of them asks.
+    """
+
+    repo: Repo
+    model: Any
+    tokenizer: Any
+    method: str
+    params: Mapping[str, Any]
+    env: EditEnv
+    policy: GatePolicy
+    active: list[tuple[str, Delta]] = field(default_factory=list)
+    suite: list[ProbeSet] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, repo: Repo, *, method: str | None = None, params: Mapping[str, Any] | None = None,
+             corpus: Path | None = None, rev: str = "HEAD") -> EditSession:
+        """Load the verified base model and the active edits of ``rev`` (their deltas and probes)."""
+        from cathrepo.edits.base import EditEnv, get_method
+        from cathrepo.gates.policy import GatePolicy
+        from cathrepo.models import cache_dir
+        from cathrepo.repo.state import active_edits, probe_sets
+        from cathrepo.repo.verified import Verified
+
+        config = repo.config
+        name = method or config.edit.method
+        get_method(name)  # an unknown method fails before the model loads
+        model, tokenizer = repo.load_base()
+        corpus_path = corpus or (Path(config.edit.corpus) if config.edit.corpus else None)
+        env = EditEnv(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
+        active = [(e.id, e.delta) for e in active_edits(repo, rev, verified=Verified.of(repo.root))]
+        suite = probe_sets(repo, [eid for eid, _ in active], rev)
+        return cls(repo, model, tokenizer, name, dict(params or {}), env,
+                   GatePolicy.from_dict(config.gates), active, suite)
+
+    def attempt(self, request: EditRequest, *, method: str | None = None, params: Mapping[str, Any] | None = None,
+                progress: Callable[[str], None] | None = None) -> EditResult:
+        """Compute and gate ``request``'s facts on the session's stack (with the configured retries); the
+        result says whether the gates passed. ``method``/``params`` override the session's for this fact."""
+        from cathrepo.edits.base import get_method
+        from cathrepo.pipeline import run_with_retries
+
+        config = self.repo.config
+        name = method or self.method
+        overrides = {**config.edit.params.get(name, {}), **self.params, **(params or {})}
+        resolved = get_method(name).params_for(self.model, overrides)
+        return run_with_retries(
+            self.model, self.tokenizer, request.facts, method_name=name, params=resolved, env=self.env,
+            retry_layers=config.edit.retry_layers, retry_variants=config.edit.retry_variants, fixed=sorted(overrides),
+            active=[d for _, d in self.active], suite=self.suite, policy=self.policy, progress=progress,
+        )
+
+    def commit(self, request: EditRequest, result: EditResult, *, method: str | None = None,
+               key: SigningKey | None = None, proposal: str | None = None) -> EditResult:
+        """Commit a passed attempt (made with ``method``, default the session's; signed with ``key``, default
+        the repository's) and hold it on the stack."""
+        from cathrepo.provenance.manifest import numerics
+        from cathrepo.repo.commit import commit_edit
+
+        result = commit_edit(self.repo, request, result, method=method or self.method, params=_params_dict(result.params),
+                             numerics=numerics(self.model), key=key, proposal=proposal)
+        assert result.edit_id is not None
+        self.hold(result.edit_id, result)
+        return result
+
+    def hold(self, edit_id: str, result: EditResult) -> None:
+        """Put ``result``'s delta on the stack the next facts are computed and gated on."""
+        assert result.probes is not None, "only a probed and gated result goes on the stack"
+        self.active.append((edit_id, result.delta))
+        self.suite.append(result.probes)
 
 
 @locked("edit")
@@ -46,35 +128,14 @@ def edit(
         progress: called with a short message at each stage.
         on_outcome: called after each fact is committed (the CLI prints as it goes).
     """
-    from cathrepo.edits.base import EditEnv, get_method
-    from cathrepo.gates.policy import GatePolicy
-    from cathrepo.models import cache_dir
-    from cathrepo.pipeline import attempt_refusal, run_with_retries
-    from cathrepo.provenance.manifest import numerics
-    from cathrepo.repo.commit import commit_edit
-    from cathrepo.repo.state import active_edits, probe_sets
-    from cathrepo.repo.verified import Verified
+    from cathrepo.pipeline import attempt_refusal
 
     if not requests:
         raise InvalidInputError("No facts to edit.", hint="Pass --prompt/--subject/--target or --file.")
-    config = repo.config
-    name = method or config.edit.method
-    method_cls = get_method(name)
-    policy = GatePolicy.from_dict(config.gates)
-    model, tokenizer = repo.load_base()
-    overrides = {**config.edit.params.get(name, {}), **(params or {})}
-    resolved = method_cls.params_for(model, overrides)
-    corpus_path = corpus or (Path(config.edit.corpus) if config.edit.corpus else None)
-    env = EditEnv(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
-    active = [(e.id, e.delta) for e in active_edits(repo, "HEAD", verified=Verified.of(repo.root))]
-    suite = probe_sets(repo, [eid for eid, _ in active], "HEAD")
+    session = EditSession.open(repo, method=method, params=params, corpus=corpus)
     results: list[EditResult] = []
     for i, request in enumerate(requests):
-        result = run_with_retries(
-            model, tokenizer, request.facts, method_name=name, params=resolved, env=env,
-            retry_layers=config.edit.retry_layers, retry_variants=config.edit.retry_variants, fixed=sorted(overrides),
-            active=[d for _, d in active], suite=suite, policy=policy, progress=progress,
-        )
+        result = session.attempt(request, progress=progress)
         if not result.gates.passed:
             done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
             tried = "" if len(result.attempts) == 1 else (
@@ -85,11 +146,7 @@ def edit(
                 attempts=[dict(a) for a in result.attempts], fact=result.fact,
             )
         if not dry_run:
-            result = commit_edit(repo, request, result, method=name, params=_params_dict(result.params),
-                                 numerics=numerics(model))
-            assert result.edit_id is not None and result.probes is not None
-            active.append((result.edit_id, result.delta))
-            suite.append(result.probes)
+            result = session.commit(request, result)
         results.append(result)
         if on_outcome is not None:
             on_outcome(result)

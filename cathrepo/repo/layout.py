@@ -25,11 +25,21 @@ DATA = "data.jsonl"
 #: The files of an edit whose sha256 its record holds (edit.json itself is hashed into the edit id).
 EDIT_FILES = (ADAPTER_CONFIG, WEIGHTS, PROBES, DATA)
 SCHEMA_VERSION = 1
+PROPOSALS = "proposals"
+PROPOSAL = "proposal.json"
+PROPOSAL_SIGNATURE = "proposal.sig"
+#: The files of a proposal whose sha256 its record holds.
+PROPOSAL_FILES = (PROBES,)
 
 
 def edit_path(edit_id: str, name: str = "") -> str:
     """Repository-relative POSIX path of an edit's directory or one of its files."""
     return f"{EDITS}/{edit_id}/{name}" if name else f"{EDITS}/{edit_id}"
+
+
+def proposal_path(proposal_id: str, name: str = "") -> str:
+    """Repository-relative POSIX path of a proposal's directory or one of its files."""
+    return f"{PROPOSALS}/{proposal_id}/{name}" if name else f"{PROPOSALS}/{proposal_id}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,17 @@ class Stack:
 
     def without(self, edit_id: str) -> Stack:
         return Stack(tuple(e for e in self.active if e != edit_id), self.schema_version, self.extra)
+
+    def merged(self, ancestor: Stack, other: Stack) -> Stack:
+        """The three-way merge of this active set with ``other``, from their common ``ancestor``: an edit
+        either side removed (reverted) is gone, an edit either side added is active; this side's order
+        first, then the edits only ``other`` added, in its order."""
+        def keep(e: str, side: Stack) -> bool:
+            return e in side.active or e not in ancestor.active
+
+        ours = [e for e in self.active if keep(e, other)]
+        theirs = [e for e in other.active if e not in self.active and keep(e, self)]
+        return Stack((*ours, *theirs), self.schema_version, self.extra)
 
     def to_bytes(self) -> bytes:
         data = {"schema_version": self.schema_version, "active": list(self.active), **self.extra}

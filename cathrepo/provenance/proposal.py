@@ -1,0 +1,91 @@
+"""A proposal (``proposals/<id>/proposal.json``): a fact someone asks the model to learn, before any weights.
+
+A team proposes facts on a branch; a reviewer reads the proposal as a small text diff in the pull
+request, and ``cathrepo ci`` realises it (attribution → edit → gates) and, when asked, commits the edit,
+whose record names the proposal it came from. Like an edit record, a proposal is canonical JSON whose
+first 16 hex digits of sha256 are its id, signed in ``proposal.sig``; ``files`` holds the sha256 of its
+probes, so the signature covers them too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cathrepo.exceptions import VerificationError
+from cathrepo.provenance.manifest import canonical_json, edit_id
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProposalRecord:
+    """What a proposal asks for and where it comes from.
+
+    Attributes:
+        facts: the facts one edit is to write (several for a batch or a passage), as Fact dicts.
+        source, author, created, confidence, risk: the provenance the realised edit will carry.
+        method: the edit method the proposer asks for (None: the repository's default).
+        params: method parameter overrides the proposer asks for.
+        passage: the passage the facts were synthesized from, if any.
+        base_model: {"name", "sha256"} of the base the proposal was made on.
+        files: path (relative to the proposal directory) -> sha256 (the probes).
+    """
+
+    facts: tuple[Mapping[str, Any], ...]
+    source: str | None
+    author: str
+    created: str
+    confidence: float
+    risk: str
+    base_model: Mapping[str, str]
+    files: Mapping[str, str] = field(default_factory=dict)
+    method: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    passage: Mapping[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["facts"] = [dict(f) for f in self.facts]
+        for optional in ("method", "passage"):
+            if data[optional] is None:
+                del data[optional]
+        return data
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @property
+    def id(self) -> str:
+        return edit_id(self.to_bytes())
+
+    @property
+    def summary(self) -> str:
+        """One line: "<prompt> -> <target>" (and how many more facts)."""
+        first = self.facts[0] if self.facts else {}
+        more = f" (+{len(self.facts) - 1} more)" if len(self.facts) > 1 else ""
+        return f"{first.get('prompt', '?')} -> {first.get('target_new', '?')}{more}"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, what: str = "proposal.json") -> ProposalRecord:
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise VerificationError(f"{what} is not valid JSON: {exc}.") from None
+        if not isinstance(raw, dict):
+            raise VerificationError(f"{what} is not a JSON object.")
+        if raw.get("schema_version", 1) > SCHEMA_VERSION:
+            raise VerificationError(f"{what} has schema_version {raw['schema_version']}; this cathrepo reads up "
+                                    f"to {SCHEMA_VERSION}.", hint="Upgrade cathrepo.")
+        names = set(cls.__dataclass_fields__)
+        try:
+            record = cls(**{k: v for k, v in raw.items() if k in names})
+        except TypeError as exc:
+            raise VerificationError(f"{what} is missing fields: {exc}.") from None
+        if not record.facts:
+            raise VerificationError(f"{what} proposes no fact.")
+        object.__setattr__(record, "facts", tuple(record.facts))
+        return record
