@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "trace": "trace:trace_cmd",
     "bench": "bench:bench_group",
     "worker": "worker:worker_group",
+    "propose": "propose:propose_cmd",
+    "ci": "ci:ci_cmd",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -51,6 +53,8 @@ SHORT_HELP: dict[str, str] = {
     "trace": "Locate where a fact lives (causal tracing, patching, saliency).",
     "bench": "Benchmarks: edit quality and speed.",
     "worker": "Keep the model loaded in a resident process that runs model commands.",
+    "propose": "Commit facts as signed proposals (no weights) for review in a pull request.",
+    "ci": "Verify a branch, realise its proposals and gate its merge (for CI and hooks).",
 }
 
 

@@ -8,7 +8,9 @@ tables be upgraded by explicit patches (STYLE.md §3).
 Stages:
     edit: a new edit before it is committed (``before`` = active edits, ``after`` = before + new).
     revert: an edit leaves the active set (``after`` = before minus the reverted edit).
-    merge: two lines of edits are joined (``after`` = the merged, possibly consolidated, stack).
+    merge: two lines of edits are joined (``after`` = the merged, possibly consolidated, stack; the edits new
+        to the base line must still hold there, the base line's must keep holding, and MMLU is measured:
+        ``cathrepo ci`` runs this stage on every pull request).
     promote: a revision goes to an environment (canary, production).
     revision: ``cathrepo gate REV`` (``before`` = the parent's stack, ``after`` = REV's stack).
 """
@@ -34,7 +36,8 @@ DEFAULT_STAGES: dict[str, tuple[str, ...]] = {
     "edit": ("efficacy", "paraphrase", "neighborhood", "cfplus", "generation", "fluency", "norms",
              "regression", "retention", "perplexity"),
     "revert": ("regression", "retention"),
-    "merge": ("regression", "retention", "norms", "perplexity"),
+    "merge": ("efficacy", "paraphrase", "neighborhood", "cfplus", "regression", "retention", "norms", "perplexity",
+              "mmlu"),
     "promote": ("regression", "retention", "perplexity", "mmlu"),
     "revision": ("efficacy", "paraphrase", "neighborhood", "generation", "regression", "retention",
                  "perplexity"),

@@ -32,10 +32,12 @@ if TYPE_CHECKING:
     from cathrepo.gates.results import GateReport
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo.ci import CiReport
     from cathrepo.repo.git import Git
     from cathrepo.repo.lock import RepoLock
     from cathrepo.repo.log import LogEntry
     from cathrepo.repo.materialize import Generation, Materialized
+    from cathrepo.repo.propose import Proposed
     from cathrepo.repo.revert import RevertOutcome
     from cathrepo.repo.storage import Storage
     from cathrepo.repo.verify import VerifyReport
@@ -266,6 +268,20 @@ class Repo:
         from cathrepo.repo.gate import gate
 
         return gate(self, rev, stage=stage, gates=gates, against=against, progress=progress)
+
+    def propose(self, requests: Sequence[EditRequest], *, method: str | None = None,
+                params: Mapping[str, Any] | None = None, message: str | None = None) -> Proposed:
+        """Commit ``requests`` as signed proposals without weights (:func:`cathrepo.repo.propose.propose`)."""
+        from cathrepo.repo.propose import propose
+
+        return propose(self, requests, method=method, params=params, message=message)
+
+    def ci(self, *, base: str = "main", commit: bool = False, key_path: Path | None = None,
+           progress: Callable[[str], None] | None = None) -> CiReport:
+        """Verify, realise the pending proposals and gate the merge into ``base`` (:func:`cathrepo.repo.ci.ci`)."""
+        from cathrepo.repo.ci import ci
+
+        return ci(self, base=base, commit=commit, key_path=key_path, progress=progress)
 
     def push(self) -> int:
         return self.storage.push()

@@ -157,7 +157,12 @@ def commit_edit(
         fact = result.fact
         subject = f"Edit {edit_id}: {record.summary}"
         body = f"Method {method}; was: {fact.target_true or '?'}; risk {record.risk}; source {record.source or '-'}."
-        sha = repo.git.commit(f"{subject}\n\n{body}", edit_trailers(record, edit_id, result.gates), sign_with=key)
+        from cathrepo.repo.propose import PROPOSAL_TRAILER
+
+        trailers = edit_trailers(record, edit_id, result.gates)
+        if proposal is not None:
+            trailers[PROPOSAL_TRAILER] = proposal
+        sha = repo.git.commit(f"{subject}\n\n{body}", trailers, sign_with=key)
     except BaseException:
         if staged:
             repo.git.unstage(staged)

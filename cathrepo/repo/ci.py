@@ -1,0 +1,228 @@
+"""``cathrepo ci [--base main]``: what a pre-merge hook or a CI job runs on a branch of edits.
+
+1. Verify the branch (every commit signature, edit signature and file hash).
+2. Realise every proposal on the branch that no edit realised yet: attribution → edit → gates, through
+   the same :class:`~cathrepo.repo.edit.EditSession` as ``cathrepo edit``, each on top of the ones
+   before it; with ``commit`` each passing edit is committed (signed by the CI key when one is given,
+   which ``allowed_signers`` must list), else it is held on the stack for the rest of the run only.
+3. Run the merge-stage gates on the union of the base branch and the branch (the three-way merge of
+   their active sets, plus the realised edits): before = the base branch's active edits, after = the
+   union; the new edits' probes are the CounterFact(+) probes, the edits active on both sides the
+   regression suite.
+
+The report holds each proposal's gate table and the answer before and after, and the merge gates'
+table; it passes only when everything verified, every proposal passed, and the merge gates passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.repo.lock import locked
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cathrepo.delta import Delta
+    from cathrepo.edits.base import EditResult
+    from cathrepo.facts.probes import ProbeSet
+    from cathrepo.gates.results import GateReport
+    from cathrepo.provenance.keys import SigningKey
+    from cathrepo.provenance.proposal import ProposalRecord
+    from cathrepo.repo import Repo
+    from cathrepo.repo.edit import EditSession
+    from cathrepo.repo.verify import VerifyReport
+
+ANSWER_TOKENS = 8
+
+
+@dataclass
+class Realised:
+    """One proposal's outcome: ``committed``, ``passed`` (not committed: no ``--commit``), ``refused`` by
+    its gates, or ``invalid`` (it does not verify)."""
+
+    proposal: str
+    summary: str
+    status: str
+    report: GateReport | None = None
+    edit_id: str | None = None
+    commit: str | None = None
+    answers: list[dict[str, str]] = field(default_factory=list)
+    issues: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"proposal": self.proposal, "summary": self.summary, "status": self.status,
+                "edit": self.edit_id, "commit": self.commit, "answers": self.answers,
+                "issues": list(self.issues), "gates": self.report.to_dict() if self.report else None}
+
+
+@dataclass
+class CiReport:
+    """What ``cathrepo ci`` checked and found (rendered as Markdown or JSON by the command line)."""
+
+    base: str
+    base_commit: str
+    head_commit: str
+    merge_base: str | None
+    verify: VerifyReport
+    proposals: list[Realised] = field(default_factory=list)
+    merge: GateReport | None = None
+    new_edits: tuple[str, ...] = ()
+    union: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return (self.verify.ok and all(p.status in ("committed", "passed") for p in self.proposals)
+                and (self.merge is None or self.merge.passed))
+
+    def mmlu_noise(self) -> dict[str, float] | None:
+        """The MMLU sample's size and the standard error of an accuracy measured on it, sqrt(p(1-p)/n):
+        a drop well under two of them is within what this sample can tell apart."""
+        if self.merge is None or "mmlu" not in self.merge.names():
+            return None
+        metrics = self.merge["mmlu"].metrics
+        n, acc = float(metrics.get("n", 0.0)), float(metrics.get("mmlu_base", metrics.get("mmlu", 0.0)))
+        if n <= 0:
+            return None
+        return {"n": n, "accuracy": acc, "stderr": math.sqrt(max(acc * (1 - acc), 0.0) / n)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "base": self.base, "base_commit": self.base_commit,
+                "head_commit": self.head_commit, "merge_base": self.merge_base, "verify": self.verify.to_dict(),
+                "proposals": [p.to_dict() for p in self.proposals], "new_edits": list(self.new_edits),
+                "union": list(self.union), "merge": self.merge.to_dict() if self.merge else None,
+                "mmlu_noise": self.mmlu_noise()}
+
+
+def ci_key(repo: Repo, path: Path | None) -> SigningKey:
+    """The key ``ci --commit`` signs with: ``path``, which ``allowed_signers`` must list, else the
+    repository's own."""
+    from cathrepo.provenance.keys import load_key
+    from cathrepo.repo.state import signers_at
+
+    if path is None:
+        return repo.signing_key()
+    key = load_key(path)
+    listed = any(s.public_key == key.public_key_bare and s.allows_principal(key.principal)
+                 for s in signers_at(repo, "HEAD"))
+    if not listed:
+        raise InvalidInputError(f"The CI key {key.fingerprint} ({key.principal}) is not in allowed_signers.",
+                                hint="Add its public key line to allowed_signers on the base branch first.")
+    return key
+
+
+@locked("ci")
+def ci(repo: Repo, *, base: str = "main", commit: bool = False, key_path: Path | None = None,
+       progress: Callable[[str], None] | None = None) -> CiReport:
+    """Verify, realise the pending proposals and gate the merge into ``base`` (see the module docstring)."""
+    from cathrepo.repo.propose import pending_proposals
+
+    say = progress or (lambda _msg: None)
+    base_commit = repo.git.rev_parse(base)
+    head = repo.git.rev_parse("HEAD")
+    key = ci_key(repo, key_path) if commit else None
+    say("verify")
+    report = CiReport(base, base_commit, head, _merge_base(repo, base_commit, head), repo.verify(head))
+    if not report.verify.ok:
+        return report
+    pending = pending_proposals(repo, head)
+    session = _session(repo) if pending else None
+    held: list[tuple[str, Delta, ProbeSet]] = []
+    for item in pending:
+        if item.record is None:
+            report.proposals.append(Realised(item.id, "?", "invalid", issues=item.issues))
+            continue
+        say(f"proposal {item.id}")
+        assert session is not None
+        outcome, result = _realise(session, item.id, item.record, commit=commit, key=key, progress=progress)
+        report.proposals.append(outcome)
+        if result is not None and outcome.status == "passed":
+            assert result.probes is not None
+            held.append((f"proposal:{item.id}", result.delta, result.probes))
+    report.head_commit = repo.git.rev_parse("HEAD")
+    say("merge gates")
+    _merge_gates(repo, report, held, session, progress)
+    return report
+
+
+def _merge_base(repo: Repo, a: str, b: str) -> str | None:
+    from cathrepo.exceptions import GitError
+
+    try:
+        return repo.git.run(["merge-base", a, b]).strip() or None
+    except GitError:
+        return None  # unrelated histories: every edit of the branch is new
+
+
+def _session(repo: Repo) -> EditSession:
+    from cathrepo.repo.edit import EditSession
+
+    return EditSession.open(repo)
+
+
+def _realise(session: EditSession, pid: str, record: ProposalRecord, *, commit: bool, key: SigningKey | None,
+             progress: Callable[[str], None] | None) -> tuple[Realised, EditResult | None]:
+    """Compute and gate one proposal on the session's stack; commit it or hold it when it passes."""
+    from cathrepo.repo.propose import request_of
+
+    request = request_of(record)
+    before = [d for _, d in session.active]
+    result = session.attempt(request, method=record.method, params=record.params, progress=progress)
+    answers = _answers(session, request.facts[0].prompt, before, [*before, result.delta])
+    if not result.gates.passed:
+        return Realised(pid, record.summary, "refused", result.gates, answers=answers), result
+    if commit:
+        result = session.commit(request, result, method=record.method, key=key, proposal=pid)
+        return Realised(pid, record.summary, "committed", result.gates, result.edit_id, result.commit, answers), result
+    assert result.probes is not None
+    session.hold(f"proposal:{pid}", result)
+    return Realised(pid, record.summary, "passed", result.gates, answers=answers), result
+
+
+def _answers(session: EditSession, prompt: str, before: list[Delta], after: list[Delta]) -> list[dict[str, str]]:
+    """The greedy answer to ``prompt`` before and after the edit, as a reviewer reads it."""
+    from cathrepo.delta import applied
+    from cathrepo.lm.decoding import greedy_continuations
+
+    out = {}
+    for name, deltas in (("before", before), ("after", after)):
+        with applied(session.model, *deltas):
+            out[name] = greedy_continuations(session.model, session.tokenizer, [prompt],
+                                             max_new_tokens=ANSWER_TOKENS)[0]
+    return [{"prompt": prompt, **out}]
+
+
+def _merge_gates(repo: Repo, report: CiReport, held: list[tuple[str, Delta, ProbeSet]],
+                 session: EditSession | None, progress: Callable[[str], None] | None) -> None:
+    """The merge-stage gates on base → union (see the module docstring); skipped when nothing is new."""
+    from cathrepo.gates.base import run_gates
+    from cathrepo.gates.policy import GatePolicy
+    from cathrepo.pipeline import merge_probe_sets
+    from cathrepo.repo.state import load_edit, probe_sets
+
+    ours = repo.stack(report.base_commit)
+    ancestor = repo.stack(report.merge_base) if report.merge_base else type(ours)()
+    union = ours.merged(ancestor, repo.stack(report.head_commit))
+    report.union = union.active
+    new = [e for e in union.active if e not in ours.active]
+    report.new_edits = tuple(new)
+    if not new and not held and union.active == ours.active:
+        return
+    kept = [e for e in union.active if e in ours.active]
+    deltas = {e: load_edit(repo, e, report.base_commit).delta for e in ours.active}
+    deltas.update({e: load_edit(repo, e, report.head_commit).delta for e in new})
+    probes = [*probe_sets(repo, new, report.head_commit), *(p for _, _, p in held)]
+    model, tokenizer = (session.model, session.tokenizer) if session is not None else repo.load_base()
+    config = repo.config_at(report.head_commit)
+    report.merge = run_gates(
+        model, tokenizer,
+        before=[deltas[e] for e in ours.active],
+        after=[*(deltas[e] for e in union.active), *(d for _, d, _ in held)],
+        probes=merge_probe_sets(probes), suite=probe_sets(repo, kept, report.base_commit),
+        policy=GatePolicy.from_dict(config.gates), stage="merge", base_hash=config.base.sha256,
+        root=repo.root, progress=progress,
+    )
