@@ -30,7 +30,7 @@ import torch
 
 from cathrepo.delta import LowRank
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.merging.factor import Factored, dense, factor_dense, factor_product, stacked
+from cathrepo.merging.factor import DTYPE, Factored, dense, factor_dense, factor_product, stacked
 from cathrepo.registry import Registry
 
 
@@ -84,7 +84,7 @@ class MergeStrategy:
         values = _read_argument(cls, argument)
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and _required(f)]
         if missing:
-            raise InvalidInputError(f"Merge strategy '{cls.name}' needs {', '.join(missing)}.",
+            raise InvalidInputError(f"Merge strategy '{cls.name}' needs a value for {', '.join(missing)}.",
                                     hint=f"Write it as {cls.usage}.")
         return cls(**values)
 
@@ -208,12 +208,16 @@ class Ties(MergeStrategy):
     rank: int | None = None
 
     def merge_module(self, name: str, factors: Sequence[LowRank], weights: Sequence[float]) -> Factored:
-        # Two passes keep memory at two (out, in) matrices however many deltas there are.
+        # Two passes keep memory at three (out, in) matrices however many deltas there are.
+        pairs = list(zip(factors, weights, strict=True))
         # 1. Elect: the sign of the summed trimmed values is the side with the larger total magnitude.
-        elected = torch.sign(sum(self._trimmed(f, w) for f, w in zip(factors, weights, strict=True)))
+        total = torch.zeros(factors[0].shape, dtype=DTYPE, device=factors[0].B.device)
+        for f, w in pairs:
+            total += self._trimmed(f, w)
+        elected = torch.sign(total)
         # 2. Disjoint mean: each entry averages the trimmed values that agree with the elected sign.
         total, count = torch.zeros_like(elected), torch.zeros_like(elected)
-        for f, w in zip(factors, weights, strict=True):
+        for f, w in pairs:
             tau = self._trimmed(f, w)
             agree = (torch.sign(tau) == elected) & (tau != 0)
             total += torch.where(agree, tau, 0.0)
@@ -254,7 +258,7 @@ class Dare(MergeStrategy):
 
     def merge_module(self, name: str, factors: Sequence[LowRank], weights: Sequence[float]) -> Factored:
         gen = torch.Generator().manual_seed(_module_seed(self.seed, name))
-        total = torch.zeros(factors[0].shape, dtype=torch.float64, device=factors[0].B.device)
+        total = torch.zeros(factors[0].shape, dtype=DTYPE, device=factors[0].B.device)
         for factor, weight in zip(factors, weights, strict=True):
             # Masks are drawn on the CPU, so a seed gives the same merge on every device.
             keep = torch.rand(factor.shape, generator=gen, dtype=torch.float64) >= self.p

@@ -212,7 +212,7 @@ def test_an_unknown_strategy_suggests_the_closest():
 
 
 @pytest.mark.parametrize("spec, says", [
-    ("svd", "needs rank"), ("svd:", "rank has no value"), ("svd:x", "rank must be a positive integer, not 'x'"),
+    ("svd", "needs a value for rank"), ("svd:", "rank has no value"), ("svd:x", "rank must be a positive integer, not 'x'"),
     ("svd:0", "rank must be a positive integer"), ("cat:2", "takes no argument"),
     ("ties:1.5", "density must be a fraction in (0, 1]"), ("dare:1", "p must be a probability in [0, 1)"),
     ("dare:0.5,speed=3", "unknown parameter 'speed'"), ("ties:0.2,0.3", "unknown parameter '0.3'"),
