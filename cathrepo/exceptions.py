@@ -144,3 +144,18 @@ class NotFoundError(CathrepoError):
     """An edit, revision or file the user named does not exist."""
 
     exit_code = 2
+
+
+class MergeConflictError(CathrepoError):
+    """Two lines of edits disagree about the model (the same fact with different answers, or an edit one
+    side reverted and the other kept); nothing was merged.
+
+    Attributes:
+        conflicts: the conflicts found, each naming both edits.
+    """
+
+    exit_code = 8
+
+    def __init__(self, message: str, *, conflicts: Sequence[object] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.conflicts = list(conflicts)

@@ -36,6 +36,9 @@ COMMANDS: dict[str, str] = {
     "worker": "worker:worker_group",
     "propose": "propose:propose_cmd",
     "ci": "ci:ci_cmd",
+    "merge": "merge:merge_cmd",
+    "branch": "branch:branch_cmd",
+    "checkout": "branch:checkout_cmd",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -55,6 +58,9 @@ SHORT_HELP: dict[str, str] = {
     "worker": "Keep the model loaded in a resident process that runs model commands.",
     "propose": "Commit facts as signed proposals (no weights) for review in a pull request.",
     "ci": "Verify a branch, realise its proposals and gate its merge (for CI and hooks).",
+    "merge": "Merge another branch's edits in one signed commit, after the merge gates.",
+    "branch": "List the branches of edits, or create one.",
+    "checkout": "Switch to another branch of edits.",
 }
 
 

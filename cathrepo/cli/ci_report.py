@@ -6,7 +6,6 @@ the MMLU sample's size and noise stated next to its score.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,18 +17,10 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|") or " "
 
 
-def _numbers(values: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-
-
 def gate_table(report: GateReport) -> list[str]:
-    """A Markdown table: gate, verdict, what it measured, the limits it applied, why it failed."""
-    rows = ["| gate | verdict | measured | limits | detail |", "|---|---|---|---|---|"]
-    for r in report.results:
-        verdict = r.status if r.passed else f"**{r.status}**"
-        rows.append(f"| {r.name} | {verdict} | {_cell(_numbers(r.metrics))} | {_cell(_numbers(r.thresholds))} | "
-                    f"{_cell(r.detail)} |")
-    return rows
+    """The report's own Markdown table (:meth:`~cathrepo.gates.results.GateReport.to_markdown`), without
+    its heading: gate, verdict, what it measured, the limits, why it failed."""
+    return [line for line in report.to_markdown().splitlines()[1:] if line]
 
 
 def markdown(report: CiReport) -> str:

@@ -32,11 +32,13 @@ if TYPE_CHECKING:
     from cathrepo.gates.results import GateReport
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo.branch import BranchInfo
     from cathrepo.repo.ci import CiReport
     from cathrepo.repo.git import Git
     from cathrepo.repo.lock import RepoLock
     from cathrepo.repo.log import LogEntry
     from cathrepo.repo.materialize import Generation, Materialized
+    from cathrepo.repo.merge import MergeOutcome
     from cathrepo.repo.propose import Proposed
     from cathrepo.repo.revert import RevertOutcome
     from cathrepo.repo.storage import Storage
@@ -282,6 +284,28 @@ class Repo:
         from cathrepo.repo.ci import ci
 
         return ci(self, base=base, commit=commit, key_path=key_path, progress=progress)
+
+    def merge(self, branch: str, *, resolution: str | None = None, gate: bool = True, force: bool = False,
+              progress: Callable[[str], None] | None = None) -> MergeOutcome:
+        """Merge ``branch`` into the checked-out one (:func:`cathrepo.repo.merge.merge`)."""
+        from cathrepo.repo.merge import merge
+
+        return merge(self, branch, resolution=resolution, gate=gate, force=force, progress=progress)
+
+    def branches(self) -> list[BranchInfo]:
+        from cathrepo.repo.branch import branches
+
+        return branches(self)
+
+    def create_branch(self, name: str, start: str = "HEAD") -> BranchInfo:
+        from cathrepo.repo.branch import create_branch
+
+        return create_branch(self, name, start)
+
+    def checkout(self, name: str, *, create: bool = False) -> BranchInfo:
+        from cathrepo.repo.branch import checkout
+
+        return checkout(self, name, create=create)
 
     def push(self) -> int:
         return self.storage.push()

@@ -10,6 +10,9 @@
    union; the new edits' probes are the CounterFact(+) probes, the edits active on both sides the
    regression suite.
 
+Both the realising and the merge gates use the base branch's ``cathrepo.toml``: a pull request that
+changes the thresholds cannot lower the bar its own edits are held to (the change applies once merged).
+
 The report holds each proposal's gate table and the answer before and after, and the merge gates'
 table; it passes only when everything verified, every proposal passed, and the merge gates passed.
 """
@@ -119,6 +122,7 @@ def ci_key(repo: Repo, path: Path | None) -> SigningKey:
 def ci(repo: Repo, *, base: str = "main", commit: bool = False, key_path: Path | None = None,
        progress: Callable[[str], None] | None = None) -> CiReport:
     """Verify, realise the pending proposals and gate the merge into ``base`` (see the module docstring)."""
+    from cathrepo.repo.merge import merge_base
     from cathrepo.repo.propose import pending_proposals
 
     say = progress or (lambda _msg: None)
@@ -126,11 +130,11 @@ def ci(repo: Repo, *, base: str = "main", commit: bool = False, key_path: Path |
     head = repo.git.rev_parse("HEAD")
     key = ci_key(repo, key_path) if commit else None
     say("verify")
-    report = CiReport(base, base_commit, head, _merge_base(repo, base_commit, head), repo.verify(head))
+    report = CiReport(base, base_commit, head, merge_base(repo, base_commit, head), repo.verify(head))
     if not report.verify.ok:
         return report
     pending = pending_proposals(repo, head)
-    session = _session(repo) if pending else None
+    session = _session(repo, base_commit) if pending else None
     held: list[tuple[str, Delta, ProbeSet]] = []
     for item in pending:
         if item.record is None:
@@ -149,19 +153,11 @@ def ci(repo: Repo, *, base: str = "main", commit: bool = False, key_path: Path |
     return report
 
 
-def _merge_base(repo: Repo, a: str, b: str) -> str | None:
-    from cathrepo.exceptions import GitError
-
-    try:
-        return repo.git.run(["merge-base", a, b]).strip() or None
-    except GitError:
-        return None  # unrelated histories: every edit of the branch is new
-
-
-def _session(repo: Repo) -> EditSession:
+def _session(repo: Repo, base_commit: str) -> EditSession:
+    """Edits are realised under the base branch's settings and gates (a branch cannot lower its own bar)."""
     from cathrepo.repo.edit import EditSession
 
-    return EditSession.open(repo)
+    return EditSession.open(repo, config=repo.config_at(base_commit))
 
 
 def _realise(session: EditSession, pid: str, record: ProposalRecord, *, commit: bool, key: SigningKey | None,
@@ -199,30 +195,16 @@ def _answers(session: EditSession, prompt: str, before: list[Delta], after: list
 def _merge_gates(repo: Repo, report: CiReport, held: list[tuple[str, Delta, ProbeSet]],
                  session: EditSession | None, progress: Callable[[str], None] | None) -> None:
     """The merge-stage gates on base → union (see the module docstring); skipped when nothing is new."""
-    from cathrepo.gates.base import run_gates
-    from cathrepo.gates.policy import GatePolicy
-    from cathrepo.pipeline import merge_probe_sets
-    from cathrepo.repo.state import load_edit, probe_sets
+    from cathrepo.repo.merge import gate_union
 
     ours = repo.stack(report.base_commit)
     ancestor = repo.stack(report.merge_base) if report.merge_base else type(ours)()
     union = ours.merged(ancestor, repo.stack(report.head_commit))
     report.union = union.active
-    new = [e for e in union.active if e not in ours.active]
-    report.new_edits = tuple(new)
-    if not new and not held and union.active == ours.active:
+    report.new_edits = tuple(e for e in union.active if e not in ours.active)
+    if not held and union.active == ours.active:
         return
-    kept = [e for e in union.active if e in ours.active]
-    deltas = {e: load_edit(repo, e, report.base_commit).delta for e in ours.active}
-    deltas.update({e: load_edit(repo, e, report.head_commit).delta for e in new})
-    probes = [*probe_sets(repo, new, report.head_commit), *(p for _, _, p in held)]
-    model, tokenizer = (session.model, session.tokenizer) if session is not None else repo.load_base()
-    config = repo.config_at(report.head_commit)
-    report.merge = run_gates(
-        model, tokenizer,
-        before=[deltas[e] for e in ours.active],
-        after=[*(deltas[e] for e in union.active), *(d for _, d, _ in held)],
-        probes=merge_probe_sets(probes), suite=probe_sets(repo, kept, report.base_commit),
-        policy=GatePolicy.from_dict(config.gates), stage="merge", base_hash=config.base.sha256,
-        root=repo.root, progress=progress,
-    )
+    model, tokenizer = (session.model, session.tokenizer) if session is not None else (None, None)
+    report.merge = gate_union(repo, before=ours.active, before_rev=report.base_commit, after=union.active,
+                              after_rev=report.head_commit, held=[(d, p) for _, d, p in held], model=model,
+                              tokenizer=tokenizer, progress=progress)

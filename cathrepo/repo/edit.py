@@ -17,6 +17,7 @@ from cathrepo.exceptions import GateFailedError, InvalidInputError
 from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
+    from cathrepo.config import RepoConfig
     from cathrepo.delta import Delta
     from cathrepo.edits.base import EditEnv, EditResult
     from cathrepo.facts.probes import ProbeSet
@@ -38,6 +39,7 @@ class EditSession:
     """
 
     repo: Repo
+    config: RepoConfig
     model: Any
     tokenizer: Any
     method: str
@@ -49,15 +51,18 @@ class EditSession:
 
     @classmethod
     def open(cls, repo: Repo, *, method: str | None = None, params: Mapping[str, Any] | None = None,
-             corpus: Path | None = None, rev: str = "HEAD") -> EditSession:
-        """Load the verified base model and the active edits of ``rev`` (their deltas and probes)."""
+             corpus: Path | None = None, rev: str = "HEAD", config: RepoConfig | None = None) -> EditSession:
+        """Load the verified base model and the active edits of ``rev`` (their deltas and probes).
+
+        ``config``: the settings and gate policy to edit under (default: the work tree's ``cathrepo.toml``;
+        ``cathrepo ci`` passes the base branch's, so a branch cannot lower the bar its own edits meet)."""
         from cathrepo.edits.base import EditEnv, get_method
         from cathrepo.gates.policy import GatePolicy
         from cathrepo.models import cache_dir
         from cathrepo.repo.state import active_edits, probe_sets
         from cathrepo.repo.verified import Verified
 
-        config = repo.config
+        config = config or repo.config
         name = method or config.edit.method
         get_method(name)  # an unknown method fails before the model loads
         model, tokenizer = repo.load_base()
@@ -65,7 +70,7 @@ class EditSession:
         env = EditEnv(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
         active = [(e.id, e.delta) for e in active_edits(repo, rev, verified=Verified.of(repo.root))]
         suite = probe_sets(repo, [eid for eid, _ in active], rev)
-        return cls(repo, model, tokenizer, name, dict(params or {}), env,
+        return cls(repo, config, model, tokenizer, name, dict(params or {}), env,
                    GatePolicy.from_dict(config.gates), active, suite)
 
     def attempt(self, request: EditRequest, *, method: str | None = None, params: Mapping[str, Any] | None = None,
@@ -75,7 +80,7 @@ class EditSession:
         from cathrepo.edits.base import get_method
         from cathrepo.pipeline import run_with_retries
 
-        config = self.repo.config
+        config = self.config
         name = method or self.method
         overrides = {**config.edit.params.get(name, {}), **self.params, **(params or {})}
         resolved = get_method(name).params_for(self.model, overrides)

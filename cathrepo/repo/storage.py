@@ -258,6 +258,36 @@ class Storage:
                                hint="Push the object again from a clone that has a good copy.")
         return path
 
+    def sync_workspace(self, pointers: Sequence[str], stale: str) -> tuple[int, int]:
+        """Make the work tree's weight files match the committed ``pointers`` (repository-relative
+        ``.dvc`` paths) after git switched branches or merged: each pointer's file is put in place from
+        the cache when missing, and a file matching the glob ``stale`` whose pointer is gone is removed when
+        the cache holds its bytes (nothing that exists only in the work tree is deleted). Returns
+        (restored, removed)."""
+        import shutil
+
+        wanted = {str(Path(p).with_suffix("")) for p in pointers}
+        restored = removed = 0
+        for pointer in pointers:
+            target = self._root / Path(pointer).with_suffix("")
+            if not target.exists():
+                md5, _, _ = _parse_pointer((self._root / pointer).read_bytes())
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.fetch_object(md5), target)
+                restored += 1
+        for path in sorted(self._root.glob(stale)):
+            rel = str(path.relative_to(self._root))
+            if rel in wanted or not self.object_path(_file_md5(path)).is_file():
+                continue
+            path.unlink()
+            removed += 1
+            for folder in path.relative_to(self._root).parents:
+                full = self._root / folder
+                if folder == Path(".") or not full.is_dir() or any(full.iterdir()):
+                    break
+                full.rmdir()
+        return restored, removed
+
     # --- remote transfers ------------------------------------------------------------------------
 
     def _targets(self, targets: Sequence[Path] | None) -> list[str] | None:

@@ -40,7 +40,9 @@ def repo(tmp_path, tiny_llama, corpus):
 
 
 def _clean(repo: Repo) -> bool:
-    return repo.git.run(["status", "--porcelain"]).strip() == ""
+    status = repo.git.run(["status", "--porcelain"]).strip()
+    assert status == "", status
+    return True
 
 
 def test_a_proposal_is_a_signed_commit_of_text_only(repo):

@@ -1,0 +1,41 @@
+"""cathrepo merge BRANCH [--ours | --theirs] [--no-gate] [--force] [--json]"""
+
+from __future__ import annotations
+
+import click
+
+from cathrepo.cli.shared import echo_gate_lines, echo_json, open_repo, progress
+
+
+@click.command("merge")
+@click.argument("branch")
+@click.option("--ours", "resolution", flag_value="ours", help="Settle every conflict in favour of this branch.")
+@click.option("--theirs", "resolution", flag_value="theirs", help="Settle every conflict in favour of BRANCH.")
+@click.option("--no-gate", is_flag=True, help="Skip the merge-stage gates.")
+@click.option("--force", is_flag=True, help="Commit even if the merge-stage gates fail.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+def merge_cmd(ctx: click.Context, branch: str, resolution: str | None, no_gate: bool, force: bool,
+              as_json: bool) -> None:
+    """Merge BRANCH's edits into this branch in one signed merge commit, after the merge gates."""
+    from cathrepo.exceptions import MergeConflictError
+
+    try:
+        with progress("Merging") as say:
+            done = open_repo(ctx).merge(branch, resolution=resolution, gate=not no_gate, force=force, progress=say)
+    except MergeConflictError as exc:
+        for c in exc.conflicts:
+            click.secho(f"[conflict] {c.kind}: {c.message}", fg="red", err=True)
+        raise
+    if as_json:
+        echo_json({"commit": done.commit, "active": list(done.active), "added": list(done.added),
+                   "removed": list(done.removed), "resolution": done.resolution,
+                   "conflicts": [vars(c) for c in done.settled],
+                   "gates": done.report.to_dict() if done.report else None})
+        return
+    click.echo(f"[{done.commit[:12]}] merged '{branch}': {len(done.active)} active edit(s), "
+               f"{len(done.added)} added, {len(done.removed)} removed")
+    for c in done.settled:
+        click.echo(f"    settled ({done.resolution}) {c.kind}: {c.subject}")
+    if done.report is not None:
+        echo_gate_lines(done.report)

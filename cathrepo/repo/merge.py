@@ -1,0 +1,215 @@
+"""``cathrepo merge BRANCH``: join another line of edits into this one in one signed merge commit.
+
+1. Semantic conflicts first (:mod:`cathrepo.merging.conflicts`): the same subject and relation with
+   different answers on the two sides, or an edit one side reverted and the other kept, stop the merge
+   with both edits named, unless ``--ours``/``--theirs`` settles every one of them.
+2. The active set after the merge is the three-way merge of the two sides' ``stack.json``
+   (:meth:`~cathrepo.repo.layout.Stack.merged`), so the file never ends in a textual conflict; edits and
+   proposals are content-addressed directories and merge cleanly; any other file git cannot merge
+   stops the merge with the file named.
+3. The merge-stage gates run on this side's active set → the union (:func:`gate_union`): the new
+   edits must still hold, this side's must keep holding, retention, perplexity, norms and MMLU.
+4. git's merge underneath (``--no-commit``), ``stack.json`` written, one signed merge commit. A failure
+   at any step aborts git's merge: the repository is as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.exceptions import GateFailedError, GitError, InvalidInputError, MergeConflictError
+from cathrepo.repo import layout
+from cathrepo.repo.lock import locked
+
+if TYPE_CHECKING:
+    from cathrepo.delta import Delta
+    from cathrepo.facts.probes import ProbeSet
+    from cathrepo.gates.results import GateReport
+    from cathrepo.merging.conflicts import Conflict, MergeSide
+    from cathrepo.repo import Repo
+    from cathrepo.repo.layout import Stack
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What a merge did: the commit, the active set after it, the edits it brought in or dropped, the
+    conflicts it settled (and how) and the merge gates' report."""
+
+    branch: str
+    commit: str
+    active: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    settled: tuple[Conflict, ...] = ()
+    resolution: str | None = None
+    report: GateReport | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def merge_base(repo: Repo, a: str, b: str) -> str | None:
+    """The best common ancestor of two commits (None for unrelated histories)."""
+    try:
+        return repo.git.run(["merge-base", a, b]).strip() or None
+    except GitError:
+        return None
+
+
+def side(repo: Repo, rev: str) -> MergeSide:
+    """One side of a merge as :func:`~cathrepo.merging.conflicts.find_conflicts` reads it: every edit's
+    record at ``rev``, its active set, and the edits present but not active (reverted)."""
+    from cathrepo.merging.conflicts import MergeSide
+    from cathrepo.provenance.manifest import EditRecord
+
+    sha = repo.git.rev_parse(rev)
+    listing = repo.git.list_tree(sha, layout.EDITS)
+    oids = {p.split("/")[1]: oid for p, (kind, oid) in listing.items() if p.endswith("/" + layout.RECORD)}
+    data = repo.git.read_objects(list(oids.values()))
+    records = {eid: EditRecord.from_bytes(data[oid], what=layout.edit_path(eid, layout.RECORD))
+               for eid, oid in oids.items()}
+    active = repo.stack(sha).active
+    return MergeSide(records, active, frozenset(set(records) - set(active)))
+
+
+def settle(union: Stack, conflicts: Sequence[Conflict], chosen: MergeSide, other: MergeSide) -> Stack:
+    """The union with every conflict settled in favour of ``chosen``: of two edits of one fact the other
+    side's is left out; an edit one side reverted is active exactly when ``chosen`` has it active."""
+    from cathrepo.merging.conflicts import SAME_FACT
+
+    active = list(union.active)
+    for c in conflicts:
+        if c.kind == SAME_FACT:
+            loser = c.theirs if c.ours in chosen.active else c.ours
+            active = [e for e in active if e != loser]
+        elif c.ours in chosen.active and c.ours not in active:
+            active.append(c.ours)
+        elif c.ours not in chosen.active:
+            active = [e for e in active if e != c.ours]
+    return type(union)(tuple(active), union.schema_version, union.extra)
+
+
+def gate_union(repo: Repo, *, before: Sequence[str], before_rev: str, after: Sequence[str], after_rev: str,
+               held: Sequence[tuple[Delta, ProbeSet]] = (), model: Any = None, tokenizer: Any = None,
+               progress: Callable[[str], None] | None = None) -> GateReport:
+    """The merge-stage gates on the change from the active set ``before`` (edits read at ``before_rev``)
+    to ``after`` (edits not in ``before`` read at ``after_rev``) plus ``held`` deltas not committed: the
+    new edits' probes are the probes, the edits kept from ``before`` the regression suite. The policy is
+    ``before_rev``'s: the line merged into sets the bar, not the branch that wants in."""
+    from cathrepo.gates.base import run_gates
+    from cathrepo.gates.policy import GatePolicy
+    from cathrepo.pipeline import merge_probe_sets
+    from cathrepo.repo.state import load_edit, probe_sets
+
+    new = [e for e in after if e not in before]
+    kept = [e for e in after if e in before]
+    deltas = {e: load_edit(repo, e, before_rev).delta for e in before}
+    deltas.update({e: load_edit(repo, e, after_rev).delta for e in new})
+    if model is None:
+        model, tokenizer = repo.load_base()
+    config = repo.config_at(before_rev)
+    return run_gates(
+        model, tokenizer,
+        before=[deltas[e] for e in before],
+        after=[*(deltas[e] for e in after), *(d for d, _ in held)],
+        probes=merge_probe_sets([*probe_sets(repo, new, after_rev), *(p for _, p in held)]),
+        suite=probe_sets(repo, kept, before_rev),
+        policy=GatePolicy.from_dict(config.gates), stage="merge", base_hash=config.base.sha256,
+        root=repo.root, progress=progress,
+    )
+
+
+@locked("merge")
+def merge(repo: Repo, branch: str, *, resolution: str | None = None, gate: bool = True, force: bool = False,
+          progress: Callable[[str], None] | None = None) -> MergeOutcome:
+    """Merge ``branch`` into the checked-out line (see the module docstring).
+
+    Args:
+        resolution: "ours" or "theirs": how every semantic conflict is settled (None: conflicts stop it).
+        gate: run the merge-stage gates; force: commit even when they fail (recorded in the trailers).
+    """
+    from cathrepo.merging.conflicts import find_conflicts
+    from cathrepo.repo.branch import sync_weights
+
+    if resolution not in (None, "ours", "theirs"):
+        raise InvalidInputError(f"Unknown resolution '{resolution}'.", hint="Use ours or theirs.")
+    _require_clean(repo)
+    ours_sha, theirs_sha = repo.git.rev_parse("HEAD"), repo.git.rev_parse(branch)
+    ancestor = merge_base(repo, ours_sha, theirs_sha)
+    if ancestor == theirs_sha:
+        raise InvalidInputError(f"'{branch}' is already merged: every commit of it is in HEAD.", hint="Nothing to do.")
+    ours, theirs = side(repo, ours_sha), side(repo, theirs_sha)
+    before = repo.stack(ancestor).active if ancestor else ()
+    conflicts = [c for c in find_conflicts(ours, theirs) if not _plain_revert(c, before)]
+    if conflicts and resolution is None:
+        raise MergeConflictError(
+            f"Merging '{branch}' stops at {len(conflicts)} conflict(s): "
+            + " ".join(c.message for c in conflicts), conflicts=conflicts,
+            hint="Run 'cathrepo merge --ours' or '--theirs' to settle them, or revert one of the edits first.")
+    base_stack = repo.stack(ours_sha)
+    union = base_stack.merged(repo.stack(ancestor) if ancestor else type(base_stack)(), repo.stack(theirs_sha))
+    if conflicts:
+        chosen, other = (ours, theirs) if resolution == "ours" else (theirs, ours)
+        union = settle(union, conflicts, chosen, other)
+    report = None
+    if gate and union.active != base_stack.active:
+        report = gate_union(repo, before=base_stack.active, before_rev=ours_sha, after=union.active,
+                            after_rev=theirs_sha, progress=progress)
+        if not report.passed and not force:
+            raise GateFailedError.from_report(report, f"Merging '{branch}'", hint="Pass --force to merge anyway.")
+    sha = _commit_merge(repo, branch, theirs_sha, union, conflicts, resolution, report)
+    sync_weights(repo)
+    return MergeOutcome(branch, sha, union.active,
+                        tuple(e for e in union.active if e not in base_stack.active),
+                        tuple(e for e in base_stack.active if e not in union.active),
+                        tuple(conflicts), resolution, report)
+
+
+def _plain_revert(conflict: Conflict, ancestor_active: Sequence[str]) -> bool:
+    """An edit active since the common ancestor that one side reverted is that side's revert, merged like
+    any change; it conflicts only when the other side (re-)applied the edit since the ancestor."""
+    from cathrepo.merging.conflicts import EDIT_VS_REVERT
+
+    return conflict.kind == EDIT_VS_REVERT and conflict.ours in ancestor_active
+
+
+def _require_clean(repo: Repo) -> None:
+    changed = [line for line in repo.git.run(["status", "--porcelain", "--untracked-files=no"]).splitlines() if line]
+    if changed:
+        raise InvalidInputError(f"The work tree has uncommitted changes ({changed[0][3:]}).",
+                                hint="Commit or stash them before merging.")
+
+
+def _commit_merge(repo: Repo, branch: str, theirs_sha: str, union: Stack, conflicts: Sequence[Conflict],
+                  resolution: str | None, report: GateReport | None) -> str:
+    """git's merge without committing, ``stack.json`` set to ``union``, one signed merge commit; any
+    failure aborts git's merge."""
+    try:
+        repo.git.run(["merge", "--no-commit", "--no-ff", "-q", theirs_sha])
+        failed = False
+    except GitError:
+        failed = True  # a textual conflict (stack.json is settled below) or a refusal (checked below)
+    try:
+        unmerged = [p for p in repo.git.run(["diff", "--name-only", "--diff-filter=U"]).splitlines()
+                    if p and p != layout.STACK]
+        if unmerged:
+            raise GitError(f"git cannot merge {', '.join(unmerged)} of '{branch}' with this branch's.",
+                           hint="Merge those files by hand with git, then run 'cathrepo merge' again.")
+        if failed and not (repo.root / ".git" / "MERGE_HEAD").exists():
+            raise GitError(f"git merge of '{branch}' failed.", hint="Run 'git merge --no-commit' by hand to see why.")
+        (repo.root / layout.STACK).write_bytes(union.to_bytes())
+        repo.git.add([layout.STACK])
+        trailers = {"Cathrepo-Action": "merge", "Cathrepo-Merge": theirs_sha,
+                    "Cathrepo-Active": str(len(union.active))}
+        if conflicts:
+            trailers["Cathrepo-Resolution"] = f"{resolution} ({len(conflicts)} conflict(s))"
+        if report is not None:
+            trailers.update(report.trailers(per_gate=False, forced=not report.passed))
+        return repo.git.commit(f"Merge '{branch}': {len(union.active)} active edit(s)", trailers,
+                               sign_with=repo.signing_key())
+    except BaseException:
+        try:
+            repo.git.run(["merge", "--abort"])
+        except GitError:
+            pass  # nothing to abort: git's merge never started
+        raise
