@@ -2,7 +2,8 @@
 
 ``Repo`` holds what every verb needs (the root, the git and DVC adapters, the config, readers of the
 stack and of edit records at any revision) and delegates each verb to its own module: ``init``,
-``edit``, ``commit``, ``revert``, ``log``, ``status``, ``verify``, ``materialize``, ``remote``.
+``edit``, ``commit``, ``revert``, ``promote`` (with rollback and the deployment log), ``log``, ``status``,
+``verify``, ``materialize``, ``remote``.
 Writing verbs are decorated with :func:`~cathrepo.repo.lock.locked` (the repository lock, re-entrant per
 ``Repo``), sign their commits with :meth:`Repo.signing_key` on the commit call itself, and undo what
 they staged when they fail.
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.log import LogEntry
     from cathrepo.repo.materialize import Generation, Materialized
     from cathrepo.repo.merge import MergeOutcome
+    from cathrepo.repo.promote import Deployments, DeployOutcome
     from cathrepo.repo.propose import Proposed
     from cathrepo.repo.revert import RevertOutcome
     from cathrepo.repo.storage import Storage
@@ -219,6 +221,25 @@ class Repo:
         from cathrepo.repo.revert import revert
 
         return revert(self, ref, gate=gate, force=force, progress=progress)
+
+    def promote(self, rev: str, env: str, reason: str = "", *, gate: bool = True, force: bool = False,
+                progress: Callable[[str], None] | None = None) -> DeployOutcome:
+        """Record that ``env`` serves ``rev`` from now on (:func:`cathrepo.repo.promote.promote`)."""
+        from cathrepo.repo.promote import promote
+
+        return promote(self, rev, env, reason, gate=gate, force=force, progress=progress)
+
+    def rollback(self, env: str, reason: str = "") -> DeployOutcome:
+        """Return ``env`` to what it served before its latest promotion (:func:`cathrepo.repo.promote.rollback`)."""
+        from cathrepo.repo.promote import rollback
+
+        return rollback(self, env, reason)
+
+    def deployments(self, env: str | None = None, rev: str = "HEAD") -> Deployments:
+        """The verified deployment log at ``rev`` and what each environment serves."""
+        from cathrepo.repo.promote import deployments
+
+        return deployments(self, env, rev)
 
     def log(self, rev: str = "HEAD", *, max_count: int | None = None) -> list[LogEntry]:
         """The commits reachable from ``rev``, newest first, with the edit each one made or reverted."""

@@ -1,8 +1,9 @@
 """``cathrepo gate [REV]``: run a stage's gates on the change a revision makes.
 
-``before`` is the active set of ``against`` (default: REV's first parent; empty for a root commit),
-``after`` the active set of REV. The probes of the edits REV adds are the new probes; the probes of the
-edits active in both states are the regression suite. Every delta is verified before it is used.
+``before`` is the active set of ``against`` (default: REV's first parent; empty for a root commit, and
+for ``against=BASE``: the base model alone), ``after`` the active set of REV. The probes of the edits REV
+adds are the new probes; the probes of the edits active in both states are the regression suite. Every
+delta is verified before it is used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
     from cathrepo.gates.results import GateReport
     from cathrepo.repo import Repo
 
+#: ``against=BASE``: gate REV against the base model with no edit (what an environment that runs nothing yet
+#: serves); not a revision name, since no commit can be named by the empty string.
+BASE = ""
+
 
 def gate(
     repo: Repo,
@@ -26,7 +31,7 @@ def gate(
     against: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> GateReport:
-    """Gate the change from ``against`` (default: first parent) to ``rev``."""
+    """Gate the change from ``against`` (default: first parent; :data:`BASE`: no edit) to ``rev``."""
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.pipeline import merge_probe_sets
@@ -35,6 +40,8 @@ def gate(
     if against is None:
         parents = repo.git.log(commit, max_count=1)[0].parents
         base_rev = parents[0] if parents else None
+    elif against == BASE:
+        base_rev = None
     else:
         base_rev = repo.git.rev_parse(against)
     before_ids = list(repo.stack(base_rev).active) if base_rev else []

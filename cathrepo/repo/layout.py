@@ -13,6 +13,7 @@ from cathrepo.exceptions import VerificationError
 CONFIG = CONFIG_NAME
 ALLOWED_SIGNERS = "allowed_signers"
 STACK = "stack.json"
+DEPLOYMENTS = "deployments.jsonl"
 EDITS = "edits"
 RECORD = "edit.json"
 SIGNATURE = "edit.sig"

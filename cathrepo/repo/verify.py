@@ -4,8 +4,10 @@ Commits are checked as ``git verify-commit`` checks them against ``allowed_signe
 signatures, :func:`commit_checks`). Each edit's ``edit.json`` must hash to its directory name (the edit id), carry a valid ``edit.sig`` by an
 allowed signer, and name the sha256 of every other file of the edit; the weights are read from the DVC
 cache (fetched from the remote if needed) through the pointer committed at that revision. An issue
-names the exact file. What this clone verified before is recorded in an index
-(:mod:`cathrepo.repo.verified`) and not checked again, except the weights; ``--full`` checks all.
+names the exact file. The deployment log, when there is one, is checked line by line (signatures, the hash
+chain, the commits it names) and by its history, which may only append (:mod:`cathrepo.repo.deploy_log`).
+What this clone verified before is recorded in an index (:mod:`cathrepo.repo.verified`) and not checked
+again, except the weights; ``--full`` checks all.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cathrepo.repo import layout
+from cathrepo.repo.deploy_log import log_issues
 from cathrepo.repo.state import Issue, check_edits
 from cathrepo.repo.verified import Verified, signers_key
 
@@ -34,6 +37,7 @@ class VerifyReport:
     commits: int = 0
     edits: int = 0
     files: int = 0
+    deployments: int = 0
     issues: list[Issue] = field(default_factory=list)
 
     @property
@@ -42,7 +46,8 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"rev": self.rev, "commit": self.commit, "ok": self.ok, "commits": self.commits,
-                "edits": self.edits, "files": self.files, "issues": [str(i) for i in self.issues]}
+                "edits": self.edits, "files": self.files, "deployments": self.deployments,
+                "issues": [str(i) for i in self.issues]}
 
 
 def commit_checks(git: Git, shas: Sequence[str]) -> dict[str, SignatureCheck]:
@@ -101,5 +106,7 @@ def verify(repo: Repo, rev: str = "HEAD", *, full: bool = False) -> VerifyReport
         report.edits += 1
         report.files += 1 + len(layout.EDIT_FILES)
         report.issues.extend(checks[eid].issues)
+    report.deployments, issues = log_issues(repo, commit, shas)
+    report.issues.extend(issues)
     verified.save()
     return report

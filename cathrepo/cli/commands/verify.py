@@ -20,8 +20,8 @@ def verify_cmd(ctx: click.Context, rev: str, full: bool, as_json: bool) -> None:
     if as_json:
         echo_json(report.to_dict())
     else:
-        click.echo(f"checked {report.commits} commit(s), {report.edits} edit(s), {report.files} file(s) "
-                   f"at {report.commit[:12]}")
+        click.echo(f"checked {report.commits} commit(s), {report.edits} edit(s), {report.files} file(s), "
+                   f"{report.deployments} deployment(s) at {report.commit[:12]}")
         for issue in report.issues:
             click.secho(f"  {issue}", fg="red", err=True)
     if not report.ok:
