@@ -29,9 +29,12 @@ def gate(
     stage: str = "revision",
     gates: Sequence[str] | None = None,
     against: str | None = None,
+    policy_rev: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> GateReport:
-    """Gate the change from ``against`` (default: first parent; :data:`BASE`: no edit) to ``rev``."""
+    """Gate the change from ``against`` (default: first parent; :data:`BASE`: no edit) to ``rev``, under
+    the gate policy of ``policy_rev`` (default: ``rev``'s own; a promotion passes HEAD, so a candidate
+    cannot relax the gates it is promoted through)."""
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.pipeline import merge_probe_sets
@@ -53,7 +56,7 @@ def gate(
     before = [loaded.get(eid) or load_edit(repo, eid, base_rev) for eid in before_ids] if base_rev else []
     new = [eid for eid in after_ids if eid not in before_ids]
     kept = [eid for eid in after_ids if eid in before_ids]
-    config = repo.config_at(commit)
+    config = repo.config_at(policy_rev or commit)
     model, tokenizer = repo.load_base()
     return run_gates(
         model,

@@ -109,7 +109,8 @@ def promote(
     # 3. the gates, from what the environment serves now (the base model alone when nothing) to the revision
     report = None
     if gate:
-        report = run_gate(repo, sha, stage="promote", against=previous or BASE, progress=progress)
+        report = run_gate(repo, sha, stage="promote", against=previous or BASE, policy_rev="HEAD",
+                          progress=progress)
         if not report.passed and not force:
             raise GateFailedError.from_report(report, f"Promoting {sha[:12]} to {env}",
                                               hint="Pass --force to promote anyway (the log records it).")
