@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "propose": "propose:propose_cmd",
     "ci": "ci:ci_cmd",
     "merge": "merge:merge_cmd",
+    "consolidate": "consolidate:consolidate_cmd",
     "branch": "branch:branch_cmd",
     "checkout": "branch:checkout_cmd",
 }
@@ -65,6 +66,7 @@ SHORT_HELP: dict[str, str] = {
     "propose": "Commit facts as signed proposals (no weights) for review in a pull request.",
     "ci": "Verify a branch, realise its proposals and gate its merge (for CI and hooks).",
     "merge": "Merge another branch's edits in one signed commit, after the merge gates.",
+    "consolidate": "Fold the active edits into one gated pack (cat, svd:R, ties, dare).",
     "branch": "List the branches of edits, or create one.",
     "checkout": "Switch to another branch of edits.",
 }

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.log import LogEntry
     from cathrepo.repo.materialize import Generation, Materialized
     from cathrepo.repo.merge import MergeOutcome
+    from cathrepo.repo.packs import ConsolidateOutcome
     from cathrepo.repo.promote import Deployments, DeployOutcome
     from cathrepo.repo.propose import Proposed
     from cathrepo.repo.revert import RevertOutcome
@@ -306,12 +307,20 @@ class Repo:
 
         return ci(self, base=base, commit=commit, key_path=key_path, progress=progress)
 
-    def merge(self, branch: str, *, resolution: str | None = None, gate: bool = True, force: bool = False,
-              progress: Callable[[str], None] | None = None) -> MergeOutcome:
+    def merge(self, branch: str, *, resolution: str | None = None, strategy: str | None = None, gate: bool = True,
+              force: bool = False, progress: Callable[[str], None] | None = None) -> MergeOutcome:
         """Merge ``branch`` into the checked-out one (:func:`cathrepo.repo.merge.merge`)."""
         from cathrepo.repo.merge import merge
 
-        return merge(self, branch, resolution=resolution, gate=gate, force=force, progress=progress)
+        return merge(self, branch, resolution=resolution, strategy=strategy, gate=gate, force=force,
+                     progress=progress)
+
+    def consolidate(self, *, strategy: str = "cat", gate: bool = True, force: bool = False,
+                    progress: Callable[[str], None] | None = None) -> ConsolidateOutcome:
+        """Fold the active edits into one gated pack (:func:`cathrepo.repo.packs.consolidate`)."""
+        from cathrepo.repo.packs import consolidate
+
+        return consolidate(self, strategy=strategy, gate=gate, force=force, progress=progress)
 
     def branches(self) -> list[BranchInfo]:
         from cathrepo.repo.branch import branches

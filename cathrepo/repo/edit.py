@@ -59,6 +59,7 @@ class EditSession:
         from cathrepo.edits.base import EditEnv, get_method
         from cathrepo.gates.policy import GatePolicy
         from cathrepo.models import cache_dir
+        from cathrepo.repo.packs import load_packs
         from cathrepo.repo.state import active_edits, probe_sets
         from cathrepo.repo.verified import Verified
 
@@ -68,8 +69,11 @@ class EditSession:
         model, tokenizer = repo.load_base()
         corpus_path = corpus or (Path(config.edit.corpus) if config.edit.corpus else None)
         env = EditEnv(base_hash=config.base.sha256, cache_dir=cache_dir(), corpus=corpus_path)
-        active = [(e.id, e.delta) for e in active_edits(repo, rev, verified=Verified.of(repo.root))]
-        suite = probe_sets(repo, [eid for eid, _ in active], rev)
+        edits = active_edits(repo, rev, verified=Verified.of(repo.root))
+        suite = probe_sets(repo, [e.id for e in edits], rev)
+        packs = load_packs(repo, rev)  # a pack stands in for the edits it folds
+        folded = {eid for p in packs for eid in p.record.edits}
+        active = [*((p.id, p.delta) for p in packs), *((e.id, e.delta) for e in edits if e.id not in folded)]
         return cls(repo, config, model, tokenizer, name, dict(params or {}), env,
                    GatePolicy.from_dict(config.gates), active, suite)
 

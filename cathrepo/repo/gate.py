@@ -38,6 +38,7 @@ def gate(
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.pipeline import merge_probe_sets
+    from cathrepo.repo.packs import stack_deltas
 
     commit = repo.git.rev_parse(rev)
     if against is None:
@@ -61,8 +62,8 @@ def gate(
     return run_gates(
         model,
         tokenizer,
-        before=[e.delta for e in before],
-        after=[e.delta for e in after],
+        before=stack_deltas(repo, base_rev, before) if base_rev else [],  # packs in place of their edits
+        after=stack_deltas(repo, commit, after),
         probes=merge_probe_sets(probe_sets(repo, new, commit)),
         suite=probe_sets(repo, kept, commit),
         policy=GatePolicy.from_dict(config.gates),

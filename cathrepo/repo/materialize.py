@@ -30,12 +30,14 @@ class Materialized:
 def materialize(repo: Repo, rev: str = "HEAD", *, verify: bool = True) -> Materialized:
     """Load the verified base model and apply ``rev``'s active deltas in order."""
     from cathrepo.delta import apply_deltas
+    from cathrepo.repo.packs import stack_deltas
     from cathrepo.repo.verified import Verified
 
     commit = repo.git.rev_parse(rev)
     edits = active_edits(repo, commit, verify=verify, verified=Verified.of(repo.root))
+    deltas = stack_deltas(repo, commit, edits)  # packs in place of the edits they fold
     model, tokenizer = repo.load_base()
-    record = apply_deltas(model, [e.delta for e in edits])
+    record = apply_deltas(model, deltas)
     return Materialized(model, tokenizer, rev, commit, edits, record)
 
 

@@ -120,16 +120,21 @@ def gate_union(repo: Repo, *, before: Sequence[str], before_rev: str, after: Seq
 
 
 @locked("merge")
-def merge(repo: Repo, branch: str, *, resolution: str | None = None, gate: bool = True, force: bool = False,
-          progress: Callable[[str], None] | None = None) -> MergeOutcome:
+def merge(repo: Repo, branch: str, *, resolution: str | None = None, strategy: str | None = None, gate: bool = True,
+          force: bool = False, progress: Callable[[str], None] | None = None) -> MergeOutcome:
     """Merge ``branch`` into the checked-out line (see the module docstring).
 
     Args:
         resolution: "ours" or "theirs": how every semantic conflict is settled (None: conflicts stop it).
+        strategy: after the merge commit, fold the active edits into one pack by this strategy
+            (:func:`cathrepo.repo.packs.consolidate`, its own signed commit); a pack that fails its gates
+            is not written, the edits stay as they are, and ``extra["pack_refused"]`` says why.
         gate: run the merge-stage gates; force: commit even when they fail (recorded in the trailers).
     """
     from cathrepo.merging.conflicts import find_conflicts
+    from cathrepo.merging.strategies import get_strategy
     from cathrepo.repo.branch import sync_weights
+    from cathrepo.repo.packs import consolidate
 
     if resolution not in (None, "ours", "theirs"):
         raise InvalidInputError(f"Unknown resolution '{resolution}'.", hint="Use ours or theirs.")
@@ -151,18 +156,40 @@ def merge(repo: Repo, branch: str, *, resolution: str | None = None, gate: bool 
     if conflicts:
         chosen, other = (ours, theirs) if resolution == "ours" else (theirs, ours)
         union = settle(union, conflicts, chosen, other)
+    union = _whole_packs(repo, union, ours_sha)
     report = None
     if gate and union.active != base_stack.active:
         report = gate_union(repo, before=base_stack.active, before_rev=ours_sha, after=union.active,
                             after_rev=theirs_sha, progress=progress)
         if not report.passed and not force:
             raise GateFailedError.from_report(report, f"Merging '{branch}'", hint="Pass --force to merge anyway.")
+    if strategy is not None:
+        get_strategy(strategy)  # a bad spec fails before anything is merged
     sha = _commit_merge(repo, branch, theirs_sha, union, conflicts, resolution, report)
     sync_weights(repo)
+    extra: dict[str, Any] = {}
+    if strategy is not None and len(union.active) >= 2:
+        try:
+            folded = consolidate(repo, strategy=strategy, gate=gate, progress=progress)
+            extra.update(pack=folded.pack.id, pack_commit=folded.commit, pack_report=folded.report)
+            sha = folded.commit
+        except GateFailedError as exc:
+            extra["pack_refused"] = exc.message
     return MergeOutcome(branch, sha, union.active,
                         tuple(e for e in union.active if e not in base_stack.active),
                         tuple(e for e in base_stack.active if e not in union.active),
-                        tuple(conflicts), resolution, report)
+                        tuple(conflicts), resolution, report, extra)
+
+
+def _whole_packs(repo: Repo, union: Stack, ours_sha: str) -> Stack:
+    """This side's packs that still fold only active edits stay; one that lost an edit in the merge is
+    dropped (its edits apply one by one again; 'cathrepo consolidate' folds them anew)."""
+    from cathrepo.repo.packs import load_packs
+
+    if not union.packs:
+        return union
+    whole = [p.id for p in load_packs(repo, ours_sha) if set(p.record.edits) <= set(union.active)]
+    return union.with_packs(tuple(whole))
 
 
 def _plain_revert(conflict: Conflict, ancestor_active: Sequence[str]) -> bool:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from cathrepo.repo import Repo
     from cathrepo.repo.git import Git
     from cathrepo.repo.git_records import SignatureCheck
+    from cathrepo.repo.layout import Stack
 
 
 @dataclass
@@ -78,6 +79,29 @@ def commit_checks(git: Git, shas: Sequence[str]) -> dict[str, SignatureCheck]:
     return out
 
 
+def pack_issues(repo: Repo, commit: str, stack: Stack) -> list[Issue]:
+    """Every pack present at ``commit`` verifies (id, signature, file hashes); the stack's packs exist and
+    fold only active edits, no edit in two of them."""
+    from cathrepo.repo.packs import check_pack
+
+    present = sorted({p.split("/")[1] for p in repo.git.list_tree(commit, layout.PACKS)
+                      if p.endswith("/" + layout.PACK)})
+    issues: list[Issue] = []
+    seen: set[str] = set()
+    for pack_id in present:
+        pack, problems = check_pack(repo, pack_id, commit)
+        issues += [Issue(*p.split(": ", 1)) for p in problems]
+        if pack is None or pack_id not in stack.packs:
+            continue
+        for eid in pack.record.edits:
+            if eid not in stack.active or eid in seen:
+                issues.append(Issue(layout.STACK, f"pack {pack_id} folds edit {eid}, which is "
+                                                  f"{'in another pack' if eid in seen else 'not active'}"))
+            seen.add(eid)
+    issues += [Issue(layout.STACK, f"names pack {p}, which does not exist") for p in stack.packs if p not in present]
+    return issues
+
+
 def verify(repo: Repo, rev: str = "HEAD", *, full: bool = False) -> VerifyReport:
     """Check every commit reachable from ``rev`` and every edit present at ``rev``. What this clone
     verified before (:mod:`cathrepo.repo.verified`) is not checked again, except each edit's weights;
@@ -106,6 +130,7 @@ def verify(repo: Repo, rev: str = "HEAD", *, full: bool = False) -> VerifyReport
         report.edits += 1
         report.files += 1 + len(layout.EDIT_FILES)
         report.issues.extend(checks[eid].issues)
+    report.issues.extend(pack_issues(repo, commit, stack))
     report.deployments, issues = log_issues(repo, commit, shas)
     report.issues.extend(issues)
     verified.save()

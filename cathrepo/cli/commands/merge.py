@@ -11,18 +11,20 @@ from cathrepo.cli.shared import echo_gate_lines, echo_json, open_repo, progress
 @click.argument("branch")
 @click.option("--ours", "resolution", flag_value="ours", help="Settle every conflict in favour of this branch.")
 @click.option("--theirs", "resolution", flag_value="theirs", help="Settle every conflict in favour of BRANCH.")
+@click.option("--strategy", metavar="SPEC", help="Then fold the active edits into one pack: cat, svd:R, ties[:D], "
+              "dare[:P] (gated; refused packs are not written).")
 @click.option("--no-gate", is_flag=True, help="Skip the merge-stage gates.")
 @click.option("--force", is_flag=True, help="Commit even if the merge-stage gates fail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_context
-def merge_cmd(ctx: click.Context, branch: str, resolution: str | None, no_gate: bool, force: bool,
-              as_json: bool) -> None:
+def merge_cmd(ctx: click.Context, branch: str, resolution: str | None, strategy: str | None, no_gate: bool,
+              force: bool, as_json: bool) -> None:
     """Merge BRANCH's edits into this branch in one signed merge commit, after the merge gates."""
     from cathrepo.exceptions import MergeConflictError
 
     try:
         with progress("Merging") as say:
-            done = open_repo(ctx).merge(branch, resolution=resolution, gate=not no_gate, force=force, progress=say)
+            done = open_repo(ctx).merge(branch, resolution=resolution, strategy=strategy, gate=not no_gate, force=force, progress=say)
     except MergeConflictError as exc:
         for c in exc.conflicts:
             click.secho(f"[conflict] {c.kind}: {c.message}", fg="red", err=True)
@@ -31,7 +33,8 @@ def merge_cmd(ctx: click.Context, branch: str, resolution: str | None, no_gate: 
         echo_json({"commit": done.commit, "active": list(done.active), "added": list(done.added),
                    "removed": list(done.removed), "resolution": done.resolution,
                    "conflicts": [vars(c) for c in done.settled],
-                   "gates": done.report.to_dict() if done.report else None})
+                   "gates": done.report.to_dict() if done.report else None,
+                   "pack": done.extra.get("pack"), "pack_refused": done.extra.get("pack_refused")})
         return
     click.echo(f"[{done.commit[:12]}] merged '{branch}': {len(done.active)} active edit(s), "
                f"{len(done.added)} added, {len(done.removed)} removed")
@@ -39,3 +42,7 @@ def merge_cmd(ctx: click.Context, branch: str, resolution: str | None, no_gate: 
         click.echo(f"    settled ({done.resolution}) {c.kind}: {c.subject}")
     if done.report is not None:
         echo_gate_lines(done.report)
+    if "pack" in done.extra:
+        click.echo(f"[{done.extra['pack_commit'][:12]}] folded into pack {done.extra['pack']} ({strategy})")
+    elif "pack_refused" in done.extra:
+        click.secho(f"not folded: {done.extra['pack_refused']}", fg="yellow")
