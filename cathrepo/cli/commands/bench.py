@@ -211,6 +211,35 @@ def scale_cmd(repo: Path, n: int, base: str | None, runs: int, json_out: Path | 
         click.echo(f"wrote {json_out}")
 
 
+@bench_group.command("packs")
+@click.option("--data", required=True, type=_FILE, help="CounterFact records.")
+@click.option("--n", "n", type=int, default=50, show_default=True, help="Records edited one after another.")
+@click.option("--skip", type=int, default=5000, show_default=True, help="Skip the first records.")
+@click.option("--method", default="rome", show_default=True, help="Edit method.")
+@click.option("--batch-size", "edit_batch", type=int, default=1, show_default=True, help="Facts per edit.")
+@click.option("--rank", "ranks", type=click.IntRange(min=1), multiple=True, help="svd:R ranks (default 1 4 16 64).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def packs_cmd(data: Path, n: int, skip: int, method: str, edit_batch: int, ranks: tuple[int, ...],
+              params: tuple[str, ...], json_out: Path | None) -> None:
+    """Fold N sequential edits into cat and svd:R packs; compare each with cat (held-out KL, logits, ES, PS)."""
+    from cathrepo.bench.packs import PackBenchConfig, bench_packs
+
+    config = PackBenchConfig(data=data, n=n, skip=skip, method=method, edit_batch=edit_batch,
+                             ranks=ranks or (1, 4, 16, 64), params=parse_params(params))
+    with progress("Benchmarking") as say:
+        result = bench_packs(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+    click.echo(f"{result['facts']} facts in {result['edits']} edits ({method}), {result['tokens']} held-out tokens")
+    click.echo(f"{'strategy':<10} {'rank':>5} {'bytes':>10} {'rel.err':>8} {'KL mean':>9} {'KL max':>8} "
+               f"{'max|dlogit|':>11} {'top1':>6} {'ES':>5} {'PS':>5}")
+    for r in result["rows"]:
+        click.echo(f"{r['strategy']:<10} {r['rank']:>5} {r['bytes']:>10,} {r['max_error']:>8.3g} {r['kl_mean']:>9.2e} "
+                   f"{r['kl_max']:>8.2e} {r['max_logit_diff']:>11.3g} {r['top1_agree']:>6.3f} {r['es']:>5.2f} "
+                   f"{r['ps']:>5.2f}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _table(title: str, values: dict[str, Any], beside: dict[str, Any] | None) -> None:
     from rich.console import Console
     from rich.table import Table
