@@ -240,6 +240,26 @@ def packs_cmd(data: Path, n: int, skip: int, method: str, edit_batch: int, ranks
         json_out.write_text(json.dumps(result, indent=2) + "\n")
 
 
+@bench_group.command("merge")
+@click.option("--repo", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Repository to build (or reuse): main with N synthetic edits, branch feature with one more.")
+@click.option("--n", "n", type=click.IntRange(min=2), default=10, show_default=True, help="Edits on main.")
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per timing (median).")
+@click.option("--base", help="Base model of a new repository (default: the embedded model).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def merge_bench_cmd(repo: Path, n: int, runs: int, base: str | None, json_out: Path | None) -> None:
+    """Time ci, merge --strategy cat (with consolidate) and a revert inside a pack at N edits."""
+    from cathrepo.bench.merges import MergeBenchConfig, bench_merge
+
+    with progress("Benchmarking") as say:
+        result = bench_merge(MergeBenchConfig(repo=repo, n=n, runs=runs, base=base),
+                             lambda stage, done, total: say(f"{stage} {done}/{total}"))
+    for key in ("edits", "ci_s", "merge_consolidate_s", "revert_in_pack_s", "merge_pack_refused"):
+        click.echo(f"{key:<22} {result[key]}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _table(title: str, values: dict[str, Any], beside: dict[str, Any] | None) -> None:
     from rich.console import Console
     from rich.table import Table
