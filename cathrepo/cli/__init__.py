@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "ci": "ci:ci_cmd",
     "merge": "merge:merge_cmd",
     "consolidate": "consolidate:consolidate_cmd",
+    "canary": "canary:canary_cmd",
     "branch": "branch:branch_cmd",
     "checkout": "branch:checkout_cmd",
 }
@@ -67,6 +68,7 @@ SHORT_HELP: dict[str, str] = {
     "ci": "Verify a branch, realise its proposals and gate its merge (for CI and hooks).",
     "merge": "Merge another branch's edits in one signed commit, after the merge gates.",
     "consolidate": "Fold the active edits into one gated pack (cat, svd:R, ties, dare).",
+    "canary": "Compare canary with production on real prompts; roll back past a limit.",
     "branch": "List the branches of edits, or create one.",
     "checkout": "Switch to another branch of edits.",
 }

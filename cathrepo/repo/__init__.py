@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
     from cathrepo.repo.branch import BranchInfo
+    from cathrepo.repo.canary import CanaryReport
     from cathrepo.repo.ci import CiReport
     from cathrepo.repo.git import Git
     from cathrepo.repo.lock import RepoLock
@@ -229,6 +230,14 @@ class Repo:
         from cathrepo.repo.promote import promote
 
         return promote(self, rev, env, reason, gate=gate, force=force, progress=progress)
+
+    def canary(self, prompts_file: Path, *, max_kl: float = 0.05, max_changed: float = 0.1,
+               auto_rollback: bool = False, progress: Callable[[str], None] | None = None) -> CanaryReport:
+        """Compare canary with production on real prompts (:func:`cathrepo.repo.canary.canary`)."""
+        from cathrepo.repo.canary import canary
+
+        return canary(self, prompts_file, max_kl=max_kl, max_changed=max_changed, auto_rollback=auto_rollback,
+                      progress=progress)
 
     def rollback(self, env: str, reason: str = "") -> DeployOutcome:
         """Return ``env`` to what it served before its latest promotion (:func:`cathrepo.repo.promote.rollback`)."""
