@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "merge": "merge:merge_cmd",
     "consolidate": "consolidate:consolidate_cmd",
     "canary": "canary:canary_cmd",
+    "rebase": "rebase:rebase_cmd",
     "branch": "branch:branch_cmd",
     "checkout": "branch:checkout_cmd",
 }
@@ -69,6 +70,7 @@ SHORT_HELP: dict[str, str] = {
     "merge": "Merge another branch's edits in one signed commit, after the merge gates.",
     "consolidate": "Fold the active edits into one gated pack (cat, svd:R, ties, dare).",
     "canary": "Compare canary with production on real prompts; roll back past a limit.",
+    "rebase": "Carry every edit to a new base model (recomputed and gated) on a new branch.",
     "branch": "List the branches of edits, or create one.",
     "checkout": "Switch to another branch of edits.",
 }

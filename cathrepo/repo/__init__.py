@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.packs import ConsolidateOutcome
     from cathrepo.repo.promote import Deployments, DeployOutcome
     from cathrepo.repo.propose import Proposed
+    from cathrepo.repo.rebase import RebaseOutcome
     from cathrepo.repo.revert import RevertOutcome
     from cathrepo.repo.storage import Storage
     from cathrepo.repo.verify import VerifyReport
@@ -330,6 +331,13 @@ class Repo:
         from cathrepo.repo.packs import consolidate
 
         return consolidate(self, strategy=strategy, gate=gate, force=force, progress=progress)
+
+    def rebase_onto_base(self, source: str, *, branch: str | None = None,
+                         progress: Callable[[str], None] | None = None) -> RebaseOutcome:
+        """Recompute every active edit on base ``source`` on a new branch (:mod:`cathrepo.repo.rebase`)."""
+        from cathrepo.repo.rebase import rebase_onto_base
+
+        return rebase_onto_base(self, source, branch=branch, progress=progress)
 
     def branches(self) -> list[BranchInfo]:
         from cathrepo.repo.branch import branches

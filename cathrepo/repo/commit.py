@@ -111,6 +111,7 @@ def commit_edit(
     numerics: Mapping[str, Any] | None = None,
     key: SigningKey | None = None,
     proposal: str | None = None,
+    trailers: Mapping[str, str] | None = None,
 ) -> EditResult:
     """Store and commit one gated edit; returns (edit id, commit sha, record).
 
@@ -118,6 +119,7 @@ def commit_edit(
         key: the key that signs the record and the commit (default: the repository's, ``user.signingkey``);
             ``cathrepo ci --commit`` passes the CI key.
         proposal: the id of the proposal this edit realises.
+        trailers: more commit trailers (``Cathrepo-Carries``: the edit a rebase carried to a new base).
     """
     from cathrepo.provenance.signing import sign_payload, write_envelope
 
@@ -159,10 +161,10 @@ def commit_edit(
         body = f"Method {method}; was: {fact.target_true or '?'}; risk {record.risk}; source {record.source or '-'}."
         from cathrepo.repo.propose import PROPOSAL_TRAILER
 
-        trailers = edit_trailers(record, edit_id, result.gates)
+        all_trailers = {**edit_trailers(record, edit_id, result.gates), **(trailers or {})}
         if proposal is not None:
-            trailers[PROPOSAL_TRAILER] = proposal
-        sha = repo.git.commit(f"{subject}\n\n{body}", trailers, sign_with=key)
+            all_trailers[PROPOSAL_TRAILER] = proposal
+        sha = repo.git.commit(f"{subject}\n\n{body}", all_trailers, sign_with=key)
     except BaseException:
         if staged:
             repo.git.unstage(staged)

@@ -95,14 +95,15 @@ class EditSession:
         )
 
     def commit(self, request: EditRequest, result: EditResult, *, method: str | None = None,
-               key: SigningKey | None = None, proposal: str | None = None) -> EditResult:
+               key: SigningKey | None = None, proposal: str | None = None, carries: str | None = None) -> EditResult:
         """Commit a passed attempt (made with ``method``, default the session's; signed with ``key``, default
-        the repository's) and hold it on the stack."""
+        the repository's) and hold it on the stack. ``carries``: the edit a rebase recomputed this from."""
         from cathrepo.provenance.manifest import numerics
         from cathrepo.repo.commit import commit_edit
 
         result = commit_edit(self.repo, request, result, method=method or self.method, params=_params_dict(result.params),
-                             numerics=numerics(self.model), key=key, proposal=proposal)
+                             numerics=numerics(self.model), key=key, proposal=proposal,
+                             trailers={"Cathrepo-Carries": carries} if carries else None)
         assert result.edit_id is not None
         self.hold(result.edit_id, result)
         return result
