@@ -317,12 +317,13 @@ class Repo:
 
         return ci(self, base=base, commit=commit, key_path=key_path, progress=progress)
 
-    def merge(self, branch: str, *, resolution: str | None = None, strategy: str | None = None, gate: bool = True,
-              force: bool = False, progress: Callable[[str], None] | None = None) -> MergeOutcome:
+    def merge(self, branch: str, *, resolution: str | None = None, keep: Sequence[str] = (),
+              strategy: str | None = None, gate: bool = True, force: bool = False,
+              progress: Callable[[str], None] | None = None) -> MergeOutcome:
         """Merge ``branch`` into the checked-out one (:func:`cathrepo.repo.merge.merge`)."""
         from cathrepo.repo.merge import merge
 
-        return merge(self, branch, resolution=resolution, strategy=strategy, gate=gate, force=force,
+        return merge(self, branch, resolution=resolution, keep=keep, strategy=strategy, gate=gate, force=force,
                      progress=progress)
 
     def consolidate(self, *, strategy: str = "cat", gate: bool = True, force: bool = False,

@@ -72,21 +72,45 @@ def side(repo: Repo, rev: str) -> MergeSide:
     return MergeSide(records, active, frozenset(set(records) - set(active)))
 
 
-def settle(union: Stack, conflicts: Sequence[Conflict], chosen: MergeSide, other: MergeSide) -> Stack:
-    """The union with every conflict settled in favour of ``chosen``: of two edits of one fact the other
-    side's is left out; an edit one side reverted is active exactly when ``chosen`` has it active."""
+def winners(conflicts: Sequence[Conflict], *, resolution: str | None, keep: Sequence[str],
+            ours: MergeSide, theirs: MergeSide) -> list[tuple[Conflict, str | None]]:
+    """Each conflict with the edit that stays active (None: an edit-vs-revert settled as reverted): the
+    edit named in ``keep``, else the side ``resolution`` names; a conflict neither settles stops the merge."""
+    from cathrepo.merging.conflicts import SAME_FACT
+
+    chosen = {"ours": ours, "theirs": theirs}.get(resolution or "")
+    out: list[tuple[Conflict, str | None]] = []
+    open_ = []
+    for c in conflicts:
+        named = [e for e in (c.ours, c.theirs) if e in keep]
+        if named:
+            out.append((c, named[0]))
+        elif chosen is not None:
+            out.append((c, c.ours if c.ours in chosen.active else (c.theirs if c.kind == SAME_FACT else None)))
+        else:
+            open_.append(c)
+    if open_:
+        raise MergeConflictError(
+            f"{len(open_)} conflict(s) stop the merge: " + " ".join(c.message for c in open_), conflicts=open_,
+            hint="Settle them with --ours or --theirs, or 'cathrepo resolve BRANCH --keep EDIT' for each.")
+    return out
+
+
+def settle(union: Stack, decided: Sequence[tuple[Conflict, str | None]]) -> Stack:
+    """The union with each conflict settled: of two edits of one fact only the winner stays; an edit one
+    side reverted is active exactly when it won."""
     from cathrepo.merging.conflicts import SAME_FACT
 
     active = list(union.active)
-    for c in conflicts:
+    for c, winner in decided:
         if c.kind == SAME_FACT:
-            loser = c.theirs if c.ours in chosen.active else c.ours
+            loser = c.theirs if winner == c.ours else c.ours
             active = [e for e in active if e != loser]
-        elif c.ours in chosen.active and c.ours not in active:
-            active.append(c.ours)
-        elif c.ours not in chosen.active:
+        elif winner is not None and winner not in active:
+            active.append(winner)
+        elif winner is None:
             active = [e for e in active if e != c.ours]
-    return type(union)(tuple(active), union.schema_version, union.extra)
+    return type(union)(tuple(active), union.schema_version, union.extra, union.packs)
 
 
 def gate_union(repo: Repo, *, before: Sequence[str], before_rev: str, after: Sequence[str], after_rev: str,
@@ -120,12 +144,15 @@ def gate_union(repo: Repo, *, before: Sequence[str], before_rev: str, after: Seq
 
 
 @locked("merge")
-def merge(repo: Repo, branch: str, *, resolution: str | None = None, strategy: str | None = None, gate: bool = True,
-          force: bool = False, progress: Callable[[str], None] | None = None) -> MergeOutcome:
+def merge(repo: Repo, branch: str, *, resolution: str | None = None, keep: Sequence[str] = (),
+          strategy: str | None = None, gate: bool = True, force: bool = False,
+          progress: Callable[[str], None] | None = None) -> MergeOutcome:
     """Merge ``branch`` into the checked-out line (see the module docstring).
 
     Args:
         resolution: "ours" or "theirs": how every semantic conflict is settled (None: conflicts stop it).
+        keep: edit ids (or prefixes) that win their conflicts, one by one (``cathrepo resolve``); a
+            conflict they do not name is settled by ``resolution``.
         strategy: after the merge commit, fold the active edits into one pack by this strategy
             (:func:`cathrepo.repo.packs.consolidate`, its own signed commit); a pack that fails its gates
             is not written, the edits stay as they are, and ``extra["pack_refused"]`` says why.
@@ -144,18 +171,13 @@ def merge(repo: Repo, branch: str, *, resolution: str | None = None, strategy: s
     if ancestor == theirs_sha:
         raise InvalidInputError(f"'{branch}' is already merged: every commit of it is in HEAD.", hint="Nothing to do.")
     ours, theirs = side(repo, ours_sha), side(repo, theirs_sha)
+    keep = [_full_id(k, [*ours.records, *theirs.records]) for k in keep]
     before = repo.stack(ancestor).active if ancestor else ()
     conflicts = [c for c in find_conflicts(ours, theirs) if not _plain_revert(c, before)]
-    if conflicts and resolution is None:
-        raise MergeConflictError(
-            f"Merging '{branch}' stops at {len(conflicts)} conflict(s): "
-            + " ".join(c.message for c in conflicts), conflicts=conflicts,
-            hint="Run 'cathrepo merge --ours' or '--theirs' to settle them, or revert one of the edits first.")
+    decided = winners(conflicts, resolution=resolution, keep=keep, ours=ours, theirs=theirs)
     base_stack = repo.stack(ours_sha)
     union = base_stack.merged(repo.stack(ancestor) if ancestor else type(base_stack)(), repo.stack(theirs_sha))
-    if conflicts:
-        chosen, other = (ours, theirs) if resolution == "ours" else (theirs, ours)
-        union = settle(union, conflicts, chosen, other)
+    union = settle(union, decided)
     union = _whole_packs(repo, union, ours_sha)
     report = None
     if gate and union.active != base_stack.active:
@@ -190,6 +212,14 @@ def _whole_packs(repo: Repo, union: Stack, ours_sha: str) -> Stack:
         return union
     whole = [p.id for p in load_packs(repo, ours_sha) if set(p.record.edits) <= set(union.active)]
     return union.with_packs(tuple(whole))
+
+
+def _full_id(prefix: str, ids: Sequence[str]) -> str:
+    matches = sorted({e for e in ids if e.startswith(prefix.strip().lower())}) if len(prefix.strip()) >= 4 else []
+    if len(matches) != 1:
+        raise InvalidInputError(f"--keep {prefix} names {len(matches)} edits of the two sides.",
+                                hint="Give the id (or a unique prefix of 4+ digits) an edit of either side has.")
+    return matches[0]
 
 
 def _plain_revert(conflict: Conflict, ancestor_active: Sequence[str]) -> bool:
@@ -229,7 +259,7 @@ def _commit_merge(repo: Repo, branch: str, theirs_sha: str, union: Stack, confli
         trailers = {"Cathrepo-Action": "merge", "Cathrepo-Merge": theirs_sha,
                     "Cathrepo-Active": str(len(union.active))}
         if conflicts:
-            trailers["Cathrepo-Resolution"] = f"{resolution} ({len(conflicts)} conflict(s))"
+            trailers["Cathrepo-Resolution"] = f"{resolution or 'keep'} ({len(conflicts)} conflict(s))"
         if report is not None:
             trailers.update(report.trailers(per_gate=False, forced=not report.passed))
         return repo.git.commit(f"Merge '{branch}': {len(union.active)} active edit(s)", trailers,

@@ -71,6 +71,11 @@ def test_same_fact_with_two_answers_stops_the_merge_until_settled(repo):
     assert repo.git.head() == head and _clean(repo)
     assert not (repo.root / ".git" / "MERGE_HEAD").exists()
 
+    with pytest.raises(InvalidInputError, match="names 0 edits"):
+        repo.merge("london", keep=["ffff"])
+    kept = repo.merge("london", keep=[paris[:6]])  # cathrepo resolve: one conflict, one choice
+    assert kept.active == (paris,) and kept.removed == ()
+    repo.git.run(["reset", "-q", "--hard", head])
     done = repo.merge("london", resolution="theirs")
     assert done.active == (london,) and done.removed == (paris,) and done.settled == (conflict,)
     assert repo.git.log("HEAD", max_count=1)[0].trailers["Cathrepo-Resolution"].startswith("theirs")
