@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "merge": "merge:merge_cmd",
     "branch": "branch:branch_cmd",
     "checkout": "branch:checkout_cmd",
+    "hooks": "hooks:hooks_group",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -67,6 +68,7 @@ SHORT_HELP: dict[str, str] = {
     "merge": "Merge another branch's edits in one signed commit, after the merge gates.",
     "branch": "List the branches of edits, or create one.",
     "checkout": "Switch to another branch of edits.",
+    "hooks": "Install, list or run cathrepo's git hooks (pre-commit, pre-push, pre-merge-commit).",
 }
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.branch import BranchInfo
     from cathrepo.repo.ci import CiReport
     from cathrepo.repo.git import Git
+    from cathrepo.repo.hooks import HookState
     from cathrepo.repo.lock import RepoLock
     from cathrepo.repo.log import LogEntry
     from cathrepo.repo.materialize import Generation, Materialized
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.promote import Deployments, DeployOutcome
     from cathrepo.repo.propose import Proposed
     from cathrepo.repo.revert import RevertOutcome
+    from cathrepo.repo.state import Issue
     from cathrepo.repo.storage import Storage
     from cathrepo.repo.verify import VerifyReport
 
@@ -327,6 +329,30 @@ class Repo:
         from cathrepo.repo.branch import checkout
 
         return checkout(self, name, create=create)
+
+    # --- git hooks (cathrepo.repo.hooks installs them, cathrepo.repo.hook_checks is what they run) ---------
+
+    def hooks(self, *, install: bool = False, uninstall: bool = False, force: bool = False) -> list[HookState]:
+        """cathrepo's git hooks here: as they are, after installing them (``force``: replacing hooks that
+        are not cathrepo's), or after uninstalling them."""
+        from cathrepo.repo import hooks as scripts
+
+        if install:
+            return scripts.install(self, force=force)
+        return scripts.uninstall(self) if uninstall else scripts.states(self)
+
+    def check_staged(self) -> list[Issue]:
+        """What the pre-commit hook finds wrong with the staged index (empty: it may be committed)."""
+        from cathrepo.repo.hook_checks import staged_issues
+
+        return staged_issues(self)
+
+    def check_push(self, lines: str) -> list[Issue]:
+        """What the pre-push hook finds wrong with a push, from the lines git writes to its stdin."""
+        from cathrepo.repo.hook_checks import parse_push_lines, pushed_issues
+        from cathrepo.repo.verified import Verified
+
+        return pushed_issues(self, parse_push_lines(lines), Verified.of(self.root))
 
     def push(self) -> int:
         return self.storage.push()
