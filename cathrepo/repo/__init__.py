@@ -80,10 +80,15 @@ class Repo:
         base: str | None = None,
         remote: str | None = None,
         author: str | None = None,
+        hooks: bool = False,
+        install_source: str | None = None,
     ) -> Repo:
+        """Create a repository (:func:`cathrepo.repo.init.init_repo`); ``hooks`` installs cathrepo's git
+        hooks, ``install_source`` is the pip requirement its CI job installs cathrepo from."""
         from cathrepo.repo.init import init_repo
 
-        return cls(init_repo(Path(path), base=base, remote=remote, author=author))
+        return cls(init_repo(Path(path), base=base, remote=remote, author=author, hooks=hooks,
+                             install_source=install_source))
 
     # --- adapters and settings -------------------------------------------------------------------
 
