@@ -37,9 +37,13 @@ def test_init_installs_the_hooks_and_list_install_uninstall_say_what_they_did(re
     assert not (tmp_path / "bare" / ".github" / "cathrepo").exists(), "no wheel when a source is given"
 
 
-def test_run_prints_one_line_per_problem_and_exits_1(repo_dir):
+def test_run_prints_one_line_per_problem_and_exits_1(repo_dir, tmp_path):
     clean = cathrepo("hooks", "run", "pre-commit", cwd=repo_dir)
     assert clean.stdout == clean.stderr == ""
+    other = tmp_path / "plain"  # a plain git repository sharing the hooks (core.hooksPath) is let through
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    skipped = cathrepo("hooks", "run", "pre-commit", cwd=other)
+    assert skipped.stderr == "cathrepo hooks: pre-commit skipped (not a cathrepo repository).\n"
     (repo_dir / "id_rsa").write_text("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n")
     (repo_dir / "model.pt").write_bytes(b"\0")
     subprocess.run(["git", "add", "id_rsa", "model.pt"], cwd=repo_dir, check=True)

@@ -62,7 +62,13 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def run_cmd(ctx: click.Context, name: str, args: tuple[str, ...]) -> None:
     """What git runs: print each problem as 'path: problem' and exit 1, or nothing and exit 0."""
-    repo = open_repo(ctx)
+    from cathrepo.exceptions import NotARepositoryError
+
+    try:
+        repo = open_repo(ctx)
+    except NotARepositoryError:  # a core.hooksPath shared with other repositories: not ours to check
+        click.echo(f"cathrepo hooks: {name} skipped (not a cathrepo repository).", err=True)
+        return
     if name == "pre-push":
         issues = repo.check_push(sys.stdin.read())
     else:
