@@ -65,7 +65,7 @@ def parse_push_lines(text: str) -> list[PushUpdate]:
         parts = line.split()
         if len(parts) != 4:
             raise InvalidInputError(f"pre-push: line {number} of git's input is not '<local ref> <local sha> "
-                                f"<remote ref> <remote sha>': {line!r}.")
+                                    f"<remote ref> <remote sha>': {line!r}.")
         updates.append(PushUpdate(*parts))
     return updates
 
