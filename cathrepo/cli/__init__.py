@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "rebase": "rebase:rebase_cmd",
     "branch": "branch:branch_cmd",
     "checkout": "branch:checkout_cmd",
+    "hooks": "hooks:hooks_group",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -75,6 +76,7 @@ SHORT_HELP: dict[str, str] = {
     "rebase": "Carry every edit to a new base model (recomputed and gated) on a new branch.",
     "branch": "List the branches of edits, or create one.",
     "checkout": "Switch to another branch of edits.",
+    "hooks": "Install, list or run cathrepo's git hooks (pre-commit, pre-push, pre-merge-commit).",
 }
 
 

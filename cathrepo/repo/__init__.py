@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.canary import CanaryReport
     from cathrepo.repo.ci import CiReport
     from cathrepo.repo.git import Git
+    from cathrepo.repo.hooks import HookState
     from cathrepo.repo.lock import RepoLock
     from cathrepo.repo.log import LogEntry
     from cathrepo.repo.materialize import Generation, Materialized
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.propose import Proposed
     from cathrepo.repo.rebase import RebaseOutcome
     from cathrepo.repo.revert import RevertOutcome
+    from cathrepo.repo.state import Issue
     from cathrepo.repo.storage import Storage
     from cathrepo.repo.verify import VerifyReport
 
@@ -81,10 +83,15 @@ class Repo:
         base: str | None = None,
         remote: str | None = None,
         author: str | None = None,
+        hooks: bool = False,
+        install_source: str | None = None,
     ) -> Repo:
+        """Create a repository (:func:`cathrepo.repo.init.init_repo`); ``hooks`` installs cathrepo's git
+        hooks, ``install_source`` is the pip requirement its CI job installs cathrepo from."""
         from cathrepo.repo.init import init_repo
 
-        return cls(init_repo(Path(path), base=base, remote=remote, author=author))
+        return cls(init_repo(Path(path), base=base, remote=remote, author=author, hooks=hooks,
+                             install_source=install_source))
 
     # --- adapters and settings -------------------------------------------------------------------
 
@@ -354,6 +361,30 @@ class Repo:
         from cathrepo.repo.branch import checkout
 
         return checkout(self, name, create=create)
+
+    # --- git hooks (cathrepo.repo.hooks installs them, cathrepo.repo.hook_checks is what they run) ---------
+
+    def hooks(self, *, install: bool = False, uninstall: bool = False, force: bool = False) -> list[HookState]:
+        """cathrepo's git hooks here: as they are, after installing them (``force``: replacing hooks that
+        are not cathrepo's), or after uninstalling them."""
+        from cathrepo.repo import hooks as scripts
+
+        if install:
+            return scripts.install(self, force=force)
+        return scripts.uninstall(self) if uninstall else scripts.states(self)
+
+    def check_staged(self) -> list[Issue]:
+        """What the pre-commit hook finds wrong with the staged index (empty: it may be committed)."""
+        from cathrepo.repo.hook_checks import staged_issues
+
+        return staged_issues(self)
+
+    def check_push(self, lines: str) -> list[Issue]:
+        """What the pre-push hook finds wrong with a push, from the lines git writes to its stdin."""
+        from cathrepo.repo.hook_checks import parse_push_lines, pushed_issues
+        from cathrepo.repo.verified import Verified
+
+        return pushed_issues(self, parse_push_lines(lines), Verified.of(self.root))
 
     def push(self) -> int:
         return self.storage.push()

@@ -126,3 +126,15 @@ def parse_ls_tree(text: str) -> dict[str, tuple[str, str]]:
         if len(parts) == 3 and parts[1] in ("blob", "tree"):
             listing[path] = (parts[1], parts[2])
     return listing
+
+
+def parse_ls_tree_sizes(text: str) -> dict[str, tuple[str, int]]:
+    """``git ls-tree -r -l -z`` output: path -> (blob id, size in bytes) of every blob (symbolic links
+    included: their blob is the link's target); trees and submodules are left out."""
+    listing: dict[str, tuple[str, int]] = {}
+    for entry in text.split("\0"):
+        meta, _, path = entry.partition("\t")
+        parts = meta.split()
+        if len(parts) == 4 and parts[1] == "blob" and parts[3].isdigit():
+            listing[path] = (parts[2], int(parts[3]))
+    return listing

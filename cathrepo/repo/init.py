@@ -12,57 +12,21 @@ import logging
 import shutil
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cathrepo.config import BaseModelConfig, RepoConfig, dump_config
 from cathrepo.exceptions import InvalidInputError, ModelLoadError
 from cathrepo.repo import layout
 from cathrepo.repo.layout import Stack
+from cathrepo.repo.workflow import WORKFLOW, WORKFLOW_TEXT, ci_files
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["GITIGNORE", "WORKFLOW", "WORKFLOW_TEXT", "init_repo"]
 
 log = logging.getLogger(__name__)
 
-WORKFLOW = ".github/workflows/cathrepo.yml"
 GITIGNORE = """\
 # cathrepo: weights live in DVC; these never belong in git
 *.safetensors.tmp
 /.cathrepo/
-"""
-
-WORKFLOW_TEXT = """\
-# Written by `cathrepo init`: every pull request of edits is verified and gated before it can merge.
-name: cathrepo gate
-on:
-  pull_request:
-  push:
-    branches: [main]
-jobs:
-  gate:
-    runs-on: ubuntu-latest
-    steps:
-      - uses: actions/checkout@v4
-        with:
-          fetch-depth: 0
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "3.11"
-      - name: Install cathrepo (CPU torch first)
-        run: |
-          pip install torch --index-url https://download.pytorch.org/whl/cpu
-          pip install cathrepo
-      - name: Fetch edit weights
-        run: cathrepo pull
-      - name: Verify signatures and hashes
-        run: cathrepo verify
-      - name: Run the gates
-        run: cathrepo gate --report md > gate-report.md
-      - uses: actions/upload-artifact@v4
-        if: always()
-        with:
-          name: gate-report
-          path: gate-report.md
 """
 
 
@@ -83,9 +47,17 @@ def _model_type(path: Path) -> str:
     return str(config.get("model_type") or text.get("model_type") or "")
 
 
-def init_repo(path: Path, *, base: str | None, remote: str | None, author: str | None) -> Path:
+def init_repo(path: Path, *, base: str | None, remote: str | None, author: str | None, hooks: bool = False,
+              install_source: str | None = None) -> Path:
     """Create a cathrepo repository in ``path`` (created if missing), make its first signed commit, and
-    return its root."""
+    return its root.
+
+    Args:
+        hooks: install cathrepo's git hooks after the first commit (hooks that are not cathrepo's are left
+            as they are; ``cathrepo hooks list`` shows which).
+        install_source: the pip requirement its CI job installs cathrepo from (default: a wheel of this
+            cathrepo, kept in the repository: :mod:`cathrepo.repo.workflow`).
+    """
     from cathrepo.models import family_for, resolve_model, weights_sha256
     from cathrepo.provenance.allowed_signers import add_signer
     from cathrepo.provenance.keys import ensure_key
@@ -101,6 +73,7 @@ def init_repo(path: Path, *, base: str | None, remote: str | None, author: str |
     resolved = resolve_model(base)
     family = family_for(_model_type(resolved.path)).name
     sha = weights_sha256(resolved.path)
+    ci = ci_files(resolved.source, install_source)
     existed = path.exists()
     before = set(path.iterdir()) if existed else set()
     try:
@@ -114,13 +87,15 @@ def init_repo(path: Path, *, base: str | None, remote: str | None, author: str |
         storage = Storage.init(path, remote)
         # 4. The repository's own files.
         config = RepoConfig(base=BaseModelConfig(name=resolved.name, source=resolved.source, sha256=sha,
-                                                 family=family))
+                                                 family=family), ci=ci.config)
         (path / layout.CONFIG).write_text(dump_config(config), encoding="utf-8")
         (path / layout.STACK).write_bytes(Stack().to_bytes())
         (path / ".gitignore").write_text(GITIGNORE)
-        (path / WORKFLOW).parent.mkdir(parents=True, exist_ok=True)
-        (path / WORKFLOW).write_text(WORKFLOW_TEXT)
-        files = [layout.CONFIG, layout.STACK, layout.ALLOWED_SIGNERS, ".gitignore", WORKFLOW,
+        for name, (data, mode) in ci.files.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+            (path / name).chmod(mode)
+        files = [layout.CONFIG, layout.STACK, layout.ALLOWED_SIGNERS, ".gitignore", *ci.files,
                  *(str(p.relative_to(path)) for p in storage.created_files)]
         git.add(files)
         git.commit(
@@ -128,6 +103,11 @@ def init_repo(path: Path, *, base: str | None, remote: str | None, author: str |
             {"Cathrepo-Action": "init", "Cathrepo-Base-Sha256": sha},
             sign_with=key,
         )
+        if hooks:
+            from cathrepo.repo import Repo
+            from cathrepo.repo.hooks import install
+
+            install(Repo(path), skip_foreign=True)
     except BaseException:
         _undo(path, existed, before)
         raise

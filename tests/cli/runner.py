@@ -23,11 +23,12 @@ class Run:
     stderr: str
 
 
-def cathrepo(*args: str, cwd: Path, ok: bool = True) -> Run:
-    """``cathrepo -C cwd ARGS`` in this process, through ``main`` (the entry point's error handling)."""
+def cathrepo(*args: str, cwd: Path, ok: bool = True, stdin: str | None = None) -> Run:
+    """``cathrepo -C cwd ARGS`` in this process, through ``main`` (the entry point's error handling), with
+    ``stdin`` as its standard input."""
     from cathrepo.cli import main
 
-    with CliRunner().isolation() as (out, err, _):
+    with CliRunner().isolation(input=stdin) as (out, err, _):
         try:
             returned = main(["-C", str(cwd), *args])
             code = returned if isinstance(returned, int) else 0

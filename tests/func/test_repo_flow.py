@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ def _tune(repo: Repo, corpus) -> None:
                        "clamp_norm_factor": 10.0, "v_weight_decay": 0.0}}
     edit = type(config.edit)(method="rome", corpus=str(corpus), params=params)
     gates = {"stages": {"edit": ["efficacy", "regression"], "revert": ["regression"]}}
-    config = type(config)(base=config.base, edit=edit, gates=gates)
+    config = dataclasses.replace(config, edit=edit, gates=gates)  # keeps the tables init wrote ([ci])
     (repo.root / layout.CONFIG).write_text(dump_config(config))
     repo.git.add([layout.CONFIG])
     repo.git.commit("Tune for a tiny model")
