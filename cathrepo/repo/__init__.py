@@ -317,12 +317,13 @@ class Repo:
 
         return propose(self, requests, method=method, params=params, message=message)
 
-    def ci(self, *, base: str = "main", commit: bool = False, key_path: Path | None = None,
+    def ci(self, *, base: str = "main", head: str = "HEAD", commit: bool = False, key_path: Path | None = None,
            progress: Callable[[str], None] | None = None) -> CiReport:
-        """Verify, realise the pending proposals and gate the merge into ``base`` (:func:`cathrepo.repo.ci.ci`)."""
+        """Verify, realise the pending proposals and gate the merge of ``head`` into ``base``
+        (:func:`cathrepo.repo.ci.ci`)."""
         from cathrepo.repo.ci import ci
 
-        return ci(self, base=base, commit=commit, key_path=key_path, progress=progress)
+        return ci(self, base=base, head=head, commit=commit, key_path=key_path, progress=progress)
 
     def merge(self, branch: str, *, resolution: str | None = None, keep: Sequence[str] = (),
               strategy: str | None = None, gate: bool = True, force: bool = False,

@@ -119,22 +119,29 @@ def ci_key(repo: Repo, path: Path | None) -> SigningKey:
 
 
 @locked("ci")
-def ci(repo: Repo, *, base: str = "main", commit: bool = False, key_path: Path | None = None,
+def ci(repo: Repo, *, base: str = "main", head: str = "HEAD", commit: bool = False, key_path: Path | None = None,
        progress: Callable[[str], None] | None = None) -> CiReport:
-    """Verify, realise the pending proposals and gate the merge into ``base`` (see the module docstring)."""
+    """Verify, realise the pending proposals and gate the merge into ``base`` (see the module docstring).
+
+    ``head``: the branch under test (default HEAD; the pre-merge-commit hook passes ``MERGE_HEAD``, the
+    branch being merged in). Realised edits are committed only on HEAD itself."""
     from cathrepo.repo.merge import merge_base
     from cathrepo.repo.propose import pending_proposals
 
     say = progress or (lambda _msg: None)
     base_commit = repo.git.rev_parse(base)
-    head = repo.git.rev_parse("HEAD")
+    on_head = head == "HEAD" or repo.git.rev_parse(head) == repo.git.head()
+    head = repo.git.rev_parse(head)
+    if commit and not on_head:
+        raise InvalidInputError("ci --commit writes the realised edits on the checked-out branch.",
+                                hint="Check out the branch under test, or drop --head.")
     key = ci_key(repo, key_path) if commit else None
     say("verify")
     report = CiReport(base, base_commit, head, merge_base(repo, base_commit, head), repo.verify(head))
     if not report.verify.ok:
         return report
     pending = pending_proposals(repo, head)
-    session = _session(repo, base_commit) if pending else None
+    session = _session(repo, base_commit, head) if pending else None
     held: list[tuple[str, Delta, ProbeSet]] = []
     for item in pending:
         if item.record is None:
@@ -147,17 +154,19 @@ def ci(repo: Repo, *, base: str = "main", commit: bool = False, key_path: Path |
         if result is not None and outcome.status == "passed":
             assert result.probes is not None
             held.append((f"proposal:{item.id}", result.delta, result.probes))
-    report.head_commit = repo.git.rev_parse("HEAD")
+    if on_head:
+        report.head_commit = repo.git.rev_parse("HEAD")  # with the edits --commit added
     say("merge gates")
     _merge_gates(repo, report, held, session, progress)
     return report
 
 
-def _session(repo: Repo, base_commit: str) -> EditSession:
-    """Edits are realised under the base branch's settings and gates (a branch cannot lower its own bar)."""
+def _session(repo: Repo, base_commit: str, head: str) -> EditSession:
+    """Edits are realised on the branch's active set, under the base branch's settings and gates (a
+    branch cannot lower its own bar)."""
     from cathrepo.repo.edit import EditSession
 
-    return EditSession.open(repo, config=repo.config_at(base_commit))
+    return EditSession.open(repo, config=repo.config_at(base_commit), rev=head)
 
 
 def _realise(session: EditSession, pid: str, record: ProposalRecord, *, commit: bool, key: SigningKey | None,

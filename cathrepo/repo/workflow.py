@@ -160,7 +160,8 @@ def build_wheel() -> tuple[str, bytes]:
         dist = distribution("cathrepo")
     except PackageNotFoundError:
         dist = None
-    metadata = dist.read_text("METADATA") if dist is not None else None
+    # an editable install read from its source tree is an egg-info: PKG-INFO holds the same core metadata
+    metadata = (dist.read_text("METADATA") or dist.read_text("PKG-INFO")) if dist is not None else None
     if dist is None or not metadata or dist.version != cathrepo.__version__:
         raise InvalidInputError(
             f"This cathrepo ({cathrepo.__version__}) has no installed metadata to build its CI wheel from.",

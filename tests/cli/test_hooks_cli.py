@@ -80,3 +80,12 @@ def test_pre_merge_commit_skips_the_merge_gates_when_there_is_no_ci_command(repo
     monkeypatch.delitem(cli.COMMANDS, "ci")
     run = cathrepo("hooks", "run", "pre-merge-commit", cwd=repo_dir)
     assert run.stdout == "" and run.stderr == "cathrepo hooks: merge gates skipped (this cathrepo has no 'ci' command).\n"
+
+
+def test_the_branch_a_git_merge_merges_is_read_from_its_reflog_action():
+    from cathrepo.cli.commands.hooks import merged_rev
+
+    assert merged_rev("merge side") == "side"
+    assert merged_rev("merge origin/feature") == "origin/feature"
+    assert merged_rev("merge a b") is None  # octopus: no one branch to gate
+    assert merged_rev("pull --rebase") is None and merged_rev("") is None

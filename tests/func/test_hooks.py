@@ -188,6 +188,20 @@ def test_pre_merge_commit_checks_the_merge_result_then_runs_ci(repo):
     assert len(repo.git.log(max_count=1)[0].parents) == 2
 
 
+def test_pre_merge_commit_gates_the_branch_being_merged(repo, monkeypatch):
+    """ci runs with --head MERGE_HEAD: the incoming branch's edit is what the merge gates judge."""
+    from tests.func.test_ci import _merge_gates
+
+    _merge_gates(repo, ["efficacy", "regression"])
+    repo.hooks(install=True)
+    repo.checkout("fact", create=True)
+    (edit,) = repo.edit([EditRequest(FACT)])
+    repo.checkout("main")
+    proc = _git(repo, "merge", "--no-ff", "-q", "-m", "merge fact", "fact", ok=False)
+    assert "### Merge gates: 1 active edit(s) after the merge, 1 new to `main`" in proc.stderr, proc.stderr
+    assert ("## cathrepo ci: passed" in proc.stderr) == (proc.returncode == 0)
+
+
 def test_cathrepo_merge_commits_through_the_pre_commit_hook(repo):
     """``cathrepo merge`` concludes git's merge with ``git commit``, so pre-commit checks the union (the
     other line's edit, its weights from the DVC cache) and lets it through."""

@@ -1,4 +1,4 @@
-"""cathrepo ci [--base main] [--commit] [--key PATH] [--json] [--summary FILE]"""
+"""cathrepo ci [--base main] [--head REV] [--commit] [--key PATH] [--json] [--summary FILE]"""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from cathrepo.cli.shared import echo_json, open_repo, progress
 
 @click.command("ci")
 @click.option("--base", default="main", show_default=True, help="The branch the edits are to merge into.")
+@click.option("--head", default="HEAD", show_default=True,
+              help="The branch under test (the pre-merge-commit hook passes MERGE_HEAD).")
 @click.option("--commit", is_flag=True, help="Commit each realised edit that passes (signed by --key).")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The CI's private signing key (listed in allowed_signers); default: the repository's.")
@@ -18,14 +20,14 @@ from cathrepo.cli.shared import echo_json, open_repo, progress
 @click.option("--summary", "summary", type=click.Path(dir_okay=False, path_type=Path),
               help="Also append the Markdown report to FILE (a CI job summary: $GITHUB_STEP_SUMMARY).")
 @click.pass_context
-def ci_cmd(ctx: click.Context, base: str, commit: bool, key_path: Path | None, as_json: bool,
+def ci_cmd(ctx: click.Context, base: str, head: str, commit: bool, key_path: Path | None, as_json: bool,
            summary: Path | None) -> None:
     """Verify a branch, realise its proposals and gate its merge into --base (exit 4 if anything fails)."""
     from cathrepo.cli.ci_report import markdown
     from cathrepo.exceptions import GateFailedError
 
     with progress("CI") as say:
-        report = open_repo(ctx).ci(base=base, commit=commit, key_path=key_path, progress=say)
+        report = open_repo(ctx).ci(base=base, head=head, commit=commit, key_path=key_path, progress=say)
     text = markdown(report)
     if summary is not None:
         with summary.open("a", encoding="utf-8") as out:

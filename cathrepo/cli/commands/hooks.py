@@ -82,17 +82,28 @@ def run_cmd(ctx: click.Context, name: str, args: tuple[str, ...]) -> None:
 
 
 def _merge_gates(ctx: click.Context, branch: str | None) -> None:
-    """The merge gates of a plain ``git merge``: ``cathrepo ci --base <this branch>`` when this cathrepo
-    has that command (and ``--head MERGE_HEAD`` once ``ci`` takes one). The hook's one tie to ``ci``."""
+    """The merge gates of a plain ``git merge``: ``cathrepo ci --base <this branch> --head <the branch
+    being merged>``. git writes no MERGE_HEAD before this hook runs; what is being merged is named in
+    ``GIT_REFLOG_ACTION`` ("merge side"), which git sets for the hook. The hook's one tie to ``ci``."""
+    import os
+
     from cathrepo.cli import COMMANDS, cli
 
     command = cli.get_command(ctx, "ci") if "ci" in COMMANDS else None
-    if command is None or branch is None:
-        why = "this cathrepo has no 'ci' command" if command is None else "HEAD is not on a branch"
+    incoming = merged_rev(os.environ.get("GIT_REFLOG_ACTION", ""))
+    why = ("this cathrepo has no 'ci' command" if command is None else "HEAD is not on a branch" if branch is None
+           else "git did not name the one branch being merged" if incoming is None else "")
+    if why:
         click.echo(f"cathrepo hooks: merge gates skipped ({why}).", err=True)
         return
-    argv = ["--base", branch]
-    if any("--head" in param.opts for param in command.params):
-        argv += ["--head", "MERGE_HEAD"]
-    with command.make_context("ci", argv, parent=ctx) as sub:
+    assert command is not None and branch is not None and incoming is not None
+    with command.make_context("ci", ["--base", branch, "--head", incoming], parent=ctx) as sub:
         command.invoke(sub)
+
+
+def merged_rev(action: str) -> str | None:
+    """The one revision a ``git merge`` merges, from its ``GIT_REFLOG_ACTION`` ("merge side" -> "side");
+    None for an octopus merge or anything else."""
+    words = action.split()
+    revs = [w for w in words[1:] if not w.startswith("-")]
+    return revs[0] if words[:1] == ["merge"] and len(revs) == 1 else None
