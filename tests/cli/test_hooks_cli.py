@@ -75,6 +75,9 @@ def test_run_pre_push_reads_gits_lines_on_stdin(repo_dir):
 def test_pre_merge_commit_skips_the_merge_gates_when_there_is_no_ci_command(repo_dir, monkeypatch):
     from cathrepo import cli
 
+    run = cathrepo("hooks", "run", "pre-merge-commit", cwd=repo_dir)  # not inside a git merge
+    assert run.stderr == "cathrepo hooks: merge gates skipped (git did not name the one branch being merged).\n"
+    monkeypatch.setenv("GIT_REFLOG_ACTION", "merge main")
     run = cathrepo("hooks", "run", "pre-merge-commit", cwd=repo_dir)
     assert run.stdout.startswith("## cathrepo ci: passed")
     monkeypatch.delitem(cli.COMMANDS, "ci")
