@@ -2,7 +2,8 @@
 two branches propose different facts; ``cathrepo ci`` realises and gates them and writes its Markdown
 report; a third branch proposes a conflicting fact and the conflict is reported; the branches merge
 with each strategy; a consolidated pack passes its gates; an edit inside a pack is reverted; a
-promotion and a rollback are logged and verified."""
+promotion and a rollback are logged and verified; and the installed hooks block an unsigned commit
+(pre-push), a tampered weight (pre-commit) and an edit that fails the merge gates (pre-merge-commit)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cathrepo.exceptions import MergeConflictError
 from cathrepo.facts.schema import EditRequest
 from cathrepo.repo import Repo, layout
 from tests.cli.runner import cathrepo
-from tests.func.test_ci import _clean, _merge_gates
+from tests.func.test_ci import THIRD, _clean, _merge_gates
 from tests.func.test_deploy import promote_gates
 from tests.func.test_repo_flow import FACT, OTHER, _tune
 
@@ -99,3 +100,43 @@ def test_the_whole_story(repo, tmp_path):
     report = repo.verify()
     assert report.ok and report.deployments == 3
     assert len(repo.git.list_files("HEAD", layout.PROPOSALS)) == 9  # three proposals, three files each
+
+
+def test_the_installed_hooks_block_an_unsigned_commit_a_tampered_weight_and_a_failing_edit(repo, tmp_path):
+    import subprocess
+
+    from cathrepo.config import dump_config, load_config
+    from tests.func.test_hooks import _commit_blocked, _git
+
+    repo.hooks(install=True)
+    a = repo.edit([EditRequest(OTHER)])[0].edit_id
+    b = repo.edit([EditRequest(FACT)])[0].edit_id
+    # an unsigned commit does not leave the machine: pre-push verifies every pushed commit
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    _git(repo, "remote", "add", "origin", str(remote))
+    (repo.root / "notes.txt").write_text("unsigned\n")
+    _git(repo, "add", "notes.txt")
+    _git(repo, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "unsigned")
+    push = _git(repo, "push", "-q", "origin", "main", ok=False)
+    assert push.returncode != 0 and "signature does not verify" in push.stderr
+    _git(repo, "reset", "-q", "--hard", "HEAD~1")
+    # a tampered weight is not committed: edit a's pointer now names edit b's weights
+    pointer = layout.edit_path(a, layout.WEIGHTS_POINTER)
+    (repo.root / pointer).write_bytes((repo.root / layout.edit_path(b, layout.WEIGHTS_POINTER)).read_bytes())
+    said = _commit_blocked(repo, pointer)
+    assert layout.edit_path(a, layout.WEIGHTS) in said and "sha256" in said
+    # a failing edit is not merged: main's merge gates refuse any growth of an edited weight's norm
+    config = load_config(repo.root / layout.CONFIG)
+    strict = {**config.gates, "norms_max_growth": 1e-9,
+              "stages": {**config.gates.get("stages", {}), "merge": ["norms"]}}
+    (repo.root / layout.CONFIG).write_text(dump_config(dataclasses.replace(config, gates=strict)))
+    repo.git.add([layout.CONFIG])
+    repo.git.commit("Merge gates: no weight may grow", sign_with=repo.signing_key())
+    repo.checkout("grow", create=True)
+    repo.edit([EditRequest(THIRD)])
+    repo.checkout("main")
+    head = repo.git.head()
+    merge = _git(repo, "merge", "--no-ff", "-q", "-m", "merge grow", "grow", ok=False)
+    assert merge.returncode != 0 and "## cathrepo ci: FAILED" in merge.stderr and "norms" in merge.stderr
+    assert repo.git.head() == head
