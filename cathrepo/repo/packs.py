@@ -81,8 +81,9 @@ def check_pack(repo: Repo, pack_id: str, rev: str) -> tuple[Pack | None, list[st
             issues.append(f"{layout.pack_path(pack_id, name)}: {'missing' if data is None else 'sha256 differs'}")
     if issues:
         return None, issues
-    assert files[layout.ADAPTER_CONFIG] is not None and files[layout.WEIGHTS] is not None
-    delta = delta_from_parts(json.loads(files[layout.ADAPTER_CONFIG]), files[layout.WEIGHTS], what=f"pack {pack_id}")
+    config, weights = files[layout.ADAPTER_CONFIG], files[layout.WEIGHTS]
+    assert config is not None and weights is not None
+    delta = delta_from_parts(json.loads(config), weights, what=f"pack {pack_id}")
     return Pack(pack_id, record, delta), []
 
 

@@ -17,7 +17,7 @@ def _merge(ctx: click.Context, branch: str, *, resolution: str | None, keep: tup
                                         gate=not no_gate, force=force, progress=say)
     except MergeConflictError as exc:
         for c in exc.conflicts:
-            click.secho(f"[conflict] {c.kind}: {c.message}", fg="red", err=True)
+            click.secho(f"[conflict] {getattr(c, 'kind', '?')}: {getattr(c, 'message', c)}", fg="red", err=True)
         raise
     if as_json:
         echo_json({"commit": done.commit, "active": list(done.active), "added": list(done.added),
