@@ -93,16 +93,22 @@ echo "== verify every signature and hash"
 cathrepo verify
 
 zero=0000000000000000000000000000000000000000
+base=""
 if [ -n "${CATHREPO_BASE:-}" ] && [ "$CATHREPO_BASE" != "$zero" ] \\
         && git cat-file -e "$CATHREPO_BASE^{commit}" 2>/dev/null; then
+    base=$(git rev-parse "$CATHREPO_BASE")
     echo "== the new commits, as the pre-push hook checks them"
-    echo "HEAD $(git rev-parse HEAD) refs/heads/ci $(git rev-parse "$CATHREPO_BASE")" \\
-        | cathrepo hooks run pre-push ci ci
+    echo "HEAD $(git rev-parse HEAD) refs/heads/ci $base" | cathrepo hooks run pre-push ci ci
 fi
 
-echo "== gates"
 status=0
-cathrepo gate --report md > gate-report.md || status=$?
+if [ -n "$base" ]; then
+    echo "== cathrepo ci: realise the proposals, gate the merge into the base"
+    cathrepo ci --base "$base" > gate-report.md || status=$?
+else
+    echo "== gates of the revision"
+    cathrepo gate --report md > gate-report.md || status=$?
+fi
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
     cat gate-report.md >> "$GITHUB_STEP_SUMMARY"
 fi

@@ -60,7 +60,7 @@ def test_the_ci_script_runs_locally(repo, tmp_path):
     """Everything but the install, for real: pull from the local DVC remote (the cache emptied first),
     verify, the pre-push check of the commits after CATHREPO_BASE, the gates on the tiny model."""
     config = load_config(repo.root / layout.CONFIG)
-    stages = {**config.gates["stages"], "revision": ["efficacy", "regression"]}
+    stages = {**config.gates["stages"], "revision": ["efficacy", "regression"], "merge": ["efficacy", "regression"]}
     (repo.root / layout.CONFIG).write_text(dump_config(dataclasses.replace(config, gates={**config.gates,
                                                                                          "stages": stages})))
     repo.git.add([layout.CONFIG])
@@ -74,12 +74,18 @@ def test_the_ci_script_runs_locally(repo, tmp_path):
     env = {**_shims(tmp_path), "CATHREPO_BASE": base}
     proc = subprocess.run(["sh", CI_SCRIPT], cwd=repo.root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for step in ("== pull", "== verify", "== the new commits", "== gates"):
+    for step in ("== pull", "== verify", "== the new commits", "== cathrepo ci"):
         assert step in proc.stdout
     assert "== install" not in proc.stdout
     assert cached.is_file(), "cathrepo pull fetched the weights from the remote"
     report = (repo.root / "gate-report.md").read_text()
-    assert "efficacy" in report and report in proc.stdout
+    assert report.startswith("## cathrepo ci: passed") and "| efficacy |" in report and report in proc.stdout
+    assert "1 new to" in report  # the branch's edit, gated as the merge into the base would hold it
+
+    # a push to main (no base commit): the revision's own gates
+    no_base = {k: v for k, v in env.items() if k != "CATHREPO_BASE"}
+    proc = subprocess.run(["sh", CI_SCRIPT], cwd=repo.root, env=no_base, capture_output=True, text=True)
+    assert proc.returncode == 0 and "== gates of the revision" in proc.stdout, proc.stdout + proc.stderr
 
     # an unsigned commit after the base fails the job at the pre-push check, naming the commit
     (repo.root / "gate-report.md").unlink()
@@ -88,7 +94,7 @@ def test_the_ci_script_runs_locally(repo, tmp_path):
     repo.git.run(["-c", "commit.gpgsign=false", "commit", "-q", "-m", "unsigned"])
     proc = subprocess.run(["sh", CI_SCRIPT], cwd=repo.root, env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "signature" in proc.stderr
-    assert "== gates" not in proc.stdout
+    assert "== cathrepo ci" not in proc.stdout
 
 
 def test_the_wheel_in_the_repository_installs_a_cathrepo_with_its_hooks(repo, tmp_path):
