@@ -51,6 +51,8 @@ class EditBenchConfig:
         mmlu_data, mmlu_limit: MMLU directory and questions per subject (sequential runs only).
         checkpoints: in sequential runs, also score the records edited so far (with retention and
             perplexity; MMLU only at the end) once this many edits are in; the end is always one.
+        state: in sequential runs, a directory the stack is saved to at each checkpoint, and resumed
+            from when the run starts again (:mod:`cathrepo.bench.resume`).
     """
 
     data: Path
@@ -73,6 +75,7 @@ class EditBenchConfig:
     mmlu_limit: int = 0
     batch_size: int = 128
     checkpoints: tuple[int, ...] = ()
+    state: Path | None = None
 
 
 @dataclass
@@ -286,14 +289,23 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
                 ) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
     import dataclasses
 
+    from cathrepo.bench.resume import RunState, setup_key
     from cathrepo.delta import AppliedDelta, apply_delta
     from cathrepo.pipeline import kept_prompts
 
-    deltas, seconds, sizes = [], [], []
-    points = sorted({n for n in config.checkpoints if 0 < n < len(facts)})
+    state = RunState.load(config.state, setup_key(config))  # a cut run goes on where it was saved
+    deltas, seconds, sizes = state.deltas, state.seconds, state.sizes
+    for point in state.checkpoints:
+        measured(point)
+    points = sorted({n for n in config.checkpoints if state.done < n < len(facts)})
     undo = AppliedDelta()
     try:
+        for delta in deltas:
+            for name, original in apply_delta(model, delta).originals.items():
+                undo.originals.setdefault(name, original)
         for start, batch in _batches(facts, config.edit_batch):
+            if start < state.done:
+                continue
             say("edits", start, len(facts))
             t0 = time.perf_counter()
             # as a repository would: the earlier edits' prompts are what the new update is held off
@@ -312,7 +324,11 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
                 undo.remove(model)  # measured from the base weights, as at the end
                 _, extra = _measure(model, tokenizer, deltas, probesets[:done], base_dists[:done], config,
                                     base_hash, say, mmlu=False)
-                measured({"edits": done, "seconds_per_edit": statistics.median(seconds), **extra})
+                point = {"edits": done, "seconds_per_edit": statistics.median(seconds), **extra}
+                measured(point)
+                state.done = done
+                state.checkpoints.append(point)
+                state.save(config.state)
                 for delta in deltas:  # the same additions in the same order: the same weights
                     for name, original in apply_delta(model, delta).originals.items():
                         undo.originals.setdefault(name, original)

@@ -37,16 +37,18 @@ def bench_group() -> None:
 @click.option("--checkpoint", "checkpoints", type=click.IntRange(min=1), multiple=True, metavar="N",
               help="In --sequential runs, also measure the first N edits, retention and perplexity (not MMLU, measured at the end) (repeatable); with "
                    "--json each checkpoint is written as soon as it is measured.")
+@click.option("--state", type=click.Path(file_okay=False, path_type=Path),
+              help="In --sequential runs, save the stack here at each checkpoint and resume from it when run again.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 def edits_cmd(data: Path, n: int, method: str, sequential: bool, edit_batch: int, model: str | None, params: tuple[str, ...],
               corpus: Path | None, skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
-              checkpoints: tuple[int, ...], json_out: Path | None) -> None:
+              checkpoints: tuple[int, ...], state: Path | None, json_out: Path | None) -> None:
     """Edit N CounterFact/zsRE records and report ES, PS, NS, NS+, NKL, generation, retention, MMLU."""
     from cathrepo.bench.edits import EditBenchConfig, bench_edits
 
     config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, edit_batch=edit_batch, model=model,
                              params=parse_params(params), corpus=corpus, skip=skip, known=known, mmlu=not no_mmlu,
-                             mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, checkpoints=checkpoints)
+                             mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, checkpoints=checkpoints, state=state)
     if checkpoints and not sequential:
         raise click.UsageError("--checkpoint measures a --sequential run part way; add --sequential.")
     measured: list[dict[str, Any]] = []

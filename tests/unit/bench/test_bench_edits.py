@@ -233,3 +233,27 @@ def test_checkpoints_measure_part_way_without_changing_the_run(tiny_llama, data)
     assert seen[0]["norm_growth"] < seen[-1]["norm_growth"]
     assert seen[-1]["unedited"] == out["unedited"]  # each checkpoint carries its records' unedited scores
     assert seen[0]["unedited"]["es"] in (0.0, 1.0)
+
+
+def test_a_cut_sequential_run_resumes_from_its_saved_state(tiny_llama, data, tmp_path):
+    """--state: the stack saved at the checkpoint after 2 of 3 edits; a run started again with it loads
+    those edits and computes only the third, and ends exactly as the uncut run (records, checkpoints)."""
+    import json
+
+    from cathrepo.exceptions import InvalidInputError
+
+    _, _, path = tiny_llama
+    state = tmp_path / "state"
+    kw = {"sequential": True, "retention_sample": 20, "retention_known_only": False, "checkpoints": (2,)}
+    whole = bench_edits(_config(path, data, state=state, **kw)).to_dict()
+    saved = json.loads((state / "state.json").read_text())
+    assert saved["done"] == 2 and saved["edits"] == 2 and (state / "deltas" / "0001" / "adapter_config.json").is_file()
+    resumed = bench_edits(_config(path, data, state=state, **kw)).to_dict()  # as if cut after the checkpoint
+    assert len(resumed["edit_seconds"]) == 3 and resumed["edit_seconds"][:2] == whole["edit_seconds"][:2]
+    def untimed(rows):  # the seconds differ run to run; every measured number must not
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+    assert untimed(resumed["records"]) == untimed(whole["records"])
+    assert untimed(resumed["checkpoints"]) == untimed(whole["checkpoints"])
+    with pytest.raises(InvalidInputError, match="another run"):
+        bench_edits(_config(path, data, state=state, **{**kw, "skip": 1}))
