@@ -150,3 +150,20 @@ def test_three_way_merge_of_active_sets():
     assert theirs.merged(ancestor, ours).active == ("a", "d", "c")
     assert ours.merged(Stack(), Stack(("c", "e"))).active == ("a", "b", "c", "e")
     assert Stack(("a",)).merged(Stack(("a",)), Stack(("a",))).active == ("a",)
+
+
+def test_the_report_states_the_mmlu_samples_noise():
+    from cathrepo.cli.ci_report import markdown
+    from cathrepo.gates.results import GateReport, GateResult
+    from cathrepo.repo.ci import CiReport
+    from cathrepo.repo.verify import VerifyReport
+
+    merge = GateReport((GateResult("mmlu", True, {"mmlu": 0.25, "mmlu_base": 0.25, "drop": 0.0, "n": 80.0},
+                                   {"mmlu_max_drop": 0.01}),), "merge")
+    report = CiReport("main", "a" * 40, "b" * 40, None, VerifyReport("HEAD", "b" * 40), merge=merge,
+                      new_edits=("e1",), union=("e1",))
+    noise = report.mmlu_noise()
+    assert noise is not None and noise["n"] == 80 and noise["stderr"] == pytest.approx((0.25 * 0.75 / 80) ** 0.5)
+    text = markdown(report)
+    assert "MMLU sample: 80 questions, base accuracy 0.250, standard error ±0.048" in text
+    assert "### Merge gates: 1 active edit(s) after the merge, 1 new to `main`" in text
