@@ -256,8 +256,9 @@ def merge_bench_cmd(repo: Path, n: int, runs: int, base: str | None, json_out: P
     with progress("Benchmarking") as say:
         result = bench_merge(MergeBenchConfig(repo=repo, n=n, runs=runs, base=base),
                              lambda stage, done, total: say(f"{stage} {done}/{total}"))
-    for key in ("edits", "ci_s", "merge_consolidate_s", "revert_in_pack_s", "merge_pack_refused"):
-        click.echo(f"{key:<22} {result[key]}")
+    for key in ("edits", "ci_first_s", "ci_warm_s", "merge_consolidate_first_s", "merge_consolidate_warm_s",
+                "revert_in_pack_first_s", "revert_in_pack_warm_s", "merge_pack_refused"):
+        click.echo(f"{key:<26} {result[key]}")
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
 
