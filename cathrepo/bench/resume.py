@@ -50,9 +50,9 @@ class RunState:
         """The saved state in ``directory`` (empty when there is none); a state of another setup is refused."""
         from cathrepo.delta import load_delta
 
-        path = directory / STATE if directory is not None else None
-        if path is None or not path.is_file():
+        if directory is None or not (directory / STATE).is_file():
             return cls(key)
+        path = directory / STATE
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("key") != key:
             raise InvalidInputError(f"'{directory}' holds the state of another run (a different setup).",

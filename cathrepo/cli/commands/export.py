@@ -22,10 +22,9 @@ def export_cmd(ctx: click.Context, out: str, fmt: str, rank: int | None, rev: st
     """Export the verified active set at REV as a PEFT adapter or a merged model directory."""
     from pathlib import Path
 
-    from cathrepo.repo.export import export
 
     with progress("Exporting"):
-        done = export(open_repo(ctx), Path(out), fmt=fmt, rev=rev, rank=rank, force=force)
+        done = open_repo(ctx).export(Path(out), fmt=fmt, rev=rev, rank=rank, force=force)
     if as_json:
         echo_json({"out": str(done.out), "rank": done.rank, **done.manifest()})
         return
