@@ -80,6 +80,10 @@ class _RomeForget(EditMethod):
         super().__init__(params)
         self.params = dataclasses.replace(self.params, mode=self.mode)
 
+    @classmethod
+    def default_params(cls, model: Any) -> ForgetParams:
+        return ForgetParams(mode=cls.mode)  # recorded in edit.json: the mode is in the record's params
+
     def target(self, fact: Fact) -> str:
         """What ROME writes for ``fact``."""
         raise NotImplementedError
