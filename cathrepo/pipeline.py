@@ -131,12 +131,13 @@ def kept_prompts(suite: Sequence[ProbeSet], relation_id: str | None = None) -> t
 def _gate_edit(model: Any, tokenizer: Any, delta: Delta, probes: ProbeSet, *, active: Sequence[Delta] = (),
                suite: Sequence[ProbeSet] = (), policy: GatePolicy | None = None, base_hash: str = "unknown",
                progress: Callable[[str], None] | None = None, **gating: Any) -> GateReport:
-    """The ``edit`` stage's gates on ``delta`` written over the ``active`` stack (``gating``: more
-    :func:`~cathrepo.gates.base.run_gates` arguments)."""
+    """The ``edit`` stage's gates on ``delta`` written over the ``active`` stack (the ``forget`` stage's when
+    the probes are a forget's; ``gating``: more :func:`~cathrepo.gates.base.run_gates` arguments)."""
     from cathrepo.gates.base import run_gates
 
+    stage = "forget" if probes.action == "forget" else "edit"
     return run_gates(model, tokenizer, before=tuple(active), after=(*active, delta), probes=probes, suite=suite,
-                     policy=policy, stage="edit", base_hash=base_hash, progress=progress, **gating)
+                     policy=policy, stage=stage, base_hash=base_hash, progress=progress, **gating)
 
 
 def attempt_summary(result: EditResult, method: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from cathrepo import __version__
 COMMANDS: dict[str, str] = {
     "init": "init:init_cmd",
     "edit": "edit:edit_cmd",
+    "forget": "forget:forget_cmd",
     "log": "log:log_cmd",
     "show": "show:show_cmd",
     "status": "status:status_cmd",
@@ -53,6 +54,7 @@ COMMANDS: dict[str, str] = {
 SHORT_HELP: dict[str, str] = {
     "init": "Create an edit repository on a base model.",
     "edit": "Compute, gate and commit an edit (one fact or a file of facts).",
+    "forget": "Make the model forget a fact (negate, erase, suppress, replace) as a gated, signed edit.",
     "log": "List the edits in the history.",
     "show": "Show one edit's record.",
     "status": "Show the repository's base model, active edits and storage state.",

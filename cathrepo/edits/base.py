@@ -164,7 +164,8 @@ EDIT_METHODS: Registry[type[EditMethod]] = Registry(
     "edit method",
     "cathrepo.edit_methods",
     builtins={"rome": "cathrepo.edits.rome.method", "memit": "cathrepo.edits.memit.method", "lora": "cathrepo.edits.lora",
-              "ft": "cathrepo.edits.finetune", "auto": "cathrepo.edits.auto"},
+              "ft": "cathrepo.edits.finetune", "auto": "cathrepo.edits.auto",
+              **dict.fromkeys(("negate", "suppress", "replace"), "cathrepo.edits.forget"), "erase": "cathrepo.edits.erase"},
 )
 
 

@@ -45,7 +45,8 @@ GATES: Registry[type[Gate]] = Registry(
               "generation": "cathrepo.gates.generation", "fluency": "cathrepo.gates.generation",
               "regression": "cathrepo.gates.regression", "retention": "cathrepo.gates.retention",
               "mmlu": "cathrepo.gates.mmlu", "perplexity": "cathrepo.gates.perplexity",
-              "norms": "cathrepo.gates.norms"},
+              "norms": "cathrepo.gates.norms",
+              **dict.fromkeys(("forget_rank", "forget_generation", "relearn"), "cathrepo.gates.forgetting")},
 )
 
 

@@ -7,6 +7,11 @@ tables be upgraded by explicit patches (STYLE.md §3).
 
 Stages:
     edit: a new edit before it is committed (``before`` = active edits, ``after`` = before + new).
+    forget: a new forget before it is committed (as ``edit``): its own stage, because what it must show is
+        the opposite of an edit's (the answer gone on every probe family, and staying gone when someone
+        fine-tunes the model) and the edit's paraphrase/generation gates, which look for a new target,
+        have nothing to check; the gates every change answers to (neighbourhood, regression, retention,
+        perplexity, fluency, norms) are in both.
     revert: an edit leaves the active set (``after`` = before minus the reverted edit).
     merge: two lines of edits are joined (``after`` = the merged, possibly consolidated, stack; the edits new
         to the base line must still hold there, the base line's must keep holding, and MMLU is measured:
@@ -30,11 +35,13 @@ from cathrepo.facts.templates import OPEN_PROMPTS
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-STAGES = ("edit", "revert", "merge", "promote", "revision")
+STAGES = ("edit", "forget", "revert", "merge", "promote", "revision")
 
 DEFAULT_STAGES: dict[str, tuple[str, ...]] = {
     "edit": ("efficacy", "paraphrase", "neighborhood", "cfplus", "generation", "fluency", "norms",
              "regression", "retention", "perplexity"),
+    "forget": ("efficacy", "forget_rank", "forget_generation", "neighborhood", "cfplus", "fluency", "norms",
+               "regression", "retention", "perplexity", "relearn"),
     "revert": ("regression", "retention"),
     "merge": ("efficacy", "paraphrase", "neighborhood", "cfplus", "regression", "retention", "norms", "perplexity",
               "mmlu"),
@@ -95,6 +102,23 @@ class GatePolicy:
                                                "and a full stop, does not read as a repetition; calibrated on tuning "
                                                "records, BENCHMARKS.md) or 'as-decoded' (each as the decoder left it).")
     norms_max_growth: float = _f(0.05, "Largest relative growth of an edited weight's Frobenius norm.")
+    # -- a forget (issue 14): asked any way, the answer is gone, and stays gone after a short fine-tune --
+    forget_top_k: int = _f(10, "A forgotten answer's first token must rank outside the top k next tokens (10: "
+                               "outside what greedy, top-k and most nucleus sampling ever emit).")
+    forget_rank_min: float = _f(1.0, "Fraction of forget probes x format shifts with the answer outside the top k "
+                                     "(1: every one; one leaking rewording is a leak).")
+    forget_formats: tuple[str, ...] = _f(("plain", "question", "chat", "fewshot"),
+                                         "Format shifts each forget probe is asked in (chat: only when the tokenizer "
+                                         "has a template).")
+    forget_generation_min: float = _f(1.0, "Fraction of greedy and sampled continuations free of the answer.")
+    forget_samples: int = _f(2, "Sampled continuations per forget prompt (temperature 1, seeded).")
+    forget_seed: int = _f(0, "Seed of the sampled continuations (the verdict repeats).")
+    relearn_steps: int = _f(8, "AdamW steps on unrelated (held-out) text in the relearning probe: a small, "
+                               "fixed attacker budget.")
+    relearn_lr: float = _f(1e-4, "Learning rate of the relearning probe (a usual full fine-tuning rate).")
+    relearn_tokens: int = _f(64, "Tokens per relearning step.")
+    relearn_seed: int = _f(0, "Seed of the relearning probe.")
+    relearn_min: float = _f(1.0, "Fraction of forget prompts still outside the top k after relearning.")
     # -- everything that was there before --
     regression_kinds: tuple[str, ...] = _f(("rewrite", "paraphrase", "neighborhood", "attribute", "forget"),
                                            "Probe kinds of the active edits re-checked at every change.")
@@ -129,6 +153,11 @@ class GatePolicy:
         self.regression_kinds = tuple(self.regression_kinds)
         self.regression_fast_kinds = tuple(self.regression_fast_kinds)
         self.mmlu_subjects = tuple(self.mmlu_subjects)
+        self.forget_formats = tuple(self.forget_formats)
+        unknown_formats = sorted(set(self.forget_formats) - {"plain", "question", "chat", "fewshot"})
+        if unknown_formats:
+            raise ConfigError(f"Unknown [gates] forget_formats: {', '.join(unknown_formats)}.",
+                              hint="Use plain, question, chat, fewshot.")
         if self.regression_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"[gates] regression_dtype = {self.regression_dtype!r} is not supported.",
                               hint="Use float32 or bfloat16.")
@@ -138,11 +167,12 @@ class GatePolicy:
                               hint=f"Stages are {', '.join(STAGES)}.")
         for name in ("efficacy_min", "forget_min", "paraphrase_min", "neighborhood_max_drop",
                      "ns_plus_max_drop", "generation_min", "regression_max_broken", "retention_max_drop",
-                     "retention_min", "mmlu_max_drop"):
+                     "retention_min", "mmlu_max_drop", "forget_rank_min", "forget_generation_min", "relearn_min"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"[gates] {name} = {value} is outside [0, 1].", hint=_help(name))
-        for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size", "neighbors"):
+        for name in ("generation_tokens", "fluency_tokens", "retention_sample", "batch_size", "neighbors",
+                     "forget_top_k", "relearn_tokens"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"[gates] {name} must be positive.", hint=_help(name))
         if self.fluency_compare not in ("as-decoded", "common-length"):
@@ -152,7 +182,8 @@ class GatePolicy:
             raise ConfigError(f"[gates] fluency_prompts = {self.fluency_prompts} is outside [0, {len(OPEN_PROMPTS)}].",
                               hint=_help("fluency_prompts"))
         for name in ("flip_tolerance", "nkl_max", "fluency_max_drop", "norms_max_growth", "perplexity_max_growth",
-                     "mmlu_limit", "mmlu_num_fewshot", "regression_max_broken_rewrite"):
+                     "mmlu_limit", "mmlu_num_fewshot", "regression_max_broken_rewrite", "forget_samples",
+                     "relearn_steps", "relearn_lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[gates] {name} must not be negative.", hint=_help(name))
 
@@ -177,6 +208,7 @@ class GatePolicy:
         data["regression_kinds"] = list(self.regression_kinds)
         data["regression_fast_kinds"] = list(self.regression_fast_kinds)
         data["mmlu_subjects"] = list(self.mmlu_subjects)
+        data["forget_formats"] = list(self.forget_formats)
         return data
 
     @classmethod

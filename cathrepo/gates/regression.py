@@ -30,7 +30,7 @@ from cathrepo.lm.precision import cast_copy
 
 log = logging.getLogger(__name__)
 
-FAST_STAGES = ("edit",)
+FAST_STAGES = ("edit", "forget")
 
 
 @GATES.register

@@ -216,6 +216,11 @@ class Repo(LineVerbs):
         return edit(self, requests, method=method, params=params, corpus=corpus, dry_run=dry_run,
                     progress=progress, on_outcome=on_outcome)
 
+    def forget(self, requests: Sequence[EditRequest], **options: Any) -> list[EditResult]:
+        """Forget each request's fact in a mode (:func:`cathrepo.repo.forget.forget`)."""
+        from cathrepo.repo.forget import forget
+        return forget(self, requests, **options)
+
     def revert(self, ref: str, *, gate: bool = True, force: bool = False,
                progress: Callable[[str], None] | None = None) -> RevertOutcome:
         """Take edit ``ref`` out of the active set in a signed commit (:func:`cathrepo.repo.revert.revert`)."""
