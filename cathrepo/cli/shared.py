@@ -145,10 +145,13 @@ def refused_entry(fact: Fact, exc: Any) -> dict[str, Any]:
     return edit_entry("refused", fact, exc.results, attempts=getattr(exc, "attempts", None))
 
 
-def echo_refusal(fact: Fact, report: GateReport | None) -> None:
-    """The refused fact and its gate table on stderr (the error line itself comes from ``cli.main``)."""
+def echo_refusal(fact: Fact, report: object) -> None:
+    """The refused fact and its gate table on stderr (the error line itself comes from ``cli.main``);
+    ``report`` is a :class:`GateFailedError`'s ``results`` (a GateReport, or None)."""
+    from cathrepo.gates.results import GateReport
+
     click.secho(f"[refused] {fact.prompt} -> {fact.target_new} (was: {fact.target_true or '?'})", fg="red", err=True)
-    if report is not None:
+    if isinstance(report, GateReport):
         echo_gate_lines(report, err=True)
 
 

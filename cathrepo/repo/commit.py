@@ -93,7 +93,7 @@ def build_edit_files(
 def edit_trailers(record: EditRecord, edit_id: str, report: GateReport) -> dict[str, str]:
     """Commit trailers: the edit, its method, the hash of each file, then the report's own trailers."""
     return {
-        "Cathrepo-Action": "edit",
+        "Cathrepo-Action": record.action,  # "edit" or "forget"
         "Cathrepo-Edit": edit_id,
         "Cathrepo-Method": record.method,
         "Cathrepo-Record-Sha256": sha256_bytes(record.to_bytes()),

@@ -42,7 +42,7 @@ def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None) -> list[
         entries.append(LogEntry(
             commit=c.sha, date=c.date, author=f"{c.author_name} <{c.author_email}>", action=action,
             edit_id=edit_id, summary=c.subject, method=trailers.get("Cathrepo-Method"),
-            gates=trailers.get("Cathrepo-Gates"), active=bool(edit_id) and edit_id in active and action == "edit",
+            gates=trailers.get("Cathrepo-Gates"), active=bool(edit_id) and edit_id in active and action in ("edit", "forget"),
         ))
     return entries
 
@@ -51,6 +51,6 @@ def show(repo: Repo, ref: str, rev: str = "HEAD") -> dict[str, Any]:
     """An edit's record, whether it is active, and the commit that made it."""
     edit_id = repo.resolve_edit(ref, rev)
     record = repo.record(edit_id, rev)
-    made_by = next((e.commit for e in log(repo, rev) if e.edit_id == edit_id and e.action == "edit"), None)
+    made_by = next((e.commit for e in log(repo, rev) if e.edit_id == edit_id and e.action in ("edit", "forget")), None)
     return {"id": edit_id, "active": edit_id in repo.stack(rev).active, "commit": made_by,
             "record": record.to_dict()}

@@ -54,6 +54,8 @@ def test_forget_commits_signed_verifies_and_reverts_bit_for_bit(repo, one_thread
     assert record.action == "forget" and record.fact["action"] == "forget" and record.fact["target_new"] == "Paris"
     assert record.method == "negate" and record.params["mode"] == "negate" and record.params["scale"] < 0
     assert subprocess.run(["git", "verify-commit", outcome.commit], cwd=repo.root).returncode == 0
+    assert repo.git.log(outcome.commit, max_count=1)[0].trailers["Cathrepo-Action"] == "forget"
+    assert [e.active for e in repo.log() if e.edit_id == outcome.edit_id] == [True]
     assert repo.verify().ok
     forgot = repo.materialize()
     assert not torch.equal(_logits(forgot.model, forgot.tokenizer), base)
