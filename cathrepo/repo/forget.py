@@ -72,7 +72,7 @@ def forget(
     results: list[EditResult] = []
     for i, request in enumerate(requests):
         request = dataclasses.replace(request, fact=as_forget(request.fact), more=tuple(map(as_forget, request.more)))
-        result = _attempt(session, request, mode, progress)
+        result = attempt_forget(session, request, mode, progress)
         if not result.gates.passed:
             done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
             raise GateFailedError.from_report(
@@ -88,7 +88,7 @@ def forget(
     return results
 
 
-def _attempt(session: EditSession, request: EditRequest, mode: str,
+def attempt_forget(session: EditSession, request: EditRequest, mode: str,
              progress: Callable[[str], None] | None) -> EditResult:
     """One gated attempt; for ``negate`` one per scale, smallest change first, until the gates pass
     (the first refusal is returned when none does, with every scale's attempts listed)."""

@@ -263,6 +263,28 @@ def merge_bench_cmd(repo: Path, n: int, runs: int, base: str | None, json_out: P
         json_out.write_text(json.dumps(result, indent=2) + "\n")
 
 
+@bench_group.command("forget")
+@click.option("--known", required=True, type=_FILE, help="Known facts (known_1000 layout): the protect half is used.")
+@click.option("--n", "n", type=int, default=100, show_default=True, help="Facts the model knows, forgotten one by one.")
+@click.option("--skip", type=int, default=0, show_default=True, help="Skip the first known facts.")
+@click.option("--mode", "modes", type=click.Choice(["negate", "erase", "suppress", "replace"]), multiple=True,
+              help="Modes to run (default: all four).")
+@click.option("--mmlu", is_flag=True, help="Also run the MMLU gate at the forget stage (slow).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def forget_bench_cmd(known: Path, n: int, skip: int, modes: tuple[str, ...], mmlu: bool, json_out: Path | None) -> None:
+    """Forget N known facts in each mode; report issue 14's measures per mode."""
+    from cathrepo.bench.forget import MODES, ForgetBenchConfig, bench_forget
+
+    config = ForgetBenchConfig(known=known, n=n, skip=skip, modes=modes or MODES, mmlu=mmlu)
+    with progress("Benchmarking") as say:
+        result = bench_forget(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+    for mode, row in result["modes"].items():
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "rows"}
+        click.echo(f"{mode}: {shown}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _table(title: str, values: dict[str, Any], beside: dict[str, Any] | None) -> None:
     from rich.console import Console
     from rich.table import Table

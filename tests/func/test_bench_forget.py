@@ -1,0 +1,42 @@
+"""``cathrepo bench forget`` on the tiny model: each mode's forgets are gated as ``cathrepo forget`` would
+gate them, and the summary's shares come from the gate reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_bench_forget_reports_each_modes_measures(tiny_llama, tmp_path, monkeypatch):
+    from cathrepo.bench import forget as bench
+    from cathrepo.facts.schema import Fact
+
+    _, _, model_dir = tiny_llama
+    facts = [Fact(prompt="The capital of Italy is", subject="Italy", target_new="Rome", action="forget"),
+             Fact(prompt="Toko Yasuda plays the", subject="Toko Yasuda", target_new="guitar", action="forget")]
+    monkeypatch.setattr(bench, "known_facts", lambda model, tok, config: facts)  # a random model knows nothing
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps([]))
+    config = bench.ForgetBenchConfig(known=known, n=2, modes=("suppress", "erase"), base=str(model_dir))
+    out = bench.bench_forget(config)
+    assert list(out["modes"]) == ["suppress", "erase"] and len(out["facts"]) == 2
+    for mode in out["modes"].values():
+        assert mode["n"] == 2 and 0.0 <= mode["committed"] <= 1.0 and mode["seconds_per_forget"] > 0
+        rows = mode["rows"]
+        assert mode["committed"] == sum(r["committed"] for r in rows) / 2
+        assert all(("all_formats" in r) and ("generation_clean" in r) for r in rows)
+        assert mode["all_formats"] == pytest.approx(sum(r["all_formats"] for r in rows) / 2)
+        assert sum(mode["refused_by"].values()) == sum(len(r["failed"]) for r in rows)
+
+
+def test_summaries_leave_out_what_no_fact_measured():
+    from cathrepo.bench.forget import summarize
+
+    rows = [{"committed": True, "seconds": 2.0, "failed": [], "retention": 1.0},
+            {"committed": False, "seconds": 4.0, "failed": ["relearn"], "retention": 0.5}]
+    out = summarize(rows)
+    assert out["committed"] == 0.5 and out["retention"] == 0.75 and out["seconds_per_forget"] == 3.0
+    assert "mmlu_drop" not in out and out["refused_by"] == {"relearn": 1}
