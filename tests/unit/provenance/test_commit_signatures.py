@@ -6,6 +6,7 @@ import base64
 import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,11 @@ def _git_verdict(root: Path, sha: str, allowed: Path) -> tuple[str, bool]:
     run is repeated.
     """
     config = ["-c", f"gpg.ssh.allowedSignersFile={allowed}"]
-    for _ in range(10):
+    for attempt in range(50):  # the race is lost more often on a loaded machine: up to 50 tries
         log = _git(root, *config, "log", "-1", "--format=%G?", sha)
         if log.returncode != -signal.SIGPIPE:
             break
+        time.sleep(0.01 * attempt)
     assert log.returncode == 0, log.stderr
     return log.stdout.decode().strip(), _git(root, *config, "verify-commit", sha).returncode == 0
 
