@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cathrepo.exceptions import VerificationError
 from cathrepo.files import sha256_bytes
 
 SCHEMA_VERSION = 3  # 2: the fact's "kind" (edit/forget) is named "action"; 3: stack_before replaces computed_on
 ID_LENGTH = 16
+_R = TypeVar("_R")
 
 def canonical_json(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
@@ -33,6 +34,31 @@ def stack_digest(active: tuple[str, ...] | list[str]) -> str:
 def stack_summary(active: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """A record's ``stack_before``: how many edits, their digest, the last."""
     return {"count": len(active), "sha256": stack_digest(active), "last": active[-1] if active else None}
+
+
+def record_json(data: bytes, *, what: str, newest: int) -> dict[str, Any]:
+    """The JSON object of a record file (edit, proposal, pack), refused when it is not one or when its
+    ``schema_version`` is newer than ``newest``."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerificationError(f"{what} is not valid JSON: {exc}.") from None
+    if not isinstance(raw, dict):
+        raise VerificationError(f"{what} is not a JSON object.")
+    version = raw.get("schema_version", 1)
+    if version > newest:
+        raise VerificationError(f"{what} has schema_version {version}; this cathrepo reads up to {newest}.",
+                                hint="Upgrade cathrepo.")
+    return raw
+
+
+def record_from(cls: type[_R], raw: Mapping[str, Any], *, what: str) -> _R:
+    """``cls`` (a record dataclass) from ``raw``, unknown keys dropped, a missing field named."""
+    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    try:
+        return cls(**{k: v for k, v in raw.items() if k in names})
+    except TypeError as exc:
+        raise VerificationError(f"{what} is missing fields: {exc}.") from None
 
 
 def edit_id(record_bytes: bytes) -> str:
@@ -117,25 +143,10 @@ class EditRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, what: str = "edit.json") -> EditRecord:
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VerificationError(f"{what} is not valid JSON: {exc}.") from None
-        if not isinstance(raw, dict):
-            raise VerificationError(f"{what} is not a JSON object.")
-        version = raw.get("schema_version", 1)
-        if version > SCHEMA_VERSION:
-            raise VerificationError(
-                f"{what} has schema_version {version}; this cathrepo reads up to {SCHEMA_VERSION}.",
-                hint="Upgrade cathrepo.",
-            )
-        if version < 2 and "kind" in raw:  # schema 1 named the action "kind"
+        raw = record_json(data, what=what, newest=SCHEMA_VERSION)
+        if raw.get("schema_version", 1) < 2 and "kind" in raw:  # schema 1 named the action "kind"
             raw["action"] = raw.pop("kind")
-        names = set(cls.__dataclass_fields__)
-        try:
-            record = cls(**{k: v for k, v in raw.items() if k in names})
-        except TypeError as exc:
-            raise VerificationError(f"{what} is missing fields: {exc}.") from None
+        record = record_from(cls, raw, what=what)
         object.__setattr__(record, "computed_on", tuple(record.computed_on))
         object.__setattr__(record, "facts", tuple(record.facts))
         return record

@@ -9,13 +9,11 @@ sha256 prefix is its id, signed in ``pack.sig``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cathrepo.exceptions import VerificationError
-from cathrepo.provenance.manifest import canonical_json, edit_id
+from cathrepo.provenance.manifest import canonical_json, edit_id, record_from, record_json
 
 SCHEMA_VERSION = 1
 
@@ -62,19 +60,6 @@ class PackRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, what: str = "pack.json") -> PackRecord:
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VerificationError(f"{what} is not valid JSON: {exc}.") from None
-        if not isinstance(raw, dict):
-            raise VerificationError(f"{what} is not a JSON object.")
-        if raw.get("schema_version", 1) > SCHEMA_VERSION:
-            raise VerificationError(f"{what} has schema_version {raw['schema_version']}; this cathrepo reads up "
-                                    f"to {SCHEMA_VERSION}.", hint="Upgrade cathrepo.")
-        names = set(cls.__dataclass_fields__)
-        try:
-            record = cls(**{k: v for k, v in raw.items() if k in names})
-        except TypeError as exc:
-            raise VerificationError(f"{what} is missing fields: {exc}.") from None
+        record = record_from(cls, record_json(data, what=what, newest=SCHEMA_VERSION), what=what)
         object.__setattr__(record, "edits", tuple(record.edits))
         return record

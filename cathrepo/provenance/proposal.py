@@ -9,13 +9,12 @@ probes, so the signature covers them too.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cathrepo.exceptions import VerificationError
-from cathrepo.provenance.manifest import canonical_json, edit_id
+from cathrepo.provenance.manifest import canonical_json, edit_id, record_from, record_json
 
 SCHEMA_VERSION = 1
 
@@ -71,20 +70,7 @@ class ProposalRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, what: str = "proposal.json") -> ProposalRecord:
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VerificationError(f"{what} is not valid JSON: {exc}.") from None
-        if not isinstance(raw, dict):
-            raise VerificationError(f"{what} is not a JSON object.")
-        if raw.get("schema_version", 1) > SCHEMA_VERSION:
-            raise VerificationError(f"{what} has schema_version {raw['schema_version']}; this cathrepo reads up "
-                                    f"to {SCHEMA_VERSION}.", hint="Upgrade cathrepo.")
-        names = set(cls.__dataclass_fields__)
-        try:
-            record = cls(**{k: v for k, v in raw.items() if k in names})
-        except TypeError as exc:
-            raise VerificationError(f"{what} is missing fields: {exc}.") from None
+        record = record_from(cls, record_json(data, what=what, newest=SCHEMA_VERSION), what=what)
         if not record.facts:
             raise VerificationError(f"{what} proposes no fact.")
         object.__setattr__(record, "facts", tuple(record.facts))

@@ -38,6 +38,14 @@ def branches(repo: Repo) -> list[BranchInfo]:
     return out
 
 
+def require_clean(repo: Repo, doing: str) -> None:
+    """Refuse a work tree with uncommitted changes to tracked files (git would carry them along silently)."""
+    changed = [line for line in repo.git.run(["status", "--porcelain", "--untracked-files=no"]).splitlines() if line]
+    if changed:
+        raise InvalidInputError(f"The work tree has uncommitted changes ({changed[0][3:]}).",
+                                hint=f"Commit or stash them before {doing}.")
+
+
 def _check_name(repo: Repo, name: str) -> None:
     from cathrepo.exceptions import GitError
 
@@ -71,10 +79,7 @@ def create_branch(repo: Repo, name: str, start: str = "HEAD") -> BranchInfo:
 @locked("checkout")
 def checkout(repo: Repo, name: str, *, create: bool = False) -> BranchInfo:
     """Switch the work tree to branch ``name`` (with ``create``, a new branch at HEAD first)."""
-    changed = [line for line in repo.git.run(["status", "--porcelain", "--untracked-files=no"]).splitlines() if line]
-    if changed:
-        raise InvalidInputError(f"The work tree has uncommitted changes ({changed[0][3:]}).",
-                                hint="Commit or stash them before switching branches.")
+    require_clean(repo, "switching branches")
     if create:
         create_branch(repo, name)
     elif not any(b.name == name for b in branches(repo)):

@@ -160,12 +160,12 @@ def merge(repo: Repo, branch: str, *, resolution: str | None = None, keep: Seque
     """
     from cathrepo.merging.conflicts import find_conflicts
     from cathrepo.merging.strategies import get_strategy
-    from cathrepo.repo.branch import sync_weights
+    from cathrepo.repo.branch import require_clean, sync_weights
     from cathrepo.repo.packs import consolidate
 
     if resolution not in (None, "ours", "theirs"):
         raise InvalidInputError(f"Unknown resolution '{resolution}'.", hint="Use ours or theirs.")
-    _require_clean(repo)
+    require_clean(repo, "merging")
     ours_sha, theirs_sha = repo.git.rev_parse("HEAD"), repo.git.rev_parse(branch)
     ancestor = merge_base(repo, ours_sha, theirs_sha)
     if ancestor == theirs_sha:
@@ -228,13 +228,6 @@ def _plain_revert(conflict: Conflict, ancestor_active: Sequence[str]) -> bool:
     from cathrepo.merging.conflicts import EDIT_VS_REVERT
 
     return conflict.kind == EDIT_VS_REVERT and conflict.ours in ancestor_active
-
-
-def _require_clean(repo: Repo) -> None:
-    changed = [line for line in repo.git.run(["status", "--porcelain", "--untracked-files=no"]).splitlines() if line]
-    if changed:
-        raise InvalidInputError(f"The work tree has uncommitted changes ({changed[0][3:]}).",
-                                hint="Commit or stash them before merging.")
 
 
 def _commit_merge(repo: Repo, branch: str, theirs_sha: str, union: Stack, conflicts: Sequence[Conflict],

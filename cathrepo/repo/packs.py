@@ -12,6 +12,7 @@ for ``cat``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -162,7 +163,7 @@ def write_pack(repo: Repo, record: PackRecord, delta: Delta) -> tuple[Pack, list
     try:
         save_delta(delta, staging / layout.DELTA_DIR, fan_in_fan_out=family_for(repo.config.base.family).conv1d)
         files = {name: sha256_bytes((staging / name).read_bytes()) for name in layout.PACK_FILES}
-        record = type(record)(**{**record.__dict__, "files": files})
+        record = dataclasses.replace(record, files=files)
         raw = record.to_bytes()
         (staging / layout.PACK).write_bytes(raw)
         write_envelope(staging / layout.PACK_SIGNATURE, sign_payload(repo.signing_key(), raw))
@@ -198,14 +199,14 @@ def refold(repo: Repo, packs: Sequence[Pack], remaining: Sequence[ActiveEdit],
 
 
 def gate_fold(repo: Repo, before: Sequence[Delta], after: Sequence[Delta], edit_ids: Sequence[str],
-              progress: Callable[[str], None] | None = None, model_and_tokenizer: tuple | None = None) -> GateReport:
+              progress: Callable[[str], None] | None = None) -> GateReport:
     """The merge-stage gates on replacing ``before`` by ``after`` with every active edit's probes as the
     regression suite (no edit is new, so the efficacy family has nothing to measure)."""
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.repo.state import probe_sets
 
-    model, tokenizer = model_and_tokenizer or repo.load_base()
+    model, tokenizer = repo.load_base()
     config = repo.config
     return run_gates(model, tokenizer, before=list(before), after=list(after),
                      suite=probe_sets(repo, list(edit_ids)), policy=GatePolicy.from_dict(config.gates),
@@ -240,6 +241,8 @@ def _commit_pack(repo: Repo, stack: Stack, record: PackRecord, delta: Delta, rep
     saved = stack_path.read_bytes()
     staged: list[str] = []
     written: Pack | None = None
+    if report is not None:  # the record keeps the gates the pack passed (or was forced past)
+        record = dataclasses.replace(record, gates=report.to_dict())
     try:
         written, staged = write_pack(repo, record, delta)
         pack = written

@@ -40,6 +40,7 @@ def test_cat_pack_stands_in_for_the_edits_exactly(repo):
     done = repo.consolidate(strategy="cat")
     assert done.report is not None and done.report.passed
     assert done.pack.record.edits == active and done.pack.record.strategy == "cat"
+    assert done.pack.record.gates["passed"] is True and done.pack.record.gates["stage"] == "merge"
     stack = repo.stack("HEAD")
     assert stack.active == active and stack.packs == (done.pack.id,)
     assert _close(before, _weights(repo))
