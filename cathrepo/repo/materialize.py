@@ -40,7 +40,7 @@ def materialize(repo: Repo, rev: str = "HEAD", *, verify: bool = True, tenant: s
     from cathrepo.repo.tenants import tenant_edits
 
     commit = repo.git.rev_parse(rev)
-    edits = tenant_edits(repo, tenant, commit, verify=verify)
+    edits = tenant_edits(repo, tenant, commit, verify=verify, label=rev)
     deltas = stack_deltas(repo, commit, edits)  # packs in place of the edits they fold (whole packs only)
     model, tokenizer = repo.load_base()
     record = apply_deltas(model, deltas)

@@ -88,11 +88,13 @@ def _selected(repo: Repo, tenant: str, active: Sequence[str], selector: str) -> 
     return set(active) & set(repo.stack(sha).active)
 
 
-def tenant_edits(repo: Repo, tenant: str | None, rev: str = "HEAD", *, verify: bool = True) -> list[ActiveEdit]:
-    """``tenant``'s edits at ``rev`` (None: every active edit), loaded and verified, in stack order."""
+def tenant_edits(repo: Repo, tenant: str | None, rev: str = "HEAD", *, verify: bool = True,
+                 label: str | None = None) -> list[ActiveEdit]:
+    """``tenant``'s edits at ``rev`` (None: every active edit), loaded and verified, in stack order;
+    errors call the revision ``label`` (the name the user gave, when ``rev`` is its commit id)."""
     from cathrepo.repo.state import active_edits
     from cathrepo.repo.verified import Verified
 
     sha = repo.git.rev_parse(rev)
-    ids = _ids(repo, tenant, sha, rev)
+    ids = _ids(repo, tenant, sha, label or rev)
     return active_edits(repo, sha, verify=verify, verified=Verified.of(repo.root) if verify else None, ids=ids)
