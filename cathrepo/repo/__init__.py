@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from cathrepo.gates.results import GateReport
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo.explain import Explanation
     from cathrepo.repo.git import Git
     from cathrepo.repo.lock import RepoLock
     from cathrepo.repo.log import LogEntry
@@ -253,17 +254,26 @@ class Repo(LineVerbs):
 
         return verify(self, rev, full=full)
 
-    def materialize(self, rev: str = "HEAD", *, verify: bool = True) -> Materialized:
-        """The verified base model with ``rev``'s active deltas applied in order."""
+    def materialize(self, rev: str = "HEAD", *, verify: bool = True, tenant: str | None = None) -> Materialized:
+        """The verified base model with ``rev``'s active deltas (``tenant``'s share) applied in order."""
         from cathrepo.repo.materialize import materialize
 
-        return materialize(self, rev, verify=verify)
+        return materialize(self, rev, verify=verify, tenant=tenant)
 
-    def generate(self, prompt: str, rev: str = "HEAD", *, max_new_tokens: int = 32) -> Generation:
-        """The greedy continuation of ``prompt`` by the model materialized at ``rev``."""
+    def generate(self, prompt: str, rev: str = "HEAD", *, max_new_tokens: int = 32,
+                 tenant: str | None = None) -> Generation:
+        """The greedy continuation of ``prompt`` by the model materialized at ``rev`` (for ``tenant``)."""
         from cathrepo.repo.materialize import generate
 
-        return generate(self, prompt, rev, max_new_tokens=max_new_tokens)
+        return generate(self, prompt, rev, max_new_tokens=max_new_tokens, tenant=tenant)
+
+    def explain(self, prompt: str, rev: str = "HEAD", *, tenant: str | None = None,
+                **options: Any) -> Explanation:
+        """The answer to ``prompt``, the edits active for it and which of them caused it
+        (:func:`cathrepo.repo.explain.explain`)."""
+        from cathrepo.repo.explain import explain
+
+        return explain(self, prompt, rev, tenant=tenant, **options)
 
     def gate(
         self,
