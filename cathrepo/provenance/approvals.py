@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cathrepo.exceptions import VerificationError
+from cathrepo.files import sha256_bytes
 from cathrepo.provenance.allowed_signers import AllowedSigner, find_signer, ssh_time
 from cathrepo.provenance.keys import SigningKey
 from cathrepo.provenance.signing import sign_payload, verify_signatures
@@ -96,6 +97,11 @@ def check_approval(envelope: Any, record_bytes: bytes, signers: Sequence[Allowed
     if isinstance(envelope, dict) and len(envelope.get("signatures") or []) > 1:
         raise VerificationError(f"{path}: an approval holds one signature, this one holds "
                                 f"{len(envelope['signatures'])}.", hint="Restore the file from git.")
+    if isinstance(envelope, dict) and envelope.get("payload_sha256") not in (None, sha256_bytes(record_bytes)):
+        raise VerificationError(f"{path}: the approval was made over another record (sha256 "
+                                f"{str(envelope['payload_sha256'])[:12]}…), not this edit's edit.json "
+                                f"({sha256_bytes(record_bytes)[:12]}…).",
+                                hint="An approval holds for the exact record it signed; approve this edit anew.")
     (principal,) = verify_signatures(envelope, record_bytes, list(signers), namespace=NAMESPACE, what=path, at=at)
     entry = envelope["signatures"][0]
     fingerprint = entry["fingerprint"]
