@@ -73,6 +73,11 @@ def test_merge_refuses_an_unapproved_high_risk_edit_until_another_signer_approve
         repo.merge("facts", force=True)  # --force is for gates, not approvals
 
     repo.checkout("facts")
+    checked = repo.ci(base="main")  # what the pull request's check says: gates pass, an approval is missing
+    assert checked.gates_passed and not checked.approved and not checked.passed
+    assert {(a.edit_id, a.tier, a.ok) for a in checked.approvals} == {(low, "low", True), (high, "high", False)}
+    run = cathrepo("ci", "--base", "main", cwd=repo.root, ok=False)
+    assert run.returncode == 9 and "### Approvals" in run.stdout and f"{high} (risk high): 0 of 1" in run.stderr
     with pytest.raises(InvalidInputError, match="cannot approve their own edit"):
         repo.approve(high)  # the repository's key made the edit
     done = repo.approve(high[:6], key_path=bob.private_path, note="checked against the label")
@@ -83,6 +88,7 @@ def test_merge_refuses_an_unapproved_high_risk_edit_until_another_signer_approve
         repo.approve(high, key_path=bob.private_path)
     shown = repo.show(high)
     assert shown["approvals"]["ok"] and shown["approvals"]["approvers"] == ["bob@example.com"]
+    assert repo.ci(base="main").passed
 
     repo.checkout("main")
     merged = repo.merge("facts")
