@@ -116,11 +116,15 @@ class _Reader:
         self.signers = signers_at(repo, sha)
         self.times = approval_times(repo, sha) if self.files else {}
         self._then: dict[str, list[AllowedSigner] | None] = {}
+        self.blobs: dict[str, bytes] = {}
 
-    def read(self, paths: Sequence[str]) -> dict[str, bytes]:
-        oids = {p: self.listing[p][1] for p in paths if p in self.listing}
+    def prefetch(self, edit_ids: Sequence[str]) -> None:
+        """Read the record, signature and approvals of every edit in ``edit_ids`` in one ``cat-file``."""
+        paths = [p for eid in edit_ids for p in (layout.edit_path(eid, layout.RECORD),
+                                                 layout.edit_path(eid, layout.SIGNATURE), *self.files.get(eid, []))]
+        oids = {p: self.listing[p][1] for p in paths if p in self.listing and p not in self.blobs}
         data = self.repo.git.read_objects(list(oids.values()))
-        return {p: data[oid] for p, oid in oids.items()}
+        self.blobs.update({p: data[oid] for p, oid in oids.items()})
 
     def signers_then(self, commit: str) -> list[AllowedSigner] | None:
         if commit not in self._then:
@@ -130,9 +134,10 @@ class _Reader:
                 self._then[commit] = None
         return self._then[commit]
 
-    def check(self, edit_id: str, record: bytes, author: Author, blobs: Mapping[str, bytes]) -> tuple[
-            list[Approval], list[Issue]]:
+    def check(self, edit_id: str, record: bytes, author: Author) -> tuple[list[Approval], list[Issue]]:
         """The approvals of one edit that count, and an issue for each approval file that does not."""
+        self.prefetch([edit_id])
+        blobs = self.blobs
         good: list[Approval] = []
         issues: list[Issue] = []
         for path in sorted(self.files.get(edit_id, [])):
@@ -153,7 +158,8 @@ class _Reader:
         from cathrepo.provenance.manifest import EditRecord
 
         record_path, sig_path = layout.edit_path(edit_id, layout.RECORD), layout.edit_path(edit_id, layout.SIGNATURE)
-        blobs = self.read([record_path, sig_path])
+        self.prefetch([edit_id])
+        blobs = self.blobs
         if record_path not in blobs:
             return None
         try:
@@ -170,13 +176,14 @@ def approval_issues(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]]
     reader = _Reader(repo, sha, listing)
     issues: list[Issue] = []
     count = 0
+    reader.prefetch(sorted(reader.files))
     for edit_id, paths in sorted(reader.files.items()):
         count += len(paths)
         edit = reader.edit(edit_id)
         if edit is None:
             issues += [Issue(p, f"approves edit {edit_id}, which has no record") for p in paths]
             continue
-        issues += reader.check(edit_id, edit[0], edit[2], reader.read(paths))[1]
+        issues += reader.check(edit_id, edit[0], edit[2])[1]
     return count, issues
 
 
@@ -185,6 +192,7 @@ def statuses(repo: Repo, rev: str, edit_ids: Sequence[str], *, config: RepoConfi
     sha = repo.git.rev_parse(rev)
     config = config or repo.config_at(sha)
     reader = _Reader(repo, sha)
+    reader.prefetch(edit_ids)
     out = []
     for edit_id in edit_ids:
         edit = reader.edit(edit_id)
@@ -192,7 +200,7 @@ def statuses(repo: Repo, rev: str, edit_ids: Sequence[str], *, config: RepoConfi
             raise VerificationError(f"Edit {edit_id} has no record at {rev}.")
         raw, record, author = edit
         tier = config.tier(record.risk, record.topics)
-        approvals, issues = reader.check(edit_id, raw, author, reader.read(reader.files.get(edit_id, [])))
+        approvals, issues = reader.check(edit_id, raw, author)
         out.append(ApprovalStatus(edit_id, record.summary, tier, config.approvals.required(tier), tuple(approvals),
                                   tuple(str(i) for i in issues)))
     return out
