@@ -137,6 +137,42 @@ class TenantConfig:
             raise ConfigError("'description' must be a string.")
 
 
+TIERS = ("low", "medium", "high")
+#: ``[risk]`` when the file has none: topics whose edits are high-risk whatever tier their author chose.
+DEFAULT_RISK = {"medical": "high", "legal": "high"}
+
+
+def check_risk(table: Mapping[str, Any]) -> dict[str, str]:
+    """``[risk]``: topic -> tier (``medical = "high"``); an edit tagged with a topic (``--topic``) is at
+    least that tier."""
+    if not isinstance(table, Mapping):
+        raise ConfigError("cathrepo.toml [risk] must be a table of topic = tier.", hint='For example: medical = "high".')
+    for topic, tier in table.items():
+        if tier not in TIERS:
+            raise ConfigError(f"cathrepo.toml [risk] {topic} = {tier!r} is not a risk tier.",
+                              hint=f"Use one of {', '.join(TIERS)}.")
+    return {str(k).lower(): str(v) for k, v in table.items()}
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    """``[approvals]``: how many approvals (``cathrepo approve``, by signers in ``allowed_signers`` other
+    than the edit's author) an edit of each risk tier needs before it is merged or promoted."""
+
+    low: int = _f(0, "Approvals a low-risk edit needs.")
+    medium: int = _f(0, "Approvals a medium-risk edit needs.")
+    high: int = _f(1, "Approvals a high-risk edit needs.")
+
+    def __post_init__(self) -> None:
+        for tier in TIERS:
+            value = getattr(self, tier)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"cathrepo.toml [approvals] {tier} must be a non-negative integer.")
+
+    def required(self, tier: str) -> int:
+        return int(getattr(self, tier, self.high))  # a tier this version does not know counts as high
+
+
 @dataclass(frozen=True)
 class RepoConfig:
     """The whole of ``cathrepo.toml``."""
@@ -147,7 +183,14 @@ class RepoConfig:
     hooks: HooksConfig = field(default_factory=HooksConfig)
     ci: CiConfig = field(default_factory=CiConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    risk: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RISK))
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     schema_version: int = SCHEMA_VERSION
+
+    def tier(self, risk: str, topics: tuple[str, ...] | list[str] = ()) -> str:
+        """An edit's effective risk tier: the higher of its own ``risk`` and its topics' tiers in ``[risk]``."""
+        tiers = [risk, *(self.risk.get(t.lower(), "low") for t in topics)]
+        return max(tiers, key=lambda t: TIERS.index(t) if t in TIERS else len(TIERS))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -194,7 +237,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
         version += 1
-    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "tenants"}
+    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "tenants", "risk", "approvals"}
     for key in sorted(set(data) - known):
         log.warning("cathrepo.toml: ignoring unknown key '%s'", key)
     if "base" not in data:
@@ -206,6 +249,8 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
         hooks=_build(HooksConfig, data.get("hooks", {}), "hooks"),
         ci=_build(CiConfig, data.get("ci", {}), "ci"),
         tenants=_tenants(data.get("tenants", {})),
+        risk=check_risk(data.get("risk", DEFAULT_RISK)),
+        approvals=_build(ApprovalsConfig, data.get("approvals", {}), "approvals"),
     )
 
 

@@ -159,3 +159,19 @@ class MergeConflictError(CathrepoError):
     def __init__(self, message: str, *, conflicts: Sequence[object] = (), hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.conflicts = list(conflicts)
+
+
+class ApprovalRequiredError(CathrepoError):
+    """An edit's risk tier needs more approvals (``cathrepo approve``) than it has; nothing was merged or
+    promoted.
+
+    Attributes:
+        missing: one entry per edit short of approvals (its id, tier, approvals it has and needs), as
+            :class:`cathrepo.repo.approve.ApprovalStatus` objects.
+    """
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, missing: Sequence[object] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.missing = list(missing)

@@ -50,6 +50,8 @@ COMMANDS: dict[str, str] = {
     "branch": "branch:branch_cmd",
     "checkout": "branch:checkout_cmd",
     "hooks": "hooks:hooks_group",
+    "approve": "approve:approve_cmd",
+    "keys": "keys:keys_group",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -83,6 +85,8 @@ SHORT_HELP: dict[str, str] = {
     "branch": "List the branches of edits, or create one.",
     "checkout": "Switch to another branch of edits.",
     "hooks": "Install, list or run cathrepo's git hooks (pre-commit, pre-push, pre-merge-commit).",
+    "approve": "Approve an edit: a signature over its record (high-risk edits need approvals).",
+    "keys": "List, add and revoke the keys that may sign and approve (allowed_signers).",
 }
 
 

@@ -1,7 +1,7 @@
 """The Markdown report of ``cathrepo ci``: a CI job summary or a pull-request comment.
 
 One table per proposal (its gates, and the answer before and after) and one for the merge gates, with
-the MMLU sample's size and noise stated next to its score.
+the MMLU sample's size and noise stated next to its score, and the approvals each new edit has and needs.
 """
 
 from __future__ import annotations
@@ -58,4 +58,10 @@ def markdown(report: CiReport) -> str:
         out.append("")
     elif v.ok:
         out += ["Nothing new to merge: the union of the two branches is the base branch's active set.", ""]
+    if report.approvals:
+        out += ["### Approvals", "", "| edit | fact | risk | approvals | needed | approvers |", "|---|---|---|---|---|---|"]
+        out += [f"| `{a.edit_id}` | {_cell(a.summary)} | {a.tier} | {len(a.approvers)} | {a.required} | "
+                f"{_cell(', '.join(a.approvers))} |" for a in report.approvals]
+        out += [f"- `{i}`" for a in report.approvals for i in a.issues]
+        out.append("")
     return "\n".join(out) + "\n"

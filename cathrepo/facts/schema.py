@@ -106,6 +106,8 @@ class EditRequest:
         fact: the fact (for a passage: its first cloze probe).
         more: further facts written by the same edit (a passage's other probes).
         passage: the passage these facts were synthesized from ({text, title, source}), if any.
+        topics: what the fact is about ("medical", "legal"): ``[risk]`` in ``cathrepo.toml`` maps a topic
+            to the lowest risk tier its edits have.
     """
 
     fact: Fact
@@ -116,6 +118,7 @@ class EditRequest:
     extra: Mapping[str, Any] = field(default_factory=dict)
     more: tuple[Fact, ...] = ()
     passage: Mapping[str, Any] | None = None
+    topics: tuple[str, ...] = ()
 
     @property
     def facts(self) -> tuple[Fact, ...]:
@@ -128,6 +131,11 @@ class EditRequest:
             )
         if self.risk not in ("low", "medium", "high"):
             raise InvalidInputError(f"Unknown risk tier '{self.risk}'.", hint="Use low, medium or high.")
+        topics = tuple(sorted({str(t).strip().lower() for t in self.topics}))
+        if any(not t or any(c.isspace() or c == "," for c in t) for t in topics):
+            raise InvalidInputError(f"Topics {list(self.topics)} must be single words.",
+                                    hint="Pass --topic medical (repeat --topic for more).")
+        object.__setattr__(self, "topics", topics)
 
 
 # --- parsing the formats users already have ---------------------------------------------------------

@@ -4,15 +4,21 @@ It is git's ``gpg.ssh.allowedSignersFile`` format, read by ``ssh-keygen -Y verif
 SIGNERS" in ssh-keygen(1)), so one file serves ``git verify-commit`` and cathrepo's own ``edit.sig``
 checks alike. A line is ``principal[,principal...] [options] key-type base64 [comment]``; ``#`` starts
 a comment line. Principals are patterns (``*@example.com``, ``!mallory@example.com``); the options
-cathrepo honours are ``namespaces="..."`` and ``cert-authority`` (CA lines never match a plain key).
+cathrepo honours are ``namespaces="..."``, ``cert-authority`` (CA lines never match a plain key) and
+``valid-after="..."``/``valid-before="..."`` (ssh-keygen's times, checked against when a signature was
+made). Revoking a key (:func:`revoke_signer`) writes ``valid-before`` into its line and never deletes
+the line: what the key signed before still verifies, with git and ssh-keygen as with cathrepo.
 """
 
 from __future__ import annotations
 
+import calendar
 import fnmatch
 import shlex
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cathrepo.exceptions import ConfigError, SigningError
@@ -20,6 +26,26 @@ from cathrepo.files import atomic_write
 from cathrepo.provenance.keys import fingerprint_of, split_public_key
 
 _KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-", "sk-", "rsa-sha2-")
+
+
+def absolute_time(text: str) -> int:
+    """ssh-keygen's ``parse_absolute_time``: YYYYMMDD[HHMM[SS]], local time (tm_isdst 0) unless it ends
+    in Z or UTC; 0 when unreadable."""
+    upper = text.upper()
+    cut = 1 if len(text) > 1 and upper.endswith("Z") else 3 if len(text) > 3 and upper.endswith("UTC") else 0
+    digits = text[:len(text) - cut]
+    fmt = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}.get(len(digits))
+    try:
+        tm = time.strptime(digits, fmt) if fmt and digits.isdigit() else None
+        value = 0 if tm is None else calendar.timegm(tm) if cut else int(time.mktime((*tm[:8], 0)))
+    except (ValueError, OverflowError):
+        return 0
+    return max(value, 0)
+
+
+def ssh_time(when: int) -> str:
+    """``when`` (seconds since the epoch) as ssh-keygen reads it back exactly: ``YYYYMMDDHHMMSSZ``."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y%m%d%H%M%SZ")
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,36 @@ class AllowedSigner:
             if name.lower() == "namespaces":
                 return tuple(v.strip() for v in value.strip('"').split(",") if v.strip())
         return None
+
+    def _time_option(self, name: str) -> int | None:
+        for opt in self.options:
+            key, _, value = opt.partition("=")
+            if key.lower() == name:
+                return absolute_time(value.strip('"'))
+        return None
+
+    @property
+    def valid_after(self) -> int | None:
+        """``valid-after`` in seconds since the epoch (None: no such option; 0: unreadable)."""
+        return self._time_option("valid-after")
+
+    @property
+    def valid_before(self) -> int | None:
+        """``valid-before`` in seconds since the epoch (None: no such option; 0: unreadable). cathrepo
+        writes it to revoke a key."""
+        return self._time_option("valid-before")
+
+    @property
+    def revoked(self) -> bool:
+        return self.valid_before is not None
+
+    def valid_at(self, when: int) -> bool:
+        """Whether a signature made at ``when`` (seconds since the epoch) is within this line's validity,
+        as ssh-keygen judges it (an unreadable time makes the line match nothing)."""
+        after, before = self.valid_after, self.valid_before
+        if after == 0 or before == 0:
+            return False
+        return (after is None or when >= after) and (before is None or when <= before)
 
     def allows_principal(self, principal: str) -> bool:
         """Whether ``principal`` matches the pattern list (a matching ``!pattern`` denies)."""
@@ -171,19 +227,52 @@ def read_allowed_signers(path: Path) -> list[AllowedSigner]:
 
 
 def find_signer(
-    signers: Iterable[AllowedSigner], public_key: str, *, principal: str | None = None
+    signers: Iterable[AllowedSigner], public_key: str, *, principal: str | None = None, at: int | None = None
 ) -> AllowedSigner | None:
-    """The first line that lists ``public_key`` (and allows ``principal`` when given).
+    """The first line that lists ``public_key`` (and allows ``principal`` when given, and is valid at
+    ``at``, seconds since the epoch, when given).
 
-    Certificate-authority lines are skipped: they vouch for certificates, not for a bare key.
+    Certificate-authority lines are skipped: they vouch for certificates, not for a bare key. Without
+    ``at`` the validity times are not looked at (the signer is known, not necessarily valid now).
     """
     key_type, blob, _ = split_public_key(public_key)
     for signer in signers:
         if signer.cert_authority or signer.key_type != key_type or signer.key != blob:
             continue
-        if principal is None or signer.allows_principal(principal):
+        if (principal is None or signer.allows_principal(principal)) and (at is None or signer.valid_at(at)):
             return signer
     return None
+
+
+def revoke_signer(path: Path, fingerprint: str, when: int) -> list[AllowedSigner]:
+    """Revoke the key with ``fingerprint`` as of ``when`` (seconds since the epoch): every line of that
+    key gets ``valid-before`` (an earlier one is kept), nothing is deleted, other lines and comments stay
+    byte for byte. Returns the lines as they now read.
+
+    Raises:
+        SigningError: no line lists that key, or every line of it was revoked already.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    parse_allowed_signers("".join(lines), source=str(path))  # a malformed file is refused before writing
+    changed: list[AllowedSigner] = []
+    seen = False
+    for i, line in enumerate(lines):
+        signer = parse_line(line)
+        if signer is None or signer.cert_authority or signer.fingerprint != fingerprint:
+            continue
+        seen = True
+        if signer.revoked:
+            continue
+        revoked = replace(signer, options=(*signer.options, f'valid-before="{ssh_time(when)}"'))
+        lines[i] = revoked.to_line() + "\n"
+        changed.append(revoked)
+    if not seen:
+        raise SigningError(f"No key {fingerprint} in {path}.", hint="List the keys with 'cathrepo keys list'.")
+    if not changed:
+        raise SigningError(f"The key {fingerprint} is revoked already.", hint="See 'cathrepo keys list'.")
+    atomic_write(path, "".join(lines).encode("utf-8"), mode=0o644)
+    return changed
 
 
 def add_signer(path: Path, principal: str, public_key: str) -> bool:

@@ -9,7 +9,6 @@ X.509 signatures are left to git. It also signs as ``git commit -S`` does, for b
 from __future__ import annotations
 
 import base64
-import calendar
 import dataclasses
 import hashlib
 import re
@@ -18,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from cathrepo.exceptions import VerificationError
-from cathrepo.provenance.allowed_signers import AllowedSigner
+from cathrepo.provenance.allowed_signers import AllowedSigner, absolute_time
 from cathrepo.provenance.keys import KEY_TYPE, SigningKey, fingerprint_of, private_key
 
 NAMESPACE = "git"
@@ -159,21 +158,6 @@ def parse_sshsig(armored: str) -> SshSignature:
     return SshSignature(key, namespace.decode("utf-8", "replace"), hash_algorithm, raw_sig)
 
 
-def _absolute_time(text: str) -> int:
-    """ssh-keygen's ``parse_absolute_time``: YYYYMMDD[HHMM[SS]], local time (tm_isdst 0) unless it ends
-    in Z or UTC; 0 when unreadable."""
-    upper = text.upper()
-    cut = 1 if len(text) > 1 and upper.endswith("Z") else 3 if len(text) > 3 and upper.endswith("UTC") else 0
-    digits = text[:len(text) - cut]
-    fmt = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}.get(len(digits))
-    try:
-        tm = time.strptime(digits, fmt) if fmt and digits.isdigit() else None
-        value = 0 if tm is None else calendar.timegm(tm) if cut else int(time.mktime((*tm[:8], 0)))
-    except (ValueError, OverflowError):
-        return 0
-    return max(value, 0)
-
-
 def _namespaces(signer: AllowedSigner, blob: bytes, when: int) -> str | None:
     """The namespace patterns a line lets ``blob`` sign in ("*" if unrestricted), or None where ssh-keygen's
     ``check_allowed_keys_line`` passes it over: another key, a CA line, an unknown, repeated or unquoted
@@ -185,7 +169,7 @@ def _namespaces(signer: AllowedSigner, blob: bytes, when: int) -> str | None:
                 or len(value) < 2 or value[0] != '"' or value[-1] != '"'):
             return None  # cert-authority too: a CA line never vouches for a plain key
         rules[name.lower()] = value[1:-1]
-    after, before = (_absolute_time(rules[k]) if k in rules else 0 for k in ("valid-after", "valid-before"))
+    after, before = (absolute_time(rules[k]) if k in rules else 0 for k in ("valid-after", "valid-before"))
     if (("valid-after" in rules and not after) or ("valid-before" in rules and not before)
             or (after and before and before <= after)  # ssh-keygen refuses such a line
             or (after and when < after) or (before and when > before)):

@@ -87,6 +87,8 @@ class EditRecord:
         gates: gate results at commit time.
         versions: library versions that produced it.
         proposal: the id of the proposal (``proposals/<id>/``) this edit realises, if it came from one.
+        topics: what the fact is about (``--topic``); with ``[risk]`` of ``cathrepo.toml`` they raise the
+            edit's tier (written only when there are any, so older records keep their bytes and ids).
     """
 
     action: str
@@ -110,11 +112,15 @@ class EditRecord:
     facts: tuple[Mapping[str, Any], ...] = ()
     passage: Mapping[str, Any] | None = None
     proposal: str | None = None
+    topics: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["computed_on"] = list(self.computed_on)
+        data["topics"] = list(self.topics)
+        if not self.topics:
+            del data["topics"]
         del data["computed_on" if self.schema_version >= 3 else "stack_before"]  # the bytes a schema had
         data["facts"] = [dict(f) for f in self.facts]
         if not self.facts:
@@ -149,15 +155,19 @@ class EditRecord:
         record = record_from(cls, raw, what=what)
         object.__setattr__(record, "computed_on", tuple(record.computed_on))
         object.__setattr__(record, "facts", tuple(record.facts))
+        object.__setattr__(record, "topics", tuple(record.topics))
         return record
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a delta's numbers (recorded in every edit)."""
+    """Versions of the libraries that shape a delta's numbers (recorded in every edit): the ones that
+    compute it, tokenize its prompts, store it, and Python itself."""
+    import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
-    for name in ("cathrepo", "torch", "transformers", "peft", "safetensors"):
+    out = {"python": platform.python_version()}
+    for name in ("cathrepo", "torch", "transformers", "tokenizers", "peft", "safetensors", "numpy",
+                 "accelerate", "huggingface_hub", "gguf", "lm_eval"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

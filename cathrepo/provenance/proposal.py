@@ -31,6 +31,7 @@ class ProposalRecord:
         passage: the passage the facts were synthesized from, if any.
         base_model: {"name", "sha256"} of the base the proposal was made on.
         files: path (relative to the proposal directory) -> sha256 (the probes).
+        topics: what the facts are about (written only when there are any).
     """
 
     facts: tuple[Mapping[str, Any], ...]
@@ -44,11 +45,15 @@ class ProposalRecord:
     method: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     passage: Mapping[str, Any] | None = None
+    topics: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["facts"] = [dict(f) for f in self.facts]
+        data["topics"] = list(self.topics)
+        if not self.topics:
+            del data["topics"]
         for optional in ("method", "passage"):
             if data[optional] is None:
                 del data[optional]
@@ -74,4 +79,5 @@ class ProposalRecord:
         if not record.facts:
             raise VerificationError(f"{what} proposes no fact.")
         object.__setattr__(record, "facts", tuple(record.facts))
+        object.__setattr__(record, "topics", tuple(record.topics))
         return record

@@ -29,7 +29,7 @@ from typing import Any
 
 from cathrepo.exceptions import SigningError, VerificationError
 from cathrepo.files import atomic_write
-from cathrepo.provenance.allowed_signers import AllowedSigner, find_signer
+from cathrepo.provenance.allowed_signers import AllowedSigner, find_signer, ssh_time
 from cathrepo.provenance.keys import KEY_TYPE, SigningKey, fingerprint_of, private_key, split_public_key
 
 SCHEMA_VERSION = 1
@@ -132,7 +132,7 @@ def _check_shape(envelope: Any, *, what: str) -> None:
 
 
 def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list[AllowedSigner],
-                  *, what: str) -> str:
+                  *, what: str, at: int | None = None) -> str:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_ssh_public_key
@@ -149,7 +149,14 @@ def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list
         raise _malformed(what, f"the signature by {principal} uses {key_type}, not {KEY_TYPE}")
     if fingerprint != entry["fingerprint"]:
         raise _malformed(what, f"the fingerprint recorded for {principal} is not its key's")
-    signer = find_signer(signers, entry["public_key"], principal=principal)
+    known = find_signer(signers, entry["public_key"], principal=principal)
+    signer = known if at is None else find_signer(signers, entry["public_key"], principal=principal, at=at)
+    if known is not None and signer is None and at is not None:
+        raise VerificationError(
+            f"{what} is signed by {principal} ({fingerprint}) at {ssh_time(at)}, when allowed_signers did not "
+            "let that key sign" + (" (it was revoked)" if known.revoked else "") + ".",
+            hint="A revoked key's signatures count only from before its revocation; sign again with a valid key.",
+        )
     if signer is None or not signer.allows_namespace(namespace):
         raise VerificationError(
             f"{what} is signed by {principal} ({fingerprint}), who is not in allowed_signers"
@@ -167,10 +174,13 @@ def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list
 
 
 def verify_signatures(envelope: dict[str, Any], payload: bytes, signers: list[AllowedSigner], *,
-                      namespace: str = DEFAULT_NAMESPACE, what: str) -> list[str]:
+                      namespace: str = DEFAULT_NAMESPACE, what: str, at: int | None = None) -> list[str]:
     """Check every signature of ``envelope`` over ``payload``; return the signers' principals in order.
 
-    Every signature must hold: one bad co-signature means the envelope was tampered with.
+    Every signature must hold: one bad co-signature means the envelope was tampered with. With ``at``
+    (when the signature was made, seconds since the epoch) each key must be valid then
+    (``valid-after``/``valid-before``, as ssh-keygen checks a commit at its committer time): a revoked
+    key's signatures made before its revocation still verify, later ones do not.
 
     Raises:
         VerificationError: naming ``what`` and saying why: malformed envelope, wrong namespace, hash
@@ -189,17 +199,17 @@ def verify_signatures(envelope: dict[str, Any], payload: bytes, signers: list[Al
             f"{envelope['payload_sha256'][:12]}…).",
             hint="Restore it from the repository (git checkout -- <file>) or re-sign a new edit.",
         )
-    return [_verify_entry(entry, envelope, signers, what=what) for entry in envelope["signatures"]]
+    return [_verify_entry(entry, envelope, signers, what=what, at=at) for entry in envelope["signatures"]]
 
 
 def verify_payload(envelope: dict[str, Any], payload: bytes, signers: list[AllowedSigner], *,
-                   namespace: str = DEFAULT_NAMESPACE, what: str) -> str:
+                   namespace: str = DEFAULT_NAMESPACE, what: str, at: int | None = None) -> str:
     """Check ``envelope`` over ``payload`` and return the principal of its first (author) signature.
 
     Raises:
         VerificationError: see :func:`verify_signatures`.
     """
-    return verify_signatures(envelope, payload, signers, namespace=namespace, what=what)[0]
+    return verify_signatures(envelope, payload, signers, namespace=namespace, what=what, at=at)[0]
 
 
 def sshsig_armor(envelope: dict[str, Any], index: int = 0) -> str:

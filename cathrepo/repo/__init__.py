@@ -27,6 +27,7 @@ from cathrepo.exceptions import (
 from cathrepo.repo import layout
 from cathrepo.repo.layout import Stack
 from cathrepo.repo.lines import LineVerbs
+from cathrepo.repo.review import ReviewVerbs
 
 if TYPE_CHECKING:
     from cathrepo.edits.base import EditResult
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from cathrepo.repo.verify import VerifyReport
 
 
-class Repo(LineVerbs):
+class Repo(LineVerbs, ReviewVerbs):
     """An edit repository rooted at ``root`` (a git work tree holding ``cathrepo.toml``)."""
 
     def __init__(self, root: Path) -> None:

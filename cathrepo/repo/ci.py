@@ -9,6 +9,8 @@
    their active sets, plus the realised edits): before = the base branch's active edits, after = the
    union; the new edits' probes are the CounterFact(+) probes, the edits active on both sides the
    regression suite.
+4. Every edit new to the base branch, and every proposal realised but not committed, has the approvals
+   its risk tier needs (:mod:`cathrepo.repo.approve`, under the base branch's ``[risk]`` and ``[approvals]``).
 
 Both the realising and the merge gates use the base branch's ``cathrepo.toml``: a pull request that
 changes the thresholds cannot lower the bar its own edits are held to (the change applies once merged).
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.proposal import ProposalRecord
     from cathrepo.repo import Repo
+    from cathrepo.repo.approve import ApprovalStatus
     from cathrepo.repo.edit import EditSession
     from cathrepo.repo.verify import VerifyReport
 
@@ -76,11 +79,21 @@ class CiReport:
     merge: GateReport | None = None
     new_edits: tuple[str, ...] = ()
     union: tuple[str, ...] = ()
+    approvals: list[ApprovalStatus] = field(default_factory=list)
+
+    @property
+    def gates_passed(self) -> bool:
+        """Everything but the approvals: verified, every proposal passed, the merge gates passed."""
+        return (self.verify.ok and all(p.status in ("committed", "passed") for p in self.proposals)
+                and (self.merge is None or self.merge.passed))
+
+    @property
+    def approved(self) -> bool:
+        return all(a.ok for a in self.approvals)
 
     @property
     def passed(self) -> bool:
-        return (self.verify.ok and all(p.status in ("committed", "passed") for p in self.proposals)
-                and (self.merge is None or self.merge.passed))
+        return self.gates_passed and self.approved
 
     def mmlu_noise(self) -> dict[str, float] | None:
         """The MMLU sample's size and the standard error of an accuracy measured on it, sqrt(p(1-p)/n):
@@ -98,6 +111,7 @@ class CiReport:
                 "head_commit": self.head_commit, "merge_base": self.merge_base, "verify": self.verify.to_dict(),
                 "proposals": [p.to_dict() for p in self.proposals], "new_edits": list(self.new_edits),
                 "union": list(self.union), "merge": self.merge.to_dict() if self.merge else None,
+                "approvals": [a.to_dict() for a in self.approvals],
                 "mmlu_noise": self.mmlu_noise()}
 
 
@@ -143,6 +157,7 @@ def ci(repo: Repo, *, base: str = "main", head: str = "HEAD", commit: bool = Fal
     pending = pending_proposals(repo, head)
     session = _session(repo, base_commit, head) if pending else None
     held: list[tuple[str, Delta, ProbeSet]] = []
+    held_records: list[tuple[str, ProposalRecord]] = []
     for item in pending:
         if item.record is None:
             report.proposals.append(Realised(item.id, "?", "invalid", issues=item.issues))
@@ -154,11 +169,26 @@ def ci(repo: Repo, *, base: str = "main", head: str = "HEAD", commit: bool = Fal
         if result is not None and outcome.status == "passed":
             assert result.probes is not None
             held.append((f"proposal:{item.id}", result.delta, result.probes))
+            held_records.append((f"proposal:{item.id}", item.record))
     if on_head:
         report.head_commit = repo.git.rev_parse("HEAD")  # with the edits --commit added
     say("merge gates")
     _merge_gates(repo, report, held, session, progress)
+    say("approvals")
+    _approvals(repo, report, [(pid[len("proposal:"):], r) for pid, r in held_records])
     return report
+
+
+def _approvals(repo: Repo, report: CiReport, held: list[tuple[str, ProposalRecord]]) -> None:
+    """The approval status of every edit new to the base branch, and of each proposal realised but not
+    committed (it has none yet), under the base branch's policy."""
+    from cathrepo.repo.approve import ApprovalStatus, statuses
+
+    config = repo.config_at(report.base_commit)
+    report.approvals = statuses(repo, report.head_commit, report.new_edits, config=config)
+    for pid, record in held:
+        tier = config.tier(record.risk, record.topics)
+        report.approvals.append(ApprovalStatus(f"proposal {pid}", record.summary, tier, config.approvals.required(tier)))
 
 
 def _session(repo: Repo, base_commit: str, head: str) -> EditSession:

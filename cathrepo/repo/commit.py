@@ -87,6 +87,7 @@ def build_edit_files(
         stack_before=stack_summary(tuple(computed_on)),
         versions=library_versions(),
         proposal=proposal,
+        topics=tuple(request.topics),
     )
 
 

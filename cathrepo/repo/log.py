@@ -48,9 +48,13 @@ def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None) -> list[
 
 
 def show(repo: Repo, ref: str, rev: str = "HEAD") -> dict[str, Any]:
-    """An edit's record, whether it is active, and the commit that made it."""
+    """An edit's record, whether it is active, the commit that made it, and its approvals (its tier, how
+    many it needs, those that count and the approval files that do not)."""
+    from cathrepo.repo.approve import statuses
+
     edit_id = repo.resolve_edit(ref, rev)
     record = repo.record(edit_id, rev)
     made_by = next((e.commit for e in log(repo, rev) if e.edit_id == edit_id and e.action in ("edit", "forget")), None)
+    (approval,) = statuses(repo, rev, [edit_id])
     return {"id": edit_id, "active": edit_id in repo.stack(rev).active, "commit": made_by,
-            "record": record.to_dict()}
+            "record": record.to_dict(), "approvals": approval.to_dict()}

@@ -7,9 +7,11 @@
    (:meth:`~cathrepo.repo.layout.Stack.merged`), so the file never ends in a textual conflict; edits and
    proposals are content-addressed directories and merge cleanly; any other file git cannot merge
    stops the merge with the file named.
-3. The merge-stage gates run on this side's active set → the union (:func:`gate_union`): the new
+3. Every edit the merge brings in has the approvals its risk tier needs (``cathrepo approve`` on the
+   branch; :mod:`cathrepo.repo.approve`), or nothing is merged (``--force`` does not waive them).
+4. The merge-stage gates run on this side's active set → the union (:func:`gate_union`): the new
    edits must still hold, this side's must keep holding, retention, perplexity, norms and MMLU.
-4. git's merge underneath (``--no-commit``), ``stack.json`` written, one signed merge commit. A failure
+5. git's merge underneath (``--no-commit``), ``stack.json`` written, one signed merge commit. A failure
    at any step aborts git's merge: the repository is as it was.
 """
 
@@ -160,6 +162,7 @@ def merge(repo: Repo, branch: str, *, resolution: str | None = None, keep: Seque
     """
     from cathrepo.merging.conflicts import find_conflicts
     from cathrepo.merging.strategies import get_strategy
+    from cathrepo.repo.approve import require_approvals
     from cathrepo.repo.branch import require_clean, sync_weights
     from cathrepo.repo.packs import consolidate
 
@@ -179,6 +182,10 @@ def merge(repo: Repo, branch: str, *, resolution: str | None = None, keep: Seque
     union = base_stack.merged(repo.stack(ancestor) if ancestor else type(base_stack)(), repo.stack(theirs_sha))
     union = settle(union, decided)
     union = _whole_packs(repo, union, ours_sha)
+    added = [e for e in union.active if e not in base_stack.active]
+    if added:  # this line's policy decides, as for the gates; --force does not waive approvals
+        require_approvals(repo, theirs_sha, added, config=repo.config_at(ours_sha), doing=f"Merging '{branch}'",
+                          where=branch)
     report = None
     if gate and union.active != base_stack.active:
         report = gate_union(repo, before=base_stack.active, before_rev=ours_sha, after=union.active,

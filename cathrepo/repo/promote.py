@@ -4,7 +4,8 @@ A promotion records that an environment (``canary``, ``production``) serves a re
 rollback returns the environment to the revision it served before its latest promotion. Both append one
 signed line to ``deployments.jsonl`` (:mod:`cathrepo.provenance.deployments`) and commit it in a signed
 commit whose trailers name the action, the environment and the revision, so ``git log`` tells the same
-story as the log. The revision must be in HEAD's history and verify, and the promote-stage gates run on
+story as the log. The revision must be in HEAD's history and verify, every edit active in it must hold the
+approvals its risk tier needs (:mod:`cathrepo.repo.approve`), and the promote-stage gates run on
 the change from what the environment serves now (the base model alone when it serves nothing) to it;
 a failing gate commits nothing unless forced, and a forced promotion says so in its line.
 """
@@ -87,6 +88,7 @@ def promote(
     Raises:
         InvalidInputError: a bad environment name, ``rev`` not in HEAD's history, or already served there.
         VerificationError: ``rev`` or the log does not verify.
+        ApprovalRequiredError: an active edit lacks the approvals its risk tier needs; nothing was committed.
         GateFailedError: a gate failed and ``force`` is not set; nothing was committed.
     """
     from cathrepo.repo.gate import BASE
@@ -101,12 +103,18 @@ def promote(
     if not verified.ok:
         raise VerificationError(f"{rev} ({sha[:12]}) does not verify: {verified.issues[0]}.",
                                 hint=f"Run 'cathrepo verify {rev}' for the full list; promote only what verifies.")
-    # 2. the log as committed at HEAD, unchanged in the work tree
+    # 2. every active edit has the approvals its risk tier needs, by HEAD's policy (--force does not waive them)
+    from cathrepo.repo.approve import require_approvals
+
+    require_approvals(repo, sha, repo.stack(sha).active, config=repo.config_at(repo.git.rev_parse("HEAD")),
+                      doing=f"Promoting {sha[:12]} to {env}",
+                      then="then promote the commit that holds the approvals (HEAD)")
+    # 3. the log as committed at HEAD, unchanged in the work tree
     data, log = _committed_log(repo)
     previous = log.current.get(env)
     if previous == sha:
         raise InvalidInputError(f"'{env}' already serves {sha[:12]}.", hint="See 'cathrepo deployments'.")
-    # 3. the gates, from what the environment serves now (the base model alone when nothing) to the revision
+    # 4. the gates, from what the environment serves now (the base model alone when nothing) to the revision
     report = None
     if gate:
         report = run_gate(repo, sha, stage="promote", against=previous or BASE, policy_rev="HEAD",
@@ -114,7 +122,7 @@ def promote(
         if not report.passed and not force:
             raise GateFailedError.from_report(report, f"Promoting {sha[:12]} to {env}",
                                               hint="Pass --force to promote anyway (the log records it).")
-    # 4. the signed line, appended and committed
+    # 5. the signed line, appended and committed
     entry = Deployment(env=env, action="promote", commit=sha, previous=previous, by="", time=_now(),
                        reason=reason, gates=gate_summary(report, skipped=" (--no-gate)"),
                        prev_sha256=log.last_sha256)

@@ -59,6 +59,7 @@ def proposal_record(repo: Repo, request: EditRequest, *, method: str | None, par
         method=method,
         params=dict(params),
         passage=dict(request.passage) if request.passage else None,
+        topics=tuple(request.topics),
     )
 
 
@@ -217,4 +218,4 @@ def request_of(record: ProposalRecord) -> EditRequest:
 
     facts = [Fact.from_dict(f) for f in record.facts]
     return EditRequest(facts[0], source=record.source, author=record.author, confidence=record.confidence,
-                       risk=record.risk, more=tuple(facts[1:]), passage=record.passage)
+                       risk=record.risk, more=tuple(facts[1:]), passage=record.passage, topics=record.topics)

@@ -44,7 +44,7 @@ def request_of_record(record: EditRecord) -> EditRequest:
 
     facts = [Fact.from_dict(f) for f in (record.facts or (record.fact,))]
     return EditRequest(facts[0], source=record.source, author=record.author, confidence=record.confidence,
-                       risk=record.risk, more=tuple(facts[1:]), passage=record.passage)
+                       risk=record.risk, more=tuple(facts[1:]), passage=record.passage, topics=record.topics)
 
 
 @locked("rebase")

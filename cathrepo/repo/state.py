@@ -62,6 +62,18 @@ def _parse_signers(data: bytes | None, rev: str) -> list[AllowedSigner]:
     return parse_allowed_signers(data.decode("utf-8"), source=f"{rev}:{layout.ALLOWED_SIGNERS}")
 
 
+def signed_at(record: bytes) -> int | None:
+    """When a record was signed: its ``created`` time (inside the signed bytes), in seconds since the
+    epoch, so a key revoked since keeps the edits it signed before (None when it cannot be read)."""
+    from datetime import datetime
+
+    try:
+        created = json.loads(record.decode("utf-8")).get("created")
+        return int(datetime.fromisoformat(str(created)).timestamp())
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, ValueError, TypeError, OverflowError):
+        return None
+
+
 def read_file(repo: Repo, rev: str, path: str, tree: Mapping[str, bytes] | None = None) -> bytes | None:
     """``path`` at ``rev``: from ``tree`` (every file below ``edits/`` at ``rev``, read at once by
     :meth:`~cathrepo.repo.git.Git.read_files`) when given, else from git."""
@@ -105,7 +117,8 @@ def check_edit(repo: Repo, rev: str, edit_id: str, signers: list[AllowedSigner] 
         if sig is None:
             raise VerificationError("missing")
         envelope = json.loads(sig.decode("utf-8"))
-        verify_payload(envelope, raw, signers if signers is not None else signers_at(repo, rev), what=sig_path)
+        verify_payload(envelope, raw, signers if signers is not None else signers_at(repo, rev), what=sig_path,
+                       at=signed_at(raw))
     except (VerificationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         issues.append(Issue(sig_path, getattr(exc, "message", str(exc))))
     try:

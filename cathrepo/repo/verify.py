@@ -2,7 +2,8 @@
 
 Commits are checked as ``git verify-commit`` checks them against ``allowed_signers`` (in-process for SSH
 signatures, :func:`commit_checks`). Each edit's ``edit.json`` must hash to its directory name (the edit id), carry a valid ``edit.sig`` by an
-allowed signer, and name the sha256 of every other file of the edit; the weights are read from the DVC
+allowed signer (whose key was valid when the record was created), and name the sha256 of every other file
+of the edit; each approval (``edits/<id>/approvals/``) must hold (:mod:`cathrepo.repo.approve`); the weights are read from the DVC
 cache (fetched from the remote if needed) through the pointer committed at that revision. An issue
 names the exact file. The deployment log, when there is one, is checked line by line (signatures, the hash
 chain, the commits it names) and by its history, which may only append (:mod:`cathrepo.repo.deploy_log`).
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cathrepo.repo import layout
+from cathrepo.repo.approve import approval_issues
 from cathrepo.repo.deploy_log import log_issues
 from cathrepo.repo.state import Issue, check_edits
 from cathrepo.repo.verified import Verified, signers_key
@@ -39,6 +41,7 @@ class VerifyReport:
     edits: int = 0
     files: int = 0
     deployments: int = 0
+    approvals: int = 0
     issues: list[Issue] = field(default_factory=list)
 
     @property
@@ -48,7 +51,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, object]:
         return {"rev": self.rev, "commit": self.commit, "ok": self.ok, "commits": self.commits,
                 "edits": self.edits, "files": self.files, "deployments": self.deployments,
-                "issues": [str(i) for i in self.issues]}
+                "approvals": self.approvals, "issues": [str(i) for i in self.issues]}
 
 
 def commit_checks(git: Git, shas: Sequence[str]) -> dict[str, SignatureCheck]:
@@ -130,6 +133,8 @@ def verify(repo: Repo, rev: str = "HEAD", *, full: bool = False) -> VerifyReport
         report.edits += 1
         report.files += 1 + len(layout.EDIT_FILES)
         report.issues.extend(checks[eid].issues)
+    report.approvals, issues = approval_issues(repo, commit, listing)
+    report.issues.extend(issues)
     report.issues.extend(pack_issues(repo, commit, stack))
     report.deployments, issues = log_issues(repo, commit, shas)
     report.issues.extend(issues)

@@ -49,3 +49,31 @@ def test_a_schema_1_file_loads_drops_policy_and_keeps_its_tenants(caplog):
 def test_a_newer_file_is_refused():
     with pytest.raises(ConfigError, match="schema_version 3"):
         parse_config(SCHEMA_1.replace("schema_version = 1", "schema_version = 3"))
+
+
+BASE_2 = SCHEMA_1.replace("schema_version = 1", "schema_version = 2").split("[policy]")[0]
+
+
+def test_risk_and_approvals_tables():
+    """[risk] maps topics to tiers, [approvals] the approvals each tier needs; both round-trip."""
+    config = parse_config(BASE_2 + '[risk]\nmedical = "high"\nfinance = "medium"\n'
+                          + "[approvals]\nhigh = 2\nmedium = 1\n")
+    assert config.risk == {"medical": "high", "finance": "medium"} and config.approvals.high == 2
+    assert config.tier("low", ("Medical",)) == "high" and config.tier("low", ("finance",)) == "medium"
+    assert config.tier("medium", ("sport",)) == "medium" and config.tier("high") == "high"
+    assert config.approvals.required("medium") == 1 and config.approvals.required("low") == 0
+    assert parse_config(dump_config(config)) == config
+
+
+def test_defaults_make_medical_and_legal_high_and_high_need_one_approval():
+    config = parse_config(BASE_2)
+    assert config.tier("low", ("legal",)) == "high" and config.approvals.required("high") == 1
+    assert "[approvals]" in dump_config(config) and "[risk]" in dump_config(config)
+
+
+@pytest.mark.parametrize("table, match", [('[risk]\nmedical = "urgent"\n', "not a risk tier"),
+                                          ("[approvals]\nhigh = -1\n", "non-negative"),
+                                          ("[approvals]\nhigh = true\n", "non-negative")])
+def test_bad_risk_or_approvals_are_refused(table, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(BASE_2 + table)

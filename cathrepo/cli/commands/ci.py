@@ -22,7 +22,8 @@ from cathrepo.cli.shared import echo_json, open_repo, progress
 @click.pass_context
 def ci_cmd(ctx: click.Context, base: str, head: str, commit: bool, key_path: Path | None, as_json: bool,
            summary: Path | None) -> None:
-    """Verify a branch, realise its proposals and gate its merge into --base (exit 4 if anything fails)."""
+    """Verify a branch, realise its proposals and gate its merge into --base (exit 4 if anything fails, 9 if
+    only approvals are missing)."""
     from cathrepo.cli.ci_report import markdown
     from cathrepo.exceptions import GateFailedError
 
@@ -36,6 +37,14 @@ def ci_cmd(ctx: click.Context, base: str, head: str, commit: bool, key_path: Pat
         echo_json(report.to_dict())
     else:
         click.echo(text, nl=False)
+    if report.gates_passed and not report.approved:
+        from cathrepo.exceptions import ApprovalRequiredError
+
+        missing = [a for a in report.approvals if not a.ok]
+        raise ApprovalRequiredError(
+            f"cathrepo ci: the branch needs approvals before it merges into {base}: "
+            + "; ".join(a.line() for a in missing) + ".", missing=missing,
+            hint="An approver in allowed_signers other than the author runs 'cathrepo approve EDIT' on the branch.")
     if not report.passed:
         raise GateFailedError(f"cathrepo ci: the branch does not pass into {base}.",
                               hint="See the report above for the verification issue or the gate that refused.")

@@ -40,16 +40,18 @@ from cathrepo.pipeline import attempt_label, attempt_refusal
 @click.option("--author", help="Who asked for the edit (default: git user.name).")
 @click.option("--confidence", type=float, default=1.0, show_default=True, help="Confidence in the fact, 0..1.")
 @click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="low", show_default=True)
+@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
+              help="What the fact is about (medical, legal, ...); [risk] in cathrepo.toml may raise its tier.")
 @click.option("--dry-run", is_flag=True, help="Compute and gate, but commit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.pass_context
 def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, batch_size, passage_file,
-             method, params, corpus, source, author, confidence, risk, dry_run, as_json) -> None:
+             method, params, corpus, source, author, confidence, risk, topics, dry_run, as_json) -> None:
     """Compute, gate and commit an edit (one fact, every fact of a file, or a passage)."""
     requests, method = edit_requests(
         prompt=prompt, subject=subject, target=target, target_true=target_true, facts_file=facts_file,
         passage_file=passage_file, limit=limit, method=method, batch_size=batch_size,
-        meta={"source": source, "author": author, "confidence": confidence, "risk": risk},
+        meta={"source": source, "author": author, "confidence": confidence, "risk": risk, "topics": topics},
     )
     repo = open_repo(ctx)
     done: list = []

@@ -36,16 +36,18 @@ MODES = ("negate", "erase", "suppress", "replace")
 @click.option("--source", help="Where the request comes from (URL, ticket, document).")
 @click.option("--author", help="Who asked for the forget (default: git user.name).")
 @click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="low", show_default=True)
+@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
+              help="What the fact is about (medical, legal, ...); [risk] in cathrepo.toml may raise its tier.")
 @click.option("--dry-run", is_flag=True, help="Compute and gate, but commit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.pass_context
 def forget_cmd(ctx: click.Context, prompt, subject, answer, facts_file, limit, mode, replacement, params, corpus,
-               source, author, risk, dry_run, as_json) -> None:
+               source, author, risk, topics, dry_run, as_json) -> None:
     """Forget a fact (or every fact of a file) as a gated, signed, revertible edit."""
     from cathrepo.exceptions import InvalidInputError
     from cathrepo.facts.schema import EditRequest, Fact
 
-    meta = {"source": source, "author": author, "risk": risk}
+    meta = {"source": source, "author": author, "risk": risk, "topics": topics}
     if facts_file and (prompt or subject or answer):
         raise InvalidInputError("Give --file or --prompt/--subject/--answer, not both.")
     if facts_file:  # the verb reads each record's true target as the answer

@@ -25,16 +25,18 @@ from cathrepo.cli.shared import echo_json, edit_requests, open_repo, parse_param
 @click.option("--author", help="Who asks for the edit (default: git user.name).")
 @click.option("--confidence", type=float, default=1.0, show_default=True, help="Confidence in the fact, 0..1.")
 @click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="low", show_default=True)
+@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
+              help="What the fact is about (medical, legal, ...); [risk] in cathrepo.toml may raise its tier.")
 @click.option("-m", "--message", help="Commit message body (default: one line per proposal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the proposals as JSON.")
 @click.pass_context
 def propose_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, batch_size, method,
-                params, source, author, confidence, risk, message, as_json) -> None:
+                params, source, author, confidence, risk, topics, message, as_json) -> None:
     """Commit facts as signed proposals (no weights) for review; 'cathrepo ci' realises them."""
     requests, method = edit_requests(
         prompt=prompt, subject=subject, target=target, target_true=target_true, facts_file=facts_file,
         passage_file=None, limit=limit, method=method, batch_size=batch_size,
-        meta={"source": source, "author": author, "confidence": confidence, "risk": risk},
+        meta={"source": source, "author": author, "confidence": confidence, "risk": risk, "topics": topics},
     )
     done = open_repo(ctx).propose(requests, method=method, params=parse_params(params), message=message)
     if as_json:

@@ -26,7 +26,14 @@ def show_cmd(ctx: click.Context, edit: str, rev: str, as_json: bool) -> None:
     click.echo(f"method     {r['method']} at {', '.join(r['site'].get('modules', []))}")
     click.echo(f"author     {r['author']}   created {r['created']}   risk {r['risk']}   "
                f"confidence {r['confidence']}")
-    click.echo(f"source     {r['source'] or '-'}")
+    click.echo(f"source     {r['source'] or '-'}" + (f"   topics {', '.join(r['topics'])}" if r.get("topics") else ""))
+    a = shown["approvals"]
+    click.echo(f"approvals  {len(a['approvers'])} of {a['required']} needed (tier {a['tier']})"
+               + ("" if a["ok"] else f": run 'cathrepo approve {shown['id']}'"))
+    for ap in a["approvals"]:
+        click.echo(f"approved   {ap['principal']} ({ap['fingerprint']}) at {ap['time']} in {(ap['commit'] or '?')[:12]}")
+    for issue in a["issues"]:
+        click.secho(f"rejected   {issue}", fg="red")
     for g in r["gates"].get("results", []):
         status = "skip" if g.get("skipped") else ("pass" if g["passed"] else "FAIL")
         metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in g["metrics"].items())
