@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from cathrepo.repo import Repo
     from cathrepo.repo.state import ActiveEdit
 
-#: The namespace approvals are signed in (``edits/<id>/approvals/*.sig``).
-APPROVAL_NAMESPACE = "cathrepo-approval"
 
 
 def activation_scores(model: Any, seq: Sequence[int], edits: Sequence[ActiveEdit]) -> dict[str, float | None]:
@@ -59,7 +57,9 @@ def activation_scores(model: Any, seq: Sequence[int], edits: Sequence[ActiveEdit
 
 def provenance(repo: Repo, sha: str, edits: Sequence[ActiveEdit], *, verified: bool) -> dict[str, dict[str, Any]]:
     """Per edit: source, author, created, risk, confidence, method, the principal whose ``edit.sig``
-    verifies (or what is wrong with it) and the approvals present in ``edits/<id>/approvals/``."""
+    verifies (or what is wrong with it) and its approval status at ``sha`` as merge and promote judge it
+    (:func:`cathrepo.repo.approve.statuses`: tier, approvals needed, those that count, files that do not)."""
+    from cathrepo.repo.approve import statuses
     from cathrepo.repo.state import signers_at
 
     listing = repo.git.list_tree(sha, layout.EDITS) if edits else {}
@@ -67,25 +67,22 @@ def provenance(repo: Repo, sha: str, edits: Sequence[ActiveEdit], *, verified: b
     data = repo.git.read_objects(list(wanted.values()))
     files = {path: data[oid] for path, oid in wanted.items()}
     signers = signers_at(repo, sha) if edits else []
+    approval = {s.edit_id: s.to_dict() for s in statuses(repo, sha, [e.id for e in edits])} if edits else {}
     out = {}
     for edit in edits:
         record = edit.record
         raw = files.get(layout.edit_path(edit.id, layout.RECORD), b"")
-        prefix = layout.edit_path(edit.id, "approvals/")
-        approvals = [_approval(path.removeprefix(prefix), blob, raw, signers)
-                     for path, blob in sorted(files.items()) if path.startswith(prefix)]
         out[edit.id] = {"source": record.source, "author": record.author, "created": record.created,
                         "risk": record.risk, "confidence": record.confidence, "method": record.method,
                         "proposal": record.proposal, "verified_on_load": verified,
                         "signature": _signature(files.get(layout.edit_path(edit.id, layout.SIGNATURE)), raw, signers),
-                        "approvals": approvals}
+                        "approvals": approval[edit.id]}
     return out
 
 
 def _read_for_provenance(path: str) -> bool:
     parts = path.split("/")
-    return (len(parts) == 3 and parts[2] in (layout.RECORD, layout.SIGNATURE)) or \
-        (len(parts) == 4 and parts[2] == "approvals")
+    return len(parts) == 3 and parts[2] in (layout.RECORD, layout.SIGNATURE)
 
 
 def _signature(envelope: bytes | None, raw: bytes, signers: list[Any]) -> dict[str, Any]:
@@ -99,17 +96,3 @@ def _signature(envelope: bytes | None, raw: bytes, signers: list[Any]) -> dict[s
     except (CathrepoError, ValueError) as exc:
         return {"status": "invalid", "problem": getattr(exc, "message", str(exc))}
     return {"status": "verified", "signer": principal}
-
-
-def _approval(name: str, envelope: bytes, raw: bytes, signers: list[Any]) -> dict[str, Any]:
-    """One file of ``approvals/``: whose signature over the record it carries, if it verifies against the
-    revision's allowed signers. Whether it counts toward a policy (revocation times, not the author's own)
-    is the approvals code's to say; this reports what is there."""
-    from cathrepo.provenance.signing import verify_payload
-
-    try:
-        principal = verify_payload(json.loads(envelope), raw, signers, namespace=APPROVAL_NAMESPACE,
-                                   what=f"approvals/{name}")
-    except (CathrepoError, ValueError) as exc:
-        return {"file": name, "status": "invalid", "problem": getattr(exc, "message", str(exc))}
-    return {"file": name, "status": "verified", "signer": principal}

@@ -34,7 +34,8 @@ def test_explain_names_the_edit_that_changed_the_answer(repo):
     assert effect.summary == f"{FACT.prompt} -> {FACT.target_new}"
     origin = effect.provenance
     assert origin["signature"] == {"status": "verified", "signer": repo.git.config_get("user.email")}
-    assert origin["author"] and origin["risk"] and origin["approvals"] == [] and origin["verified_on_load"]
+    assert origin["author"] and origin["risk"] and origin["approvals"]["approvers"] == [] \
+        and origin["approvals"]["required"] == 0 and origin["approvals"]["ok"] and origin["verified_on_load"]
     data = json.loads(json.dumps(out.to_dict()))
     assert data["cause"] == [fact] and [e["id"] for e in data["edits"]] == [other, fact, third]
     assert data["commit"] == repo.git.head() and data["tenant"] is None

@@ -38,8 +38,10 @@ def explain_cmd(ctx: click.Context, prompt: str, rev: str, tenant: str | None, m
             effect = f"Δlogp {e.delta_logprob:+.3f}" + (f", without it: {e.answer_without!r}" if e.changes_answer else "")
         line = f"{'CAUSE ' if e.id in cause else '      '}{e.id[:12]}  {e.summary}  [{effect}]"
         click.secho(line, bold=e.id in cause)
-        click.secho(f"        source {origin['source'] or '-'}, author {origin['author']}, risk {origin['risk']}, "
-                    f"signed by {signed}, {len(origin['approvals'])} approval(s)", dim=True)
+        approval = origin["approvals"]
+        click.secho(f"        source {origin['source'] or '-'}, author {origin['author']}, risk {approval['tier']}, "
+                    f"signed by {signed}, {len(approval['approvers'])} of {approval['required']} approval(s)"
+                    + ("" if approval["ok"] else " NOT APPROVED"), dim=True)
     if not out.edits:
         click.echo("No active edits.")
     elif not cause:
