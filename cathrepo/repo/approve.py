@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,10 +152,14 @@ class _Reader:
         return blobs[record_path], record, Author.of(envelope, record.author)
 
 
-def approval_issues(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]]) -> tuple[int, list[Issue]]:
-    """``verify``'s check of every approval file at ``sha``: how many there are, and each that does not
-    hold (a bad signature, another record, a key not listed or revoked when it approved, the author's own)."""
+def approval_issues(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]], *,
+                    edit_ids: Collection[str] | None = None) -> tuple[int, list[Issue]]:
+    """``verify``'s check of every approval file at ``sha`` (of the edits ``edit_ids`` when given): how many
+    there are, and each that does not hold (a bad signature, another record, a key not listed or revoked
+    when it approved, the author's own)."""
     reader = _Reader(repo, sha, listing)
+    if edit_ids is not None:
+        reader.files = {eid: paths for eid, paths in reader.files.items() if eid in edit_ids}
     issues: list[Issue] = []
     count = 0
     reader.prefetch(sorted(reader.files))

@@ -178,7 +178,7 @@ def pending_proposals(repo: Repo, rev: str = "HEAD") -> list[Pending]:
     todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: (rank.get(pid, len(order)), pid))
     if not todo:
         return []
-    return _check_proposals(repo, sha, listing, todo)
+    return check_proposals(repo, sha, listing, todo)
 
 
 def proposal_issues(repo: Repo, sha: str) -> tuple[int, list[Issue]]:
@@ -190,12 +190,12 @@ def proposal_issues(repo: Repo, sha: str) -> tuple[int, list[Issue]]:
     ids = sorted({p.split("/")[1] for p in listing if p.endswith("/" + layout.PROPOSAL)})
     if not ids:
         return 0, []
-    checked = _check_proposals(repo, sha, listing, ids)
+    checked = check_proposals(repo, sha, listing, ids)
     return len(ids), [Issue(*problem.split(": ", 1)) for pending in checked for problem in pending.issues]
 
 
-def _check_proposals(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]], ids: Sequence[str]) -> list[Pending]:
-    """Each proposal of ``ids`` at ``sha`` verified, its files read in one ``cat-file``; each signature
+def check_proposals(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]], ids: Sequence[str]) -> list[Pending]:
+    """Each proposal of ``ids`` at ``sha`` (``listing``: its tree below ``proposals/``) verified, its files read in one ``cat-file``; each signature
     checked at the time its record was created and against the commit that wrote it
     (:mod:`cathrepo.repo.written`)."""
     from cathrepo.repo.state import signers_at
