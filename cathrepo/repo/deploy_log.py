@@ -38,12 +38,12 @@ def read_log(repo: Repo, sha: str, *, known: Collection[str] | None = None) -> t
     if not data:
         return data, LogCheck()
     history = set(known) if known is not None else set(repo.git.rev_list(sha))
-    added = line_commits(repo, sha, layout.DEPLOYMENTS)
+    added = dict(zip(data.split(b"\n"), line_commits(repo, sha, layout.DEPLOYMENTS, data), strict=False))
     writers = Writers(repo)
-    writers.prefetch(added.values())
+    writers.prefetch(c for c in added.values() if c is not None)
 
     def written(line: bytes) -> Written | None:
-        return writers.of(added.get(line.decode("utf-8", errors="replace")))
+        return writers.of(added.get(line))
 
     return data, check_log(data, signers_at(repo, sha), known=history.__contains__, written=written)
 
