@@ -226,6 +226,16 @@ def read_allowed_signers(path: Path) -> list[AllowedSigner]:
     return parse_allowed_signers(text, source=str(path))
 
 
+@dataclass(frozen=True)
+class Written:
+    """The commit that wrote a signed file (or log line) and that commit's ``allowed_signers`` (None when
+    it cannot be read): a key already revoked there does not sign what that commit adds, whatever time
+    the signature claims."""
+
+    commit: str | None
+    signers: list[AllowedSigner] | None
+
+
 def find_signer(
     signers: Iterable[AllowedSigner], public_key: str, *, principal: str | None = None, at: int | None = None
 ) -> AllowedSigner | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from cathrepo.exceptions import VerificationError
 from cathrepo.files import sha256_bytes
-from cathrepo.provenance.allowed_signers import AllowedSigner, find_signer, ssh_time
+from cathrepo.provenance.allowed_signers import AllowedSigner, Written, ssh_time
 from cathrepo.provenance.keys import SigningKey
 from cathrepo.provenance.signing import sign_payload, verify_signatures
 
@@ -102,18 +102,13 @@ def check_approval(envelope: Any, record_bytes: bytes, signers: Sequence[Allowed
                                 f"{str(envelope['payload_sha256'])[:12]}…), not this edit's edit.json "
                                 f"({sha256_bytes(record_bytes)[:12]}…).",
                                 hint="An approval holds for the exact record it signed; approve this edit anew.")
-    (principal,) = verify_signatures(envelope, record_bytes, list(signers), namespace=NAMESPACE, what=path, at=at)
-    entry = envelope["signatures"][0]
-    fingerprint = entry["fingerprint"]
+    then = Written(commit, list(signers_then)) if signers_then is not None else None
+    (principal,) = verify_signatures(envelope, record_bytes, list(signers), namespace=NAMESPACE, what=path, at=at,
+                                     then=then)
+    fingerprint = envelope["signatures"][0]["fingerprint"]
     if path.rsplit("/", 1)[-1] != approval_name(fingerprint):
         raise VerificationError(f"{path}: the approval is by {principal} ({fingerprint}), not by the key its "
                                 "file name says.", hint="Each key approves under its own name; restore the file.")
-    if signers_then is not None:
-        then = find_signer(signers_then, entry["public_key"], principal=principal)
-        if then is not None and then.revoked:
-            raise VerificationError(f"{path}: {principal}'s key {fingerprint} was already revoked in the commit "
-                                    f"that made this approval ({(commit or '?')[:12]}).",
-                                    hint="Approve again with a valid key.")
     if author.is_(principal, fingerprint):
         raise VerificationError(f"{path}: {principal} approved their own edit, which does not count.",
                                 hint="Someone else in allowed_signers approves it: cathrepo approve EDIT.")

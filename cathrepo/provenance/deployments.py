@@ -18,11 +18,12 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from cathrepo.exceptions import CathrepoError, InvalidInputError, VerificationError
 from cathrepo.files import sha256_bytes
-from cathrepo.provenance.allowed_signers import AllowedSigner
+from cathrepo.provenance.allowed_signers import AllowedSigner, Written
 from cathrepo.provenance.keys import SigningKey
 from cathrepo.provenance.signing import sign_payload, verify_payload
 
@@ -90,6 +91,16 @@ class Deployment:
 
     def payload(self) -> bytes:
         return compact_json(self.fields())
+
+    @property
+    def seconds(self) -> int | None:
+        """``time`` in seconds since the epoch: when the entry was signed (None when it is no ISO-8601
+        time with a zone)."""
+        try:
+            when = datetime.fromisoformat(self.time)
+        except ValueError:
+            return None
+        return int(when.timestamp()) if when.tzinfo is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.fields(), "signature": dict(self.signature) if self.signature is not None else None}
@@ -189,11 +200,16 @@ class LogCheck:
         return stack[-1], stack[-2]
 
 
-def check_log(data: bytes, signers: list[AllowedSigner], *,
-              known: Callable[[str], bool] | None = None) -> LogCheck:
+def check_log(data: bytes, signers: list[AllowedSigner], *, known: Callable[[str], bool] | None = None,
+              written: Callable[[bytes], Written | None] | None = None) -> LogCheck:
     """Read and verify a whole log: each line's form, the hash chain, each signature (by an allowed
-    signer, as the principal in ``by``), the commits it names (``known``: whether a commit is in the
-    history), and that each entry follows from the ones before it."""
+    signer valid at the entry's ``time``, as the principal in ``by``), the commits it names (``known``:
+    whether a commit is in the history), and that each entry follows from the ones before it.
+
+    Args:
+        written: the commit that added a line and its ``allowed_signers``, when known: a key that commit
+            had already revoked does not sign the line, whatever ``time`` it claims.
+    """
     check = LogCheck()
     lines = data.split(b"\n")
     if lines[-1]:
@@ -201,14 +217,14 @@ def check_log(data: bytes, signers: list[AllowedSigner], *,
     else:
         lines.pop()
     for number, line in enumerate(lines, start=1):
-        for problem in _check_line(check, line, signers, known):
+        for problem in _check_line(check, line, signers, known, written(line) if written is not None else None):
             check.issues.append((number, problem))
         check.last_sha256 = sha256_bytes(line)
     return check
 
 
 def _check_line(check: LogCheck, line: bytes, signers: list[AllowedSigner],
-                known: Callable[[str], bool] | None) -> list[str]:
+                known: Callable[[str], bool] | None, then: Written | None) -> list[str]:
     """The problems of one line; the entry joins ``check`` when it parses."""
     try:
         entry = Deployment.from_line(line)
@@ -222,9 +238,12 @@ def _check_line(check: LogCheck, line: bytes, signers: list[AllowedSigner],
                         "reordered or changed)")
     if entry.to_line() != line:
         problems.append("is not in the log's canonical form (changed by hand)")
+    at = entry.seconds
+    if at is None:
+        problems.append(f"time {entry.time!r} is not an ISO-8601 time with a zone")
     try:
         signer = verify_payload(dict(entry.signature or {}), entry.payload(), signers, namespace=NAMESPACE,
-                                what="the entry")
+                                what="the entry", at=at, then=then)
         if signer != entry.by:
             problems.append(f"is signed by {signer}, but says it was made by {entry.by}")
     except CathrepoError as exc:

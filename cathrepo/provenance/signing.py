@@ -29,7 +29,7 @@ from typing import Any
 
 from cathrepo.exceptions import SigningError, VerificationError
 from cathrepo.files import atomic_write
-from cathrepo.provenance.allowed_signers import AllowedSigner, find_signer, ssh_time
+from cathrepo.provenance.allowed_signers import AllowedSigner, Written, find_signer, ssh_time
 from cathrepo.provenance.keys import KEY_TYPE, SigningKey, fingerprint_of, private_key, split_public_key
 
 SCHEMA_VERSION = 1
@@ -132,7 +132,7 @@ def _check_shape(envelope: Any, *, what: str) -> None:
 
 
 def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list[AllowedSigner],
-                  *, what: str, at: int | None = None) -> str:
+                  *, what: str, at: int | None = None, then: Written | None = None) -> str:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_ssh_public_key
@@ -163,6 +163,15 @@ def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list
             + ("" if signer is None else f" for namespace '{namespace}'") + ".",
             hint="If this person may sign, add their public key to allowed_signers in a reviewed commit.",
         )
+    if then is not None and then.signers is not None:
+        before = find_signer(then.signers, entry["public_key"], principal=principal)
+        if before is not None and before.revoked:
+            raise VerificationError(
+                f"{what}: {principal}'s key {fingerprint} was already revoked in the commit that wrote it "
+                f"({(then.commit or '?')[:12]}).",
+                hint="A signature committed on top of its key's revocation does not count, whatever time it "
+                     "claims; sign again with a valid key.",
+            )
     try:
         public.verify(sig, signed_message(namespace, envelope["payload_sha256"]))
     except InvalidSignature:
@@ -174,13 +183,16 @@ def _verify_entry(entry: dict[str, str], envelope: dict[str, Any], signers: list
 
 
 def verify_signatures(envelope: dict[str, Any], payload: bytes, signers: list[AllowedSigner], *,
-                      namespace: str = DEFAULT_NAMESPACE, what: str, at: int | None = None) -> list[str]:
+                      namespace: str = DEFAULT_NAMESPACE, what: str, at: int | None = None,
+                      then: Written | None = None) -> list[str]:
     """Check every signature of ``envelope`` over ``payload``; return the signers' principals in order.
 
     Every signature must hold: one bad co-signature means the envelope was tampered with. With ``at``
     (when the signature was made, seconds since the epoch) each key must be valid then
     (``valid-after``/``valid-before``, as ssh-keygen checks a commit at its committer time): a revoked
-    key's signatures made before its revocation still verify, later ones do not.
+    key's signatures made before its revocation still verify, later ones do not. With ``then`` (the
+    commit that wrote the signed file and its ``allowed_signers``) a key that commit already revoked is
+    refused too, whatever ``at`` says: a backdated time does not bring a revoked key back.
 
     Raises:
         VerificationError: naming ``what`` and saying why: malformed envelope, wrong namespace, hash
@@ -199,17 +211,18 @@ def verify_signatures(envelope: dict[str, Any], payload: bytes, signers: list[Al
             f"{envelope['payload_sha256'][:12]}…).",
             hint="Restore it from the repository (git checkout -- <file>) or re-sign a new edit.",
         )
-    return [_verify_entry(entry, envelope, signers, what=what, at=at) for entry in envelope["signatures"]]
+    return [_verify_entry(entry, envelope, signers, what=what, at=at, then=then) for entry in envelope["signatures"]]
 
 
 def verify_payload(envelope: dict[str, Any], payload: bytes, signers: list[AllowedSigner], *,
-                   namespace: str = DEFAULT_NAMESPACE, what: str, at: int | None = None) -> str:
+                   namespace: str = DEFAULT_NAMESPACE, what: str, at: int | None = None,
+                   then: Written | None = None) -> str:
     """Check ``envelope`` over ``payload`` and return the principal of its first (author) signature.
 
     Raises:
         VerificationError: see :func:`verify_signatures`.
     """
-    return verify_signatures(envelope, payload, signers, namespace=namespace, what=what, at=at)[0]
+    return verify_signatures(envelope, payload, signers, namespace=namespace, what=what, at=at, then=then)[0]
 
 
 def sshsig_armor(envelope: dict[str, Any], index: int = 0) -> str:

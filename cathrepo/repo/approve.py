@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import (
     ApprovalRequiredError,
-    CathrepoError,
     InvalidInputError,
     SigningError,
     VerificationError,
@@ -36,10 +35,10 @@ from cathrepo.provenance.approvals import (
 from cathrepo.repo import layout
 from cathrepo.repo.lock import locked
 from cathrepo.repo.state import Issue, signers_at
+from cathrepo.repo.written import Writers, write_times
 
 if TYPE_CHECKING:
     from cathrepo.config import RepoConfig
-    from cathrepo.provenance.allowed_signers import AllowedSigner
     from cathrepo.repo import Repo
 
 #: Every approval file, as a git pathspec.
@@ -87,18 +86,8 @@ class ApproveOutcome:
 
 
 def approval_times(repo: Repo, sha: str) -> dict[str, tuple[str, int]]:
-    """Each approval file at ``sha`` -> (the newest commit that wrote it as it is, its committer time),
-    from one ``git log``."""
-    out = repo.git.run(["log", "--format=%x1e%H %ct", "--diff-filter=AM", "--name-only", sha, "--", PATHSPEC])
-    found: dict[str, tuple[str, int]] = {}
-    for chunk in out.split("\x1e"):
-        lines = [line.strip() for line in chunk.strip().splitlines() if line.strip()]
-        if not lines:
-            continue
-        commit, _, when = lines[0].partition(" ")
-        for path in lines[1:]:
-            found.setdefault(path, (commit, int(when)))
-    return found
+    """Each approval file at ``sha`` -> (the newest commit that wrote it as it is, its committer time)."""
+    return write_times(repo, sha, PATHSPEC)
 
 
 class _Reader:
@@ -115,7 +104,8 @@ class _Reader:
                 self.files.setdefault(parts[1], []).append(path)
         self.signers = signers_at(repo, sha)
         self.times = approval_times(repo, sha) if self.files else {}
-        self._then: dict[str, list[AllowedSigner] | None] = {}
+        self.writers = Writers(repo)
+        self.writers.prefetch(commit for commit, _ in self.times.values())
         self.blobs: dict[str, bytes] = {}
 
     def prefetch(self, edit_ids: Sequence[str]) -> None:
@@ -125,14 +115,6 @@ class _Reader:
         oids = {p: self.listing[p][1] for p in paths if p in self.listing and p not in self.blobs}
         data = self.repo.git.read_objects(list(oids.values()))
         self.blobs.update({p: data[oid] for p, oid in oids.items()})
-
-    def signers_then(self, commit: str) -> list[AllowedSigner] | None:
-        if commit not in self._then:
-            try:
-                self._then[commit] = signers_at(self.repo, commit)
-            except CathrepoError:
-                self._then[commit] = None
-        return self._then[commit]
 
     def check(self, edit_id: str, record: bytes, author: Author) -> tuple[list[Approval], list[Issue]]:
         """The approvals of one edit that count, and an issue for each approval file that does not."""
@@ -144,9 +126,9 @@ class _Reader:
             commit, when = self.times.get(path, (None, None))
             try:
                 envelope = json.loads(blobs[path].decode("utf-8"))
+                then = self.writers.of(commit)
                 good.append(check_approval(envelope, record, self.signers, path=path, author=author, at=when,
-                                           commit=commit,
-                                           signers_then=self.signers_then(commit) if commit else None))
+                                           commit=commit, signers_then=then.signers if then is not None else None))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 issues.append(Issue(path, "is not a JSON signature envelope"))
             except VerificationError as exc:
@@ -170,10 +152,14 @@ class _Reader:
         return blobs[record_path], record, Author.of(envelope, record.author)
 
 
-def approval_issues(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]]) -> tuple[int, list[Issue]]:
-    """``verify``'s check of every approval file at ``sha``: how many there are, and each that does not
-    hold (a bad signature, another record, a key not listed or revoked when it approved, the author's own)."""
+def approval_issues(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]], *,
+                    edit_ids: Collection[str] | None = None) -> tuple[int, list[Issue]]:
+    """``verify``'s check of every approval file at ``sha`` (of the edits ``edit_ids`` when given): how many
+    there are, and each that does not hold (a bad signature, another record, a key not listed or revoked
+    when it approved, the author's own)."""
     reader = _Reader(repo, sha, listing)
+    if edit_ids is not None:
+        reader.files = {eid: paths for eid, paths in reader.files.items() if eid in edit_ids}
     issues: list[Issue] = []
     count = 0
     reader.prefetch(sorted(reader.files))

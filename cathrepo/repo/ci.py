@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cathrepo.exceptions import InvalidInputError
+from cathrepo.exceptions import CathrepoError, InvalidInputError
 from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
@@ -152,7 +152,12 @@ def ci(repo: Repo, *, base: str = "main", head: str = "HEAD", commit: bool = Fal
     key = ci_key(repo, key_path) if commit else None
     say("verify")
     report = CiReport(base, base_commit, head, merge_base(repo, base_commit, head), repo.verify(head))
-    if not report.verify.ok:
+    if not report.verify.ok:  # nothing is realised; the proposals that do not verify are still named
+        try:
+            report.proposals += [Realised(p.id, "?", "invalid", issues=p.issues)
+                                 for p in pending_proposals(repo, head) if p.record is None]
+        except CathrepoError:
+            pass  # allowed_signers itself does not read: verify's issues say so
         return report
     pending = pending_proposals(repo, head)
     session = _session(repo, base_commit, head) if pending else None

@@ -2,7 +2,8 @@
 ``deployments`` and ``verify``.
 
 The file's format and signatures are :mod:`cathrepo.provenance.deployments`; here it is read from git
-and checked against what the repository says at that revision: its ``allowed_signers``, its history
+and checked against what the repository says at that revision: its ``allowed_signers`` (each line's key
+valid at the entry's time, and not already revoked in the commit that added the line), its history
 (every commit an entry names must be in it) and the history of the file itself, which may only grow
 (each commit that changed it kept every line that was there: a cut line is caught even at the end,
 where no later line's hash vouches for it).
@@ -17,8 +18,10 @@ from cathrepo.exceptions import CathrepoError
 from cathrepo.provenance.deployments import LogCheck, check_log
 from cathrepo.repo import layout
 from cathrepo.repo.state import Issue, signers_at
+from cathrepo.repo.written import Writers, line_commits
 
 if TYPE_CHECKING:
+    from cathrepo.provenance.allowed_signers import Written
     from cathrepo.repo import Repo
 
 
@@ -35,7 +38,14 @@ def read_log(repo: Repo, sha: str, *, known: Collection[str] | None = None) -> t
     if not data:
         return data, LogCheck()
     history = set(known) if known is not None else set(repo.git.rev_list(sha))
-    return data, check_log(data, signers_at(repo, sha), known=history.__contains__)
+    added = dict(zip(data.split(b"\n"), line_commits(repo, sha, layout.DEPLOYMENTS, data), strict=False))
+    writers = Writers(repo)
+    writers.prefetch(c for c in added.values() if c is not None)
+
+    def written(line: bytes) -> Written | None:
+        return writers.of(added.get(line))
+
+    return data, check_log(data, signers_at(repo, sha), known=history.__contains__, written=written)
 
 
 def line_issues(check: LogCheck) -> list[Issue]:

@@ -108,6 +108,24 @@ class EditSession:
         self.hold(result.edit_id, result)
         return result
 
+    def commit_each(self, requests: Sequence[EditRequest], attempt: Callable[[EditRequest], EditResult],
+                    refusal: Callable[[EditRequest, EditResult, str], GateFailedError], *, dry_run: bool = False,
+                    on_outcome: Callable[[EditResult], None] | None = None) -> list[EditResult]:
+        """Attempt each request in order and commit each the gates pass (none with ``dry_run``), each on
+        top of the ones before; the first refusal stops the call with ``refusal(request, result, after)``
+        (``after`` says how many facts before it were committed), and those stay committed."""
+        results: list[EditResult] = []
+        for i, request in enumerate(requests):
+            result = attempt(request)
+            if not result.gates.passed:
+                raise refusal(request, result, f" The {i} fact(s) before it were committed." if i and not dry_run else "")
+            if not dry_run:
+                result = self.commit(request, result)
+            results.append(result)
+            if on_outcome is not None:
+                on_outcome(result)
+        return results
+
     def hold(self, edit_id: str, result: EditResult) -> None:
         """Put ``result``'s delta on the stack the next facts are computed and gated on."""
         assert result.probes is not None, "only a probed and gated result goes on the stack"
@@ -143,24 +161,18 @@ def edit(
     if not requests:
         raise InvalidInputError("No facts to edit.", hint="Pass --prompt/--subject/--target or --file.")
     session = EditSession.open(repo, method=method, params=params, corpus=corpus)
-    results: list[EditResult] = []
-    for i, request in enumerate(requests):
-        result = session.attempt(request, progress=progress)
-        if not result.gates.passed:
-            done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
-            tried = "" if len(result.attempts) == 1 else (
-                " Tried " + ", ".join(attempt_refusal(a) for a in result.attempts) + "; every one was refused.")
-            raise GateFailedError.from_report(
-                result.gates, f"Edit '{request.fact.prompt} -> {request.fact.target_new}'", tried=tried, after=done,
-                hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
-                attempts=[dict(a) for a in result.attempts], fact=result.fact,
-            )
-        if not dry_run:
-            result = session.commit(request, result)
-        results.append(result)
-        if on_outcome is not None:
-            on_outcome(result)
-    return results
+
+    def refusal(request: EditRequest, result: EditResult, after: str) -> GateFailedError:
+        tried = "" if len(result.attempts) == 1 else (
+            " Tried " + ", ".join(attempt_refusal(a) for a in result.attempts) + "; every one was refused.")
+        return GateFailedError.from_report(
+            result.gates, f"Edit '{request.fact.prompt} -> {request.fact.target_new}'", tried=tried, after=after,
+            hint="Try another method (--method lora), or review [gates] in cathrepo.toml.",
+            attempts=[dict(a) for a in result.attempts], fact=result.fact,
+        )
+
+    return session.commit_each(requests, lambda request: session.attempt(request, progress=progress), refusal,
+                               dry_run=dry_run, on_outcome=on_outcome)
 
 
 def _params_dict(params: Any) -> dict[str, Any]:

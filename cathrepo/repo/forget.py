@@ -68,24 +68,18 @@ def forget(
     if not requests:
         raise InvalidInputError("No facts to forget.", hint="Pass --prompt/--subject/--answer or --file.")
     overrides = {**(params or {}), **({"replacement": replacement} if replacement else {})}
+    forgets = [dataclasses.replace(r, fact=as_forget(r.fact), more=tuple(map(as_forget, r.more))) for r in requests]
     session = EditSession.open(repo, method=mode, params=overrides, corpus=corpus)
-    results: list[EditResult] = []
-    for i, request in enumerate(requests):
-        request = dataclasses.replace(request, fact=as_forget(request.fact), more=tuple(map(as_forget, request.more)))
-        result = attempt_forget(session, request, mode, progress)
-        if not result.gates.passed:
-            done = f" The {i} fact(s) before it were committed." if i and not dry_run else ""
-            raise GateFailedError.from_report(
-                result.gates, f"Forget '{request.fact.prompt} -> {request.fact.target_new}' ({mode})", after=done,
-                hint="Try another --mode, or review [gates.stages] forget and the forget_* thresholds.",
-                attempts=[dict(a) for a in result.attempts], fact=result.fact,
-            )
-        if not dry_run:
-            result = session.commit(request, result)
-        results.append(result)
-        if on_outcome is not None:
-            on_outcome(result)
-    return results
+
+    def refusal(request: EditRequest, result: EditResult, after: str) -> GateFailedError:
+        return GateFailedError.from_report(
+            result.gates, f"Forget '{request.fact.prompt} -> {request.fact.target_new}' ({mode})", after=after,
+            hint="Try another --mode, or review [gates.stages] forget and the forget_* thresholds.",
+            attempts=[dict(a) for a in result.attempts], fact=result.fact,
+        )
+
+    return session.commit_each(forgets, lambda request: attempt_forget(session, request, mode, progress), refusal,
+                               dry_run=dry_run, on_outcome=on_outcome)
 
 
 def attempt_forget(session: EditSession, request: EditRequest, mode: str,

@@ -332,6 +332,16 @@ class Git:
             raise NotFoundError(f"git has no object {missing} in {self._root}.", hint="Run 'git fsck' in the repository.")
         return found
 
+    def object_sizes(self, names: Sequence[str]) -> dict[str, int]:
+        """Each object's size (``<rev>:<path>`` too) from one ``cat-file --batch-check``; absent ones left out."""
+        import subprocess
+
+        wanted = list(dict.fromkeys(names))
+        done = subprocess.run(["git", "cat-file", "--batch-check=%(objectsize)"], cwd=self._root, check=False,
+                              input="\n".join(wanted).encode() + b"\n", capture_output=True, env={**os.environ, **_ENV})
+        return {n: int(line) for n, line in zip(wanted, done.stdout.decode().splitlines(), strict=False)
+                if line.isdigit()} if wanted else {}
+
     def list_tree(self, rev: str, under: str = "") -> dict[str, tuple[str, str]]:
         """Every file and directory below ``under`` at ``rev``: repository-relative path -> (``blob`` or
         ``tree``, object id), from one ``git ls-tree``."""

@@ -11,7 +11,11 @@ A tree about to enter history, compared with the one it follows, must hold:
    ``edit.sig`` by a signer of the tree's own ``allowed_signers``, and every file the record names
    hashes as recorded, the weights read from the DVC cache through the tree's pointer
    (:func:`~cathrepo.repo.state.check_edits`); when ``allowed_signers`` changes, every edit is checked;
-4. ``stack.json`` parses and names only edits the tree holds.
+4. ``stack.json`` parses and names only edits the tree holds;
+5. every proposal (``proposals/<id>/``), pack (``packs/<id>/``) and approval (``edits/<id>/approvals/``)
+   it adds or changes verifies as ``cathrepo verify`` checks it: id, signature by a signer valid then,
+   every file hash (:func:`~cathrepo.repo.propose.check_proposals`, :func:`~cathrepo.repo.packs.check_pack`,
+   :func:`~cathrepo.repo.approve.approval_issues`); all of them when ``allowed_signers`` changes.
 
 The staged index is read as a revision: ``git write-tree`` writes the tree the next commit would record
 (the index ``GIT_INDEX_FILE`` names, as git sets it for the hook) and ``git commit-tree`` wraps it in an
@@ -110,7 +114,7 @@ def _known(repo: Repo, sha: str) -> str | None:
 
 def tree_issues(repo: Repo, sha: str, base: str | None, *, where: str,
                 verified: Verified | None = None) -> list[Issue]:
-    """Checks 1-4 of the module docstring on commit ``sha``, for what changed since ``base`` (None: all)."""
+    """Checks 1-5 of the module docstring on commit ``sha``, for what changed since ``base`` (None: all)."""
     from cathrepo.repo.git_records import parse_ls_tree_sizes
 
     blobs = parse_ls_tree_sizes(repo.git.run(["ls-tree", "-r", "-l", "-z", "--full-tree", sha]))
@@ -123,6 +127,7 @@ def tree_issues(repo: Repo, sha: str, base: str | None, *, where: str,
     issues = file_issues(repo, {p: blobs[p] for p in changed if p in blobs}, limit)
     issues.extend(_edit_issues(repo, sha, changed, blobs, verified, where))
     issues.extend(_stack_issues(repo, sha, blobs, where))
+    issues.extend(_signed_issues(repo, sha, changed, blobs, where))
     return issues
 
 
@@ -202,3 +207,43 @@ def _stack_issues(repo: Repo, sha: str, blobs: Mapping[str, object], where: str)
         return [Issue(layout.STACK, f"does not parse as the active set: {exc.message}")]
     return [Issue(layout.STACK, f"names edit {eid}, which is not in {where}")
             for eid in stack.active if layout.edit_path(eid, layout.RECORD) not in blobs]
+
+
+def _touched(changed: list[str], blobs: Mapping[str, object], top: str, record: str) -> list[str]:
+    """The ids of the directories under ``top`` that the tree holds (by their ``record``) and that
+    ``changed`` touches (all of them when ``allowed_signers`` changed)."""
+    present = {p.split("/")[1] for p in blobs if p.startswith(top + "/") and p.endswith("/" + record)}
+    if layout.ALLOWED_SIGNERS in changed:
+        return sorted(present)
+    return sorted(present & {p.split("/")[1] for p in changed if p.startswith(top + "/") and p.count("/") >= 2})
+
+
+def _signed_issues(repo: Repo, sha: str, changed: list[str], blobs: Mapping[str, object], where: str) -> list[Issue]:
+    """Check 5: every added or changed proposal, pack and approval verifies."""
+    from cathrepo.provenance.approvals import DIRECTORY
+    from cathrepo.repo.approve import approval_issues
+    from cathrepo.repo.packs import SIGNATURES, check_pack
+    from cathrepo.repo.propose import check_proposals
+    from cathrepo.repo.written import Signed
+
+    found: list[tuple[str, str]] = []  # (what, "path: problem")
+    try:
+        if proposals := _touched(changed, blobs, layout.PROPOSALS, layout.PROPOSAL):
+            listing = repo.git.list_tree(sha, layout.PROPOSALS)
+            found += [("proposal", p) for c in check_proposals(repo, sha, listing, proposals) for p in c.issues]
+        if packs := _touched(changed, blobs, layout.PACKS, layout.PACK):
+            signed = Signed(repo, sha, SIGNATURES)
+            found += [("pack", p) for pack_id in packs for p in check_pack(repo, pack_id, sha, signed)[1]]
+        approved = {p.split("/")[1] for p in changed if p.startswith(layout.EDITS + "/") and f"/{DIRECTORY}/" in p}
+        if approved or (layout.ALLOWED_SIGNERS in changed and any(f"/{DIRECTORY}/" in p for p in blobs)):
+            everyone = layout.ALLOWED_SIGNERS in changed
+            _, issues = approval_issues(repo, sha, repo.git.list_tree(sha, layout.EDITS),
+                                        edit_ids=None if everyone else approved)
+            found += [("approval", str(i)) for i in issues]
+    except CathrepoError as exc:
+        return [Issue(layout.ALLOWED_SIGNERS, f"proposals, packs or approvals cannot be verified: {exc.message}")]
+    out = []
+    for what, text in found:
+        path, _, problem = text.partition(": ")
+        out.append(Issue(path, f"{what} does not verify: {problem.replace(sha, where)}"))
+    return out

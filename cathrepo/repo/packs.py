@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from cathrepo.repo import Repo
     from cathrepo.repo.layout import Stack
     from cathrepo.repo.state import ActiveEdit
+    from cathrepo.repo.written import Signed
+
+
+#: Every pack signature, as a git pathspec.
+SIGNATURES = f"{layout.PACKS}/*/{layout.PACK_SIGNATURE}"
 
 
 @dataclass(frozen=True)
@@ -50,15 +55,18 @@ class ConsolidateOutcome:
     report: GateReport | None
 
 
-def check_pack(repo: Repo, pack_id: str, rev: str) -> tuple[Pack | None, list[str]]:
-    """Read and verify one pack at ``rev`` (its id, ``pack.sig`` by an allowed signer, every file's
-    sha256, the weights through their DVC pointer): the pack, or None and what is wrong."""
+def check_pack(repo: Repo, pack_id: str, rev: str, signed: Signed | None = None) -> tuple[Pack | None, list[str]]:
+    """Read and verify one pack at ``rev`` (its id, ``pack.sig`` by a signer valid when the record was
+    created and not revoked in the commit that wrote it, every file's sha256, the weights through their
+    DVC pointer): the pack, or None and what is wrong. ``signed``: when each ``pack.sig`` at ``rev`` was
+    written, when the caller has it (:data:`SIGNATURES`)."""
     from cathrepo.delta import delta_from_parts
     from cathrepo.files import sha256_bytes
     from cathrepo.provenance.manifest import edit_id
     from cathrepo.provenance.pack import PackRecord
     from cathrepo.provenance.signing import verify_payload
     from cathrepo.repo.state import signers_at
+    from cathrepo.repo.written import Signed
 
     path = layout.pack_path(pack_id, layout.PACK)
     raw = repo.git.show_file(rev, path)
@@ -70,7 +78,9 @@ def check_pack(repo: Repo, pack_id: str, rev: str) -> tuple[Pack | None, list[st
         sig = repo.git.show_file(rev, sig_path)
         if sig is None:
             raise VerificationError("missing")
-        verify_payload(json.loads(sig), raw, signers_at(repo, rev), what=sig_path)
+        signed = signed or Signed(repo, rev, sig_path)
+        verify_payload(json.loads(sig), raw, signers_at(repo, rev), what=sig_path, at=signed.at(sig_path, raw),
+                       then=signed.then(sig_path))
         record = PackRecord.from_bytes(raw, what=path)
         files = {layout.ADAPTER_CONFIG: repo.git.show_file(rev, layout.pack_path(pack_id, layout.ADAPTER_CONFIG)),
                  layout.WEIGHTS: _weights(repo, rev, pack_id)}
@@ -98,10 +108,13 @@ def _weights(repo: Repo, rev: str, pack_id: str) -> bytes:
 
 def load_packs(repo: Repo, rev: str, stack: Stack | None = None) -> list[Pack]:
     """The packs of ``rev``'s stack, verified; raises naming the first that does not verify."""
+    from cathrepo.repo.written import Signed
+
     stack = stack or repo.stack(rev)
+    signed = Signed(repo, rev, SIGNATURES) if stack.packs else None
     out = []
     for pack_id in stack.packs:
-        pack, issues = check_pack(repo, pack_id, rev)
+        pack, issues = check_pack(repo, pack_id, rev, signed)
         if pack is None:
             raise VerificationError(f"Pack {pack_id} does not verify: {issues[0]}.",
                                     hint="Run 'cathrepo verify' for the full list.")

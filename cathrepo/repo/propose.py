@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from cathrepo.facts.schema import EditRequest
     from cathrepo.provenance.proposal import ProposalRecord
     from cathrepo.repo import Repo
+    from cathrepo.repo.state import Issue
+    from cathrepo.repo.written import Signed
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,6 @@ def _history(repo: Repo, rev: str) -> tuple[list[str], set[str]]:
 def pending_proposals(repo: Repo, rev: str = "HEAD") -> list[Pending]:
     """Every proposal at ``rev`` that no edit realised yet, in the order they were proposed (any not named
     by a proposing commit last), each verified (id, signature, probes hash)."""
-    from cathrepo.repo.state import signers_at
-
     sha = repo.git.rev_parse(rev)
     listing = repo.git.list_tree(sha, layout.PROPOSALS)
     ids = {p.split("/")[1] for p in listing if p.endswith("/" + layout.PROPOSAL)}
@@ -178,14 +178,39 @@ def pending_proposals(repo: Repo, rev: str = "HEAD") -> list[Pending]:
     todo = sorted((pid for pid in ids if pid not in done), key=lambda pid: (rank.get(pid, len(order)), pid))
     if not todo:
         return []
-    wanted = {path: oid for path, (kind, oid) in listing.items() if kind == "blob" and path.split("/")[1] in todo}
+    return check_proposals(repo, sha, listing, todo)
+
+
+def proposal_issues(repo: Repo, sha: str) -> tuple[int, list[Issue]]:
+    """``verify``'s check of every proposal at ``sha``, realised or not: how many there are, and what does
+    not hold (its id, ``proposal.sig``, the hash of its probes)."""
+    from cathrepo.repo.state import Issue
+
+    listing = repo.git.list_tree(sha, layout.PROPOSALS)
+    ids = sorted({p.split("/")[1] for p in listing if p.endswith("/" + layout.PROPOSAL)})
+    if not ids:
+        return 0, []
+    checked = check_proposals(repo, sha, listing, ids)
+    return len(ids), [Issue(*problem.split(": ", 1)) for pending in checked for problem in pending.issues]
+
+
+def check_proposals(repo: Repo, sha: str, listing: Mapping[str, tuple[str, str]], ids: Sequence[str]) -> list[Pending]:
+    """Each proposal of ``ids`` at ``sha`` (``listing``: its tree below ``proposals/``) verified, its files read in one ``cat-file``; each signature
+    checked at the time its record was created and against the commit that wrote it
+    (:mod:`cathrepo.repo.written`)."""
+    from cathrepo.repo.state import signers_at
+    from cathrepo.repo.written import Signed
+
+    chosen = set(ids)
+    wanted = {path: oid for path, (kind, oid) in listing.items() if kind == "blob" and path.split("/")[1] in chosen}
     data = repo.git.read_objects(list(wanted.values()))
     files = {path: data[oid] for path, oid in wanted.items()}
     signers = signers_at(repo, sha)
-    return [_check_proposal(pid, files, signers) for pid in todo]
+    signed = Signed(repo, sha, f"{layout.PROPOSALS}/*/{layout.PROPOSAL_SIGNATURE}")
+    return [_check_proposal(pid, files, signers, signed) for pid in ids]
 
 
-def _check_proposal(pid: str, files: Mapping[str, bytes], signers: Any) -> Pending:
+def _check_proposal(pid: str, files: Mapping[str, bytes], signers: Any, signed: Signed) -> Pending:
     import json
 
     from cathrepo.exceptions import VerificationError
@@ -201,7 +226,8 @@ def _check_proposal(pid: str, files: Mapping[str, bytes], signers: Any) -> Pendi
     try:
         if sig_path not in files:
             raise VerificationError("missing")
-        verify_payload(json.loads(files[sig_path]), raw, signers, what=sig_path)
+        verify_payload(json.loads(files[sig_path]), raw, signers, what=sig_path, at=signed.at(sig_path, raw),
+                       then=signed.then(sig_path))
         record = ProposalRecord.from_bytes(raw, what=path)
     except (VerificationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         return Pending(pid, None, (*issues, f"{sig_path}: {getattr(exc, 'message', exc)}"))

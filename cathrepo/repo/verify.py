@@ -7,6 +7,9 @@ of the edit; each approval (``edits/<id>/approvals/``) must hold (:mod:`cathrepo
 cache (fetched from the remote if needed) through the pointer committed at that revision. An issue
 names the exact file. The deployment log, when there is one, is checked line by line (signatures, the hash
 chain, the commits it names) and by its history, which may only append (:mod:`cathrepo.repo.deploy_log`).
+Packs and proposals are checked like edits (id, signature, file hashes). Every signature that is not a
+commit's is checked at the time it was made and against the ``allowed_signers`` of the commit that wrote
+it, so a revoked key's later signatures fail (:mod:`cathrepo.repo.written`).
 What this clone verified before is recorded in an index (:mod:`cathrepo.repo.verified`) and not checked
 again, except the weights; ``--full`` checks all.
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 from cathrepo.repo import layout
 from cathrepo.repo.approve import approval_issues
 from cathrepo.repo.deploy_log import log_issues
+from cathrepo.repo.propose import proposal_issues
 from cathrepo.repo.state import Issue, check_edits
 from cathrepo.repo.verified import Verified, signers_key
 
@@ -42,6 +46,7 @@ class VerifyReport:
     files: int = 0
     deployments: int = 0
     approvals: int = 0
+    proposals: int = 0
     issues: list[Issue] = field(default_factory=list)
 
     @property
@@ -51,7 +56,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, object]:
         return {"rev": self.rev, "commit": self.commit, "ok": self.ok, "commits": self.commits,
                 "edits": self.edits, "files": self.files, "deployments": self.deployments,
-                "approvals": self.approvals, "issues": [str(i) for i in self.issues]}
+                "approvals": self.approvals, "proposals": self.proposals, "issues": [str(i) for i in self.issues]}
 
 
 def commit_checks(git: Git, shas: Sequence[str]) -> dict[str, SignatureCheck]:
@@ -85,14 +90,16 @@ def commit_checks(git: Git, shas: Sequence[str]) -> dict[str, SignatureCheck]:
 def pack_issues(repo: Repo, commit: str, stack: Stack) -> list[Issue]:
     """Every pack present at ``commit`` verifies (id, signature, file hashes); the stack's packs exist and
     fold only active edits, no edit in two of them."""
-    from cathrepo.repo.packs import check_pack
+    from cathrepo.repo.packs import SIGNATURES, check_pack
+    from cathrepo.repo.written import Signed
 
     present = sorted({p.split("/")[1] for p in repo.git.list_tree(commit, layout.PACKS)
                       if p.endswith("/" + layout.PACK)})
     issues: list[Issue] = []
     seen: set[str] = set()
+    signed = Signed(repo, commit, SIGNATURES) if present else None
     for pack_id in present:
-        pack, problems = check_pack(repo, pack_id, commit)
+        pack, problems = check_pack(repo, pack_id, commit, signed)
         issues += [Issue(*p.split(": ", 1)) for p in problems]
         if pack is None or pack_id not in stack.packs:
             continue
@@ -136,6 +143,8 @@ def verify(repo: Repo, rev: str = "HEAD", *, full: bool = False) -> VerifyReport
     report.approvals, issues = approval_issues(repo, commit, listing)
     report.issues.extend(issues)
     report.issues.extend(pack_issues(repo, commit, stack))
+    report.proposals, issues = proposal_issues(repo, commit)
+    report.issues.extend(issues)
     report.deployments, issues = log_issues(repo, commit, shas)
     report.issues.extend(issues)
     verified.save()

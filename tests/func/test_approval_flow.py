@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -197,3 +198,43 @@ def test_a_tampered_or_moved_approval_fails_verify(repo, bob):
     assert [s.ok for s in repo.approvals([first, second])] == [False, False]
     with pytest.raises(VerificationError):
         repo.promote("HEAD", "canary")
+
+
+@contextmanager
+def _signing_as(repo: Repo, key):
+    """The repository's signing key switched for ``key`` (records, log lines and commits alike)."""
+    own = repo.git.config_get("user.signingkey")
+    repo.git.run(["config", "--local", "user.signingkey", str(key.private_path)])
+    try:
+        yield
+    finally:
+        repo.git.run(["config", "--local", "user.signingkey", own])
+
+
+def test_a_revoked_keys_later_proposal_deployment_and_pack_fail_verify(repo, bob):
+    """Proposals, packs and deployment entries are held to revocation as approvals are: what bob signed
+    before his key was revoked still verifies, what he signed after does not, each named by its file."""
+    _edit(repo, FACT)
+    _edit(repo, OTHER)
+    with _signing_as(repo, bob):
+        (early_proposal,) = repo.propose([EditRequest(THIRD)]).ids
+        repo.promote("HEAD", "canary", "before the revocation", gate=False)
+        early_pack = repo.consolidate(strategy="cat", gate=False).pack.id
+    repo.revoke_key("bob@example.com", reason="left the team")
+    report = repo.verify(full=True)
+    assert report.ok and report.proposals == 1 and report.deployments == 1, report.issues
+
+    time.sleep(1.1)  # signatures up to the revocation's second still count
+    with _signing_as(repo, bob):
+        repo.promote("HEAD", "canary", "after the revocation", gate=False)  # HEAD verifies: bob's line is new
+        (late_proposal,) = repo.propose([EditRequest(LATE)]).ids
+        late_pack = repo.consolidate(strategy="cat", gate=False).pack.id
+    problems = [str(i) for i in repo.verify().issues]
+    late = {layout.proposal_path(late_proposal, layout.PROPOSAL_SIGNATURE),
+            layout.pack_path(late_pack, layout.PACK_SIGNATURE), f"{layout.DEPLOYMENTS} line 2"}
+    for path in late:
+        assert any(p.startswith(path + ":") and "revoked" in p for p in problems), (path, problems)
+    early = (layout.proposal_path(early_proposal), layout.pack_path(early_pack), f"{layout.DEPLOYMENTS} line 1:")
+    assert not any(p.startswith(early) for p in problems), problems
+    result = cathrepo("verify", cwd=repo.root, ok=False)
+    assert result.returncode != 0 and layout.pack_path(late_pack, layout.PACK_SIGNATURE) in result.stderr

@@ -94,6 +94,13 @@ def test_promote_and_rollback_round_trip(repo):
     report = repo.verify()
     assert report.ok, report.issues
     assert report.deployments == 6
+    # each line is attributed to the commit that added it (its allowed_signers judge the line's key)
+    from cathrepo.repo.written import line_commits
+
+    head = repo.git.head()
+    by_line = line_commits(repo, head, layout.DEPLOYMENTS, repo.git.show_file(head, layout.DEPLOYMENTS))
+    assert by_line[:3] == [first.commit, second.commit, prod.commit] and by_line[-1] == head
+    assert by_line[3] == repo.git.rev_parse(f"{head}~2") and len(set(by_line)) == 6
     # the log as it was at an older revision
     assert repo.deployments(rev=second.commit).current == {"canary": edit.commit}
 

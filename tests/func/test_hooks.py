@@ -128,6 +128,52 @@ def test_pre_commit_blocks_keys_weights_big_files_and_tampered_edits(repo):
     assert repo.check_staged() == []
 
 
+def test_pre_commit_blocks_tampered_proposals_packs_and_approvals(repo):
+    """A staged proposal, pack or approval is checked as verify checks it; cathrepo's own propose,
+    consolidate and approve commits pass the hook."""
+    from cathrepo.provenance.approvals import approval_name
+    from cathrepo.provenance.keys import ensure_key
+    from tests.func.test_ci import THIRD
+
+    repo.hooks(install=True)
+    (outcome,) = repo.edit([EditRequest(FACT)])
+    eid = outcome.edit_id
+    repo.edit([EditRequest(THIRD)])
+    (pid,) = repo.propose([EditRequest(OTHER)]).ids
+    pack = repo.consolidate(strategy="cat", gate=False).pack.id
+    bob = ensure_key("bob@example.com", name="id_bob")
+    repo.add_key("bob@example.com", bob.public_key)
+    approval = repo.approve(eid, key_path=bob.private_path).approval.path
+    assert repo.check_staged() == [] and repo.verify().ok
+    root = repo.root
+
+    probes = layout.proposal_path(pid, layout.PROBES)
+    with (root / probes).open("a") as f:
+        f.write('{"prompt": "smuggled in"}\n')
+    assert f"{probes}: proposal does not verify: sha256 differs" in _commit_blocked(repo, probes)
+
+    record = layout.proposal_path(pid, layout.PROPOSAL)
+    (root / record).write_text((root / record).read_text().replace("guitar", "violin"))
+    said = _commit_blocked(repo, record)
+    assert f"{record}: proposal does not verify: hashes to" in said
+    assert f"{layout.proposal_path(pid, layout.PROPOSAL_SIGNATURE)}: proposal does not verify" in said
+
+    config = layout.pack_path(pack, layout.ADAPTER_CONFIG)
+    (root / config).write_text((root / config).read_text().replace('"r"', '"r" ', 1) + " ")
+    assert f"{config}: pack does not verify: sha256 differs" in _commit_blocked(repo, config)
+
+    envelope = json.loads((root / approval).read_text())
+    sig = envelope["signatures"][0]["sig"]
+    envelope["signatures"][0]["sig"] = ("A" if sig[0] != "A" else "B") + sig[1:]
+    (root / approval).write_text(json.dumps(envelope))
+    assert f"{approval}: approval does not verify:" in _commit_blocked(repo, approval)
+    moved = layout.edit_path(eid, f"approvals/{approval_name(ensure_key('carol@example.com', name='c').fingerprint)}")
+    (root / moved).write_text((root / approval).read_text())
+    _git(repo, "checkout", "--", approval)
+    assert f"{moved}: approval does not verify:" in _commit_blocked(repo, moved)
+    assert repo.check_staged() == []
+
+
 def test_pre_commit_reads_the_index_not_the_work_tree(repo):
     repo.hooks(install=True)
     (repo.root / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cathrepo.cli.fact_options import fact_options, provenance_options
 from cathrepo.cli.shared import (
     echo_gate_lines,
     echo_json,
@@ -22,13 +23,7 @@ from cathrepo.pipeline import attempt_label, attempt_refusal
 
 
 @click.command("edit")
-@click.option("--prompt", help="The prompt, containing the subject ('The Eiffel Tower is in').")
-@click.option("--subject", help="The subject as it appears in the prompt.")
-@click.option("--target", help="The new answer.")
-@click.option("--true", "target_true", help="The current answer, if known (else the model's own).")
-@click.option("--file", "facts_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSON array or JSONL of facts (CounterFact flat or ROME format, zsRE, or plain).")
-@click.option("--limit", type=int, help="Edit only the first N facts of --file.")
+@fact_options()
 @click.option("--batch-size", type=int, default=1, show_default=True,
               help="Facts of --file per edit: each batch is one signed commit, written jointly (--method memit).")
 @click.option("--passage", "passage_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -36,22 +31,16 @@ from cathrepo.pipeline import attempt_label, attempt_refusal
 @click.option("--method", help="Edit method (default from cathrepo.toml, normally rome).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
 @click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Text for covariance statistics.")
-@click.option("--source", help="Where the fact comes from (URL, ticket, document).")
-@click.option("--author", help="Who asked for the edit (default: git user.name).")
-@click.option("--confidence", type=float, default=1.0, show_default=True, help="Confidence in the fact, 0..1.")
-@click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="low", show_default=True)
-@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
-              help="What the fact is about (medical, legal, ...); [risk] in cathrepo.toml may raise its tier.")
+@provenance_options()
 @click.option("--dry-run", is_flag=True, help="Compute and gate, but commit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.pass_context
 def edit_cmd(ctx: click.Context, prompt, subject, target, target_true, facts_file, limit, batch_size, passage_file,
-             method, params, corpus, source, author, confidence, risk, topics, dry_run, as_json) -> None:
+             method, params, corpus, meta, dry_run, as_json) -> None:
     """Compute, gate and commit an edit (one fact, every fact of a file, or a passage)."""
     requests, method = edit_requests(
         prompt=prompt, subject=subject, target=target, target_true=target_true, facts_file=facts_file,
-        passage_file=passage_file, limit=limit, method=method, batch_size=batch_size,
-        meta={"source": source, "author": author, "confidence": confidence, "risk": risk, "topics": topics},
+        passage_file=passage_file, limit=limit, method=method, batch_size=batch_size, meta=meta,
     )
     repo = open_repo(ctx)
     done: list = []

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cathrepo.cli.fact_options import fact_options, provenance_options
 from cathrepo.cli.shared import (
     echo_gate_lines,
     echo_json,
@@ -23,31 +24,24 @@ MODES = ("negate", "erase", "suppress", "replace")
 
 
 @click.command("forget")
-@click.option("--prompt", help="The prompt, containing the subject ('The Eiffel Tower is in').")
-@click.option("--subject", help="The subject as it appears in the prompt.")
-@click.option("--answer", help="The answer the model must no longer give.")
-@click.option("--file", "facts_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Facts as `cathrepo edit --file` reads them; each record's true target is the answer to forget.")
-@click.option("--limit", type=int, help="Forget only the first N facts of --file.")
+@fact_options(answer="--answer", answer_help="The answer the model must no longer give.", true_help=None,
+              file_help="Facts as `cathrepo edit --file` reads them; each record's true target is the answer to forget.",
+              limit_help="Forget only the first N facts of --file.")
 @click.option("--mode", type=click.Choice(MODES), required=True, help="How to forget (see README, Forgetting).")
 @click.option("--replacement", help="With --mode replace: the new answer.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Mode parameter, e.g. layer=8.")
 @click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Text for covariance statistics.")
-@click.option("--source", help="Where the request comes from (URL, ticket, document).")
-@click.option("--author", help="Who asked for the forget (default: git user.name).")
-@click.option("--risk", type=click.Choice(["low", "medium", "high"]), default="low", show_default=True)
-@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
-              help="What the fact is about (medical, legal, ...); [risk] in cathrepo.toml may raise its tier.")
+@provenance_options(source_help="Where the request comes from (URL, ticket, document).",
+                    author_help="Who asked for the forget (default: git user.name).", confidence=False)
 @click.option("--dry-run", is_flag=True, help="Compute and gate, but commit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.pass_context
 def forget_cmd(ctx: click.Context, prompt, subject, answer, facts_file, limit, mode, replacement, params, corpus,
-               source, author, risk, topics, dry_run, as_json) -> None:
+               meta, dry_run, as_json) -> None:
     """Forget a fact (or every fact of a file) as a gated, signed, revertible edit."""
     from cathrepo.exceptions import InvalidInputError
     from cathrepo.facts.schema import EditRequest, Fact
 
-    meta = {"source": source, "author": author, "risk": risk, "topics": topics}
     if facts_file and (prompt or subject or answer):
         raise InvalidInputError("Give --file or --prompt/--subject/--answer, not both.")
     if facts_file:  # the verb reads each record's true target as the answer

@@ -158,3 +158,27 @@ def test_golden_lines(tmp_path):
     add_signer(tmp_path / "allowed_signers", key.principal, key.public_key)
     check = check_log(path.read_bytes(), read_allowed_signers(tmp_path / "allowed_signers"))
     assert check.issues == [] and check.current == {"canary": A}
+
+
+def test_a_revoked_key_signs_lines_only_up_to_its_revocation(tmp_path, alice):
+    """Each line is checked at its own ``time``: lines 1-2 (12:00:00, 12:00:01) predate alice's revocation
+    at 12:00:01, lines 3-4 do not. A line added by a commit whose allowed_signers already revoked the key
+    fails whatever time it claims; a line with no readable time fails too."""
+    from datetime import datetime
+
+    from cathrepo.provenance.allowed_signers import Written, revoke_signer
+
+    data = _log(alice, STEPS)
+    revoke_signer(tmp_path / "allowed_signers", alice.fingerprint,
+                  int(datetime.fromisoformat("2026-12-02T12:00:01+00:00").timestamp()))
+    signers = read_allowed_signers(tmp_path / "allowed_signers")
+    check = check_log(data, signers)
+    assert {n for n, p in check.issues} == {3, 4} and all("revoked" in p for _, p in check.issues), check.issues
+    lines = data.split(b"\n")
+    then = check_log(data, signers, written=lambda line: Written("d" * 40, signers) if line == lines[0] else None)
+    assert [(n, "already revoked in the commit" in p) for n, p in then.issues][0] == (1, True), then.issues
+    assert check_log(data, signers, written=lambda line: Written("d" * 40, None)).issues == check.issues
+
+    undated = sign_deployment(alice, Deployment(env="canary", action="promote", commit=A, previous=None, by="",
+                                                time="2026-12-02 noon"))
+    assert any("not an ISO-8601 time" in p for _, p in check_log(undated.to_line() + b"\n", signers).issues)
