@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "branch": "branch:branch_cmd",
     "checkout": "branch:checkout_cmd",
     "hooks": "hooks:hooks_group",
+    "serve": "serve:serve_cmd",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -81,6 +82,7 @@ SHORT_HELP: dict[str, str] = {
     "branch": "List the branches of edits, or create one.",
     "checkout": "Switch to another branch of edits.",
     "hooks": "Install, list or run cathrepo's git hooks (pre-commit, pre-push, pre-merge-commit).",
+    "serve": "Serve the edited model over HTTP with OpenAI's API (refs and tenants as models).",
 }
 
 

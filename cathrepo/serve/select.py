@@ -1,0 +1,208 @@
+"""Which edits a request gets: the request's ``model`` field read as a tenant, a ref, or ``tenant@ref``.
+
+As vLLM selects a LoRA adapter by the ``model`` field, ``cathrepo serve`` selects a set of active edits:
+
+- ``REF``: every active edit of a revision: an environment the deployment log names (``production``,
+  ``canary``: the commit it serves now), a branch, a tag or a commit id;
+- ``TENANT``: that tenant's edits at the server's default ref (a tenant name wins over a ref of the same
+  name);
+- ``TENANT@REF``: that tenant's edits at ``REF``.
+
+:func:`select` is the one place this happens. Everything it returns is verified (each edit's signature and
+hashes, and the deployment log an environment is read from) and carries the provenance the server
+reports with each answer. A commit never changes, so a :class:`Selector` keeps what it read per (commit,
+tenant); only refs are resolved again on each request (a promotion is seen at once).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cathrepo.exceptions import NotFoundError
+from cathrepo.repo import layout
+
+if TYPE_CHECKING:
+    from cathrepo.delta import Delta
+    from cathrepo.repo import Repo
+    from cathrepo.repo.state import ActiveEdit
+
+#: Selections kept per (commit, tenant): the active edits' deltas of a revision are a few MB at most.
+KEEP_SELECTIONS = 32
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A parsed ``model`` field: the tenant (None: every active edit) and the ref."""
+
+    tenant: str | None
+    ref: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The edits one request gets, with where they came from."""
+
+    model: str
+    ref: str
+    commit: str
+    tenant: str | None
+    edits: tuple[ActiveEdit, ...]
+    deltas: tuple[Delta, ...]
+    signers: tuple[str | None, ...]
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        """What identifies the materialized model: the commit and the edit ids, in order (two tenants
+        with the same edits at one commit share a model)."""
+        return self.commit, tuple(e.id for e in self.edits)
+
+    def provenance(self) -> dict[str, Any]:
+        """The ``cathrepo`` field of a response: the ref, commit, tenant and each active edit's record."""
+        return {"model": self.model, "ref": self.ref, "commit": self.commit, "tenant": self.tenant,
+                "edits": [edit_provenance(e, signer) for e, signer in zip(self.edits, self.signers, strict=True)]}
+
+
+def edit_provenance(edit: ActiveEdit, signer: str | None) -> dict[str, Any]:
+    """One active edit as a response reports it (its signature verified when it was selected)."""
+    record = edit.record
+    return {"id": edit.id, "action": record.action, "summary": record.summary, "method": record.method,
+            "source": record.source, "author": record.author, "created": record.created,
+            "confidence": record.confidence, "risk": record.risk,
+            "signature": {"status": "verified", "signer": signer}}
+
+
+def parse_model_name(name: str | None, default_ref: str, tenants: frozenset[str]) -> ModelName:
+    """``name`` as a :class:`ModelName`; ``tenants``: the tenants defined at the default ref."""
+    if name is None or not str(name).strip():
+        return ModelName(None, default_ref)
+    name = str(name).strip()
+    if "@" in name:
+        tenant, _, ref = name.partition("@")
+        return ModelName(tenant or None, ref or default_ref)
+    if name in tenants:
+        return ModelName(name, default_ref)
+    return ModelName(None, name)
+
+
+class Selector:
+    """Resolves ``model`` names against one repository; safe to call from several threads (one at a time
+    reads the repository)."""
+
+    def __init__(self, repo: Repo, default_ref: str) -> None:
+        self.repo = repo
+        self.default_ref = default_ref
+        self._lock = threading.Lock()
+        self._selections: OrderedDict[tuple[str, str | None], Selection] = OrderedDict()
+        self._environments: tuple[str, dict[str, str]] | None = None  # (HEAD, env -> commit)
+
+    def select(self, name: str | None) -> Selection:
+        """The edits ``name`` selects, verified (see the module docstring).
+
+        Raises:
+            NotFoundError: no such ref or tenant (the server answers 404).
+            VerificationError: an edit or the deployment log does not verify.
+        """
+        with self._lock:
+            default_commit = self.resolve(self.default_ref)
+            parsed = parse_model_name(name, self.default_ref, frozenset(tenant_names(self.repo, default_commit)))
+            commit = self.resolve(parsed.ref)
+            key = (commit, parsed.tenant)
+            cached = self._selections.get(key)
+            if cached is None:
+                cached = self._load(commit, parsed.tenant)
+                self._selections[key] = cached
+                while len(self._selections) > KEEP_SELECTIONS:
+                    self._selections.popitem(last=False)
+            self._selections.move_to_end(key)
+            label = name.strip() if name and name.strip() else self.default_ref
+            return Selection(label, parsed.ref, commit, parsed.tenant, cached.edits, cached.deltas, cached.signers)
+
+    def resolve(self, ref: str) -> str:
+        """The commit ``ref`` names: an environment's current commit in HEAD's verified deployment log,
+        else a git revision."""
+        served = self.environments()
+        if ref in served:
+            return served[ref]
+        try:
+            return self.repo.git.rev_parse(ref)
+        except NotFoundError:
+            raise NotFoundError(f"The model '{ref}' names no environment, tenant, branch, tag or commit here.",
+                                hint="List what this server serves with GET /v1/models.") from None
+
+    def environments(self) -> dict[str, str]:
+        """What each environment serves now, read again whenever HEAD moves (a promotion commits)."""
+        from cathrepo.repo.promote import deployments
+
+        head = self.repo.git.rev_parse("HEAD")
+        if self._environments is None or self._environments[0] != head:
+            self._environments = (head, dict(deployments(self.repo, rev=head).current))
+        return self._environments[1]
+
+    def models(self) -> list[dict[str, Any]]:
+        """What ``GET /v1/models`` lists: the default ref, the environments, the branches and the tenants
+        at the default ref, each with the commit it names now."""
+        with self._lock:
+            out: dict[str, dict[str, Any]] = {}
+            default_commit = self.resolve(self.default_ref)
+            out[self.default_ref] = {"ref": self.default_ref, "commit": default_commit, "tenant": None}
+            for env, commit in self.environments().items():
+                out.setdefault(env, {"ref": env, "commit": commit, "tenant": None})
+            for branch in self.repo.git.run(["for-each-ref", "--format=%(refname:short)", "refs/heads"]).split():
+                out.setdefault(branch, {"ref": branch, "commit": self.repo.git.rev_parse(branch), "tenant": None})
+            for tenant in tenant_names(self.repo, default_commit):
+                out.setdefault(tenant, {"ref": self.default_ref, "commit": default_commit, "tenant": tenant})
+            return [{"id": name, **info} for name, info in out.items()]
+
+    def _load(self, commit: str, tenant: str | None) -> Selection:
+        edits = selected_edits(self.repo, commit, tenant)
+        deltas = selected_deltas(self.repo, commit, tenant, edits)
+        signers = _signers(self.repo, commit, [e.id for e in edits])
+        return Selection("", "", commit, tenant, tuple(edits), tuple(deltas), tuple(signers))
+
+
+# --- the edits of a tenant or a whole revision -----------------------------------------------------
+
+
+def tenant_names(repo: Repo, commit: str) -> list[str]:
+    """The tenants defined at ``commit`` (none before tenants exist)."""
+    return []
+
+
+def selected_edits(repo: Repo, commit: str, tenant: str | None) -> list[ActiveEdit]:
+    """The verified active edits ``tenant`` gets at ``commit`` (every active edit when None)."""
+    from cathrepo.repo.state import active_edits
+    from cathrepo.repo.verified import Verified
+
+    if tenant is not None:
+        raise NotFoundError(f"No tenant '{tenant}' at {commit[:12]}.",
+                            hint="List what this server serves with GET /v1/models.")
+    return active_edits(repo, commit, verify=True, verified=Verified.of(repo.root))
+
+
+def selected_deltas(repo: Repo, commit: str, tenant: str | None, edits: list[ActiveEdit]) -> list[Delta]:
+    """What is applied for ``edits``: the revision's packs in place of the edits they fold."""
+    from cathrepo.repo.packs import stack_deltas
+
+    return stack_deltas(repo, commit, edits)
+
+
+def _signers(repo: Repo, commit: str, edit_ids: list[str]) -> list[str | None]:
+    """The principal that signed each edit's record (its first signature), read in one batch."""
+    if not edit_ids:
+        return []
+    listing = repo.git.list_tree(commit, layout.EDITS)
+    paths = {eid: layout.edit_path(eid, layout.SIGNATURE) for eid in edit_ids}
+    oids = {eid: listing[p][1] for eid, p in paths.items() if p in listing}
+    data = repo.git.read_objects(list(oids.values()))
+    out: list[str | None] = []
+    for eid in edit_ids:
+        try:
+            envelope = json.loads(data[oids[eid]]) if eid in oids else {}
+            out.append(str(envelope["signatures"][0]["principal"]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            out.append(None)
+    return out

@@ -1,0 +1,186 @@
+"""``cathrepo serve`` over real HTTP on loopback, on a real repository (tiny Llama): completions and chat
+with the provenance of the active edits, refs as models, refusals (unknown model, oversized body, bad
+parameters, missing token, deadline), and concurrent requests each getting its own model's edits."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from cathrepo.config import ServeConfig
+from cathrepo.exceptions import InvalidInputError, NotFoundError
+from cathrepo.facts.schema import EditRequest
+from cathrepo.repo import Repo
+from cathrepo.serve.inference import PLAIN_CHAT
+from cathrepo.serve.server import Server, ServeSettings, running
+from tests.func.test_repo_flow import FACT, OTHER, _tune
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def call(url: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None,
+         chunks: list[bytes] | None = None, method: str | None = None) -> tuple[int, dict[str, Any]]:
+    """One HTTP request with the standard library: (status, JSON body)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        if chunks is not None:
+            conn.request(method or "POST", path, body=iter(chunks), headers=headers, encode_chunked=True)
+        else:
+            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            conn.request(method or ("GET" if data is None else "POST"), path, body=data, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+@contextmanager
+def serving(repo: Repo, token: str | None = None, **options: Any) -> Iterator[str]:
+    server = Server(repo, ServeSettings.of(repo.config.serve, token, **options))
+    try:
+        with running(server) as url:
+            yield url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def bare(tmp_path, tiny_llama, corpus) -> Repo:
+    """A repository with no edit yet."""
+    _, _, model_dir = tiny_llama
+    repo = Repo.init(tmp_path / "edits", base=str(model_dir))
+    _tune(repo, corpus)
+    return repo
+
+
+@pytest.fixture
+def edited(bare) -> tuple[Repo, dict[str, str]]:
+    """Three revisions: no edit (``base``), one edit promoted to production, two edits on main."""
+    revs = {"base": bare.git.head()}
+    bare.edit([EditRequest(FACT, source="test://fact", author="tester", risk="low")])
+    revs["production"] = bare.git.head()
+    bare.promote(revs["production"], "production", "the first edit", gate=False)
+    bare.edit([EditRequest(OTHER, source="test://other", author="tester", risk="medium")])
+    revs["main"] = bare.git.head()
+    return bare, revs
+
+
+def test_completions_and_chat_answer_with_the_active_edits_provenance(edited):
+    repo, revs = edited
+    production_edit, main_edit = repo.stack("main").active
+    with serving(repo) as url:
+        status, out = call(url, "/v1/completions", {"prompt": FACT.prompt, "max_tokens": 6})
+        assert status == 200, out
+        assert out["object"] == "text_completion" and out["id"].startswith("cmpl-") and out["model"] == "production"
+        (choice,) = out["choices"]
+        expected = repo.generate(FACT.prompt, revs["production"], max_new_tokens=6)
+        assert choice["text"].strip() == expected.text and choice["finish_reason"] in ("stop", "length")
+        assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"]
+        meta = out["cathrepo"]
+        assert (meta["ref"], meta["commit"], meta["tenant"]) == ("production", revs["production"], None)
+        (edit,) = meta["edits"]
+        assert edit["id"] == production_edit and edit["summary"] == f"{FACT.prompt} -> {FACT.target_new}"
+        assert (edit["source"], edit["author"], edit["risk"]) == ("test://fact", "tester", "low") and edit["created"]
+        assert edit["signature"] == {"status": "verified", "signer": "test@example.com"}
+
+        messages = [{"role": "user", "content": OTHER.prompt}]
+        status, chat = call(url, "/v1/chat/completions", {"model": "main", "messages": messages, "max_tokens": 5})
+        assert status == 200, chat
+        assert chat["object"] == "chat.completion" and chat["model"] == "main"
+        message = chat["choices"][0]["message"]
+        prompt = PLAIN_CHAT.format(**messages[0]) + "assistant:"  # the tiny tokenizer has no chat template
+        assert message["role"] == "assistant"
+        assert message["content"].strip() == repo.generate(prompt, "main", max_new_tokens=5).text
+        assert [e["id"] for e in chat["cathrepo"]["edits"]] == [production_edit, main_edit]
+
+        status, listed = call(url, "/v1/models")
+        assert status == 200 and listed["object"] == "list"
+        by_id = {m["id"]: m["cathrepo"]["commit"] for m in listed["data"]}
+        assert by_id["production"] == revs["production"] and by_id["main"] == revs["main"]
+
+
+def test_concurrent_requests_each_get_their_own_models_edits(edited):
+    """Twelve requests on three models at once, from threads: each answer is what ``generate`` gives
+    at its revision, and names that revision's edits."""
+    repo, revs = edited
+    prompts = [FACT.prompt, OTHER.prompt]
+    expected = {(name, p): repo.generate(p, rev, max_new_tokens=6).text for name, rev in revs.items() for p in prompts}
+    edits = {name: list(repo.stack(rev).active) for name, rev in revs.items()}
+    assert len({tuple(v) for v in edits.values()}) == 3
+    jobs = [(name, p) for name in ("production", "main", revs["base"]) for p in prompts] * 2
+    results: dict[int, tuple[int, dict[str, Any]]] = {}
+    with serving(repo, workers=3, cache_models=2) as url:
+        def ask(i: int, model: str, prompt: str) -> None:
+            results[i] = call(url, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 6})
+
+        threads = [threading.Thread(target=ask, args=(i, *job)) for i, job in enumerate(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for i, (model, prompt) in enumerate(jobs):
+        status, out = results[i]
+        name = "base" if model == revs["base"] else model
+        assert status == 200, out
+        assert out["choices"][0]["text"].strip() == expected[(name, prompt)]
+        assert [e["id"] for e in out["cathrepo"]["edits"]] == edits[name] and out["cathrepo"]["commit"] == revs[name]
+
+
+def test_refusals_have_openai_error_shape_and_status(bare):
+    with pytest.raises(NotFoundError, match="production"):  # nothing promoted yet: the default ref is unknown
+        Server(bare, ServeSettings.of(bare.config.serve))
+    with serving(bare, ref="main", max_body_bytes=2000, max_prompt_tokens=40, max_tokens=8) as url:
+        status, out = call(url, "/v1/completions", {"model": "nosuch", "prompt": "Hello"})
+        assert status == 404 and out["error"]["code"] == "model_not_found" and "nosuch" in out["error"]["message"]
+        assert set(out["error"]) == {"message", "type", "param", "code"}
+        status, out = call(url, "/v1/completions", {"prompt": "x" * 3000})
+        assert status == 413 and out["error"]["type"] == "request_too_large"
+        status, out = call(url, "/v1/completions", chunks=[b'{"prompt": "', b"x" * 3000, b'"}'])
+        assert status == 413 and out["error"]["type"] == "request_too_large"
+        status, out = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 9})
+        assert status == 400 and out["error"]["param"] == "max_tokens"
+        status, out = call(url, "/v1/completions", {"prompt": "Paris " * 60})
+        assert status == 400 and out["error"]["param"] == "prompt" and "at most 40" in out["error"]["message"]
+        status, out = call(url, "/v1/completions", {"prompt": "Hello", "stream": True})
+        assert status == 400 and out["error"]["param"] == "stream"
+        status, out = call(url, "/v1/completions", raw=b"{not json")
+        assert status == 400 and "JSON" in out["error"]["message"]
+        status, out = call(url, "/v1/nothing", {"prompt": "Hello"})
+        assert status == 404 and "error" in out
+        status, out = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 3})
+        assert status == 200 and out["cathrepo"]["edits"] == [] and out["cathrepo"]["ref"] == "main"
+
+
+def test_a_request_past_its_deadline_gets_504(bare):
+    with serving(bare, ref="main", timeout_s=1e-6) as url:
+        status, out = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 4})
+    assert status == 504 and out["error"]["type"] == "timeout"
+
+
+def test_a_bearer_token_is_required_off_loopback_and_checked_when_set(bare, monkeypatch):
+    monkeypatch.delenv("CATHREPO_SERVE_TOKEN", raising=False)
+    for host in ("0.0.0.0", "192.168.1.5", "::"):
+        with pytest.raises(InvalidInputError, match="without a bearer token"):
+            ServeSettings.of(ServeConfig(), host=host)
+    assert ServeSettings.of(ServeConfig(), "s3cret", host="0.0.0.0").token == "s3cret"
+    monkeypatch.setenv("CATHREPO_SERVE_TOKEN", "from-env")
+    assert ServeSettings.of(ServeConfig(), host="0.0.0.0").token == "from-env"
+    with serving(bare, "s3cret", ref="main") as url:
+        body = {"prompt": "Hello", "max_tokens": 2}
+        for token in (None, "wrong", "s3cre"):
+            status, out = call(url, "/v1/completions", body, token=token)
+            assert status == 401 and out["error"]["code"] == "invalid_api_key"
+        assert call(url, "/v1/models")[0] == 401
+        assert call(url, "/v1/completions", body, token="s3cret")[0] == 200
+        assert call(url, "/health")[0] == 200
