@@ -9,6 +9,7 @@ kept here as a plain mapping so this module stays free of the gate code.
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -94,6 +95,48 @@ class CiConfig:
                         "('' when the base model is not an embedded one).")
 
 
+#: What a tenant's ``include``/``exclude`` entries may name (``kind:value``): an edit by id or prefix, or
+#: every edit active at a git tag or branch.
+SELECTOR_KINDS = ("edit", "tag", "branch")
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_EDIT_PREFIX = re.compile(r"[0-9a-f]{4,64}")
+
+
+def parse_selector(text: str) -> tuple[str, str]:
+    """``"edit:3f1c"`` -> ``("edit", "3f1c")``; raises :class:`ConfigError` for anything else."""
+    kind, sep, value = text.partition(":") if isinstance(text, str) else ("", "", "")
+    kind, value = kind.strip(), value.strip()
+    value = value.lower() if kind == "edit" else value
+    if not sep or kind not in SELECTOR_KINDS or not value:
+        raise ConfigError(f"'{text}' is not an edit selector.",
+                          hint="Write 'edit:<id or prefix>', 'tag:<git tag>' or 'branch:<git branch>'.")
+    if kind == "edit" and not _EDIT_PREFIX.fullmatch(value):
+        raise ConfigError(f"'{text}' does not name an edit id (4 to 64 hex digits).",
+                          hint="Copy the id from 'cathrepo log'.")
+    return kind, value
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """One ``[tenants.<name>]`` table: the edits a tenant's model carries, as a filter over the active
+    set of the revision served (docs/tenants.md)."""
+
+    include: list[str] = _f([], "Selectors of the edits the tenant gets: 'edit:<id prefix>', 'tag:<tag>' "
+                                "and 'branch:<branch>' (every edit active there). Empty: every active edit.")
+    exclude: list[str] = _f([], "Selectors of edits taken out again after include (same syntax).")
+    description: str = _f("", "Free text: who the tenant is.")
+
+    def __post_init__(self) -> None:
+        for key in ("include", "exclude"):
+            value = getattr(self, key)
+            if not isinstance(value, list):
+                raise ConfigError(f"'{key}' must be a list of selectors, e.g. {key} = [\"tag:v1\"].")
+            for item in value:
+                parse_selector(item)
+        if not isinstance(self.description, str):
+            raise ConfigError("'description' must be a string.")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Defaults and bounds of ``cathrepo serve`` (each also a command-line option; the bearer token is
@@ -132,19 +175,23 @@ class RepoConfig:
     gates: dict[str, Any] = field(default_factory=dict)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     ci: CiConfig = field(default_factory=CiConfig)
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)
     serve: ServeConfig = field(default_factory=ServeConfig)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if not data["tenants"]:  # a file without tenants keeps the bytes it always had
+            del data["tenants"]
         return {"schema_version": data.pop("schema_version"), **data}
 
 
 # Patches that upgrade an older file, keyed by the version they upgrade from.
 def _drop_unused_tables(data: dict[str, Any]) -> dict[str, Any]:
-    """1 → 2: ``[policy]`` (approvals, merge strategy) and ``[tenants]`` were written but never read; they
-    come back with the approvals, merge and tenant features, read by the code that needs them."""
-    for key in ("policy", "tenants"):
+    """1 → 2: ``[policy]`` (approvals, merge strategy) was written but never read; it comes back with the
+    approvals and merge features, read by the code that needs it. ``[tenants]`` is kept: schema 1 wrote
+    it in the syntax tenants read now (``include = ["tag:acme"]``)."""
+    for key in ("policy",):
         if data.pop(key, None):
             log.info("cathrepo.toml: [%s] is not used by this version; it was dropped on reading", key)
     return {**data, "schema_version": 2}
@@ -177,7 +224,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
         version += 1
-    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "serve"}
+    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "tenants", "serve"}
     for key in sorted(set(data) - known):
         log.warning("cathrepo.toml: ignoring unknown key '%s'", key)
     if "base" not in data:
@@ -188,8 +235,27 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
         gates=dict(data.get("gates", {})),
         hooks=_build(HooksConfig, data.get("hooks", {}), "hooks"),
         ci=_build(CiConfig, data.get("ci", {}), "ci"),
+        tenants=_tenants(data.get("tenants", {})),
         serve=_build(ServeConfig, data.get("serve", {}), "serve"),
     )
+
+
+def _tenants(data: Any) -> dict[str, TenantConfig]:
+    """The ``[tenants.<name>]`` tables, each validated; a bad one names its table."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("cathrepo.toml [tenants] must hold one table per tenant: [tenants.<name>].")
+    out = {}
+    for name, table in data.items():
+        if not _TENANT_NAME.fullmatch(name):
+            raise ConfigError(f"cathrepo.toml: '{name}' is not a tenant name.",
+                              hint="Use letters, digits, '.', '_' and '-' (64 at most), starting with a letter or digit.")
+        try:
+            out[name] = _build(TenantConfig, table, f"tenants.{name}")
+        except ConfigError as exc:
+            where = f"cathrepo.toml [tenants.{name}]"
+            message = exc.message if exc.message.startswith(where) else f"{where}: {exc.message}"
+            raise ConfigError(message, hint=exc.hint) from None
+    return out
 
 
 def parse_config(text: str, where: str = CONFIG_NAME) -> RepoConfig:

@@ -253,17 +253,18 @@ class Repo(LineVerbs):
 
         return verify(self, rev, full=full)
 
-    def materialize(self, rev: str = "HEAD", *, verify: bool = True) -> Materialized:
-        """The verified base model with ``rev``'s active deltas applied in order."""
+    def materialize(self, rev: str = "HEAD", *, verify: bool = True, tenant: str | None = None) -> Materialized:
+        """The verified base model with ``rev``'s active deltas (``tenant``'s share) applied in order."""
         from cathrepo.repo.materialize import materialize
 
-        return materialize(self, rev, verify=verify)
+        return materialize(self, rev, verify=verify, tenant=tenant)
 
-    def generate(self, prompt: str, rev: str = "HEAD", *, max_new_tokens: int = 32) -> Generation:
-        """The greedy continuation of ``prompt`` by the model materialized at ``rev``."""
+    def generate(self, prompt: str, rev: str = "HEAD", *, max_new_tokens: int = 32,
+                 tenant: str | None = None) -> Generation:
+        """The greedy continuation of ``prompt`` by the model materialized at ``rev`` (for ``tenant``)."""
         from cathrepo.repo.materialize import generate
 
-        return generate(self, prompt, rev, max_new_tokens=max_new_tokens)
+        return generate(self, prompt, rev, max_new_tokens=max_new_tokens, tenant=tenant)
 
     def gate(
         self,

@@ -110,10 +110,13 @@ def load_packs(repo: Repo, rev: str, stack: Stack | None = None) -> list[Pack]:
 
 
 def applied_deltas(edits: Sequence[ActiveEdit], packs: Sequence[Pack]) -> list[Delta]:
-    """What is applied for an active set: each pack in place of the edits it folds, then the edits no
-    pack holds, in stack order."""
-    folded = {e for p in packs for e in p.record.edits}
-    return [*(p.delta for p in packs), *(e.delta for e in edits if e.id not in folded)]
+    """What is applied for a set of edits: each pack whose edits are all in the set in place of the edits
+    it folds, then the edits no such pack holds, in stack order. A pack only some of whose edits are in
+    the set (a tenant's share of the active set) is not used: those edits apply one by one."""
+    ids = {e.id for e in edits}
+    used = [p for p in packs if set(p.record.edits) <= ids]
+    folded = {e for p in used for e in p.record.edits}
+    return [*(p.delta for p in used), *(e.delta for e in edits if e.id not in folded)]
 
 
 def stack_deltas(repo: Repo, rev: str, edits: Sequence[ActiveEdit]) -> list[Delta]:

@@ -224,11 +224,12 @@ def _check_weights(repo: Repo, sha: str, edit_id: str, expected: str, tree: Mapp
 
 
 def active_edits(repo: Repo, rev: str = "HEAD", *, verify: bool = True,
-                 verified: Verified | None = None) -> list[ActiveEdit]:
+                 verified: Verified | None = None, ids: Sequence[str] | None = None) -> list[ActiveEdit]:
     """The active set of ``rev`` in stack order, each loaded and verified (its files read at once; with
-    ``verified``, an edit this clone verified before is checked by its weights' hash alone)."""
+    ``verified``, an edit this clone verified before is checked by its weights' hash alone). ``ids``:
+    load only these (a tenant's share of the active set, :mod:`cathrepo.repo.tenants`), in their order."""
     sha = repo.git.rev_parse(rev)
-    active = repo.stack(sha).active
+    active = repo.stack(sha).active if ids is None else tuple(ids)
     if not active:
         return []
     if not verify:

@@ -113,7 +113,7 @@ class Selector:
             key = (commit, parsed.tenant)
             cached = self._selections.get(key)
             if cached is None:
-                cached = self._load(commit, parsed.tenant)
+                cached = self._load(commit, parsed.tenant, parsed.ref)
                 self._selections[key] = cached
                 while len(self._selections) > KEEP_SELECTIONS:
                     self._selections.popitem(last=False)
@@ -157,9 +157,9 @@ class Selector:
                 out.setdefault(tenant, {"ref": self.default_ref, "commit": default_commit, "tenant": tenant})
             return [{"id": name, **info} for name, info in out.items()]
 
-    def _load(self, commit: str, tenant: str | None) -> Selection:
-        edits = selected_edits(self.repo, commit, tenant)
-        deltas = selected_deltas(self.repo, commit, tenant, edits)
+    def _load(self, commit: str, tenant: str | None, label: str) -> Selection:
+        edits = selected_edits(self.repo, commit, tenant, label)
+        deltas = selected_deltas(self.repo, commit, edits)
         signers = _signers(self.repo, commit, [e.id for e in edits])
         return Selection("", "", commit, tenant, tuple(edits), tuple(deltas), tuple(signers))
 
@@ -168,23 +168,27 @@ class Selector:
 
 
 def tenant_names(repo: Repo, commit: str) -> list[str]:
-    """The tenants defined at ``commit`` (none before tenants exist)."""
-    return []
+    """The tenants ``cathrepo.toml`` defines at ``commit``."""
+    from cathrepo.repo.tenants import tenant_names as names
+
+    return names(repo, commit)
 
 
-def selected_edits(repo: Repo, commit: str, tenant: str | None) -> list[ActiveEdit]:
-    """The verified active edits ``tenant`` gets at ``commit`` (every active edit when None)."""
-    from cathrepo.repo.state import active_edits
-    from cathrepo.repo.verified import Verified
+def selected_edits(repo: Repo, commit: str, tenant: str | None, label: str) -> list[ActiveEdit]:
+    """The verified active edits ``tenant`` gets at ``commit`` (every active edit when None); errors name
+    the revision ``label``.
 
-    if tenant is not None:
-        raise NotFoundError(f"No tenant '{tenant}' at {commit[:12]}.",
-                            hint="List what this server serves with GET /v1/models.")
-    return active_edits(repo, commit, verify=True, verified=Verified.of(repo.root))
+    Raises:
+        UnknownTenantError: ``cathrepo.toml`` at ``commit`` defines no such tenant (a NotFoundError).
+    """
+    from cathrepo.repo.tenants import tenant_edits
+
+    return tenant_edits(repo, tenant, commit, verify=True, label=label)
 
 
-def selected_deltas(repo: Repo, commit: str, tenant: str | None, edits: list[ActiveEdit]) -> list[Delta]:
-    """What is applied for ``edits``: the revision's packs in place of the edits they fold."""
+def selected_deltas(repo: Repo, commit: str, edits: list[ActiveEdit]) -> list[Delta]:
+    """What is applied for ``edits``: the revision's packs in place of the edits they fold (a pack only
+    when all its edits are selected)."""
     from cathrepo.repo.packs import stack_deltas
 
     return stack_deltas(repo, commit, edits)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cathrepo.config import ServeConfig
+from cathrepo.config import ServeConfig, TenantConfig
 from cathrepo.exceptions import InvalidInputError, NotFoundError
 from cathrepo.facts.schema import EditRequest
 from cathrepo.repo import Repo
@@ -184,3 +184,43 @@ def test_a_bearer_token_is_required_off_loopback_and_checked_when_set(bare, monk
         assert call(url, "/v1/models")[0] == 401
         assert call(url, "/v1/completions", body, token="s3cret")[0] == 200
         assert call(url, "/health")[0] == 200
+
+
+def test_two_tenants_at_once_each_get_only_their_edits(edited):
+    """Tenants as models (``TENANT`` at the default ref, ``TENANT@REF``): requests from two tenants and the
+    whole active set at once, from threads, each answered as ``generate --tenant`` answers; an unknown
+    tenant, or one the ref does not define, is a 404."""
+    from tests.func.test_tenants import set_tenants
+
+    repo, _ = edited
+    fact_edit, other_edit = repo.stack("main").active
+    set_tenants(repo, {"acme": TenantConfig(include=[f"edit:{fact_edit[:8]}"]),
+                       "globex": TenantConfig(include=[f"edit:{other_edit[:8]}"])})
+    prompts = [FACT.prompt, OTHER.prompt]
+    tenant_of = {"acme": "acme", "globex@main": "globex", "main": None}
+    expected = {(model, p): repo.generate(p, "main", max_new_tokens=6, tenant=tenant).text
+                for model, tenant in tenant_of.items() for p in prompts}
+    assert expected[("acme", FACT.prompt)] != expected[("globex@main", FACT.prompt)]  # the edits differ
+    jobs = [(model, p) for model in tenant_of for p in prompts] * 2
+    results: dict[int, tuple[int, dict[str, Any]]] = {}
+    with serving(repo, ref="main", workers=3) as url:
+        def ask(i: int, model: str, prompt: str) -> None:
+            results[i] = call(url, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 6})
+
+        threads = [threading.Thread(target=ask, args=(i, *job)) for i, job in enumerate(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for model in ("nosuch@main", "acme@production"):
+            status, out = call(url, "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 2})
+            assert status == 404 and "Known tenants" in out["error"]["message"], out
+        listed = {m["id"]: m["cathrepo"] for m in call(url, "/v1/models")[1]["data"]}
+        assert listed["acme"]["tenant"] == "acme" and listed["globex"]["ref"] == "main"
+    edits = {"acme": [fact_edit], "globex@main": [other_edit], "main": [fact_edit, other_edit]}
+    for i, (model, prompt) in enumerate(jobs):
+        status, out = results[i]
+        assert status == 200, out
+        assert out["choices"][0]["text"].strip() == expected[(model, prompt)]
+        assert out["cathrepo"]["tenant"] == tenant_of[model] and out["model"] == model
+        assert [e["id"] for e in out["cathrepo"]["edits"]] == edits[model]

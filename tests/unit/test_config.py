@@ -1,4 +1,4 @@
-"""cathrepo.toml: schema 1 files (with the unused [policy] and [tenants] tables) still load."""
+"""cathrepo.toml: schema 1 files (with the unused [policy] table and [tenants]) still load."""
 
 from __future__ import annotations
 
@@ -34,14 +34,15 @@ include = ["tag:acme"]
 """
 
 
-def test_a_schema_1_file_loads_and_drops_the_tables_nothing_reads(caplog):
+def test_a_schema_1_file_loads_drops_policy_and_keeps_its_tenants(caplog):
     with caplog.at_level(logging.INFO, logger="cathrepo.config"):
         config = parse_config(SCHEMA_1)
     assert config.schema_version == SCHEMA_VERSION == 2
     assert config.edit.retry_layers == 2 and config.base.name == "tiny"
-    assert "[policy] is not used" in caplog.text and "[tenants] is not used" in caplog.text
+    assert "[policy] is not used" in caplog.text and "[tenants] is not used" not in caplog.text
+    assert config.tenants["acme"].include == ["tag:acme"]  # schema 1 wrote the syntax tenants read now
     written = dump_config(config)
-    assert "policy" not in written and "tenants" not in written and "schema_version = 2" in written
+    assert "policy" not in written and "[tenants.acme]" in written and "schema_version = 2" in written
     assert parse_config(written) == config
 
 
