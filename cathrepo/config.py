@@ -152,9 +152,10 @@ class ServeConfig:
     timeout_s: float = _f(60.0, "Seconds a request may take, waiting included (504 beyond).")
     cache_models: int = _f(2, "Materialized models kept in memory (least recently used dropped first).")
     workers: int = _f(2, "Threads that run generation, off the server's event loop.")
+    max_batch: int = _f(16, "Requests to one model decoded together at most (1: one at a time).")
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "cache_models", "workers"):
+        for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "cache_models", "workers", "max_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"cathrepo.toml [serve] {name} must be a positive integer.")

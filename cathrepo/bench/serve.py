@@ -4,8 +4,9 @@ against plain ``transformers`` generation of the base model.
 1. The repository is built (or extended) with :func:`cathrepo.bench.scale.build_history`'s synthetic edits
    (complete, signed edits with random rank-one deltas) and tagged ``bench-serve-<N>`` at each active-set
    size N asked for, so each size is a ref the server serves as a model.
-2. The baseline: ``model.generate`` on the base model loaded once, called from C threads at once (no
-   lock, no HTTP), greedy, with the same stop ids and token budget the server uses.
+2. The baseline: ``model.generate`` on the base model loaded once (no lock, no HTTP), greedy, with the
+   stop ids and token budget the server uses: from C threads at once, one prompt per call, and as one
+   call on C prompts (what batching could give at most).
 3. The server, in this process on a loopback port: per size N, one first request (it verifies the N edits
    and builds the model: the cold start), then C clients each sending R requests one after another over
    HTTP, for each C.
@@ -16,6 +17,7 @@ second of wall time over the whole cell.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import statistics
@@ -47,6 +49,7 @@ class ServeBenchConfig:
     max_tokens: int = 16
     base: str | None = None
     workers: int = 2
+    max_batch: int = 16
     seed: int = 0
 
 
@@ -110,27 +113,35 @@ def prepare(config: ServeBenchConfig, progress: Progress | None = None) -> Any:
     return Repo.open(root)
 
 
-def bench_baseline(model: Any, tokenizer: Any, config: ServeBenchConfig) -> list[dict[str, Any]]:
-    """Plain ``model.generate`` on the base model from C threads at once, for each C."""
-    import torch
-    from transformers import GenerationConfig
+def bench_baseline(model: Any, tokenizer: Any, config: ServeBenchConfig) -> dict[str, list[dict[str, Any]]]:
+    """Plain ``model.generate`` on the base model, for each C: from C threads at once, one prompt per
+    call (``threads``), and as one left-padded call on C prompts, R times (``batched``: the most batching
+    could give)."""
+    from cathrepo.serve.inference import Params, complete_batch
 
-    from cathrepo.serve.inference import stop_ids
+    params = Params(max_tokens=config.max_tokens)
+    encoded = [list(tokenizer(p)["input_ids"]) for p in PROMPTS]
 
-    stops = stop_ids(model, tokenizer)
-    generation = GenerationConfig(max_new_tokens=config.max_tokens, do_sample=False, num_beams=1, temperature=None,
-                                  top_p=None, top_k=None, eos_token_id=stops or None,
-                                  pad_token_id=tokenizer.pad_token_id or (stops or [0])[0])
-    encoded = [torch.tensor([tokenizer(p)["input_ids"]]) for p in PROMPTS]
+    def generate(rows: list[list[int]]) -> int:
+        outputs = complete_batch(model, tokenizer, [(ids, params) for ids in rows], deadline=time.monotonic() + 3600)
+        return sum(o.completion_tokens for o in outputs if o is not None)
 
     def one(k: int) -> int:
-        ids = encoded[k % len(encoded)]
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=generation)
-        return int(out.shape[1] - ids.shape[1])
+        return generate([encoded[k % len(encoded)]])
 
-    one(0)  # warm-up
-    return [{"clients": c, **_concurrently(c, config.requests, one)} for c in config.clients]
+    generate(encoded[:1])  # warm-up
+    threads = [{"clients": c, **_concurrently(c, config.requests, one)} for c in config.clients]
+    batched = []
+    for c in config.clients:
+        rows = [encoded[k % len(encoded)] for k in range(c)]
+        cell = _concurrently(1, config.requests, functools.partial(_ignore_index, generate, rows))
+        batched.append({"clients": c, **cell, "requests": c * config.requests,
+                        "requests_per_s": round(c * config.requests / cell["wall_s"], 3)})
+    return {"threads": threads, "batched": batched}
+
+
+def _ignore_index(generate: Callable[[list[list[int]]], int], rows: list[list[int]], _k: int) -> int:
+    return generate(rows)
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +162,8 @@ def bench_serve(config: ServeBenchConfig, progress: Progress | None = None) -> d
     """Build the repository, then measure the baseline and the server at every (edits, clients) cell."""
     import torch
 
-    from cathrepo.serve.server import Server, ServeSettings, running
+    from cathrepo.serve.listen import running
+    from cathrepo.serve.server import Server, ServeSettings
 
     if not config.edits or not config.clients or config.requests < 1 or config.max_tokens < 1:
         raise InvalidInputError("--edits and --clients need at least one value; --requests and --max-tokens "
@@ -159,7 +171,7 @@ def bench_serve(config: ServeBenchConfig, progress: Progress | None = None) -> d
     say = progress or (lambda stage, done, total: None)
     repo = prepare(config, progress)
     settings = ServeSettings.of(repo.config.serve, ref=TAG.format(min(config.edits)), port=0,
-                                cache_models=len(config.edits), workers=config.workers,
+                                cache_models=len(config.edits), workers=config.workers, max_batch=config.max_batch,
                                 max_tokens=max(config.max_tokens, 1), timeout_s=600.0)
     server = Server(repo, settings)
     say("baseline", 0, 1)
@@ -187,5 +199,14 @@ def bench_serve(config: ServeBenchConfig, progress: Progress | None = None) -> d
         server.close()
     return {"repo": str(repo.root), "edits": list(config.edits), "clients": list(config.clients),
             "requests_per_client": config.requests, "max_tokens": config.max_tokens, "workers": config.workers,
+            "max_batch": config.max_batch, "batches": _sizes(server.batcher.batches),
             "torch_threads": torch.get_num_threads(), "baseline": baseline, "server": cells,
             "first_request_s": first}
+
+
+def _sizes(batches: list[int]) -> dict[str, int]:
+    """How many batches of each size the server decoded."""
+    out: dict[str, int] = {}
+    for size in batches:
+        out[str(size)] = out.get(str(size), 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))

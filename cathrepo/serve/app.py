@@ -11,6 +11,7 @@ on the event loop; each request is logged (``cathrepo.serve``) with its model, s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -23,14 +24,17 @@ from aiohttp import web
 
 from cathrepo.exceptions import CathrepoError, InvalidInputError, NotFoundError, VerificationError
 from cathrepo.serve.cache import ServeTimeoutError
-from cathrepo.serve.inference import ParamError, chat_messages, completion_prompt, request_params
+from cathrepo.serve.inference import ParamError, Params, chat_messages, completion_prompt, request_params
+from cathrepo.serve.server import Answer
 
 if TYPE_CHECKING:
-    from cathrepo.serve.server import Answer, Server
+    from cathrepo.serve.server import Server
 
 log = logging.getLogger("cathrepo.serve")
 
 SERVER: web.AppKey[Server] = web.AppKey("server")
+#: The ``model`` a request asked for, for its log line (set by the handler, read by the middleware).
+ASKED: contextvars.ContextVar[str] = contextvars.ContextVar("cathrepo_serve_model", default="-")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Seconds the HTTP side waits beyond a request's deadline for its worker thread to report the timeout.
 GRACE_S = 5.0
@@ -74,7 +78,7 @@ async def logged(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:  # every failure becomes an answer in OpenAI's shape, here and only here
         response = _for_exception(exc)
     log.info("%s %s %s model=%s %d %.0f ms", request.remote, request.method, request.path,
-             request.get("model", "-"), response.status, 1000 * (time.perf_counter() - started))
+             ASKED.get(), response.status, 1000 * (time.perf_counter() - started))
     return response
 
 
@@ -109,21 +113,26 @@ async def _body(request: web.Request) -> dict[str, Any]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ParamError("'model' must be a string.", param="model")
-    request["model"] = model or "(default)"
+    ASKED.set(model or "(default)")
     return body
 
 
-async def _in_thread(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(*args, deadline)`` in the server's thread pool within the request's timeout."""
+async def _answer(request: web.Request, model: str | None, prompt: str | list[dict[str, str]],
+                  params: Params) -> Answer:
+    """Select and tokenize in the server's ``io`` thread, then wait for the batcher's output, all within
+    the request's timeout."""
     server = request.app[SERVER]
     timeout = server.settings.config.timeout_s
     deadline = time.monotonic() + timeout
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(server.pool, lambda: fn(*args, deadline))
     try:
-        return await asyncio.wait_for(future, timeout + GRACE_S)
+        selection, ids = await asyncio.wait_for(loop.run_in_executor(server.io, server.prepare, model, prompt),
+                                                timeout)
+        future = server.submit(selection, ids, params, deadline)
+        output = await asyncio.wait_for(asyncio.wrap_future(future), deadline - time.monotonic() + GRACE_S)
     except TimeoutError:
         raise ServeTimeoutError(f"The request ran past the server's limit of {timeout:g} s.") from None
+    return Answer(selection, output)
 
 
 def _envelope(kind: str, model: str, answer: Answer, choice: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +147,7 @@ async def completions(request: web.Request) -> web.Response:
     body = await _body(request)
     params = request_params(body, server.settings.limits)
     prompt = completion_prompt(body)
-    answer: Answer = await _in_thread(request, server.generate, body.get("model"), prompt, params)
+    answer = await _answer(request, body.get("model"), prompt, params)
     choice = {"text": answer.output.text, "logprobs": None}
     return web.json_response(_envelope("text_completion", answer.selection.model, answer, choice))
 
@@ -148,14 +157,14 @@ async def chat_completions(request: web.Request) -> web.Response:
     body = await _body(request)
     params = request_params(body, server.settings.limits)
     messages = chat_messages(body)
-    answer: Answer = await _in_thread(request, server.generate, body.get("model"), messages, params)
+    answer = await _answer(request, body.get("model"), messages, params)
     choice = {"message": {"role": "assistant", "content": answer.output.text}, "logprobs": None}
     return web.json_response(_envelope("chat.completion", answer.selection.model, answer, choice))
 
 
 async def models(request: web.Request) -> web.Response:
     server = request.app[SERVER]
-    listed = await asyncio.get_running_loop().run_in_executor(server.pool, server.models)
+    listed = await asyncio.get_running_loop().run_in_executor(server.io, server.models)
     created = int(server.started)
     data = [{"id": m["id"], "object": "model", "created": created, "owned_by": "cathrepo",
              "cathrepo": {k: v for k, v in m.items() if k != "id"}} for m in listed]
@@ -165,7 +174,8 @@ async def models(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     server = request.app[SERVER]
     return web.json_response({"status": "ok", "default_model": server.settings.config.ref,
-                              "cached_models": len(server.cache.keys())})
+                              "cached_models": len(server.cache.keys()),
+                              "queued": server.batcher.queued()})
 
 
 def build_app(server: Server) -> web.Application:

@@ -1,9 +1,9 @@
 """Requests as the OpenAI API words them, turned into prompts and generations.
 
 :func:`request_params` reads and bounds the sampling parameters, :func:`chat_prompt` turns chat messages
-into one prompt through the tokenizer's chat template, :func:`complete` generates with ``transformers``'
-``generate`` (greedy at temperature 0, as ``cathrepo generate`` decodes, else sampled) within the request's
-deadline, and cuts the text at the first stop string.
+into one prompt through the tokenizer's chat template, :func:`complete_batch` generates for several
+requests at once with ``transformers``' ``generate`` (greedy at temperature 0, as ``cathrepo generate``
+decodes, else sampled) within a deadline, and cuts each text at its first stop string.
 """
 
 from __future__ import annotations
@@ -154,33 +154,48 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
 
 
-def complete(model: Any, tokenizer: Any, ids: list[int], params: Params, *, deadline: float) -> Output | None:
-    """Generate from the prompt ``ids``; None when ``deadline`` (``time.monotonic()``) passed first."""
+def complete_batch(model: Any, tokenizer: Any, rows: Sequence[tuple[list[int], Params]], *,
+                   deadline: float) -> list[Output | None]:
+    """Generate from several prompts at once (token ids, each with its parameters) in one ``generate``
+    call, left-padded; None for a row the ``deadline`` (``time.monotonic()``) cut short.
+
+    The rows must share a sampling mode (all greedy, or the same temperature and top_p); each is cut to
+    its own ``max_tokens`` and its first stop id. A greedy row gets the tokens it would get alone (the
+    padding is masked and positions count real tokens only), up to float rounding of a larger batch.
+    """
     import torch
     from transformers import GenerationConfig
 
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        return None
+        return [None] * len(rows)
     stops = stop_ids(model, tokenizer)
-    sample = params.temperature > 0
-    config = GenerationConfig(max_new_tokens=params.max_tokens, do_sample=sample, num_beams=1,
-                              temperature=params.temperature if sample else None,
-                              top_p=params.top_p if sample else None, top_k=None,
-                              eos_token_id=stops or None, pad_token_id=tokenizer.pad_token_id or (stops or [0])[0],
-                              max_time=remaining)
-    inputs = torch.tensor([ids], dtype=torch.long)
+    first = rows[0][1]
+    sample = first.temperature > 0
+    fill = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
+    width = max(len(ids) for ids, _ in rows)
+    inputs = torch.tensor([[fill] * (width - len(ids)) + ids for ids, _ in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows], dtype=torch.long)
+    config = GenerationConfig(max_new_tokens=max(p.max_tokens for _, p in rows), do_sample=sample, num_beams=1,
+                              temperature=first.temperature if sample else None,
+                              top_p=first.top_p if sample else None, top_k=None, eos_token_id=stops or None,
+                              pad_token_id=fill, max_time=remaining)
     with torch.no_grad():
-        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config)
-    new = [int(t) for t in out[0, len(ids):]]
-    ended = bool(new) and new[-1] in stops
-    if ended:
-        new = new[:-1]
-    if not ended and len(new) < params.max_tokens:  # neither a stop nor the budget: the time ran out
+        out = model.generate(inputs, attention_mask=mask, generation_config=config)
+    return [_output(tokenizer, [int(t) for t in out[row, width:]], ids, params, set(stops))
+            for row, (ids, params) in enumerate(rows)]
+
+
+def _output(tokenizer: Any, new: list[int], ids: list[int], params: Params, stops: set[int]) -> Output | None:
+    """One row's generated ids as an :class:`Output`: cut to its budget, its first stop id and its first
+    stop string; None when it ended on neither a stop nor its budget (the time ran out)."""
+    new = new[:params.max_tokens]
+    end = next((i for i, t in enumerate(new) if t in stops), None)
+    if end is None and len(new) < params.max_tokens:
         return None
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    reason = "stop" if ended else "length"
+    text = tokenizer.decode(new[:end], skip_special_tokens=True)
+    reason = "stop" if end is not None else "length"
     cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
     if cut >= 0:
         text, reason = text[:cut], "stop"
-    return Output(text, reason, len(ids), len(new) + int(ended))
+    return Output(text, reason, len(ids), len(new) if end is None else end + 1)

@@ -5,24 +5,20 @@ side).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import logging
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.config import ServeConfig
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.serve.cache import ModelCache, ServeTimeoutError
-from cathrepo.serve.inference import Limits, Output, Params, chat_prompt, complete, prompt_ids
+from cathrepo.serve.batching import Batcher
+from cathrepo.serve.cache import ModelCache
+from cathrepo.serve.inference import Limits, Output, Params, chat_prompt, prompt_ids
 from cathrepo.serve.select import Selection, Selector
 
 if TYPE_CHECKING:
@@ -71,14 +67,15 @@ class ServeSettings:
 
 @dataclass(frozen=True)
 class Answer:
-    """What a request's worker thread hands back to the HTTP side."""
+    """What a request gets back: the selection that answered and the generation."""
 
     selection: Selection
     output: Output
 
 
 class Server:
-    """One repository served: the verified base model (loaded once), the selector and the model cache."""
+    """One repository served: the verified base model (loaded once), the selector, the model cache and
+    the batcher. ``io`` (one thread) reads the repository and tokenizes; ``pool`` decodes."""
 
     def __init__(self, repo: Repo, settings: ServeSettings) -> None:
         self.repo = repo
@@ -87,109 +84,37 @@ class Server:
         self.selector.resolve(settings.config.ref)  # an unknown default ref refuses to start
         self.base, self.tokenizer = repo.load_base()
         self.cache = ModelCache(self.base, settings.config.cache_models)
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="cathrepo-serve-io")
         self.pool = ThreadPoolExecutor(settings.config.workers, thread_name_prefix="cathrepo-serve")
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer refuses use from two threads at once
+        self.batcher = Batcher(self.cache, self.tokenizer, self.pool, settings.config.max_batch)
         self.started = time.time()
 
     def close(self) -> None:
+        self.io.shutdown(wait=False, cancel_futures=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    # --- the work of one request, in a worker thread ------------------------------------------------
-
-    def generate(self, model: str | None, prompt: str | list[dict[str, str]], params: Params,
-                 deadline: float) -> Answer:
-        """Select ``model``'s edits, then generate from ``prompt`` (a string, or chat messages) on the model
-        materialized with them.
+    def prepare(self, model: str | None, prompt: str | list[dict[str, str]]) -> tuple[Selection, list[int]]:
+        """(in ``io``) The edits ``model`` selects and the prompt's token ids (chat messages through the
+        chat template).
 
         Raises:
             NotFoundError: unknown model or tenant. ParamError: the prompt is too long.
-            ServeTimeoutError: ``deadline`` passed.
         """
         selection = self.selector.select(model)
-        with self._tokenizer_lock:
-            text = prompt if isinstance(prompt, str) else chat_prompt(self.tokenizer, prompt)
-            ids = prompt_ids(self.tokenizer, text, self.settings.limits)
-        with self.cache.holding(selection.key, selection.deltas, deadline) as materialized:
-            output = complete(materialized, self.tokenizer, ids, params, deadline=deadline)
-        if output is None:
-            raise ServeTimeoutError(f"Generation ran past the server's limit of {self.settings.config.timeout_s:g} s.",
-                                    hint="Ask for fewer tokens, or raise --timeout.")
-        return Answer(selection, output)
+        text = prompt if isinstance(prompt, str) else chat_prompt(self.tokenizer, prompt)
+        return selection, prompt_ids(self.tokenizer, text, self.settings.limits)
+
+    def submit(self, selection: Selection, ids: list[int], params: Params, deadline: float) -> Future[Output]:
+        """Queue the generation on ``selection``'s model; the output (or ServeTimeoutError) comes in the
+        future."""
+        return self.batcher.submit(selection.key, selection.deltas, ids, params, deadline)
+
+    def generate(self, model: str | None, prompt: str | list[dict[str, str]], params: Params,
+                 timeout: float | None = None) -> Answer:
+        """:meth:`prepare` and :meth:`submit` from a plain thread, waiting for the answer (no HTTP)."""
+        deadline = time.monotonic() + (timeout or self.settings.config.timeout_s)
+        selection, ids = self.io.submit(self.prepare, model, prompt).result()
+        return Answer(selection, self.submit(selection, ids, params, deadline).result())
 
     def models(self) -> list[dict[str, Any]]:
         return self.selector.models()
-
-
-# --- listening ------------------------------------------------------------------------------------
-
-
-async def _start(server: Server, host: str, port: int) -> tuple[Any, str]:
-    from aiohttp import web
-
-    from cathrepo.serve.app import build_app
-
-    runner = web.AppRunner(build_app(server), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0]
-    shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-    return runner, f"http://{shown}:{bound[1]}"
-
-
-def serve_forever(server: Server, on_ready: Callable[[str], None] | None = None) -> None:
-    """Listen on the settings' host and port until SIGINT or SIGTERM; ``on_ready`` gets the base URL."""
-
-    async def main() -> None:
-        runner, url = await _start(server, server.settings.config.host, server.settings.config.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        log.info("serving %s on %s (default model %s)", server.repo.root, url, server.settings.config.ref)
-        if on_ready is not None:
-            on_ready(url)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    try:
-        asyncio.run(main())
-    finally:
-        server.close()
-
-
-@contextmanager
-def running(server: Server, host: str | None = None, port: int = 0) -> Iterator[str]:
-    """The server listening in a background thread (tests, benchmarks); yields its base URL and stops it
-    on exit."""
-    loop = asyncio.new_event_loop()
-    ready: dict[str, Any] = {}
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            ready["runner"], ready["url"] = loop.run_until_complete(_start(server, host or "127.0.0.1", port))
-        except BaseException as exc:  # handed to the caller's thread below
-            ready["error"] = exc
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="cathrepo-serve-loop", daemon=True)
-    thread.start()
-    started.wait()
-    if "error" in ready:
-        loop.close()
-        raise ready["error"]
-    try:
-        yield ready["url"]
-    finally:
-        asyncio.run_coroutine_threadsafe(ready["runner"].cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
-

@@ -19,9 +19,10 @@ def test_bench_serve_measures_every_cell_against_the_baseline(tmp_path, tiny_lla
     out = bench_serve(config)
     repo = Repo.open(config.repo)
     assert [len(repo.stack(f"bench-serve-{n}").active) for n in (0, 3)] == [0, 3]
-    assert [r["clients"] for r in out["baseline"]] == [1, 3]
+    assert [r["clients"] for r in out["baseline"]["threads"]] == [r["clients"] for r in out["baseline"]["batched"]] == [1, 3]
     assert [(r["edits"], r["clients"]) for r in out["server"]] == [(0, 1), (0, 3), (3, 1), (3, 3)]
-    for row in out["baseline"] + out["server"]:
+    assert sum(int(size) * n for size, n in out["batches"].items()) == 2 + 2 * (2 + 6)  # every request decoded
+    for row in out["baseline"]["threads"] + out["baseline"]["batched"] + out["server"]:
         assert row["errors"] == 0 and row["requests"] == 2 * row["clients"], row
         assert 0 < row["median_s"] <= row["p90_s"] and row["requests_per_s"] > 0 and row["tokens_per_s"] > 0
     assert set(out["first_request_s"]) == {"0", "3"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,8 @@ from cathrepo.exceptions import InvalidInputError, NotFoundError
 from cathrepo.facts.schema import EditRequest
 from cathrepo.repo import Repo
 from cathrepo.serve.inference import PLAIN_CHAT
-from cathrepo.serve.server import Server, ServeSettings, running
+from cathrepo.serve.listen import running
+from cathrepo.serve.server import Server, ServeSettings
 from tests.func.test_repo_flow import FACT, OTHER, _tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,11 +48,12 @@ def call(url: str, path: str, body: Any = None, *, token: str | None = None, raw
 
 
 @contextmanager
-def serving(repo: Repo, token: str | None = None, **options: Any) -> Iterator[str]:
+def serving(repo: Repo, token: str | None = None, **options: Any) -> Iterator[tuple[str, Server]]:
+    """A server on ``repo`` listening on a free loopback port: (its URL, the server)."""
     server = Server(repo, ServeSettings.of(repo.config.serve, token, **options))
     try:
         with running(server) as url:
-            yield url
+            yield url, server
     finally:
         server.close()
 
@@ -79,7 +82,7 @@ def edited(bare) -> tuple[Repo, dict[str, str]]:
 def test_completions_and_chat_answer_with_the_active_edits_provenance(edited):
     repo, revs = edited
     production_edit, main_edit = repo.stack("main").active
-    with serving(repo) as url:
+    with serving(repo) as (url, server):
         status, out = call(url, "/v1/completions", {"prompt": FACT.prompt, "max_tokens": 6})
         assert status == 200, out
         assert out["object"] == "text_completion" and out["id"].startswith("cmpl-") and out["model"] == "production"
@@ -111,8 +114,8 @@ def test_completions_and_chat_answer_with_the_active_edits_provenance(edited):
 
 
 def test_concurrent_requests_each_get_their_own_models_edits(edited):
-    """Twelve requests on three models at once, from threads: each answer is what ``generate`` gives
-    at its revision, and names that revision's edits."""
+    """Twelve requests on three models at once, from threads: requests to one model are decoded
+    together, and each answer is what ``generate`` gives at its revision, naming that revision's edits."""
     repo, revs = edited
     prompts = [FACT.prompt, OTHER.prompt]
     expected = {(name, p): repo.generate(p, rev, max_new_tokens=6).text for name, rev in revs.items() for p in prompts}
@@ -120,15 +123,24 @@ def test_concurrent_requests_each_get_their_own_models_edits(edited):
     assert len({tuple(v) for v in edits.values()}) == 3
     jobs = [(name, p) for name in ("production", "main", revs["base"]) for p in prompts] * 2
     results: dict[int, tuple[int, dict[str, Any]]] = {}
-    with serving(repo, workers=3, cache_models=2) as url:
+    with serving(repo, workers=2, cache_models=2) as (url, server):
         def ask(i: int, model: str, prompt: str) -> None:
             results[i] = call(url, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 6})
 
+        release = threading.Event()
+        busy = [server.pool.submit(release.wait, 60) for _ in range(2)]  # both decoding threads held
         threads = [threading.Thread(target=ask, args=(i, *job)) for i, job in enumerate(jobs)]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + 60
+        while server.batcher.queued() < len(jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert call(url, "/health")[1]["queued"] == len(jobs)
+        release.set()
         for thread in threads:
             thread.join()
+        assert all(b.result() for b in busy)
+        assert sorted(server.batcher.batches) == [4, 4, 4]  # each model's four requests decoded together
     for i, (model, prompt) in enumerate(jobs):
         status, out = results[i]
         name = "base" if model == revs["base"] else model
@@ -140,7 +152,7 @@ def test_concurrent_requests_each_get_their_own_models_edits(edited):
 def test_refusals_have_openai_error_shape_and_status(bare):
     with pytest.raises(NotFoundError, match="production"):  # nothing promoted yet: the default ref is unknown
         Server(bare, ServeSettings.of(bare.config.serve))
-    with serving(bare, ref="main", max_body_bytes=2000, max_prompt_tokens=40, max_tokens=8) as url:
+    with serving(bare, ref="main", max_body_bytes=2000, max_prompt_tokens=40, max_tokens=8) as (url, server):
         status, out = call(url, "/v1/completions", {"model": "nosuch", "prompt": "Hello"})
         assert status == 404 and out["error"]["code"] == "model_not_found" and "nosuch" in out["error"]["message"]
         assert set(out["error"]) == {"message", "type", "param", "code"}
@@ -163,7 +175,7 @@ def test_refusals_have_openai_error_shape_and_status(bare):
 
 
 def test_a_request_past_its_deadline_gets_504(bare):
-    with serving(bare, ref="main", timeout_s=1e-6) as url:
+    with serving(bare, ref="main", timeout_s=1e-6) as (url, server):
         status, out = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 4})
     assert status == 504 and out["error"]["type"] == "timeout"
 
@@ -176,7 +188,7 @@ def test_a_bearer_token_is_required_off_loopback_and_checked_when_set(bare, monk
     assert ServeSettings.of(ServeConfig(), "s3cret", host="0.0.0.0").token == "s3cret"
     monkeypatch.setenv("CATHREPO_SERVE_TOKEN", "from-env")
     assert ServeSettings.of(ServeConfig(), host="0.0.0.0").token == "from-env"
-    with serving(bare, "s3cret", ref="main") as url:
+    with serving(bare, "s3cret", ref="main") as (url, server):
         body = {"prompt": "Hello", "max_tokens": 2}
         for token in (None, "wrong", "s3cre"):
             status, out = call(url, "/v1/completions", body, token=token)
@@ -203,7 +215,7 @@ def test_two_tenants_at_once_each_get_only_their_edits(edited):
     assert expected[("acme", FACT.prompt)] != expected[("globex@main", FACT.prompt)]  # the edits differ
     jobs = [(model, p) for model in tenant_of for p in prompts] * 2
     results: dict[int, tuple[int, dict[str, Any]]] = {}
-    with serving(repo, ref="main", workers=3) as url:
+    with serving(repo, ref="main", workers=2) as (url, server):
         def ask(i: int, model: str, prompt: str) -> None:
             results[i] = call(url, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 6})
 

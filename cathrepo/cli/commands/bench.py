@@ -221,10 +221,12 @@ def scale_cmd(repo: Path, n: int, base: str | None, runs: int, json_out: Path | 
 @click.option("--requests", type=click.IntRange(min=1), default=4, show_default=True, help="Requests per client.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=16, show_default=True, help="Tokens per request.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Server generation threads.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests the server decodes together (1: one at a time).")
 @click.option("--base", metavar="MODEL", help="Base model of a repository this run creates (default: embedded).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 def serve_cmd(repo: Path, edits: tuple[int, ...], clients: tuple[int, ...], requests: int, max_tokens: int,
-              workers: int, base: str | None, json_out: Path | None) -> None:
+              workers: int, max_batch: int, base: str | None, json_out: Path | None) -> None:
     """Latency and throughput of `cathrepo serve` at each (edits, clients) against plain generate."""
     from rich.console import Console
     from rich.table import Table
@@ -232,19 +234,21 @@ def serve_cmd(repo: Path, edits: tuple[int, ...], clients: tuple[int, ...], requ
     from cathrepo.bench.serve import ServeBenchConfig, bench_serve
 
     config = ServeBenchConfig(repo=repo, edits=edits or (0, 10, 1000), clients=clients or (1, 4, 16),
-                              requests=requests, max_tokens=max_tokens, workers=workers, base=base)
+                              requests=requests, max_tokens=max_tokens, workers=workers, max_batch=max_batch,
+                              base=base)
     with progress("Benchmarking") as say:
         out = bench_serve(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
     table = Table(title=f"{requests} request(s) per client, {max_tokens} tokens each")
     for column in ("model", "clients", "median s", "p90 s", "requests/s", "tokens/s", "errors"):
         table.add_column(column, justify="right")
-    rows = [("transformers generate", r) for r in out["baseline"]]
+    rows = [("generate, threads", r) for r in out["baseline"]["threads"]]
+    rows += [("generate, one batch", r) for r in out["baseline"]["batched"]]
     rows += [(f"serve, {r['edits']} edits", r) for r in out["server"]]
     for name, r in rows:
         table.add_row(name, str(r["clients"]), _fmt(r["median_s"]), _fmt(r["p90_s"]), _fmt(r["requests_per_s"]),
                       _fmt(r["tokens_per_s"]), str(r["errors"]))
     Console().print(table)
-    click.echo(f"first request per model (verify, build): {out['first_request_s']}")
+    click.echo(f"first request per model (verify, build): {out['first_request_s']}; batch sizes: {out['batches']}")
     if json_out:
         json_out.write_text(json.dumps(out, indent=2) + "\n")
         click.echo(f"wrote {json_out}")

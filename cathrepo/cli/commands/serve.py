@@ -21,11 +21,13 @@ from cathrepo.cli.shared import open_repo, progress
               help="Seconds per request, waiting included ([serve]: 60).")
 @click.option("--cache-models", type=click.IntRange(min=1), help="Materialized models kept ([serve]: 2).")
 @click.option("--workers", type=click.IntRange(min=1), help="Generation threads ([serve]: 2).")
+@click.option("--max-batch", type=click.IntRange(min=1), help="Requests to one model decoded together ([serve]: 16).")
 @click.pass_context
 def serve_cmd(ctx: click.Context, token: str | None, **options: object) -> None:
     """Serve the edited model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions,
     /v1/models); the request's "model" picks a ref, a tenant or TENANT@REF."""
-    from cathrepo.serve.server import Server, ServeSettings, serve_forever
+    from cathrepo.serve.listen import serve_forever
+    from cathrepo.serve.server import Server, ServeSettings
 
     repo = open_repo(ctx)
     settings = ServeSettings.of(repo.config.serve, token, **options)
