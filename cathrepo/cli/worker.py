@@ -37,7 +37,7 @@ from cathrepo import __version__
 from cathrepo.files import user_dir
 
 #: Commands that load a model and therefore gain from the worker (the others start in well under a second).
-FORWARDED = frozenset({"edit", "revert", "gate", "generate", "trace", "bench"})
+FORWARDED = frozenset({"edit", "revert", "gate", "generate", "explain", "trace", "bench"})
 _HEADER = struct.Struct("!I")  # every message: its length, then UTF-8 JSON
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from cathrepo.gates.results import GateReport
     from cathrepo.provenance.keys import SigningKey
     from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo.explain import Explanation
     from cathrepo.repo.git import Git
     from cathrepo.repo.lock import RepoLock
     from cathrepo.repo.log import LogEntry
@@ -265,6 +266,14 @@ class Repo(LineVerbs):
         from cathrepo.repo.materialize import generate
 
         return generate(self, prompt, rev, max_new_tokens=max_new_tokens, tenant=tenant)
+
+    def explain(self, prompt: str, rev: str = "HEAD", *, tenant: str | None = None,
+                **options: Any) -> Explanation:
+        """The answer to ``prompt``, the edits active for it and which of them caused it
+        (:func:`cathrepo.repo.explain.explain`)."""
+        from cathrepo.repo.explain import explain
+
+        return explain(self, prompt, rev, tenant=tenant, **options)
 
     def gate(
         self,

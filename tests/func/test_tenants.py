@@ -28,8 +28,7 @@ def set_tenants(repo: Repo, tenants: dict[str, TenantConfig]) -> str:
     return repo.git.commit("Tenants")
 
 
-@pytest.fixture
-def repo(tmp_path, tiny_llama, corpus):
+def three_edits(tmp_path, tiny_llama, corpus) -> Repo:
     """Edits other (tagged acme-v1), fact (branch 'two' ends here), third; ids in ``repo.ids``."""
     _, _, model_dir = tiny_llama
     repo = Repo.init(tmp_path / "edits", base=str(model_dir))
@@ -43,6 +42,11 @@ def repo(tmp_path, tiny_llama, corpus):
             repo.git.run(ref)
     repo.ids = ids  # type: ignore[attr-defined]
     return repo
+
+
+@pytest.fixture
+def repo(tmp_path, tiny_llama, corpus):
+    return three_edits(tmp_path, tiny_llama, corpus)
 
 
 def _weights(state) -> dict[str, torch.Tensor]:
