@@ -1,6 +1,7 @@
 """The HTTP side of ``cathrepo serve``: an aiohttp application speaking OpenAI's API.
 
-Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /health``.
+Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/explain``
+(``cathrepo explain``: which active edits caused the answer), ``GET /health``.
 Every answer carries, besides OpenAI's fields, a ``cathrepo`` field: the ref, commit and tenant that
 answered and each active edit's provenance. Errors have OpenAI's shape (``{"error": {"message", "type",
 "param", "code"}}``): 400 bad parameters, 401 a missing or wrong bearer token, 404 an unknown model or
@@ -162,6 +163,29 @@ async def chat_completions(request: web.Request) -> web.Response:
     return web.json_response(_envelope("chat.completion", answer.selection.model, answer, choice))
 
 
+async def explain(request: web.Request) -> web.Response:
+    """``cathrepo explain`` over HTTP: ``model`` and ``prompt`` as for completions, ``max_tokens`` the
+    length of the answer explained; the explanation (answer, base answer, each edit's effect, the cause)
+    in ``explanation``."""
+    server = request.app[SERVER]
+    body = await _body(request)
+    params = request_params(body, server.settings.limits)
+    prompt = completion_prompt(body)
+    timeout = server.settings.config.timeout_s
+    deadline = time.monotonic() + timeout
+    loop = asyncio.get_running_loop()
+    try:
+        selection, _ = await asyncio.wait_for(loop.run_in_executor(server.io, server.prepare, body.get("model"),
+                                                                   prompt), timeout)
+        future = loop.run_in_executor(server.pool, server.explain, selection, prompt, params.max_tokens, deadline)
+        explanation = await asyncio.wait_for(future, deadline - time.monotonic())
+    except TimeoutError:
+        raise ServeTimeoutError(f"The explanation ran past the server's limit of {timeout:g} s.") from None
+    return web.json_response({"id": f"expl-{uuid.uuid4().hex}", "object": "explanation", "created": int(time.time()),
+                              "model": selection.model, "explanation": explanation,
+                              "cathrepo": selection.provenance()})
+
+
 async def models(request: web.Request) -> web.Response:
     server = request.app[SERVER]
     listed = await asyncio.get_running_loop().run_in_executor(server.io, server.models)
@@ -187,4 +211,5 @@ def build_app(server: Server) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/explain", explain)
     return app

@@ -16,14 +16,12 @@ tenant); only refs are resolved again on each request (a promotion is seen at on
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.exceptions import NotFoundError
-from cathrepo.repo import layout
 
 if TYPE_CHECKING:
     from cathrepo.delta import Delta
@@ -52,7 +50,7 @@ class Selection:
     tenant: str | None
     edits: tuple[ActiveEdit, ...]
     deltas: tuple[Delta, ...]
-    signers: tuple[str | None, ...]
+    origin: tuple[dict[str, Any], ...]
 
     @property
     def key(self) -> tuple[str, tuple[str, ...]]:
@@ -63,16 +61,8 @@ class Selection:
     def provenance(self) -> dict[str, Any]:
         """The ``cathrepo`` field of a response: the ref, commit, tenant and each active edit's record."""
         return {"model": self.model, "ref": self.ref, "commit": self.commit, "tenant": self.tenant,
-                "edits": [edit_provenance(e, signer) for e, signer in zip(self.edits, self.signers, strict=True)]}
-
-
-def edit_provenance(edit: ActiveEdit, signer: str | None) -> dict[str, Any]:
-    """One active edit as a response reports it (its signature verified when it was selected)."""
-    record = edit.record
-    return {"id": edit.id, "action": record.action, "summary": record.summary, "method": record.method,
-            "source": record.source, "author": record.author, "created": record.created,
-            "confidence": record.confidence, "risk": record.risk,
-            "signature": {"status": "verified", "signer": signer}}
+                "edits": [{"id": e.id, "action": e.record.action, "summary": e.record.summary, **origin}
+                          for e, origin in zip(self.edits, self.origin, strict=True)]}
 
 
 def parse_model_name(name: str | None, default_ref: str, tenants: frozenset[str]) -> ModelName:
@@ -119,7 +109,7 @@ class Selector:
                     self._selections.popitem(last=False)
             self._selections.move_to_end(key)
             label = name.strip() if name and name.strip() else self.default_ref
-            return Selection(label, parsed.ref, commit, parsed.tenant, cached.edits, cached.deltas, cached.signers)
+            return Selection(label, parsed.ref, commit, parsed.tenant, cached.edits, cached.deltas, cached.origin)
 
     def resolve(self, ref: str) -> str:
         """The commit ``ref`` names: an environment's current commit in HEAD's verified deployment log,
@@ -160,8 +150,8 @@ class Selector:
     def _load(self, commit: str, tenant: str | None, label: str) -> Selection:
         edits = selected_edits(self.repo, commit, tenant, label)
         deltas = selected_deltas(self.repo, commit, edits)
-        signers = _signers(self.repo, commit, [e.id for e in edits])
-        return Selection("", "", commit, tenant, tuple(edits), tuple(deltas), tuple(signers))
+        origin = edits_provenance(self.repo, commit, edits)
+        return Selection("", "", commit, tenant, tuple(edits), tuple(deltas), tuple(origin[e.id] for e in edits))
 
 
 # --- the edits of a tenant or a whole revision -----------------------------------------------------
@@ -194,19 +184,9 @@ def selected_deltas(repo: Repo, commit: str, edits: list[ActiveEdit]) -> list[De
     return stack_deltas(repo, commit, edits)
 
 
-def _signers(repo: Repo, commit: str, edit_ids: list[str]) -> list[str | None]:
-    """The principal that signed each edit's record (its first signature), read in one batch."""
-    if not edit_ids:
-        return []
-    listing = repo.git.list_tree(commit, layout.EDITS)
-    paths = {eid: layout.edit_path(eid, layout.SIGNATURE) for eid in edit_ids}
-    oids = {eid: listing[p][1] for eid, p in paths.items() if p in listing}
-    data = repo.git.read_objects(list(oids.values()))
-    out: list[str | None] = []
-    for eid in edit_ids:
-        try:
-            envelope = json.loads(data[oids[eid]]) if eid in oids else {}
-            out.append(str(envelope["signatures"][0]["principal"]))
-        except (KeyError, IndexError, TypeError, ValueError):
-            out.append(None)
-    return out
+def edits_provenance(repo: Repo, commit: str, edits: list[ActiveEdit]) -> dict[str, dict[str, Any]]:
+    """Per edit, what ``cathrepo explain`` reports of it too: source, author, created, risk, confidence,
+    method, the principal whose ``edit.sig`` verifies, the approvals present."""
+    from cathrepo.repo.explain_screen import provenance
+
+    return provenance(repo, commit, edits, verified=True)

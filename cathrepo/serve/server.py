@@ -9,6 +9,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cathrepo.config import ServeConfig
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.serve.batching import Batcher
-from cathrepo.serve.cache import ModelCache
+from cathrepo.serve.cache import ModelCache, ServeTimeoutError
 from cathrepo.serve.inference import Limits, Output, Params, chat_prompt, prompt_ids
 from cathrepo.serve.select import Selection, Selector
 
@@ -87,6 +88,7 @@ class Server:
         self.io = ThreadPoolExecutor(1, thread_name_prefix="cathrepo-serve-io")
         self.pool = ThreadPoolExecutor(settings.config.workers, thread_name_prefix="cathrepo-serve")
         self.batcher = Batcher(self.cache, self.tokenizer, self.pool, settings.config.max_batch)
+        self._explaining = threading.Lock()
         self.started = time.time()
 
     def close(self) -> None:
@@ -115,6 +117,25 @@ class Server:
         deadline = time.monotonic() + (timeout or self.settings.config.timeout_s)
         selection, ids = self.io.submit(self.prepare, model, prompt).result()
         return Answer(selection, self.submit(selection, ids, params, deadline).result())
+
+    def explain(self, selection: Selection, prompt: str, max_tokens: int, deadline: float) -> dict[str, Any]:
+        """(in ``pool``) ``cathrepo explain`` of ``prompt`` on ``selection``: the answer and each active edit's
+        causal effect on it. It materializes a model of its own (it subtracts each delta in turn), so the
+        cached models are never touched; one explanation runs at a time, bounding the memory it takes.
+
+        Raises:
+            ServeTimeoutError: another explanation held the slot past ``deadline``.
+        """
+        from cathrepo.repo.explain import explain
+
+        if not self._explaining.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise ServeTimeoutError("The request timed out waiting for another explanation to finish.",
+                                    hint="Retry later, or raise the server's --timeout.")
+        try:
+            return explain(self.repo, prompt, selection.commit, tenant=selection.tenant,
+                           max_new_tokens=max_tokens).to_dict()
+        finally:
+            self._explaining.release()
 
     def models(self) -> list[dict[str, Any]]:
         return self.selector.models()

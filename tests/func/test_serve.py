@@ -236,3 +236,27 @@ def test_two_tenants_at_once_each_get_only_their_edits(edited):
         assert out["choices"][0]["text"].strip() == expected[(model, prompt)]
         assert out["cathrepo"]["tenant"] == tenant_of[model] and out["model"] == model
         assert [e["id"] for e in out["cathrepo"]["edits"]] == edits[model]
+
+
+def test_explain_over_http_is_cathrepo_explain(edited):
+    """``POST /v1/explain`` answers what ``Repo.explain`` answers at the same ref and tenant, with the
+    selection's provenance beside it; an unknown model is a 404 there too."""
+    from tests.func.test_tenants import set_tenants
+
+    repo, _ = edited
+    fact_edit, other_edit = repo.stack("main").active
+    set_tenants(repo, {"acme": TenantConfig(include=[f"edit:{fact_edit[:8]}"])})
+    with serving(repo, ref="main") as (url, _server):
+        for model, tenant, ids in (("main", None, [fact_edit, other_edit]), ("acme", "acme", [fact_edit])):
+            status, out = call(url, "/v1/explain", {"model": model, "prompt": FACT.prompt, "max_tokens": 1})
+            assert status == 200, out
+            assert out["object"] == "explanation" and out["model"] == model and out["id"].startswith("expl-")
+            expected = repo.explain(FACT.prompt, "main", tenant=tenant, max_new_tokens=1).to_dict()
+            got = out["explanation"]
+            assert (got["answer"], got["base_answer"], got["cause"]) == \
+                (expected["answer"], expected["base_answer"], expected["cause"])
+            assert [e["id"] for e in got["edits"]] == ids == [e["id"] for e in out["cathrepo"]["edits"]]
+            assert got["tenant"] == tenant == out["cathrepo"]["tenant"]
+            assert out["cathrepo"]["edits"][0]["signature"] == got["edits"][0]["provenance"]["signature"]
+        status, out = call(url, "/v1/explain", {"model": "nosuch@main", "prompt": FACT.prompt})
+        assert status == 404 and out["error"]["code"] == "model_not_found"
