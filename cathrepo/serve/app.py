@@ -127,7 +127,8 @@ async def _answer(request: web.Request, model: str | None, prompt: str | list[di
     deadline = time.monotonic() + timeout
     loop = asyncio.get_running_loop()
     try:
-        selection, ids = await asyncio.wait_for(loop.run_in_executor(server.io, server.prepare, model, prompt),
+        selection, ids = await asyncio.wait_for(loop.run_in_executor(server.io, server.prepare, model, prompt,
+                                                                     params.max_tokens),
                                                 timeout)
         future = server.submit(selection, ids, params, deadline)
         output = await asyncio.wait_for(asyncio.wrap_future(future), deadline - time.monotonic() + GRACE_S)
@@ -176,7 +177,7 @@ async def explain(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     try:
         selection, _ = await asyncio.wait_for(loop.run_in_executor(server.io, server.prepare, body.get("model"),
-                                                                   prompt), timeout)
+                                                                   prompt, params.max_tokens), timeout)
         future = loop.run_in_executor(server.pool, server.explain, selection, prompt, params.max_tokens, deadline)
         explanation = await asyncio.wait_for(future, deadline - time.monotonic())
     except TimeoutError:

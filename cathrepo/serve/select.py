@@ -88,6 +88,7 @@ class Selector:
         self._lock = threading.Lock()
         self._selections: OrderedDict[tuple[str, str | None], Selection] = OrderedDict()
         self._environments: tuple[str, dict[str, str]] | None = None  # (HEAD, env -> commit)
+        self._tenants: dict[str, frozenset[str]] = {}
 
     def select(self, name: str | None) -> Selection:
         """The edits ``name`` selects, verified (see the module docstring).
@@ -98,7 +99,7 @@ class Selector:
         """
         with self._lock:
             default_commit = self.resolve(self.default_ref)
-            parsed = parse_model_name(name, self.default_ref, frozenset(tenant_names(self.repo, default_commit)))
+            parsed = parse_model_name(name, self.default_ref, self._tenants_at(default_commit))
             commit = self.resolve(parsed.ref)
             key = (commit, parsed.tenant)
             cached = self._selections.get(key)
@@ -143,9 +144,15 @@ class Selector:
                 out.setdefault(env, {"ref": env, "commit": commit, "tenant": None})
             for branch in self.repo.git.run(["for-each-ref", "--format=%(refname:short)", "refs/heads"]).split():
                 out.setdefault(branch, {"ref": branch, "commit": self.repo.git.rev_parse(branch), "tenant": None})
-            for tenant in tenant_names(self.repo, default_commit):
+            for tenant in sorted(self._tenants_at(default_commit)):
                 out.setdefault(tenant, {"ref": self.default_ref, "commit": default_commit, "tenant": tenant})
             return [{"id": name, **info} for name, info in out.items()]
+
+    def _tenants_at(self, commit: str) -> frozenset[str]:
+        """The tenants ``cathrepo.toml`` defines at ``commit``, read once per commit."""
+        if commit not in self._tenants:
+            self._tenants[commit] = frozenset(tenant_names(self.repo, commit))
+        return self._tenants[commit]
 
     def _load(self, commit: str, tenant: str | None, label: str) -> Selection:
         edits = selected_edits(self.repo, commit, tenant, label)

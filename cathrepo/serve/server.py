@@ -19,7 +19,7 @@ from cathrepo.config import ServeConfig
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.serve.batching import Batcher
 from cathrepo.serve.cache import ModelCache, ServeTimeoutError
-from cathrepo.serve.inference import Limits, Output, Params, chat_prompt, prompt_ids
+from cathrepo.serve.inference import Limits, Output, ParamError, Params, chat_prompt, prompt_ids
 from cathrepo.serve.select import Selection, Selector
 
 if TYPE_CHECKING:
@@ -95,16 +95,23 @@ class Server:
         self.io.shutdown(wait=False, cancel_futures=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def prepare(self, model: str | None, prompt: str | list[dict[str, str]]) -> tuple[Selection, list[int]]:
+    def prepare(self, model: str | None, prompt: str | list[dict[str, str]],
+                max_tokens: int = 0) -> tuple[Selection, list[int]]:
         """(in ``io``) The edits ``model`` selects and the prompt's token ids (chat messages through the
         chat template).
 
         Raises:
-            NotFoundError: unknown model or tenant. ParamError: the prompt is too long.
+            NotFoundError: unknown model or tenant. ParamError: the prompt is too long, alone or with
+                ``max_tokens`` for the model's context.
         """
         selection = self.selector.select(model)
         text = prompt if isinstance(prompt, str) else chat_prompt(self.tokenizer, prompt)
-        return selection, prompt_ids(self.tokenizer, text, self.settings.limits)
+        ids = prompt_ids(self.tokenizer, text, self.settings.limits)
+        context = getattr(getattr(self.base, "config", None), "max_position_embeddings", None)
+        if isinstance(context, int) and len(ids) + max_tokens > context:
+            raise ParamError(f"The prompt ({len(ids)} tokens) and max_tokens ({max_tokens}) exceed the model's "
+                             f"context of {context} tokens.", param="max_tokens")
+        return selection, ids
 
     def submit(self, selection: Selection, ids: list[int], params: Params, deadline: float) -> Future[Output]:
         """Queue the generation on ``selection``'s model; the output (or ServeTimeoutError) comes in the

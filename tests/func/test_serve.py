@@ -172,6 +172,9 @@ def test_refusals_have_openai_error_shape_and_status(bare):
         assert status == 404 and "error" in out
         status, out = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 3})
         assert status == 200 and out["cathrepo"]["edits"] == [] and out["cathrepo"]["ref"] == "main"
+    with serving(bare, ref="main", max_tokens=200) as (url, server):  # the tiny model's context: 128
+        status, out = call(url, "/v1/completions", {"prompt": "Paris " * 30, "max_tokens": 100})
+        assert status == 400 and out["error"]["param"] == "max_tokens" and "context of 128" in out["error"]["message"]
 
 
 def test_a_request_past_its_deadline_gets_504(bare):
