@@ -58,6 +58,35 @@ def serving(repo: Repo, token: str | None = None, **options: Any) -> Iterator[tu
         server.close()
 
 
+def ask_at_once(url: str, server: Server, jobs: list[tuple[str, str]], *, queue_first: bool,
+                max_tokens: int = 6) -> list[tuple[int, dict[str, Any]]]:
+    """Each (model, prompt) of ``jobs`` as a completion request from its own thread, all at once. With
+    ``queue_first`` the decoding threads are held until every request is queued, so each model's requests
+    are decoded in one batch; otherwise they interleave as they come."""
+    results: dict[int, tuple[int, dict[str, Any]]] = {}
+
+    def ask(i: int, model: str, prompt: str) -> None:
+        results[i] = call(url, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": max_tokens})
+
+    release = threading.Event()
+    if not queue_first:
+        release.set()
+    busy = [server.pool.submit(release.wait, 60) for _ in range(server.settings.config.workers)]
+    threads = [threading.Thread(target=ask, args=(i, *job)) for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    if queue_first:
+        deadline = time.monotonic() + 60
+        while server.batcher.queued() < len(jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert call(url, "/health")[1]["queued"] == len(jobs)
+        release.set()
+    for thread in threads:
+        thread.join()
+    assert all(b.result() for b in busy)
+    return [results[i] for i in range(len(jobs))]
+
+
 @pytest.fixture
 def bare(tmp_path, tiny_llama, corpus) -> Repo:
     """A repository with no edit yet."""
@@ -122,27 +151,10 @@ def test_concurrent_requests_each_get_their_own_models_edits(edited):
     edits = {name: list(repo.stack(rev).active) for name, rev in revs.items()}
     assert len({tuple(v) for v in edits.values()}) == 3
     jobs = [(name, p) for name in ("production", "main", revs["base"]) for p in prompts] * 2
-    results: dict[int, tuple[int, dict[str, Any]]] = {}
     with serving(repo, workers=2, cache_models=2) as (url, server):
-        def ask(i: int, model: str, prompt: str) -> None:
-            results[i] = call(url, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 6})
-
-        release = threading.Event()
-        busy = [server.pool.submit(release.wait, 60) for _ in range(2)]  # both decoding threads held
-        threads = [threading.Thread(target=ask, args=(i, *job)) for i, job in enumerate(jobs)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while server.batcher.queued() < len(jobs) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert call(url, "/health")[1]["queued"] == len(jobs)
-        release.set()
-        for thread in threads:
-            thread.join()
-        assert all(b.result() for b in busy)
+        results = ask_at_once(url, server, jobs, queue_first=True)
         assert sorted(server.batcher.batches) == [4, 4, 4]  # each model's four requests decoded together
-    for i, (model, prompt) in enumerate(jobs):
-        status, out = results[i]
+    for (model, prompt), (status, out) in zip(jobs, results, strict=True):
         name = "base" if model == revs["base"] else model
         assert status == 200, out
         assert out["choices"][0]["text"].strip() == expected[(name, prompt)]
@@ -203,8 +215,9 @@ def test_a_bearer_token_is_required_off_loopback_and_checked_when_set(bare, monk
 
 def test_two_tenants_at_once_each_get_only_their_edits(edited):
     """Tenants as models (``TENANT`` at the default ref, ``TENANT@REF``): requests from two tenants and the
-    whole active set at once, from threads, each answered as ``generate --tenant`` answers; an unknown
-    tenant, or one the ref does not define, is a 404."""
+    whole active set at once, from threads, interleaved as they come and then queued into one batch per
+    model, each answered as ``generate --tenant`` answers; an unknown tenant, or one the ref does not
+    define, is a 404."""
     from tests.func.test_tenants import set_tenants
 
     repo, _ = edited
@@ -217,24 +230,16 @@ def test_two_tenants_at_once_each_get_only_their_edits(edited):
                 for model, tenant in tenant_of.items() for p in prompts}
     assert expected[("acme", FACT.prompt)] != expected[("globex@main", FACT.prompt)]  # the edits differ
     jobs = [(model, p) for model in tenant_of for p in prompts] * 2
-    results: dict[int, tuple[int, dict[str, Any]]] = {}
     with serving(repo, ref="main", workers=2) as (url, server):
-        def ask(i: int, model: str, prompt: str) -> None:
-            results[i] = call(url, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 6})
-
-        threads = [threading.Thread(target=ask, args=(i, *job)) for i, job in enumerate(jobs)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = ask_at_once(url, server, jobs, queue_first=False) + ask_at_once(url, server, jobs, queue_first=True)
+        assert sorted(server.batcher.batches)[-3:] == [4, 4, 4]  # the second round: one batch per model
         for model in ("nosuch@main", "acme@production"):
             status, out = call(url, "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 2})
             assert status == 404 and "Known tenants" in out["error"]["message"], out
         listed = {m["id"]: m["cathrepo"] for m in call(url, "/v1/models")[1]["data"]}
         assert listed["acme"]["tenant"] == "acme" and listed["globex"]["ref"] == "main"
     edits = {"acme": [fact_edit], "globex@main": [other_edit], "main": [fact_edit, other_edit]}
-    for i, (model, prompt) in enumerate(jobs):
-        status, out = results[i]
+    for (model, prompt), (status, out) in zip(jobs * 2, results, strict=True):
         assert status == 200, out
         assert out["choices"][0]["text"].strip() == expected[(model, prompt)]
         assert out["cathrepo"]["tenant"] == tenant_of[model] and out["model"] == model
