@@ -199,14 +199,7 @@ def bench_serve(config: ServeBenchConfig, progress: Progress | None = None) -> d
         server.close()
     return {"repo": str(repo.root), "edits": list(config.edits), "clients": list(config.clients),
             "requests_per_client": config.requests, "max_tokens": config.max_tokens, "workers": config.workers,
-            "max_batch": config.max_batch, "batches": _sizes(server.batcher.batches),
+            "max_batch": config.max_batch, "batches": {str(k): v for k, v in sorted(server.batcher.batch_sizes.items())},
             "torch_threads": torch.get_num_threads(), "baseline": baseline, "server": cells,
             "first_request_s": first}
 
-
-def _sizes(batches: list[int]) -> dict[str, int]:
-    """How many batches of each size the server decoded."""
-    out: dict[str, int] = {}
-    for size in batches:
-        out[str(size)] = out.get(str(size), 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class Batcher:
         self.max_batch = max_batch
         self._queues: dict[Hashable, list[Pending]] = {}
         self._lock = threading.Lock()
-        self.batches: list[int] = []  # the size of each batch decoded (for tests and the benchmark)
+        self.batch_sizes: Counter[int] = Counter()  # batch size -> batches decoded (tests, the benchmark)
 
     def queued(self) -> int:
         """Requests waiting for a drain, over every model."""
@@ -117,7 +118,7 @@ class Batcher:
             if pending.deadline > now:
                 groups.setdefault(pending.mode, []).append(pending)
         for group in groups.values():
-            self.batches.append(len(group))
+            self.batch_sizes[len(group)] += 1
             outputs = complete_batch(model, self.tokenizer, [(p.ids, p.params) for p in group],
                                      deadline=max(p.deadline for p in group))
             for pending, output in zip(group, outputs, strict=True):
