@@ -174,6 +174,36 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """Defaults and bounds of ``cathrepo serve`` (each also a command-line option; the bearer token is
+    never stored here: ``--token`` or ``CATHREPO_SERVE_TOKEN``)."""
+
+    ref: str = _f("production", "What a request without 'model' gets: an environment (production, canary), "
+                                "a branch, tag or commit.")
+    host: str = _f("127.0.0.1", "Address to listen on; any but a loopback address needs a bearer token.")
+    port: int = _f(8000, "Port to listen on (0: any free port).")
+    max_body_bytes: int = _f(64 * 1024, "The largest request body accepted (413 beyond).")
+    max_prompt_tokens: int = _f(2048, "The longest prompt accepted, in tokens (400 beyond).")
+    max_tokens: int = _f(512, "The most tokens a request may ask to generate (400 beyond).")
+    timeout_s: float = _f(60.0, "Seconds a request may take, waiting included (504 beyond).")
+    cache_models: int = _f(2, "Materialized models kept in memory (least recently used dropped first).")
+    workers: int = _f(2, "Threads that run generation, off the server's event loop.")
+    max_batch: int = _f(16, "Requests to one model decoded together at most (1: one at a time).")
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "cache_models", "workers", "max_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"cathrepo.toml [serve] {name} must be a positive integer.")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError("cathrepo.toml [serve] port must be an integer from 0 to 65535.")
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
+            raise ConfigError("cathrepo.toml [serve] timeout_s must be a positive number of seconds.")
+        if not isinstance(self.ref, str) or not self.ref or not isinstance(self.host, str) or not self.host:
+            raise ConfigError("cathrepo.toml [serve] ref and host must be non-empty strings.")
+
+
+@dataclass(frozen=True)
 class RepoConfig:
     """The whole of ``cathrepo.toml``."""
 
@@ -185,6 +215,7 @@ class RepoConfig:
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
     risk: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RISK))
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     schema_version: int = SCHEMA_VERSION
 
     def tier(self, risk: str, topics: tuple[str, ...] | list[str] = ()) -> str:
@@ -237,7 +268,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
         version += 1
-    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "tenants", "risk", "approvals"}
+    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "tenants", "risk", "approvals", "serve"}
     for key in sorted(set(data) - known):
         log.warning("cathrepo.toml: ignoring unknown key '%s'", key)
     if "base" not in data:
@@ -251,6 +282,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
         tenants=_tenants(data.get("tenants", {})),
         risk=check_risk(data.get("risk", DEFAULT_RISK)),
         approvals=_build(ApprovalsConfig, data.get("approvals", {}), "approvals"),
+        serve=_build(ServeConfig, data.get("serve", {}), "serve"),
     )
 
 

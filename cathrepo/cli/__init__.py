@@ -52,6 +52,7 @@ COMMANDS: dict[str, str] = {
     "hooks": "hooks:hooks_group",
     "approve": "approve:approve_cmd",
     "keys": "keys:keys_group",
+    "serve": "serve:serve_cmd",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -87,6 +88,7 @@ SHORT_HELP: dict[str, str] = {
     "hooks": "Install, list or run cathrepo's git hooks (pre-commit, pre-push, pre-merge-commit).",
     "approve": "Approve an edit: a signature over its record (high-risk edits need approvals).",
     "keys": "List, add and revoke the keys that may sign and approve (allowed_signers).",
+    "serve": "Serve the edited model over HTTP with OpenAI's API (refs and tenants as models).",
 }
 
 

@@ -1,4 +1,4 @@
-"""cathrepo bench edits|gates|repo --data FILE [...]"""
+"""cathrepo bench edits|gates|repo|scale|serve|... [...]"""
 
 from __future__ import annotations
 
@@ -208,6 +208,47 @@ def scale_cmd(repo: Path, n: int, base: str | None, runs: int, json_out: Path | 
         out = bench_scale(ScaleBenchConfig(repo=repo, n=n, base=base, runs=runs),
                           lambda stage, done, total: say(f"{stage} {done}/{total}"))
     _table(f"{out['edits']} edits in {out['repo']} (medians of {runs} runs)", out, None)
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@bench_group.command("serve")
+@click.option("--repo", "repo", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Repository to build (created when missing) with a bench-serve-N tag per --edits.")
+@click.option("--edits", "edits", type=click.IntRange(min=0), multiple=True, help="Active edits (default 0 10 1000).")
+@click.option("--clients", "clients", type=click.IntRange(min=1), multiple=True, help="Concurrent clients (default 1 4 16).")
+@click.option("--requests", type=click.IntRange(min=1), default=4, show_default=True, help="Requests per client.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=16, show_default=True, help="Tokens per request.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Server generation threads.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests the server decodes together (1: one at a time).")
+@click.option("--base", metavar="MODEL", help="Base model of a repository this run creates (default: embedded).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+def serve_cmd(repo: Path, edits: tuple[int, ...], clients: tuple[int, ...], requests: int, max_tokens: int,
+              workers: int, max_batch: int, base: str | None, json_out: Path | None) -> None:
+    """Latency and throughput of `cathrepo serve` at each (edits, clients) against plain generate."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cathrepo.bench.serve import ServeBenchConfig, bench_serve
+
+    config = ServeBenchConfig(repo=repo, edits=edits or (0, 10, 1000), clients=clients or (1, 4, 16),
+                              requests=requests, max_tokens=max_tokens, workers=workers, max_batch=max_batch,
+                              base=base)
+    with progress("Benchmarking") as say:
+        out = bench_serve(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+    table = Table(title=f"{requests} request(s) per client, {max_tokens} tokens each")
+    for column in ("model", "clients", "median s", "p90 s", "requests/s", "tokens/s", "errors"):
+        table.add_column(column, justify="right")
+    rows = [("generate, threads", r) for r in out["baseline"]["threads"]]
+    rows += [("generate, one batch", r) for r in out["baseline"]["batched"]]
+    rows += [(f"serve, {r['edits']} edits", r) for r in out["server"]]
+    for name, r in rows:
+        table.add_row(name, str(r["clients"]), _fmt(r["median_s"]), _fmt(r["p90_s"]), _fmt(r["requests_per_s"]),
+                      _fmt(r["tokens_per_s"]), str(r["errors"]))
+    Console().print(table)
+    click.echo(f"first request per model (verify, build): {out['first_request_s']}; batch sizes: {out['batches']}")
     if json_out:
         json_out.write_text(json.dumps(out, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
