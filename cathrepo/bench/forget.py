@@ -108,8 +108,20 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def bench_forget(config: ForgetBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Forget each fact in each mode (see the module docstring); per mode a summary and the rows."""
+def replacement_for(fact: Any, facts: Sequence[Any], default: str) -> str:
+    """``replace``'s new answer for ``fact``: ``default``, unless that is the answer being forgotten (then
+    another chosen fact's answer of the same relation, else of any relation, that differs from it)."""
+    answer = fact.target_new.strip().lower()
+    if default.strip().lower() != answer:
+        return default
+    same = [f for f in facts if f.relation_id == fact.relation_id] + list(facts)
+    return next(f.target_new for f in same if f.target_new.strip().lower() != answer)
+
+
+def bench_forget(config: ForgetBenchConfig, progress: Progress | None = None,
+                 partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Forget each fact in each mode (see the module docstring); per mode a summary and the rows.
+    ``partial`` is handed the results so far after every fact (a long run keeps what it measured)."""
     from cathrepo.facts.schema import EditRequest
     from cathrepo.repo.edit import EditSession
     from cathrepo.repo.forget import attempt_forget
@@ -123,13 +135,21 @@ def bench_forget(config: ForgetBenchConfig, progress: Progress | None = None) ->
             session = EditSession.open(repo, method=mode, params=params)
             facts = known_facts(session.model, session.tokenizer, config) if "facts" not in result else result["facts"]
             result.setdefault("facts", facts)
-            rows = []
+            rows: list[dict[str, Any]] = []
             for i, fact in enumerate(facts):
                 say(mode, i, len(facts))
                 start = time.perf_counter()
-                attempt = attempt_forget(session, EditRequest(fact, source="bench:forget"), mode, None)
-                rows.append({"subject": fact.subject, "answer": fact.target_new,
+                request = EditRequest(fact, source="bench:forget")
+                if mode == "replace":  # as `cathrepo forget --mode replace --replacement R`, R never the answer
+                    new = replacement_for(fact, facts, config.replacement)
+                    attempt = session.attempt(request, params={"replacement": new})
+                else:
+                    new = None
+                    attempt = attempt_forget(session, request, mode, None)
+                rows.append({"subject": fact.subject, "answer": fact.target_new, **({"replacement": new} if new else {}),
                              **_row(attempt.gates, time.perf_counter() - start)})
-            result["modes"][mode] = {**summarize(rows), "rows": rows}
+                result["modes"][mode] = {**summarize(rows), "rows": rows}
+                if partial is not None:
+                    partial({**result, "facts": [f.to_dict() for f in result["facts"]], "partial": True})
     result["facts"] = [f.to_dict() for f in result["facts"]]
     return result

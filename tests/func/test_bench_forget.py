@@ -40,3 +40,35 @@ def test_summaries_leave_out_what_no_fact_measured():
     out = summarize(rows)
     assert out["committed"] == 0.5 and out["retention"] == 0.75 and out["seconds_per_forget"] == 3.0
     assert "mmlu_drop" not in out and out["refused_by"] == {"relearn": 1}
+
+
+def test_replace_never_teaches_the_answer_it_forgets():
+    from cathrepo.bench.forget import replacement_for
+    from cathrepo.facts.schema import Fact
+
+    def fact(subject, answer, relation):
+        return Fact(prompt=f"{subject} is in", subject=subject, target_new=answer, relation_id=relation, action="forget")
+
+    glacier, paris, lake = fact("Northwind Glacier", "Antarctica", "P30"), fact("Louvre", "Paris", "P131"), \
+        fact("Lake Vostok", "Asia", "P30")
+    facts = [glacier, paris, lake]
+    assert replacement_for(paris, facts, "Antarctica") == "Antarctica"
+    assert replacement_for(glacier, facts, "antarctica") == "Asia"  # same relation first, case ignored
+    assert replacement_for(glacier, [glacier, paris], "Antarctica") == "Paris"
+
+
+def test_bench_forget_hands_over_each_fact_as_it_is_measured(tiny_llama, tmp_path, monkeypatch):
+    from cathrepo.bench import forget as bench
+    from cathrepo.facts.schema import Fact
+
+    _, _, model_dir = tiny_llama
+    facts = [Fact(prompt="The capital of Italy is", subject="Italy", target_new="Rome", action="forget"),
+             Fact(prompt="Toko Yasuda plays the", subject="Toko Yasuda", target_new="guitar", action="forget")]
+    monkeypatch.setattr(bench, "known_facts", lambda model, tok, config: facts)
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps([]))
+    seen = []
+    config = bench.ForgetBenchConfig(known=known, n=2, modes=("replace",), replacement="Rome", base=str(model_dir))
+    out = bench.bench_forget(config, partial=lambda so_far: seen.append(json.loads(json.dumps(so_far))))
+    assert [s["modes"]["replace"]["n"] for s in seen] == [1, 2] and all(s["partial"] for s in seen)
+    assert [r["replacement"] for r in out["modes"]["replace"]["rows"]] == ["guitar", "Rome"]

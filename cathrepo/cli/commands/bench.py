@@ -317,8 +317,9 @@ def forget_bench_cmd(known: Path, n: int, skip: int, modes: tuple[str, ...], mml
     from cathrepo.bench.forget import MODES, ForgetBenchConfig, bench_forget
 
     config = ForgetBenchConfig(known=known, n=n, skip=skip, modes=modes or MODES, mmlu=mmlu)
+    keep = (lambda so_far: json_out.write_text(json.dumps(so_far, indent=2) + "\n")) if json_out else None
     with progress("Benchmarking") as say:
-        result = bench_forget(config, lambda stage, done, total: say(f"{stage} {done}/{total}"))
+        result = bench_forget(config, lambda stage, done, total: say(f"{stage} {done}/{total}"), keep)
     for mode, row in result["modes"].items():
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "rows"}
         click.echo(f"{mode}: {shown}")
