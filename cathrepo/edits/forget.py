@@ -53,6 +53,9 @@ class ForgetParams:
                                  "(an edit's 0.5 leaves a known fact's delta near zero).")
     abstention: str = _h(DEFAULT_ABSTENTION, "suppress: the answer taught instead of the forgotten one.")
     replacement: str = _h("", "replace: the new answer (required).")
+    formats: bool = _h(True, "ROME is also optimised with the prompt in three other formats (a question, a chat "
+                             "turn, after examples), worded unlike the forgetting gates' format shifts, so the "
+                             "answer goes however the question is put (off: the cloze prompt and its phrasings).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -68,6 +71,33 @@ def require_forgets(facts: Sequence[Fact], method: str) -> None:
     if any(f.action != "forget" for f in facts):
         raise InvalidInputError(f"{method} forgets facts; it cannot write one.",
                                 hint="Use `cathrepo forget`, or an edit method for `cathrepo edit`.")
+
+
+#: The question a forget is optimised in (the gates ask "Question: complete the sentence ...").
+QUESTION_WRAPPER = "Q: How does this sentence end? {prompt} ...\nA: {prompt}"
+#: The chat turn (the gates ask "Complete the sentence: ...").
+CHAT_REQUEST = "Finish this sentence: {prompt}"
+#: Which known facts serve as the examples before the prompt (the gates take the first three others).
+SHOTS = slice(10, 16)
+
+
+def format_wrappers(tokenizer: Any, facts: Sequence[Fact], shots: int = 3) -> tuple[str, ...]:
+    """ROME's ``wrappers`` for a forget: the prompt as a question, in a chat turn (when the tokenizer has a
+    template) and after ``shots`` known facts (none about the facts' subjects), each worded unlike the
+    forgetting gates' format shifts, so those stay a test of what the forget did not see."""
+    from cathrepo.facts.probes import load_known_facts
+
+    out = [QUESTION_WRAPPER]
+    if getattr(tokenizer, "chat_template", None):
+        head = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_REQUEST}], tokenize=False,
+                                             add_generation_prompt=True)
+        out.append(f"{head}{{prompt}}")
+    subjects = [f.subject.lower() for f in facts]
+    known = [k for k in load_known_facts(part="protect")[SHOTS]
+             if not any(s in f"{k.prompt} {k.answer}".lower() for s in subjects)]
+    if known:
+        out.append("".join(f"{k.prompt} {k.answer}.\n" for k in known[:shots]) + "{prompt}")
+    return tuple(out)
 
 
 class _RomeForget(EditMethod):
@@ -96,7 +126,8 @@ class _RomeForget(EditMethod):
 
         require_forgets(facts, self.name)
         p: ForgetParams = self.params
-        overrides = {**self.rome_overrides(), **p.rome, **({"layer": p.layer} if p.layer is not None else {})}
+        overrides = {**self.rome_overrides(), **({"wrappers": format_wrappers(tokenizer, facts)} if p.formats else {}),
+                     **p.rome, **({"layer": p.layer} if p.layer is not None else {})}
         rome = RomeMethod(RomeMethod.params_for(model, overrides))
         rewritten = [dataclasses.replace(f, action="edit", target_new=self.target(f), target_true=f.target_new)
                      for f in facts]

@@ -156,6 +156,7 @@ class RomeMethod(EditMethod):
         target_ids = continuation_ids(tokenizer, fact.target_new)
         # min_norm reads the phrasings only as constraints (phrasing_stop); otherwise they would cost rows for nothing
         phrasings = relation_phrasings(fact, p.phrasings) if p.v_solver == "adam" or p.phrasing_stop else []
+        phrasings += [w.replace("{prompt}", fact.prompt) for w in p.wrappers]  # the formats a forget holds too
         worded = [fact.prompt, *phrasings] if p.key_phrasings else [fact.prompt]
         key = torch.stack([key_vector(model, tokenizer, module, w, fact.subject, prefixes) for w in worded]).mean(0)
         keys, pool = protected

@@ -133,6 +133,10 @@ class RomeParams:
                               "preserved keys; edits of the same subject are not held).", True)
     protect_context: int = _help("Other subjects, in the relation's templates after the edited sentence, "
                                  "whose keys are preserved (CounterFact+'s bleed through context).", 0)
+    wrappers: tuple[str, ...] = _help("Formats the prompt is also optimised in, like the phrasings and held to "
+                                      "the same bar: texts in which '{prompt}' stands for the prompt and which end "
+                                      "with it (a question, a chat turn, examples before it). Empty for edits; a "
+                                      "forget sets them, so the answer goes whatever the format it is asked in.", ())
 
     def __post_init__(self) -> None:
         if self.layer is not None and self.layer < 0:
@@ -164,6 +168,10 @@ class RomeParams:
             raise InvalidInputError(f"ROME parameters {', '.join(weights)} must be >= 0.")
         if not 0 < self.clamp_norm_factor:
             raise InvalidInputError("ROME parameter clamp_norm_factor must be positive.")
+        object.__setattr__(self, "wrappers", tuple(self.wrappers))
+        if any(not isinstance(w, str) or not w.endswith("{prompt}") for w in self.wrappers):
+            raise InvalidInputError("ROME wrappers must be texts that end with '{prompt}'.",
+                                    hint="For example: 'Q: finish this. A: {prompt}'.")
 
     @property
     def reads_context(self) -> bool:

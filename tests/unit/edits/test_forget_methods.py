@@ -50,7 +50,11 @@ def test_compute_leaves_model_unchanged_and_lowers_answer(tiny_llama, env, one_t
 
 def test_negate_is_the_learned_delta_at_a_negative_scale(tiny_llama, env, one_thread):
     model, tok, _ = tiny_llama
-    learned = get_method("rome")(get_method("rome").params_for(model, {**ROME, "layer": 1, "v_stop_prob": 0.95}))
+    from cathrepo.edits.forget import format_wrappers
+
+    wrappers = format_wrappers(tok, [FORGET])  # negate learns the answer in the formats it then removes it from
+    learned = get_method("rome")(get_method("rome").params_for(model, {**ROME, "layer": 1, "v_stop_prob": 0.95,
+                                                                        "wrappers": wrappers}))
     rome = learned.compute(model, tok, [Fact(FORGET.prompt, FORGET.subject, "Paris")], env)
     negated = _method("negate", model).compute(model, tok, [FORGET], env)
     (module,) = negated.delta.modules
@@ -100,3 +104,29 @@ def test_forget_methods_refuse_a_fact_to_write(tiny_llama, env):
         _method("negate", model).compute(model, tok, [Fact(FORGET.prompt, FORGET.subject, "Paris")], env)
     with pytest.raises(InvalidInputError, match="replacement"):
         get_method("replace")().compute(model, tok, [FORGET], env)
+
+
+def test_forgets_are_optimised_in_formats_the_gates_do_not_ask_in(tiny_llama, env, one_thread):
+    import json
+
+    from cathrepo.edits.forget import format_wrappers
+    from cathrepo.gates.forgetting import shifted_prompts
+
+    model, tok, _ = tiny_llama
+    wrappers = format_wrappers(tok, [FORGET])
+    assert wrappers and all(w.endswith("{prompt}") for w in wrappers)
+    trained = {w.replace("{prompt}", FORGET.prompt) for w in wrappers}
+    asked = {text for _, text in shifted_prompts(tok, FORGET.prompt, FORGET.subject, ("question", "chat", "fewshot"))}
+    assert not trained & asked  # the gates' format shifts stay unseen
+    assert all(FORGET.subject.lower() not in w.removesuffix("{prompt}").lower() for w in wrappers[-1:])
+    result = _method("suppress", model).compute(model, tok, [FORGET], env)
+    dumped = json.dumps(result.info)
+    assert all(json.dumps(text) in dumped for text in trained)  # each format was a row of the value
+    plain = get_method("suppress")(get_method("suppress").params_for(model, {**OVERRIDES["suppress"], "formats": False}))
+    assert "How does this sentence end" not in json.dumps(plain.compute(model, tok, [FORGET], env).info)
+
+
+def test_rome_wrappers_must_end_with_the_prompt(tiny_llama):
+    model, _, _ = tiny_llama
+    with pytest.raises(InvalidInputError, match="end with"):
+        get_method("rome").params_for(model, {"wrappers": ["{prompt} and more"]})
