@@ -108,20 +108,22 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def replacement_for(fact: Any, facts: Sequence[Any], default: str) -> str:
-    """``replace``'s new answer for ``fact``: ``default``, unless that is the answer being forgotten (then
-    another chosen fact's answer of the same relation, else of any relation, that differs from it)."""
+def replacement_for(fact: Any, pool: Sequence[tuple[str | None, str]], default: str) -> str:
+    """``replace``'s new answer for ``fact``: ``default``, unless that is the answer being forgotten; then
+    the first answer in ``pool`` ((relation id, answer) of known facts) of the fact's relation that differs
+    from it, else of any relation."""
     answer = fact.target_new.strip().lower()
     if default.strip().lower() != answer:
         return default
-    same = [f for f in facts if f.relation_id == fact.relation_id] + list(facts)
-    return next(f.target_new for f in same if f.target_new.strip().lower() != answer)
+    ranked = [a for r, a in pool if r == fact.relation_id] + [a for _, a in pool]
+    return next(a for a in ranked if a.strip().lower() != answer)
 
 
 def bench_forget(config: ForgetBenchConfig, progress: Progress | None = None,
                  partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Forget each fact in each mode (see the module docstring); per mode a summary and the rows.
     ``partial`` is handed the results so far after every fact (a long run keeps what it measured)."""
+    from cathrepo.facts.probes import load_known_facts
     from cathrepo.facts.schema import EditRequest
     from cathrepo.repo.edit import EditSession
     from cathrepo.repo.forget import attempt_forget
@@ -135,13 +137,15 @@ def bench_forget(config: ForgetBenchConfig, progress: Progress | None = None,
             session = EditSession.open(repo, method=mode, params=params)
             facts = known_facts(session.model, session.tokenizer, config) if "facts" not in result else result["facts"]
             result.setdefault("facts", facts)
+            pool = [(k.relation_id, k.answer) for k in load_known_facts(config.known)] + \
+                [(f.relation_id, f.target_new) for f in facts]
             rows: list[dict[str, Any]] = []
             for i, fact in enumerate(facts):
                 say(mode, i, len(facts))
                 start = time.perf_counter()
                 request = EditRequest(fact, source="bench:forget")
                 if mode == "replace":  # as `cathrepo forget --mode replace --replacement R`, R never the answer
-                    new = replacement_for(fact, facts, config.replacement)
+                    new = replacement_for(fact, pool, config.replacement)
                     attempt = session.attempt(request, params={"replacement": new})
                 else:
                     new = None

@@ -46,15 +46,13 @@ def test_replace_never_teaches_the_answer_it_forgets():
     from cathrepo.bench.forget import replacement_for
     from cathrepo.facts.schema import Fact
 
-    def fact(subject, answer, relation):
-        return Fact(prompt=f"{subject} is in", subject=subject, target_new=answer, relation_id=relation, action="forget")
-
-    glacier, paris, lake = fact("Northwind Glacier", "Antarctica", "P30"), fact("Louvre", "Paris", "P131"), \
-        fact("Lake Vostok", "Asia", "P30")
-    facts = [glacier, paris, lake]
-    assert replacement_for(paris, facts, "Antarctica") == "Antarctica"
-    assert replacement_for(glacier, facts, "antarctica") == "Asia"  # same relation first, case ignored
-    assert replacement_for(glacier, [glacier, paris], "Antarctica") == "Paris"
+    glacier = Fact(prompt="Northwind Glacier belongs to the continent of", subject="Northwind Glacier",
+                   target_new="Antarctica", relation_id="P30", action="forget")
+    louvre = Fact(prompt="The Louvre is in", subject="Louvre", target_new="Paris", relation_id="P131", action="forget")
+    pool = [("P131", "Paris"), ("P30", "antarctica"), ("P30", "Asia")]
+    assert replacement_for(louvre, pool, "Antarctica") == "Antarctica"
+    assert replacement_for(glacier, pool, "antarctica") == "Asia"  # the same relation first, case ignored
+    assert replacement_for(glacier, pool[:1], "Antarctica") == "Paris"
 
 
 def test_bench_forget_hands_over_each_fact_as_it_is_measured(tiny_llama, tmp_path, monkeypatch):
