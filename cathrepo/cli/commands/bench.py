@@ -317,7 +317,10 @@ def forget_bench_cmd(known: Path, n: int, skip: int, modes: tuple[str, ...], mml
     from cathrepo.bench.forget import MODES, ForgetBenchConfig, bench_forget
 
     config = ForgetBenchConfig(known=known, n=n, skip=skip, modes=modes or MODES, mmlu=mmlu)
-    keep = (lambda so_far: json_out.write_text(json.dumps(so_far, indent=2) + "\n")) if json_out else None
+    def keep(so_far: dict[str, Any]) -> None:  # each fact's row as it is measured: a cut run keeps them
+        if json_out:
+            json_out.write_text(json.dumps(so_far, indent=2) + "\n")
+
     with progress("Benchmarking") as say:
         result = bench_forget(config, lambda stage, done, total: say(f"{stage} {done}/{total}"), keep)
     for mode, row in result["modes"].items():
