@@ -112,10 +112,10 @@ def chat_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
     """Each prompt as a user's request in the model's chat template, ready for the assistant's answer
     (WILD-style free generation: no teacher forcing, the question asked as a user would); none when the
     tokenizer has no chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return []
-    return [tokenizer.apply_chat_template([{"role": "user", "content": f"Complete this sentence: {p}"}],
-                                          tokenize=False, add_generation_prompt=True) for p in prompts]
+    from cathrepo.lm.tokens import user_turn
+
+    turns = [user_turn(tokenizer, f"Complete this sentence: {p}") for p in prompts]
+    return [t for t in turns if t is not None]
 
 
 def score_records(

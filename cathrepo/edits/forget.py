@@ -86,11 +86,10 @@ def format_wrappers(tokenizer: Any, facts: Sequence[Fact], shots: int = 3) -> tu
     template) and after ``shots`` known facts (none about the facts' subjects), each worded unlike the
     forgetting gates' format shifts, so those stay a test of what the forget did not see."""
     from cathrepo.facts.probes import load_known_facts
+    from cathrepo.lm.tokens import user_turn
 
     out = [QUESTION_WRAPPER]
-    if getattr(tokenizer, "chat_template", None):
-        head = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_REQUEST}], tokenize=False,
-                                             add_generation_prompt=True)
+    if (head := user_turn(tokenizer, CHAT_REQUEST)) is not None:
         out.append(f"{head}{{prompt}}")
     subjects = [f.subject.lower() for f in facts]
     known = [k for k in load_known_facts(part="protect")[SHOTS]

@@ -23,6 +23,7 @@ from typing import Any
 
 from cathrepo.gates.base import GATES, Gate, GateRun
 from cathrepo.gates.results import GateResult
+from cathrepo.lm.tokens import user_turn
 
 #: format shift -> how it wraps a cloze prompt (the chat shift is built from the tokenizer's template)
 FORMATS = ("plain", "question", "chat", "fewshot")
@@ -36,9 +37,7 @@ def shifted_prompts(tokenizer: Any, prompt: str, subject: str, formats: Sequence
             out.append((name, prompt))
         elif name == "question":
             out.append((name, f"Question: complete the sentence \"{prompt} ...\"\nAnswer: {prompt}"))
-        elif name == "chat" and getattr(tokenizer, "chat_template", None):
-            head = tokenizer.apply_chat_template([{"role": "user", "content": f"Complete the sentence: {prompt} ..."}],
-                                                 tokenize=False, add_generation_prompt=True)
+        elif name == "chat" and (head := user_turn(tokenizer, f"Complete the sentence: {prompt} ...")) is not None:
             out.append((name, f"{head}{prompt}"))
         elif name == "fewshot":
             out.append((name, _fewshot(subject) + prompt))

@@ -117,3 +117,12 @@ def pad(seqs: Sequence[Sequence[int]], fill: int, device: Any = None, *, left: b
         ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
         mask[i, cols] = 1
     return Batch(ids.to(device), mask.to(device)) if device is not None else Batch(ids, mask)
+
+
+def user_turn(tokenizer: Any, text: str) -> str | None:
+    """``text`` as a user's message in the tokenizer's chat template, up to where the assistant's answer
+    begins; None when the tokenizer has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return str(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True))
