@@ -52,6 +52,7 @@ class ForgetBenchConfig:
     replacement: str = "Antarctica"
     mmlu: bool = False
     base: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()  # method parameters for every mode (as `cathrepo forget --param`)
 
 
 def known_facts(model: Any, tokenizer: Any, config: ForgetBenchConfig) -> list[Any]:
@@ -133,7 +134,7 @@ def bench_forget(config: ForgetBenchConfig, progress: Progress | None = None,
     with tempfile.TemporaryDirectory(prefix="cathrepo-bench-forget-") as tmp:
         for mode in config.modes:
             repo = _repo(Path(tmp), mode, config)
-            params = {"replacement": config.replacement} if mode == "replace" else {}
+            params = {**dict(config.params), **({"replacement": config.replacement} if mode == "replace" else {})}
             session = EditSession.open(repo, method=mode, params=params)
             facts = known_facts(session.model, session.tokenizer, config) if "facts" not in result else result["facts"]
             result.setdefault("facts", facts)

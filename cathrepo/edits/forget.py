@@ -11,6 +11,10 @@ Each takes facts with ``action="forget"`` (``target_new`` names the answer that 
 - ``replace``: ROME toward ``replacement``; the forgetting gates then demand the old answer is gone from
   every probe, not only outranked.
 
+``suppress`` and ``replace`` also push the old answer down where ROME optimises (``away``: its first token
+at most that probability on the prompt, its phrasings and the training formats), so the new answer does
+not merely outrank it.
+
 The methods never mutate the model (ROME does not).
 """
 
@@ -30,6 +34,8 @@ from cathrepo.facts.schema import Fact
 #: prompts ("The Eiffel Tower is located in the city of unknown"), unlike "I don't know", which a cloze
 #: prompt does not continue into and which costs ROME four target tokens.
 DEFAULT_ABSTENTION = "unknown"
+#: The old answer's first-token probability ``suppress`` and ``replace`` push it under (ROME's ``away_prob``).
+DEFAULT_AWAY = 0.01
 #: ``negate``'s scales, tried in this order (smallest change first) until the forgetting gates pass.
 DEFAULT_SCALES = (-0.5, -1.0, -2.0, -4.0)
 
@@ -57,9 +63,15 @@ class ForgetParams:
                              "turn, after examples), worded unlike the forgetting gates' format shifts, so the "
                              "answer goes however the question is put (off: the cloze prompt and its phrasings).")
 
+    away: float = _h(DEFAULT_AWAY, "suppress, replace: ROME also pushes the old answer's first token under this "
+                                   "probability on every prompt it is optimised on (ROME's away_prob; 0: off, the "
+                                   "new answer only has to rise above it).")
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         object.__setattr__(self, "rome", dict(self.rome))
+        if not 0.0 <= self.away < 1.0:
+            raise InvalidInputError(f"away {self.away} is outside [0, 1).")
         if not 0.0 < self.learn_prob < 1.0:
             raise InvalidInputError(f"learn_prob {self.learn_prob} is outside (0, 1).")
 
@@ -172,6 +184,9 @@ class SuppressMethod(_RomeForget):
                                     "[edit.params.suppress] of cathrepo.toml.")
         return text
 
+    def rome_overrides(self) -> dict[str, Any]:
+        return {"away_prob": self.params.away}
+
 
 @EDIT_METHODS.register
 class ReplaceMethod(_RomeForget):
@@ -187,3 +202,6 @@ class ReplaceMethod(_RomeForget):
         if text.lower() == fact.target_new.lower():
             raise InvalidInputError("The replacement is the answer being forgotten.")
         return text
+
+    def rome_overrides(self) -> dict[str, Any]:
+        return {"away_prob": self.params.away}

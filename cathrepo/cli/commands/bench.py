@@ -311,12 +311,15 @@ def merge_bench_cmd(repo: Path, n: int, runs: int, base: str | None, json_out: P
 @click.option("--mode", "modes", type=click.Choice(["negate", "erase", "suppress", "replace"]), multiple=True,
               help="Modes to run (default: all four).")
 @click.option("--mmlu", is_flag=True, help="Also run the MMLU gate at the forget stage (slow).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Forget parameter for every mode, e.g. away=0.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
-def forget_bench_cmd(known: Path, n: int, skip: int, modes: tuple[str, ...], mmlu: bool, json_out: Path | None) -> None:
+def forget_bench_cmd(known: Path, n: int, skip: int, modes: tuple[str, ...], mmlu: bool, params: tuple[str, ...],
+                     json_out: Path | None) -> None:
     """Forget N known facts in each mode; report issue 14's measures per mode."""
     from cathrepo.bench.forget import MODES, ForgetBenchConfig, bench_forget
 
-    config = ForgetBenchConfig(known=known, n=n, skip=skip, modes=modes or MODES, mmlu=mmlu)
+    config = ForgetBenchConfig(known=known, n=n, skip=skip, modes=modes or MODES, mmlu=mmlu,
+                               params=tuple(parse_params(params).items()))
     def keep(so_far: dict[str, Any]) -> None:  # each fact's row as it is measured: a cut run keeps them
         if json_out:
             json_out.write_text(json.dumps(so_far, indent=2) + "\n")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cathrepo.edits.rome.rows import (
     ValueResult,
+    away_logprobs,
     output_width,
     read_logprobs,
     stop_reached,
@@ -41,7 +42,9 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
         sₖ = argmin ‖s‖  subject to  Jᵣ·s ≥ log v_stop_prob + v_margin − ℓᵣ(δₖ)   for every judged row
 
     (the prompt under every prefix; the phrasings too with ``phrasing_stop``; with ``v_stop_first``, each
-    judged row's first target token as a second constraint aimed at that bar), a small QP solved in its
+    judged row's first target token as a second constraint aimed at that bar; with ``away_prob``, each
+    judged row's old-answer first token as an upper bound, ``−J_a·s ≥ ℓ_a(δₖ) − log away_prob + v_margin``),
+    a small QP solved in its
     dual, cut to a trust radius (``v_radius`` · ‖v₀‖ at first, doubled or halved as the worst row gains
     what the step promised). δₖ₊₁ = δₖ + sₖ; it stops when every judged row meets the bar at the point
     itself (the same rule as Adam's), with ‖δ‖ bounded by ``clamp_norm_factor`` · ‖v₀‖, after at most
@@ -82,6 +85,7 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
     worst = 0.0
     first_aim = min(math.log(params.v_stop_first) + params.v_margin, -1e-3) if params.v_stop_first > 0 else None
     two = first_aim is not None and n_tgt > 1  # a one-token target's row is its first token already
+    away_aim = math.log(params.away_prob) - params.v_margin if b.get("away") is not None else None
     first_token = int(b["tokens"][0])
     now_leaf: list[torch.Tensor] = [leaf]  # the leaf of the batch being read (the rows, or the side rows)
     with add_to_output(model, {module: value_hook(state, lambda: now_leaf[0], reader)}), torch.enable_grad():
@@ -99,7 +103,9 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
             if step == 0:
                 nll_start = nll
             values, firsts = row_lp.detach().tolist(), first_lp.detach().tolist()
-            stopped = stop_reached(rule, values, [True] * n_rew, nll, b["n_prompt"], firsts)
+            away_lp = away_logprobs(logp, b)
+            aways = away_lp.detach().tolist() if away_lp is not None else []
+            stopped = stop_reached(rule, values, [True] * n_rew, nll, b["n_prompt"], firsts, aways)
             if stopped or step == params.v_passes:
                 break
             if judged > b["n_prompt"] and float(delta.norm()) >= 0.999 * limit:
@@ -108,17 +114,21 @@ def solve_min_norm(model: Any, module: str, split: Any, b: dict[str, Any], cache
                 delta, radius, promised = torch.zeros_like(delta), None, None
                 continue
             # the constraints: each judged row's mean target log-probability, then (v_stop_first) its first token's
-            current = values[:judged] + (firsts[:judged] if two else [])
-            aims = [aim] * judged + ([first_aim] * judged if two else [])
+            # and (away_prob) the old answer's first token as an upper bound, signs flipped to read like the rest
+            current = values[:judged] + (firsts[:judged] if two else []) + [-a for a in aways[:judged]]
+            aims = [aim] * judged + ([first_aim] * judged if two else []) + ([-away_aim] * judged if away_aim is not None and aways else [])
             slack = min(c - a for c, a in zip(current, aims, strict=True))
             if promised is not None and radius is not None:  # how much of the promised gain the worst row got
                 ratio = (slack - worst) / promised if promised > 0 else 1.0
                 radius = radius * 2 if ratio > 0.75 else radius / 2 if ratio < 0.25 else radius
-            (grads,) = torch.autograd.grad(row_lp[:judged].sum(), leaf, retain_graph=two)
+            (grads,) = torch.autograd.grad(row_lp[:judged].sum(), leaf, retain_graph=two or away_lp is not None)
             rows_ = [grads[:judged]]
             if two:
-                (grads_first,) = torch.autograd.grad(first_lp[:judged].sum(), leaf)
+                (grads_first,) = torch.autograd.grad(first_lp[:judged].sum(), leaf, retain_graph=away_lp is not None)
                 rows_.append(grads_first[:judged])
+            if away_lp is not None:
+                (grads_away,) = torch.autograd.grad(away_lp[:judged].sum(), leaf)
+                rows_.append(-grads_away[:judged])
             n_main = sum(len(r) for r in rows_)
             gaps = [n - a for n, a in zip(current, aims, strict=True)]  # ≥ 0 where a row meets its aim
             if side is not None:  # the capped rows: -J_c·s ≥ ℓ_c(δ) - ℓ_c(0) - cap

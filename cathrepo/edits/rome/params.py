@@ -137,6 +137,10 @@ class RomeParams:
                                       "the same bar: texts in which '{prompt}' stands for the prompt and which end "
                                       "with it (a question, a chat turn, examples before it). Empty for edits; a "
                                       "forget sets them, so the answer goes whatever the format it is asked in.", ())
+    away_prob: float = _help("Also push the fact's old answer (target_true) down: every judged row must give its "
+                             "first token at most this probability, a constraint of each min_norm step beside the "
+                             "bar and a hinge term of Adam's loss, in the stopping rule too (0: off; the forget "
+                             "modes set it, so the old answer goes, not only a new one rises above it).", 0.0)
 
     def __post_init__(self) -> None:
         if self.layer is not None and self.layer < 0:
@@ -161,8 +165,8 @@ class RomeParams:
             raise InvalidInputError("ROME parameters v_margin must be >= 0 and v_radius positive.")
         if self.phrasing_prefixes < -1:
             raise InvalidInputError("ROME parameter phrasing_prefixes must be >= -1 (-1: every prefix).")
-        if not 0.0 <= self.v_stop_prob < 1.0 or not 0.0 <= self.v_stop_first < 1.0:
-            raise InvalidInputError("ROME parameters v_stop_prob and v_stop_first must be in [0, 1).")
+        if not all(0.0 <= getattr(self, n) < 1.0 for n in ("v_stop_prob", "v_stop_first", "away_prob")):
+            raise InvalidInputError("ROME parameters v_stop_prob, v_stop_first and away_prob must be in [0, 1).")
         weights = ("protect_weight", "context_kl", "context_cap", "after_kl", "after_cap")
         if any(getattr(self, name) < 0 for name in weights):
             raise InvalidInputError(f"ROME parameters {', '.join(weights)} must be >= 0.")

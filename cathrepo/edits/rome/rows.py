@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.facts.schema import Fact
-from cathrepo.lm.tokens import subject_last_index
+from cathrepo.lm.tokens import continuation_ids, subject_last_index
 
 if TYPE_CHECKING:
     import torch
@@ -101,6 +101,7 @@ def batch_rows(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequ
         "n_rewrite": len(rewrite),
         "n_prompt": len(prefixes),  # the first rows: the prompt itself under every prefix
         "n_target": len(target_ids),
+        "away": None,  # the old answer's first token, set by the value optimisation when it pushes it down
     }
 
 
@@ -152,19 +153,39 @@ def read_logprobs(model: Any, split: Any, b: dict[str, Any], cache: Any,
 
 
 def stop_reached(params: RomeParams, row_lp: Sequence[float], top1: Sequence[bool], nll: float,
-                 n_prompt: int, first_lp: Sequence[float] = ()) -> bool:
+                 n_prompt: int, first_lp: Sequence[float] = (), away_lp: Sequence[float] = ()) -> bool:
     """The stopping rule: every judged row (the prompt's first ``n_prompt``, and the phrasings' unless
     ``phrasing_stop`` is off) gives the target ``v_stop_prob`` (with ``v_stop_top1``, as its most likely
     first token too; with ``v_stop_first``, its first token, log-probability ``first_lp``, at least that
-    probability); with ``v_stop_prob`` 0, the mean NLL over every row is under ``v_stop_nll``."""
+    probability); with ``v_stop_prob`` 0, the mean NLL over every row is under ``v_stop_nll``. With
+    ``away_prob``, every judged row must also give the old answer's first token (``away_lp``) at most that."""
+    judged = slice(None) if params.phrasing_stop else slice(0, n_prompt)
+    if away_lp and max(away_lp[judged]) > math.log(params.away_prob):
+        return False
     if params.v_stop_prob <= 0:
         return nll < params.v_stop_nll
-    judged = slice(None) if params.phrasing_stop else slice(0, n_prompt)
     if min(row_lp[judged]) < math.log(params.v_stop_prob):
         return False
     if params.v_stop_first > 0 and first_lp and min(first_lp[judged]) < math.log(params.v_stop_first):
         return False
     return all(top1[judged]) if params.v_stop_top1 else True
+
+
+def away_token(tokenizer: Any, fact: Fact, target_ids: list[int], away_prob: float) -> int | None:
+    """The old answer's first token that ``away_prob`` pushes down (None: off, no old answer, or it starts
+    the way the new target does, where pushing one down would push the other too)."""
+    if away_prob <= 0 or not fact.target_true:
+        return None
+    token = continuation_ids(tokenizer, fact.target_true)[0]
+    return None if token == target_ids[0] else int(token)
+
+
+def away_logprobs(logp: torch.Tensor, b: dict[str, Any]) -> torch.Tensor | None:
+    """Each rewrite row's log-probability of the old answer's first token where the target begins."""
+    if b.get("away") is None:
+        return None
+    n_kl = len(b["kl_rows"])
+    return logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0, b["away"]]
 
 
 def output_width(model: Any, module: str) -> int:

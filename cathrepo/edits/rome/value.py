@@ -7,6 +7,7 @@ Optimises ``δ`` added to the output of the edited module at the subject's last 
          + context_kl · mean_c KL(P₀(· | c) ‖ P_δ(· | c))           (bleed: c = the edit, then another subject)
          + after_kl · KL(P₀(· | prompt + target) ‖ P_δ(·))          (what follows the answer: no repeating it)
          + v_weight_decay · ‖δ‖² / ‖v₀‖²                             (keep the change small)
+         + mean_j max(0, log P_δ(old answer | prompt_j) − log away_prob)   (with ``away_prob``: the old answer goes)
 
 with ‖δ‖ clamped to ``clamp_norm_factor · ‖v₀‖`` after each Adam step, where v₀ is the module's
 original output on the bare prompt. Stops early once the rewrite NLL is below ``v_stop_nll`` or, with
@@ -25,12 +26,15 @@ the new target may rise there by at most so many nats). Both run on the rows of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cathrepo.edits.rome.min_norm import solve_min_norm
 from cathrepo.edits.rome.rows import (
     ValueResult,
+    away_logprobs,
+    away_token,
     batch_rows,
     output_width,
     prefix_cache,
@@ -101,6 +105,7 @@ def optimise_value(
     # rewrite rows, which would otherwise all be padded to their width
     b = on_device(batch_rows(tokenizer, fact, target_ids, prefixes, [fact.prompt, *phrasings],
                              [] if min_norm else [*after, *context], params.phrasing_prefixes))
+    b["away"] = away_token(tokenizer, fact, target_ids, params.away_prob)
     cache = prefix_cache(model, b)
     split = hidden_and_head(model)
     state: dict[str, Any] = {}
@@ -136,6 +141,9 @@ def optimise_value(
             v0_norm2 = state["v0"].norm() ** 2
             loss = (nll_t + params.kl_factor * kl_t + params.context_kl * bleed_t + params.after_kl * after_t
                     + params.v_weight_decay * delta.norm() ** 2 / v0_norm2)
+            away_t = away_logprobs(logp, b)
+            if away_t is not None:
+                loss = loss + torch.relu(away_t - math.log(params.away_prob)).mean()
             nll, kl = float(nll_t.detach()), float(kl_t.detach())
             if step == 0:
                 nll_start = nll
@@ -145,7 +153,8 @@ def optimise_value(
                 first = logp[:-n_kl].view(b["n_rewrite"], b["n_target"], -1)[:, 0]  # (n_rewrite, vocab)
                 top1 = (first.detach().argmax(-1) == b["tokens"][0]).tolist()
             first_lp = token_lp.detach().view(b["n_rewrite"], b["n_target"])[:, 0].tolist()
-            stopped = stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"], first_lp)
+            away = away_t.detach().tolist() if away_t is not None else []
+            stopped = stop_reached(params, row_lp.detach().tolist(), top1, nll, b["n_prompt"], first_lp, away)
             if stopped or step == params.v_steps:
                 break
             assert optimizer is not None

@@ -535,3 +535,43 @@ def test_the_active_edits_keys_are_cached_per_state_and_the_edit_is_the_same(tin
         for name, factor in plain.delta.factors.items():
             assert torch.allclose(result.delta.factors[name].A, factor.A, atol=1e-6)
             assert torch.allclose(result.delta.factors[name].B, factor.B, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["min_norm", "adam"])
+def test_away_prob_pushes_the_old_answer_down_while_the_target_still_rises(tiny_llama, env, solver):
+    """``away_prob`` bounds the old answer's (``target_true``) first-token probability on every judged row:
+    the edit stops only once the old answer is at most that likely, a bar that teaching the target alone
+    does not reach, and the target still meets its own bar."""
+    model, tok, _ = tiny_llama
+    old = continuation_ids(tok, FACT.target_true)[0]
+
+    def old_prob():
+        with torch.no_grad():
+            return float(model(**tok(FACT.prompt, return_tensors="pt")).logits[0, -1].softmax(-1)[old])
+
+    base = old_prob()
+    after, stopped = {}, {}
+    for away in (0.0, base / 20):
+        extra = {"v_steps": 200, "v_lr": 0.1} if solver == "adam" else {"v_passes": 60}
+        result = get_method("rome")(_params(model, n_context=0, v_stop_prob=0.05, v_solver=solver, phrasings=0,
+                                            away_prob=away, **extra)).compute(model, tok, [FACT], env)
+        stopped[away] = result.info["facts"][0]["stopped"]
+        with applied(model, result.delta):
+            after[away] = old_prob()
+            (shipped,) = mean_logprob(model, tok, [FACT.prompt], [FACT.target_new])
+        assert shipped >= math.log(0.05) - 0.1
+    pushed = base / 20
+    assert stopped[pushed] and after[pushed] <= pushed * 1.1  # the shipped weight reads the prompt as δ did, nearly
+    assert after[0.0] > pushed * 2  # the target's bar alone left the old answer far more likely
+
+
+def test_away_prob_is_off_when_the_old_answer_starts_like_the_target(tiny_llama):
+    from cathrepo.edits.rome.rows import away_token
+
+    model, tok, _ = tiny_llama
+    ids = continuation_ids(tok, "Paris")
+    assert away_token(tok, dataclasses.replace(FACT, target_true="Paris France"), ids, 0.01) is None
+    assert away_token(tok, FACT, ids, 0.0) is None
+    assert away_token(tok, FACT, ids, 0.01) == continuation_ids(tok, "Tokyo")[0]
+    with pytest.raises(InvalidInputError):
+        _params(model, away_prob=1.0)
