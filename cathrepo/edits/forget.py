@@ -20,8 +20,10 @@ The methods never mutate the model (ROME does not).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -150,12 +152,40 @@ class _RomeForget(EditMethod):
         return result
 
 
+#: The facts ``negate`` has learned inside :func:`learned_once`, by what was learned (not the scale).
+_LEARNED: ContextVar[dict[tuple[str, str], EditResult] | None] = ContextVar("negate_learned", default=None)
+
+
+@contextlib.contextmanager
+def learned_once() -> Iterator[None]:
+    """Inside, ``negate`` learns each fact once and only rescales it for another scale: the scale search
+    of :func:`cathrepo.repo.forget.attempt_forget`, on a model whose weights do not change meanwhile (a
+    retry at another layer or with other parameters learns anew)."""
+    token = _LEARNED.set({})
+    try:
+        yield
+    finally:
+        _LEARNED.reset(token)
+
+
 @EDIT_METHODS.register
 class NegateMethod(_RomeForget):
     """Task-vector negation: learn the fact with ROME, store the delta at a negative scale."""
 
     name = "negate"
     mode = "negate"
+
+    def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
+        memo = _LEARNED.get()
+        key = (repr(list(facts)), repr(dataclasses.replace(self.params, scale=1.0)))
+        if memo is not None and key in memo:
+            learned = memo[key]
+            return self.finish(dataclasses.replace(learned, info={**learned.info, "learned_once": True}))
+        unit = NegateMethod(dataclasses.replace(self.params, scale=1.0))
+        learned = _RomeForget.compute(unit, model, tokenizer, facts, env)  # the delta as learned (scale 1)
+        if memo is not None:
+            memo[key] = learned
+        return self.finish(learned)
 
     def target(self, fact: Fact) -> str:
         return fact.target_new

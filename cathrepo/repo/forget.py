@@ -89,18 +89,20 @@ def attempt_forget(session: EditSession, request: EditRequest, mode: str,
     if mode != "negate":
         return session.attempt(request, progress=progress)
     from cathrepo.edits.base import get_method
+    from cathrepo.edits.forget import learned_once
 
     resolved = get_method(mode).params_for(session.model, {**session.config.edit.params.get(mode, {}),
                                                            **session.params})
     first: EditResult | None = None
     attempts: list[Mapping[str, Any]] = []
-    for scale in resolved.scales:
-        if progress is not None:
-            progress(f"negate at scale {scale:g}")
-        result = session.attempt(request, params={"scale": scale}, progress=progress)
-        attempts += [{**a, "retry": f"scale {scale:g}"} for a in result.attempts]
-        if result.gates.passed:
-            return dataclasses.replace(result, attempts=tuple(attempts))
-        first = first or result
+    with learned_once():  # each scale gates the same learned delta, rescaled
+        for scale in resolved.scales:
+            if progress is not None:
+                progress(f"negate at scale {scale:g}")
+            result = session.attempt(request, params={"scale": scale}, progress=progress)
+            attempts += [{**a, "retry": f"scale {scale:g}"} for a in result.attempts]
+            if result.gates.passed:
+                return dataclasses.replace(result, attempts=tuple(attempts))
+            first = first or result
     assert first is not None, "negate has at least one scale"
     return dataclasses.replace(first, attempts=tuple(attempts))

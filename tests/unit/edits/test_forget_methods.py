@@ -61,6 +61,31 @@ def test_negate_is_the_learned_delta_at_a_negative_scale(tiny_llama, env, one_th
     assert torch.allclose(negated.delta.factors[module].full(), -2.0 * rome.delta.factors[module].full())
 
 
+def test_negate_learns_once_per_scale_search_and_anew_outside_it(tiny_llama, env, one_thread, monkeypatch):
+    """Inside ``learned_once`` each scale rescales the one learned delta (ROME runs once); a retry with
+    other parameters, and any compute outside, learns again."""
+    import dataclasses
+
+    from cathrepo.edits import forget
+    from cathrepo.edits.rome.method import RomeMethod
+
+    model, tok, _ = tiny_llama
+    calls = []
+    real = RomeMethod.compute
+    monkeypatch.setattr(RomeMethod, "compute", lambda self, *a: calls.append(1) or real(self, *a))
+    method = _method("negate", model)
+    with forget.learned_once():
+        half = type(method)(dataclasses.replace(method.params, scale=-0.5)).compute(model, tok, [FORGET], env)
+        four = type(method)(dataclasses.replace(method.params, scale=-4.0)).compute(model, tok, [FORGET], env)
+        assert len(calls) == 1 and four.info["learned_once"] and four.info["scale"] == -4.0
+        (module,) = half.delta.modules
+        assert torch.allclose(four.delta.factors[module].full(), 8.0 * half.delta.factors[module].full())
+        type(method)(dataclasses.replace(method.params, layer=2)).compute(model, tok, [FORGET], env)
+        assert len(calls) == 2
+    method.compute(model, tok, [FORGET], env)
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_erase_removes_the_direction_from_the_mlp_output(request, env, one_thread, fixture):
     """With strength 1 the subject's direction is gone from what the projection writes (a random-init
