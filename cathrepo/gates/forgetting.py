@@ -60,19 +60,33 @@ def _rows(ctx: GateRun) -> list[tuple[str, str, str]]:
 
 
 def answer_ranks(model: Any, tokenizer: Any, rows: Sequence[tuple[str, str, str]]) -> list[tuple[int, float]]:
-    """(rank, probability) of each answer's first token as the next token of its text (rank 0 = top)."""
+    """(rank, probability) of each answer's first token as the next token of its text (rank 0 = top).
+
+    The texts are read in left-padded batches of alike length (position ids count real tokens only, so
+    a row reads as it would alone, to float rounding), the logits only at each row's last token."""
     import torch
 
-    from cathrepo.lm.tokens import first_token_id
+    from cathrepo.lm.scoring import BATCH_TOKENS, hidden_and_head, length_batches
+    from cathrepo.lm.tokens import first_token_id, pad, pad_id
     from cathrepo.models import model_device
 
-    out = []
+    seqs = [list(tokenizer(text)["input_ids"]) for _, text, _ in rows]
+    tokens = [first_token_id(tokenizer, answer) for _, _, answer in rows]
+    split = hidden_and_head(model)
+    out: list[tuple[int, float]] = [(0, 0.0)] * len(rows)
     with torch.no_grad():
-        for _, text, answer in rows:
-            ids = torch.tensor([tokenizer(text)["input_ids"]], device=model_device(model))
-            logits = model(input_ids=ids).logits[0, -1].float()  # (vocab,)
-            token = first_token_id(tokenizer, answer)
-            out.append((int((logits > logits[token]).sum()), float(torch.softmax(logits, -1)[token])))
+        for idx in length_batches([len(s) for s in seqs], 32, BATCH_TOKENS):
+            batch = pad([seqs[i] for i in idx], pad_id(tokenizer), model_device(model), left=True)
+            positions = (batch.mask.cumsum(1) - 1).clamp_min(0)
+            if split:
+                hidden = split[0](input_ids=batch.ids, attention_mask=batch.mask, position_ids=positions)
+                logits = split[1](hidden.last_hidden_state[:, -1]).float()
+            else:
+                logits = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=positions).logits[:, -1].float()
+            probs = torch.softmax(logits, -1)
+            for k, i in enumerate(idx):
+                token = tokens[i]
+                out[i] = (int((logits[k] > logits[k, token]).sum()), float(probs[k, token]))
     return out
 
 
@@ -120,15 +134,16 @@ class ForgetGenerationGate(_ForgetGate):
 
     def measure(self, ctx: GateRun, state: str) -> list[bool]:
         from cathrepo.gates.generation import contains_answer
-        from cathrepo.lm.decoding import greedy_continuations
+        from cathrepo.lm.decoding import greedy_continuations, sampled_continuations
 
         rows = _rows(ctx)
+        texts = [t for _, t, _ in rows]
         tokens = self.policy.generation_tokens
-        texts = greedy_continuations(ctx.model, ctx.tokenizer, [t for _, t, _ in rows], max_new_tokens=tokens)
-        clean = [not contains_answer(text, a) for text, (_, _, a) in zip(texts, rows, strict=True)]
-        for i in range(self.policy.forget_samples):
-            with _seeded(self.policy.forget_seed + i):
-                sampled = [_sample(ctx.model, ctx.tokenizer, t, tokens) for _, t, _ in rows]
+        outs = greedy_continuations(ctx.model, ctx.tokenizer, texts, max_new_tokens=tokens)
+        clean = [not contains_answer(text, a) for text, (_, _, a) in zip(outs, rows, strict=True)]
+        for i in range(self.policy.forget_samples):  # every row's sample in one batched decode
+            sampled = sampled_continuations(ctx.model, ctx.tokenizer, texts, seed=self.policy.forget_seed + i,
+                                            max_new_tokens=tokens)
             clean += [not contains_answer(text, a) for text, (_, _, a) in zip(sampled, rows, strict=True)]
         return clean
 
@@ -183,19 +198,6 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def _sample(model: Any, tokenizer: Any, text: str, tokens: int) -> str:
-    import torch
-
-    from cathrepo.lm.tokens import pad_id
-    from cathrepo.models import model_device
-
-    ids = torch.tensor([tokenizer(text)["input_ids"]], device=model_device(model))
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                             top_k=0, top_p=1.0, max_new_tokens=tokens, pad_token_id=pad_id(tokenizer))
-    return str(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ from cathrepo.models import cache_kwargs, model_device, output_cache
 
 #: Given the prompt indices of one batch, a context manager to decode that batch inside.
 AroundBatch = Callable[[Sequence[int]], AbstractContextManager[Any]]
+#: Given a step's logits (one row per prompt still decoding) and those prompts' indices, the next tokens.
+Choose = Callable[[Any, Sequence[int]], Any]
 
 
 def greedy_continuations(
@@ -40,6 +42,31 @@ def greedy_continuations(
     """
     ids = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            around=around)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def sampled_continuations(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    seed: int,
+    max_new_tokens: int = 12,
+    batch_size: int = 32,
+) -> list[str]:
+    """One continuation of each prompt sampled at temperature 1 from the full distribution, decoded in
+    batches like :func:`greedy_continuations`. Prompt ``i`` draws from its own generator seeded with
+    ``(seed, i)``, so its continuation is the same whatever the batch it decodes in."""
+    import torch
+
+    encoded = EncodedPrompts.of(model, tokenizer, prompts, max_new_tokens)
+    generators = [torch.Generator(device=model_device(model)).manual_seed(seed * 1_000_003 + i) for i in range(len(prompts))]
+
+    def sample(logits: Any, rows: Sequence[int]) -> Any:
+        probs = torch.softmax(logits.float(), -1)
+        return torch.cat([torch.multinomial(probs[k], 1, generator=generators[row]) for k, row in enumerate(rows)])
+
+    ids = encoded.decode(model, batch_size=batch_size, choose=sample)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
@@ -76,23 +103,26 @@ class EncodedPrompts:
                    frozenset(_stop_ids(model, tokenizer)), pad_id(tokenizer))
 
     def decode(self, model: Any, *, batch_size: int = 32, around: AroundBatch | None = None,
-               rows_limit: int | None = None) -> list[list[int]]:
-        """Greedy token ids per prompt, in batches of prompts of similar budget and length;
-        ``rows_limit`` is handed to :func:`few_row_products`."""
+               rows_limit: int | None = None, choose: Choose | None = None) -> list[list[int]]:
+        """Greedy token ids per prompt (``choose``: the next tokens another way, given the prompts'
+        indices), in batches of prompts of similar budget and length; ``rows_limit`` is handed to
+        :func:`few_row_products`."""
         order = sorted(range(len(self.ids)), key=lambda i: (self.budgets[i], len(self.ids[i])))
         out: list[list[int]] = [[] for _ in self.ids]
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             rows_around = (lambda local, idx=idx: around([idx[r] for r in local])) if around is not None else None
+            rows_choose = (lambda logits, local, idx=idx: choose(logits, [idx[r] for r in local])) if choose else None
             ids = greedy_ids(model, [self.ids[i] for i in idx], [self.budgets[i] for i in idx], set(self.stop),
-                             self.fill, around=rows_around, rows_limit=rows_limit)
+                             self.fill, around=rows_around, rows_limit=rows_limit, choose=rows_choose)
             for row, i in enumerate(idx):
                 out[i] = ids[row]
         return out
 
 
 def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int], stop: set[int],
-               fill: int, around: AroundBatch | None = None, rows_limit: int | None = None) -> list[list[int]]:
+               fill: int, around: AroundBatch | None = None, rows_limit: int | None = None,
+               choose: Choose | None = None) -> list[list[int]]:
     """Greedy decoding of token-id prompts with a KV cache; each row stops at a stop id or its budget.
 
     Prompts are left-padded so every row's next token sits in the last column; the attention mask keeps
@@ -101,6 +131,7 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
     rows are dropped), so a short budget beside a long one costs only its own steps. ``around`` is
     called with the rows still decoding (indices into ``prompts``) and returns the context they decode
     in, entered anew whenever that set shrinks. ``rows_limit`` is handed to :func:`few_row_products`.
+    ``choose`` picks each step's next tokens from the logits of the rows still decoding (default: argmax).
     """
     import torch
 
@@ -128,7 +159,7 @@ def greedy_ids(model: Any, prompts: Sequence[list[int]], budgets: Sequence[int],
                 out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **kwargs)
                 logits = out.logits[:, -1]
             cache = output_cache(out)
-            nxt = logits.float().argmax(-1)  # (rows in the batch,)
+            nxt = logits.float().argmax(-1) if choose is None else choose(logits, live)  # (rows in the batch,)
             keep = []  # batch positions of the rows that decode on
             for k, row in enumerate(live):
                 if row in finished:

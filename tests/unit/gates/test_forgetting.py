@@ -10,6 +10,7 @@ from cathrepo.facts.probes import Probe, ProbeSet
 from cathrepo.gates.base import run_gates
 from cathrepo.gates.forgetting import answer_ranks, shifted_prompts
 from cathrepo.gates.policy import GatePolicy
+from cathrepo.lm.tokens import first_token_id
 from tests.helpers import changed_weights, snapshot
 
 PROMPT = "The capital of Italy is Rome"
@@ -87,3 +88,30 @@ def test_gates_skip_an_edit_and_shifts_end_with_the_prompt(tiny_llama):
     shifts = dict(shifted_prompts(tok, PROMPT, "Rome", ("plain", "question", "chat", "fewshot")))
     assert "chat" not in shifts  # the tiny tokenizer has no template
     assert all(text.endswith(PROMPT) for text in shifts.values()) and shifts["fewshot"].count("\n") == 3
+
+
+def test_answer_ranks_in_batches_are_each_row_read_alone(tiny_llama, one_thread):
+    model, tok, _ = tiny_llama
+    rows = [("plain", text, w) for text in (PROMPT, "Rome", "The tower stands in the city of Paris and", "A")
+            for w in WORDS[:3]]
+    batched = answer_ranks(model, tok, rows)
+    for (_, text, word), (rank, prob) in zip(rows, batched, strict=True):
+        with torch.no_grad():
+            logits = model(**tok(text, return_tensors="pt")).logits[0, -1].float()
+        token = first_token_id(tok, word)
+        assert rank == int((logits > logits[token]).sum())
+        assert prob == pytest.approx(float(torch.softmax(logits, -1)[token]), rel=1e-4, abs=1e-7)
+
+
+def test_sampled_continuations_are_seeded_per_prompt_whatever_the_batch(tiny_llama, one_thread):
+    from cathrepo.lm.decoding import greedy_continuations, sampled_continuations
+
+    model, tok, _ = tiny_llama
+    prompts = [PROMPT, "Rome", "The tower stands in the city of Paris and", "A", PROMPT]
+    together = sampled_continuations(model, tok, prompts, seed=3, max_new_tokens=6)
+    alone = [sampled_continuations(model, tok, prompts, seed=3, max_new_tokens=6, batch_size=1)[i] for i in range(5)]
+    assert together == alone
+    assert together[0] != together[4] or together != sampled_continuations(model, tok, prompts, seed=4, max_new_tokens=6)
+    greedy = greedy_continuations(model, tok, prompts, max_new_tokens=6)
+    assert any(s != g for s, g in zip(together + sampled_continuations(model, tok, prompts, seed=4, max_new_tokens=6),
+                                      greedy * 2, strict=True))  # it samples: the greedy path is not always taken
