@@ -70,3 +70,22 @@ def test_bench_forget_hands_over_each_fact_as_it_is_measured(tiny_llama, tmp_pat
     out = bench.bench_forget(config, partial=lambda so_far: seen.append(json.loads(json.dumps(so_far))))
     assert [s["modes"]["replace"]["n"] for s in seen] == [1, 2] and all(s["partial"] for s in seen)
     assert [r["replacement"] for r in out["modes"]["replace"]["rows"]] == ["guitar", "Rome"]
+
+
+def test_bench_forget_hands_its_params_to_every_mode(tiny_llama, tmp_path, monkeypatch):
+    from cathrepo.bench import forget as bench
+    from cathrepo.facts.schema import Fact
+    from cathrepo.repo.edit import EditSession
+
+    _, _, model_dir = tiny_llama
+    monkeypatch.setattr(bench, "known_facts", lambda model, tok, config: [
+        Fact(prompt="The capital of Italy is", subject="Italy", target_new="Rome", action="forget")])
+    opened, real = [], EditSession.open.__func__
+    monkeypatch.setattr(EditSession, "open", classmethod(lambda cls, repo, **kw: opened.append(kw) or real(cls, repo, **kw)))
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps([]))
+    config = bench.ForgetBenchConfig(known=known, n=1, modes=("suppress", "replace"), base=str(model_dir),
+                                     params=(("away", 0.0),))
+    out = bench.bench_forget(config)
+    assert [kw["params"] for kw in opened] == [{"away": 0.0}, {"away": 0.0, "replacement": "Antarctica"}]
+    assert json.loads(json.dumps(out["config"]))["params"] == [["away", 0.0]]  # recorded in the --json output
