@@ -155,8 +155,9 @@ class RomeMethod(EditMethod):
         start = time.perf_counter()
         target_ids = continuation_ids(tokenizer, fact.target_new)
         # min_norm reads the phrasings only as constraints (phrasing_stop); otherwise they would cost rows for nothing
-        phrasings = relation_phrasings(fact, p.phrasings) if p.v_solver == "adam" or p.phrasing_stop else []
-        phrasings += [w.replace("{prompt}", fact.prompt) for w in p.wrappers]  # the formats a forget holds too
+        # the formats a forget holds first: when the norm bound lets the phrasings go, they stay judged
+        formats = [w.replace("{prompt}", fact.prompt) for w in p.wrappers]
+        phrasings = formats + (relation_phrasings(fact, p.phrasings) if p.v_solver == "adam" or p.phrasing_stop else [])
         worded = [fact.prompt, *phrasings] if p.key_phrasings else [fact.prompt]
         key = torch.stack([key_vector(model, tokenizer, module, w, fact.subject, prefixes) for w in worded]).mean(0)
         keys, pool = protected
@@ -170,7 +171,8 @@ class RomeMethod(EditMethod):
         context = [t for t, _ in context_prompts(fact, pool, p.context_subjects)] if p.reads_context else []
         denom = float(u @ key)
         reader = u / denom if p.through_weight and abs(denom) >= 1e-8 else None
-        value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, p, phrasings, context, reader)
+        value = optimise_value(model, tokenizer, module, fact, target_ids, prefixes, p, phrasings, context, reader,
+                               held=len(formats))
         if abs(denom) < 1e-8 or not value.delta.isfinite().all():
             raise EditFailedError(f"ROME found no usable update for '{fact.prompt}' (u·k = {denom:.2e}).")
         factor = LowRank(B=(value.delta / denom).unsqueeze(1).cpu(), A=u.unsqueeze(0).cpu())

@@ -42,13 +42,22 @@ class ValueResult:
 def rewrite_rows(prefixes: Sequence[str], prompts: Sequence[str], phrasing_prefixes: int = -1) -> list[str]:
     """The texts the value is optimised on: the first prompt under every prefix, each further prompt (a
     phrasing) under the first ``phrasing_prefixes + 1`` prefixes (the bare one first; -1: all of them)."""
-    keep = len(prefixes) if phrasing_prefixes < 0 else min(len(prefixes), phrasing_prefixes + 1)
+    keep = phrasing_rows(prefixes, phrasing_prefixes)
     return [prefix + prompt for i, prompt in enumerate(prompts) for prefix in (prefixes if i == 0 else prefixes[:keep])]
 
 
+def phrasing_rows(prefixes: Sequence[str], phrasing_prefixes: int) -> int:
+    """How many rows each phrasing gets: the bare wording and its first ``phrasing_prefixes`` prefixes."""
+    return len(prefixes) if phrasing_prefixes < 0 else min(len(prefixes), phrasing_prefixes + 1)
+
+
 def batch_rows(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequence[str],
-           prompts: Sequence[str], context: Sequence[str] = (), phrasing_prefixes: int = -1) -> dict[str, Any]:
+           prompts: Sequence[str], context: Sequence[str] = (), phrasing_prefixes: int = -1,
+           held: int = 0) -> dict[str, Any]:
     """Rows aligned so every subject-last token sits in one column ``P``.
+
+    The first ``held`` prompts after the first (a forget's formats) are judged with the prompt itself:
+    they count in ``n_prompt``, the leading rows the stopping rule never lets go.
 
     Tokens before the subject's last token cannot see δ, so their keys and values are computed once
     (a KV cache of the left-padded "prefix" part) and each optimisation step only runs the short
@@ -99,7 +108,8 @@ def batch_rows(tokenizer: Any, fact: Fact, target_ids: list[int], prefixes: Sequ
         "positions": torch.tensor(positions, dtype=torch.long),
         "tokens": torch.tensor(tokens, dtype=torch.long),
         "n_rewrite": len(rewrite),
-        "n_prompt": len(prefixes),  # the first rows: the prompt itself under every prefix
+        # the first rows: the prompt itself under every prefix, then the held prompts' rows
+        "n_prompt": len(prefixes) + held * phrasing_rows(prefixes, phrasing_prefixes),
         "n_target": len(target_ids),
         "away": None,  # the old answer's first token, set by the value optimisation when it pushes it down
     }

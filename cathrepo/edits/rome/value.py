@@ -70,11 +70,13 @@ def optimise_value(
     phrasings: Sequence[str] = (),
     context: Sequence[str] = (),
     reader: torch.Tensor | None = None,
+    held: int = 0,
 ) -> ValueResult:
     """Find δ (1-D, the module's output width) as described in the module docstring.
 
     ``phrasings`` are other prompts stating the same fact about the same subject; they join the rewrite
-    prompt in the NLL term (each with every prefix), so δ must work for more than one wording.
+    prompt in the NLL term (each with every prefix), so δ must work for more than one wording. The first
+    ``held`` of them (a forget's formats) are judged like the prompt: min_norm never lets them go.
     ``context`` are texts that state the edit and then ask about another subject; their next-token
     distributions are held to the unedited model's (``context_kl``, Adam), or the new target's rise in
     them is capped (``context_cap``, min_norm), so the edited subject does not bleed into what is said
@@ -104,7 +106,7 @@ def optimise_value(
     # min_norm reads the context rows in a batch of their own: they are several times longer than the
     # rewrite rows, which would otherwise all be padded to their width
     b = on_device(batch_rows(tokenizer, fact, target_ids, prefixes, [fact.prompt, *phrasings],
-                             [] if min_norm else [*after, *context], params.phrasing_prefixes))
+                             [] if min_norm else [*after, *context], params.phrasing_prefixes, held))
     b["away"] = away_token(tokenizer, fact, target_ids, params.away_prob)
     cache = prefix_cache(model, b)
     split = hidden_and_head(model)

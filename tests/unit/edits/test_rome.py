@@ -575,3 +575,25 @@ def test_away_prob_is_off_when_the_old_answer_starts_like_the_target(tiny_llama)
     assert away_token(tok, FACT, ids, 0.01) == continuation_ids(tok, "Tokyo")[0]
     with pytest.raises(InvalidInputError):
         _params(model, away_prob=1.0)
+
+
+def test_a_forgets_formats_stay_judged_when_the_phrasings_are_let_go(tiny_llama, env, monkeypatch):
+    """The formats (``wrappers``) come first among the phrasings and count as the prompt's rows
+    (``n_prompt``), so when min_norm lets the phrasings go the formats are still held to the bar."""
+    from cathrepo.edits.rome import value as value_mod
+    from cathrepo.edits.rome.rows import batch_rows
+
+    model, tok, _ = tiny_llama
+    b = batch_rows(tok, FACT, continuation_ids(tok, "Paris"), ["", "A. ", "B. "], [FACT.prompt, "F1 Rome", "F2 Rome", "Q Rome"],
+                   phrasing_prefixes=0, held=2)
+    assert b["n_prompt"] == 3 + 2 and b["n_rewrite"] == 3 + 3
+    seen = {}
+    real = value_mod.batch_rows
+    monkeypatch.setattr(value_mod, "batch_rows", lambda *a, **kw: seen.setdefault("b", real(*a, **kw)))
+    fact = Fact(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux",
+                target_new="English", target_true="French", relation_id="P103")
+    result = get_method("rome")(_params(model, wrappers=("Q: {prompt}",), phrasings=2, v_stop_prob=0.05)).compute(
+        model, tok, [fact], env)
+    phrasings = result.info["facts"][0]["phrasings"]
+    assert phrasings[0] == "Q: " + fact.prompt and len(phrasings) == 3  # the format, then two relation phrasings
+    assert seen["b"]["n_prompt"] == 3 + 1  # the prompt under n_context + 1 prefixes, then the format's bare row
