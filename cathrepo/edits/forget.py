@@ -132,7 +132,7 @@ class _RomeForget(EditMethod):
         raise NotImplementedError
 
     def rome_overrides(self) -> dict[str, Any]:
-        return {}
+        return {"away_prob": self.params.away}  # the old answer goes (negate, which learns it, overrides this)
 
     def compute(self, model: Any, tokenizer: Any, facts: Sequence[Fact], env: EditEnv) -> EditResult:
         from cathrepo.edits.rome.method import RomeMethod
@@ -214,9 +214,6 @@ class SuppressMethod(_RomeForget):
                                     "[edit.params.suppress] of cathrepo.toml.")
         return text
 
-    def rome_overrides(self) -> dict[str, Any]:
-        return {"away_prob": self.params.away}
-
 
 @EDIT_METHODS.register
 class ReplaceMethod(_RomeForget):
@@ -232,6 +229,3 @@ class ReplaceMethod(_RomeForget):
         if text.lower() == fact.target_new.lower():
             raise InvalidInputError("The replacement is the answer being forgotten.")
         return text
-
-    def rome_overrides(self) -> dict[str, Any]:
-        return {"away_prob": self.params.away}

@@ -60,33 +60,18 @@ def _rows(ctx: GateRun) -> list[tuple[str, str, str]]:
 
 
 def answer_ranks(model: Any, tokenizer: Any, rows: Sequence[tuple[str, str, str]]) -> list[tuple[int, float]]:
-    """(rank, probability) of each answer's first token as the next token of its text (rank 0 = top).
+    """(rank, probability) of each answer's first token as the next token of its text (rank 0 = top),
+    every text read in :func:`~cathrepo.lm.scoring.score_continuations`' batches."""
+    from cathrepo.lm.scoring import score_continuations
+    from cathrepo.lm.tokens import first_token_id
 
-    The texts are read in left-padded batches of alike length (position ids count real tokens only, so
-    a row reads as it would alone, to float rounding), the logits only at each row's last token."""
-    import torch
-
-    from cathrepo.lm.scoring import BATCH_TOKENS, hidden_and_head, length_batches
-    from cathrepo.lm.tokens import first_token_id, pad, pad_id
-    from cathrepo.models import model_device
-
-    seqs = [list(tokenizer(text)["input_ids"]) for _, text, _ in rows]
-    tokens = [first_token_id(tokenizer, answer) for _, _, answer in rows]
-    split = hidden_and_head(model)
-    out: list[tuple[int, float]] = [(0, 0.0)] * len(rows)
-    with torch.no_grad():
-        for idx in length_batches([len(s) for s in seqs], 32, BATCH_TOKENS):
-            batch = pad([seqs[i] for i in idx], pad_id(tokenizer), model_device(model), left=True)
-            positions = (batch.mask.cumsum(1) - 1).clamp_min(0)
-            if split:
-                hidden = split[0](input_ids=batch.ids, attention_mask=batch.mask, position_ids=positions)
-                logits = split[1](hidden.last_hidden_state[:, -1]).float()
-            else:
-                logits = model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=positions).logits[:, -1].float()
-            probs = torch.softmax(logits, -1)
-            for k, i in enumerate(idx):
-                token = tokens[i]
-                out[i] = (int((logits[k] > logits[k, token]).sum()), float(probs[k, token]))
+    scores = score_continuations(model, tokenizer, [text for _, text, _ in rows], [[] for _ in rows],
+                                 next_distribution=True)
+    out = []
+    for (_, _, answer), score in zip(rows, scores, strict=True):
+        logp, token = score.next_logprobs, first_token_id(tokenizer, answer)
+        assert logp is not None
+        out.append((int((logp > logp[token]).sum()), float(logp[token].exp())))
     return out
 
 
