@@ -1,11 +1,16 @@
 """``ft``: plain fine-tuning of one late MLP down-projection, breadth-first over the batch.
 
-The baseline issue 12 asks for, in the spirit of LocFT-BF (ICLR 2026: fine-tuning one late MLP output
-projection, every step over the whole batch rather than one fact to convergence after another, holds
-up to very many edits): only that matrix is trained, with Adam on the new targets' negative
-log-likelihood under the bare prompt and its context prefixes, each step over every fact of the batch,
-until every fact's target has ``stop_prob`` (length-normalised) or the step budget is spent. Nothing
-else keeps the change local (no covariance, no KL): that is the point of a baseline.
+The baseline issue 12 asks for, done as LocFT-BF does it (ICLR 2026, "Fine-tuning done right in model
+editing"): only one late MLP output projection is trained, with Adam on the new targets' negative
+log-likelihood, **breadth-first**: epoch after epoch over every fact of the edit in shuffled
+mini-batches, rather than each fact (or batch) to convergence before the next. As there, the target is
+followed by the end-of-sequence token (``eos``), a mini-batch whose mean loss is under ``stop_loss``
+takes no step, and the training ends at the first epoch whose mean loss is under it. Beside the bare
+prompt each fact can also be trained under generated context prefixes (``n_context``, 0 as LocFT-BF).
+Nothing else keeps the change local (no covariance, no KL): that is the point of a baseline.
+
+The mini-batches are drawn once (seeded) and visited in a new order every epoch, so the layers under the
+trained one run once per mini-batch and are replayed after (LocFT-BF reshuffles the rows themselves).
 
 The trained change is dense; it is stored exactly as low-rank factors from its SVD (``B = U S``,
 ``A = Vᵀ``, every singular value above ``1e-6`` of the largest), so PEFT and the repository read it as
@@ -38,20 +43,24 @@ class FinetuneParams:
 
     layer: int | None = _help("Layer whose MLP output projection is trained (None: late_fraction of the depth).", None)
     late_fraction: float = _help("With layer=None, the layer as a fraction of the depth.", 0.7)
-    lr: float = _help("Adam learning rate.", 1e-3)
-    steps: int = _help("Most Adam steps, each over every fact of the batch.", 60)
-    stop_prob: float = _help("Stop once every fact's target has this length-normalised probability.", 0.9)
-    n_context: int = _help("Generated context prefixes each prompt is also trained under.", 5)
+    lr: float = _help("Adam learning rate.", 5e-4)
+    epochs: int = _help("Most passes over every row of the edit.", 25)
+    minibatch: int = _help("Rows (prompt, or prefix + prompt, with its target) per Adam step.", 100)
+    stop_loss: float = _help("A mini-batch under this mean target NLL takes no step; an epoch under it "
+                             "ends the training.", 0.01)
+    eos: bool = _help("Train the target followed by the end-of-sequence token (LocFT-BF's targets).", True)
+    n_context: int = _help("Generated context prefixes each prompt is also trained under (0: the bare prompt).", 0)
     context_tokens: int = _help("Length in tokens of each context prefix.", 10)
-    seed: int = _help("Seed of the context-prefix sampling.", 0)
+    seed: int = _help("Seed of the context-prefix sampling and of the mini-batches and their order.", 0)
 
     def __post_init__(self) -> None:
         if self.layer is not None and self.layer < 0:
             raise InvalidInputError(f"ft layer {self.layer} is negative.", hint="Pass a layer index >= 0.")
-        if not 0.0 < self.late_fraction < 1.0 or self.lr <= 0 or self.steps <= 0 or self.n_context < 0:
-            raise InvalidInputError("ft parameters: late_fraction in (0, 1), lr and steps positive, n_context >= 0.")
-        if not 0.0 < self.stop_prob < 1.0:
-            raise InvalidInputError("ft parameter stop_prob must be in (0, 1).")
+        if not 0.0 < self.late_fraction < 1.0 or self.lr <= 0 or self.epochs <= 0 or self.minibatch <= 0:
+            raise InvalidInputError("ft parameters: late_fraction in (0, 1); lr, epochs and minibatch positive.",
+                                    hint="For example --param lr=5e-4 --param epochs=25 --param minibatch=100.")
+        if self.n_context < 0 or self.stop_loss < 0:
+            raise InvalidInputError("ft parameters n_context and stop_loss must not be negative.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,7 +94,10 @@ class FinetuneMethod(EditMethod):
         module = get_module(model, module_name)
         prefixes = context_prefixes(model, tokenizer, p.n_context, p.context_tokens, p.seed,
                                     stats_dir(env.cache_dir or cache_dir(), env.base_hash))
-        batch = _rows(tokenizer, facts, prefixes)
+        rows = _row_specs(tokenizer, facts, prefixes, p.eos)
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(p.seed)).tolist()
+        batches = [_padded(tokenizer, [rows[i] for i in order[k : k + p.minibatch]])
+                   for k in range(0, len(order), p.minibatch)]
         below = layers_below(model, module_name)
         start = time.perf_counter()
         weight = module.weight
@@ -93,20 +105,26 @@ class FinetuneMethod(EditMethod):
         flags = [q.requires_grad for q in model.parameters()]
         for q in model.parameters():
             q.requires_grad_(False)
-        step, worst = 0, 0.0
+        shuffle = torch.Generator().manual_seed(p.seed + 1)
+        lower: list[dict[str, Any]] = [{} for _ in batches]  # the layers under the trained one: once per batch
+        epoch, steps, mean = 0, 0, float("inf")
         try:
             weight.requires_grad_(True)
             opt = torch.optim.Adam([weight], lr=p.lr)
-            lower: dict[str, Any] = {}  # the layers below the trained one run once, then are replayed
-            for step in range(p.steps + 1):  # noqa: B007 - the last value is reported
-                with replayed(model, below, lower):
-                    nll = _row_nll(model, batch)  # (rows,): mean NLL of each row's target
-                worst = float(torch.exp(-nll.detach()).min())
-                if worst >= p.stop_prob or step == p.steps:
+            for epoch in range(1, p.epochs + 1):  # noqa: B007 - the last value is reported
+                total = 0.0
+                for k in torch.randperm(len(batches), generator=shuffle).tolist():
+                    with replayed(model, below, lower[k]):
+                        loss = _row_nll(model, batches[k]).mean()
+                    total += float(loss.detach()) * batches[k]["n"]
+                    if float(loss.detach()) >= p.stop_loss:
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        steps += 1
+                mean = total / len(rows)
+                if mean < p.stop_loss:
                     break
-                opt.zero_grad()
-                nll.mean().backward()
-                opt.step()
             change = (weight.detach() - original).float()
         finally:
             with torch.no_grad():
@@ -118,7 +136,7 @@ class FinetuneMethod(EditMethod):
         if family_for(model).conv1d:
             change = change.T  # Conv1D stores (in, out); deltas are (out, in)
         factor = exact_factors(change)
-        info = {"steps": step, "min_prob": round(worst, 4), "rank": factor.rank, "layer": layer,
+        info = {"epochs": epoch, "steps": steps, "last_epoch_nll": round(mean, 5), "rank": factor.rank, "layer": layer,
                 "change_norm_ratio": round(float(change.norm() / original.float().norm()), 5),
                 "seconds": round(time.perf_counter() - start, 3)}
         log.info("ft %d fact(s) at layer %d: %s", len(facts), layer, info)
@@ -137,19 +155,24 @@ def exact_factors(change: Any, tol: float = 1e-6) -> LowRank:
     return LowRank(B=(u[:, :keep] * s[:keep]).float().contiguous(), A=vh[:keep].float().contiguous())
 
 
-def _rows(tokenizer: Any, facts: Sequence[Fact], prefixes: Sequence[str]) -> dict[str, Any]:
-    """Right-padded ``prefix + prompt + target`` rows and the positions that predict the target tokens."""
-    import torch
-
+def _row_specs(tokenizer: Any, facts: Sequence[Fact], prefixes: Sequence[str], eos: bool,
+               ) -> list[tuple[list[int], list[int]]]:
+    """(``prefix + prompt`` ids, target ids) of every row, the target ending in EOS when ``eos``."""
     from cathrepo.lm.tokens import continuation_ids
 
-    seqs, spans = [], []
+    end = [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else []
+    specs = []
     for fact in facts:
-        target = continuation_ids(tokenizer, fact.target_new)
-        for prefix in prefixes:
-            ids = tokenizer(prefix + fact.prompt)["input_ids"]
-            seqs.append(ids + target[:-1])
-            spans.append((len(ids) - 1, target))
+        target = continuation_ids(tokenizer, fact.target_new) + end
+        specs.extend((tokenizer(prefix + fact.prompt)["input_ids"], target) for prefix in prefixes)
+    return specs
+
+
+def _padded(tokenizer: Any, specs: Sequence[tuple[list[int], list[int]]]) -> dict[str, Any]:
+    """Right-padded ``context + target`` rows and the positions that predict the target tokens."""
+    import torch
+
+    seqs = [ids + target[:-1] for ids, target in specs]
     width = max(len(s) for s in seqs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -157,9 +180,9 @@ def _rows(tokenizer: Any, facts: Sequence[Fact], prefixes: Sequence[str]) -> dic
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    rows = [i for i, (_, t) in enumerate(spans) for _ in t]
-    positions = [at + j for at, t in spans for j in range(len(t))]
-    tokens = [tok for _, t in spans for tok in t]
+    rows = [i for i, (_, t) in enumerate(specs) for _ in t]
+    positions = [len(c) - 1 + j for c, t in specs for j in range(len(t))]
+    tokens = [tok for _, t in specs for tok in t]
     return {"ids": ids, "mask": mask, "rows": torch.tensor(rows), "positions": torch.tensor(positions),
             "tokens": torch.tensor(tokens), "n": len(seqs)}
 
