@@ -100,14 +100,13 @@ def _deltas(repo: Repo, commit: str | None) -> tuple[list[str], list[Delta]]:
 
 
 def _next_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str]) -> Any:
+    """Each prompt's next-token log-distribution (prompts × vocab), read in the scorer's batches."""
     import torch
 
-    rows = []
-    with torch.no_grad():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
-            rows.append(torch.log_softmax(model(ids).logits[0, -1].float(), -1))
-    return torch.stack(rows)
+    from cathrepo.lm.scoring import score_continuations
+
+    scores = score_continuations(model, tokenizer, prompts, [[] for _ in prompts], next_distribution=True)
+    return torch.stack([s.next_logprobs.float() for s in scores if s.next_logprobs is not None])
 
 
 def canary(repo: Repo, prompts_file: Path, *, max_kl: float = 0.05, max_changed: float = 0.1,
