@@ -168,7 +168,7 @@ def _hub_snapshot(repo_id: str) -> Path:
 def _converted_embedded(spec: EmbeddedModel) -> Path:
     """Convert the embedded GGUF to a plain fp32 checkpoint once; later calls reuse the directory."""
     target = cache_dir() / "models" / spec.key
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+    if _complete(target):
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -188,6 +188,8 @@ def _converted_embedded(spec: EmbeddedModel) -> Path:
         (staging / "cathrepo-source.json").write_text(
             json.dumps({"package": spec.pip_spec, "gguf_file": gguf}, indent=2) + "\n"
         )
+        if _complete(target):  # another process converted it meanwhile, and may be reading it now
+            return target
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -195,6 +197,10 @@ def _converted_embedded(spec: EmbeddedModel) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _complete(target: Path) -> bool:
+    return (target / "config.json").is_file() and any(target.glob("*.safetensors"))
 
 
 # --- hashing ------------------------------------------------------------------------------------
