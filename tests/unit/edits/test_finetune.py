@@ -74,6 +74,6 @@ def test_exact_factors_reproduce_the_change():
 
 def test_params_are_checked():
     for bad in ({"layer": -1}, {"lr": 0.0}, {"epochs": 0}, {"minibatch": 0}, {"stop_loss": -1.0},
-                {"late_fraction": 1.5}):
+                {"depth_fraction": 1.5}):
         with pytest.raises(InvalidInputError):
             FinetuneParams(**bad)
