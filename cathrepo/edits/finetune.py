@@ -168,7 +168,7 @@ def _row_specs(tokenizer: Any, facts: Sequence[Fact], prefixes: Sequence[str], e
     from cathrepo.lm.tokens import continuation_ids
 
     end = [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else []
-    specs = []
+    specs: list[tuple[list[int], list[int]]] = []
     for fact in facts:
         target = continuation_ids(tokenizer, fact.target_new) + end
         specs.extend((tokenizer(prefix + fact.prompt)["input_ids"], target) for prefix in prefixes)
