@@ -179,19 +179,14 @@ def _padded(tokenizer: Any, specs: Sequence[tuple[list[int], list[int]]]) -> dic
     """Right-padded ``context + target`` rows and the positions that predict the target tokens."""
     import torch
 
-    seqs = [ids + target[:-1] for ids, target in specs]
-    width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    from cathrepo.lm.tokens import pad, pad_id
+
+    batch = pad([ids + target[:-1] for ids, target in specs], pad_id(tokenizer))
     rows = [i for i, (_, t) in enumerate(specs) for _ in t]
     positions = [len(c) - 1 + j for c, t in specs for j in range(len(t))]
     tokens = [tok for _, t in specs for tok in t]
-    return {"ids": ids, "mask": mask, "rows": torch.tensor(rows), "positions": torch.tensor(positions),
-            "tokens": torch.tensor(tokens), "n": len(seqs)}
+    return {"ids": batch.ids, "mask": batch.mask, "rows": torch.tensor(rows), "positions": torch.tensor(positions),
+            "tokens": torch.tensor(tokens), "n": len(specs)}
 
 
 def _row_nll(model: Any, batch: dict[str, Any]) -> Any:

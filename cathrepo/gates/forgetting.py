@@ -62,15 +62,13 @@ def _rows(ctx: GateRun) -> list[tuple[str, str, str]]:
 def answer_ranks(model: Any, tokenizer: Any, rows: Sequence[tuple[str, str, str]]) -> list[tuple[int, float]]:
     """(rank, probability) of each answer's first token as the next token of its text (rank 0 = top),
     every text read in :func:`~cathrepo.lm.scoring.score_continuations`' batches."""
-    from cathrepo.lm.scoring import score_continuations
+    from cathrepo.lm.scoring import next_token_logprobs
     from cathrepo.lm.tokens import first_token_id
 
-    scores = score_continuations(model, tokenizer, [text for _, text, _ in rows], [[] for _ in rows],
-                                 next_distribution=True)
+    logps = next_token_logprobs(model, tokenizer, [text for _, text, _ in rows])
     out = []
-    for (_, _, answer), score in zip(rows, scores, strict=True):
-        logp, token = score.next_logprobs, first_token_id(tokenizer, answer)
-        assert logp is not None
+    for (_, _, answer), logp in zip(rows, logps, strict=True):
+        token = first_token_id(tokenizer, answer)
         out.append((int((logp > logp[token]).sum()), float(logp[token].exp())))
     return out
 

@@ -305,6 +305,18 @@ def score_continuations(
     return [s for s in out if s is not None]
 
 
+def next_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
+    """Each prompt's next-token log-distribution, (prompts × vocab) in float32, read in
+    :func:`score_continuations`' batches."""
+    import torch
+
+    scores = score_continuations(model, tokenizer, prompts, [[] for _ in prompts], batch_size=batch_size,
+                                 next_distribution=True)
+    rows = []
+    for score in scores:
+        assert score.next_logprobs is not None  # asked for every prompt
+        rows.append(score.next_logprobs.float())
+    return torch.stack(rows)
 
 
 def kl_terms(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:

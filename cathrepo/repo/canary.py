@@ -11,7 +11,7 @@ deployment-log entry that names the numbers.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,16 +99,6 @@ def _deltas(repo: Repo, commit: str | None) -> tuple[list[str], list[Delta]]:
     return [e.id for e in edits], stack_deltas(repo, commit, edits)
 
 
-def _next_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str]) -> Any:
-    """Each prompt's next-token log-distribution (prompts × vocab), read in the scorer's batches."""
-    import torch
-
-    from cathrepo.lm.scoring import score_continuations
-
-    scores = score_continuations(model, tokenizer, prompts, [[] for _ in prompts], next_distribution=True)
-    return torch.stack([s.next_logprobs.float() for s in scores if s.next_logprobs is not None])
-
-
 def canary(repo: Repo, prompts_file: Path, *, max_kl: float = 0.05, max_changed: float = 0.1,
            auto_rollback: bool = False, progress: Callable[[str], None] | None = None) -> CanaryReport:
     """Compare canary with production on ``prompts_file`` (see the module docstring)."""
@@ -116,6 +106,7 @@ def canary(repo: Repo, prompts_file: Path, *, max_kl: float = 0.05, max_changed:
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.lm.decoding import greedy_continuations
+    from cathrepo.lm.scoring import next_token_logprobs
     from cathrepo.repo.state import probe_sets
 
     prompts = read_prompts(prompts_file)
@@ -130,7 +121,7 @@ def canary(repo: Repo, prompts_file: Path, *, max_kl: float = 0.05, max_changed:
     for name, deltas in (("production", prod), ("canary", cand)):
         say(name)
         with applied(model, *deltas):
-            out[name] = (_next_token_logprobs(model, tokenizer, prompts),
+            out[name] = (next_token_logprobs(model, tokenizer, prompts),
                          greedy_continuations(model, tokenizer, prompts, max_new_tokens=ANSWER_TOKENS))
     p, q = out["production"][0], out["canary"][0]
     kl = (p.exp() * (p - q)).sum(-1)

@@ -71,17 +71,3 @@ def test_prompt_files_are_checked(repo, tmp_path):
     with pytest.raises(InvalidInputError, match="holds 0 prompts"):
         read_prompts(empty)
 
-
-def test_next_token_logprobs_match_one_prompt_at_a_time(tiny_llama):
-    import torch
-
-    from cathrepo.repo.canary import _next_token_logprobs
-
-    model, tok, _ = tiny_llama
-    prompts = ["The capital of Italy is", "A", "The city of France is Paris and the river is the"]
-    batched = _next_token_logprobs(model, tok, prompts)
-    with torch.no_grad():
-        alone = torch.stack([model(tok(p, return_tensors="pt").input_ids).logits[0, -1].float().log_softmax(-1)
-                             for p in prompts])
-    assert batched.shape == alone.shape
-    assert torch.allclose(batched, alone, atol=1e-4)

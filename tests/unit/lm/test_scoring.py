@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from cathrepo.gates.generation import contains_answer, ngram_entropy
 from cathrepo.lm.decoding import greedy_continuations
 from cathrepo.lm.scoring import (
     kl_divergence,
+    next_token_logprobs,
     perplexity,
     score_continuations,
     target_logprobs,
@@ -175,3 +177,14 @@ def test_few_row_products_agree_with_the_plain_layers_and_are_undone(tiny_llama,
     fast = greedy_token_ids(model, tok, prompts, max_new_tokens=8)
     monkeypatch.setattr(decoding, "FEW_ROWS", (0, 0))  # every product the plain way
     assert greedy_token_ids(model, tok, prompts, max_new_tokens=8) == fast
+
+
+def test_next_token_logprobs_match_one_prompt_at_a_time(tiny_llama):
+    model, tok, _ = tiny_llama
+    prompts = ["The capital of Italy is", "A", "The city of France is Paris and the river is the"]
+    batched = next_token_logprobs(model, tok, prompts, batch_size=2)
+    with torch.no_grad():
+        alone = torch.stack([model(tok(p, return_tensors="pt").input_ids).logits[0, -1].float().log_softmax(-1)
+                             for p in prompts])
+    assert batched.shape == alone.shape
+    assert torch.allclose(batched, alone, atol=1e-4)
