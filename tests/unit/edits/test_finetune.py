@@ -58,9 +58,13 @@ def test_targets_end_in_eos_when_asked(tiny_model):
     assert all(t == u + [tok.eos_token_id] for (_, t), (_, u) in zip(with_eos, without, strict=True))
     batch = _padded(tok, with_eos)
     assert batch["n"] == 4 and len(batch["tokens"]) == sum(len(t) for _, t in with_eos)
-    # each target token is predicted from the position before it
+    # each target token is predicted from the position before it, a real (unmasked) token of its row
+    full = [context + target for context, target in with_eos]
     for row, at, token in zip(batch["rows"].tolist(), batch["positions"].tolist(), batch["tokens"].tolist(), strict=True):
-        assert at + 1 == batch["mask"][row].sum() or batch["ids"][row, at + 1] == token
+        assert full[row][at + 1] == token
+        assert batch["mask"][row, at] == 1 and batch["ids"][row, at] == full[row][at]
+    assert sorted(zip(batch["rows"].tolist(), batch["positions"].tolist(), strict=True)) == [
+        (r, len(c) - 1 + j) for r, (c, t) in enumerate(with_eos) for j in range(len(t))]
 
 
 def test_exact_factors_reproduce_the_change():
