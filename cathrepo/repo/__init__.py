@@ -230,11 +230,12 @@ class Repo(LineVerbs, ReviewVerbs):
 
         return revert(self, ref, gate=gate, force=force, progress=progress)
 
-    def log(self, rev: str = "HEAD", *, max_count: int | None = None) -> list[LogEntry]:
-        """The commits reachable from ``rev``, newest first, with the edit each one made or reverted."""
+    def log(self, rev: str = "HEAD", *, max_count: int | None = None, metrics: bool = False) -> list[LogEntry]:
+        """The commits reachable from ``rev``, newest first, with the edit each one made or reverted (and with
+        ``metrics``, the retention, perplexity and norm growth its gates recorded)."""
         from cathrepo.repo.log import log
 
-        return log(self, rev, max_count=max_count)
+        return log(self, rev, max_count=max_count, metrics=metrics)
 
     def show(self, ref: str, rev: str = "HEAD") -> dict[str, Any]:
         """One edit's record and status at ``rev``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ class LogEntry:
     method: str | None
     gates: str | None
     active: bool  # the edit is in the active set at the revision logged
+    metrics: dict[str, float] = field(default_factory=dict)  # with ``log(metrics=True)``: see METRICS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -29,13 +30,48 @@ class LogEntry:
 
 #: The trailers a log entry shows (the others, one per gate and file hash, are not read).
 TRAILERS = ("Cathrepo-Action", "Cathrepo-Edit", "Cathrepo-Method", "Cathrepo-Gates")
+#: What ``log --metrics`` reads from each commit's gate trailers, the drift every gated commit records:
+#: (name, trailer, the gate's metric). Retention is against the base model (the share of known facts
+#: still answered), perplexity the stack's after the commit, norm growth the commit's own (against the
+#: stack before it).
+METRICS = (
+    ("retention", "Cathrepo-Gate-Retention", "retention"),
+    ("perplexity", "Cathrepo-Gate-Perplexity", "ppl"),
+    ("perplexity_growth", "Cathrepo-Gate-Perplexity", "growth"),
+    ("norm_growth", "Cathrepo-Gate-Norms", "max_growth"),
+)
 
 
-def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None) -> list[LogEntry]:
-    """Commits reachable from ``rev``, newest first."""
+def gate_numbers(outcome: str) -> dict[str, float]:
+    """The numbers of a ``Cathrepo-Gate-<Name>`` trailer (``pass ppl=25.7 growth=0.004``); a value that is
+    not a number is left out."""
+    numbers = {}
+    for word in outcome.split()[1:]:
+        key, sep, value = word.partition("=")
+        if sep:
+            try:
+                numbers[key] = float(value)
+            except ValueError:
+                continue
+    return numbers
+
+
+def _metrics(trailers: dict[str, str]) -> dict[str, float]:
+    out = {}
+    for name, trailer, metric in METRICS:
+        value = gate_numbers(trailers.get(trailer, "")).get(metric)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None, metrics: bool = False) -> list[LogEntry]:
+    """Commits reachable from ``rev``, newest first; with ``metrics``, each with the numbers of METRICS
+    its gate trailers recorded (a commit whose gates did not measure one has none of it)."""
     active = set(repo.stack(rev).active)
+    keys = TRAILERS + tuple(dict.fromkeys(t for _, t, _ in METRICS)) if metrics else TRAILERS
     entries = []
-    for c in repo.git.log(rev, max_count=max_count, trailer_keys=TRAILERS):
+    for c in repo.git.log(rev, max_count=max_count, trailer_keys=keys):
         trailers = c.trailers
         action = trailers.get("Cathrepo-Action", "other")
         edit_id = trailers.get("Cathrepo-Edit")
@@ -43,6 +79,7 @@ def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None) -> list[
             commit=c.sha, date=c.date, author=f"{c.author_name} <{c.author_email}>", action=action,
             edit_id=edit_id, summary=c.subject, method=trailers.get("Cathrepo-Method"),
             gates=trailers.get("Cathrepo-Gates"), active=bool(edit_id) and edit_id in active and action in ("edit", "forget"),
+            metrics=_metrics(trailers) if metrics else {},
         ))
     return entries
 

@@ -289,3 +289,37 @@ def test_a_memit_batch_is_one_signed_edit_that_reverts_exactly(repo):
     reverted = repo.materialize()
     assert reverted.edits == [] and not changed_weights(reverted.model, before)
     assert repo.verify().ok
+
+
+def test_log_metrics_are_what_each_commits_gates_measured(repo):
+    from tests.cli.runner import cathrepo
+
+    config = load_config(repo.root / layout.CONFIG)
+    gates = {"stages": {"edit": ["efficacy", "norms", "perplexity", "retention"], "revert": ["regression"]},
+             "norms_max_growth": 10.0, "perplexity_max_growth": 10.0, "retention_max_drop": 1.0}
+    (repo.root / layout.CONFIG).write_text(dump_config(dataclasses.replace(config, gates=gates)))
+    repo.git.add([layout.CONFIG])
+    repo.git.commit("Measure the drift")
+    outcomes = [repo.edit([EditRequest(fact, source="test")])[0] for fact in (FACT, OTHER)]
+    entries = repo.log(metrics=True)
+    assert [e.edit_id for e in entries[:2]] == [o.edit_id for o in reversed(outcomes)]
+    for entry, outcome in zip(entries[:2], reversed(outcomes), strict=True):
+        ppl, norms = outcome.report["perplexity"].metrics, outcome.report["norms"].metrics
+        assert entry.metrics["perplexity"] == pytest.approx(ppl["ppl"], rel=1e-3)
+        assert entry.metrics["perplexity_growth"] == pytest.approx(ppl["growth"], rel=1e-3, abs=1e-9)
+        assert entry.metrics["norm_growth"] == pytest.approx(norms["max_growth"], rel=1e-3, abs=1e-9)
+        assert entry.metrics["retention"] == pytest.approx(outcome.report["retention"].metrics["retention"], rel=1e-3)
+    # the second edit's perplexity is measured on the stack the first left: the drift, commit by commit
+    assert entries[0].metrics["perplexity"] == pytest.approx(
+        outcomes[0].report["perplexity"].metrics["ppl"] * (1 + entries[0].metrics["perplexity_growth"]), rel=1e-3)
+    assert entries[2].metrics == {} and repo.log()[0].metrics == {}  # a config commit; and not asked for
+    out = cathrepo("log", "--metrics", "-n", "1", cwd=repo.root).stdout
+    assert f"ppl {entries[0].metrics['perplexity']:.2f}" in out and "norm +" in out
+    assert "ppl" not in cathrepo("log", "-n", "1", cwd=repo.root).stdout
+
+
+def test_gate_numbers_read_a_trailer():
+    from cathrepo.repo.log import gate_numbers
+
+    assert gate_numbers("pass ppl=25.72 growth=0.004 x=abc") == {"ppl": 25.72, "growth": 0.004}
+    assert gate_numbers("skip") == {} and gate_numbers("") == {}
