@@ -83,9 +83,17 @@ def _repo(work: Path, mode: str, config: ForgetBenchConfig) -> Any:
     return repo
 
 
-def _row(report: Any, seconds: float) -> dict[str, Any]:
+def _row(result: Any, seconds: float) -> dict[str, Any]:
+    """One forget's measures; with where its seconds went: each attempt (a retry at another layer or as a
+    variant is a whole computation and gating again) and the kept attempt's seconds per gate."""
+    from cathrepo.pipeline import attempt_label, attempt_refusal
+
+    report = result.gates
     row: dict[str, Any] = {"committed": bool(report.passed), "seconds": seconds,
-                           "failed": [r.name for r in report.failures]}
+                           "failed": [r.name for r in report.failures],
+                           "attempts": [attempt_refusal(a) if not a["passed"] else attempt_label(a)
+                                        for a in result.attempts],
+                           "gate_seconds": {r.name: round(r.seconds, 2) for r in report.results if r.seconds}}
     names = report.names()
     for key, gate, metric in MEASURES:
         if gate in names and metric in report[gate].metrics:
@@ -152,7 +160,7 @@ def bench_forget(config: ForgetBenchConfig, progress: Progress | None = None,
                     new = None
                     attempt = attempt_forget(session, request, mode, None)
                 rows.append({"subject": fact.subject, "answer": fact.target_new, **({"replacement": new} if new else {}),
-                             **_row(attempt.gates, time.perf_counter() - start)})
+                             **_row(attempt, time.perf_counter() - start)})
                 result["modes"][mode] = {**summarize(rows), "rows": rows}
                 if partial is not None:
                     partial({**result, "facts": [f.to_dict() for f in result["facts"]], "partial": True})

@@ -30,6 +30,12 @@ def test_bench_forget_reports_each_modes_measures(tiny_llama, tmp_path, monkeypa
         assert all(("all_formats" in r) and ("generation_clean" in r) for r in rows)
         assert mode["all_formats"] == pytest.approx(sum(r["all_formats"] for r in rows) / 2)
         assert sum(mode["refused_by"].values()) == sum(len(r["failed"]) for r in rows)
+        for r in rows:  # where the seconds went: every attempt, the kept one's gates
+            assert r["attempts"] and all(isinstance(a, str) for a in r["attempts"])
+            assert r["attempts"][-1].endswith(")") != r["committed"]  # a refused attempt names its gates
+            assert r["gate_seconds"] and set(r["gate_seconds"]) <= {"efficacy", "forget_rank", "forget_generation",
+                                                                    "neighborhood", "cfplus", "fluency", "norms",
+                                                                    "regression", "retention", "perplexity", "relearn"}
 
 
 def test_summaries_leave_out_what_no_fact_measured():
