@@ -314,7 +314,8 @@ def test_log_metrics_are_what_each_commits_gates_measured(repo):
         outcomes[0].report["perplexity"].metrics["ppl"] * (1 + entries[0].metrics["perplexity_growth"]), rel=1e-3)
     assert entries[2].metrics == {} and repo.log()[0].metrics == {}  # a config commit; and not asked for
     out = cathrepo("log", "--metrics", "-n", "1", cwd=repo.root).stdout
-    assert f"ppl {entries[0].metrics['perplexity']:.2f}" in out and "norm +" in out
+    assert f"ppl {entries[0].metrics['perplexity']:.2f}" in out
+    assert f"norm {entries[0].metrics['norm_growth']:+.1%}" in out
     assert "ppl" not in cathrepo("log", "-n", "1", cwd=repo.root).stdout
 
 
