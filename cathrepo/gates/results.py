@@ -75,6 +75,25 @@ class GateResult:
         return self.status + (f" {numbers}" if numbers else "")
 
 
+def trailer_key(gate: str) -> str:
+    """The commit trailer a gate's outcome is written under: ``Cathrepo-Gate-Cfplus`` for ``cfplus``."""
+    return f"Cathrepo-Gate-{gate.replace('_', '-').capitalize()}"
+
+
+def outcome_numbers(outcome: str) -> dict[str, float]:
+    """The numbers of an :meth:`GateResult.outcome` as a trailer holds it (``pass ppl=25.7 growth=0.004``),
+    rounded as written; a value that is not a number is left out."""
+    numbers = {}
+    for word in outcome.split()[1:]:
+        key, sep, value = word.partition("=")
+        if sep:
+            try:
+                numbers[key] = float(value)
+            except ValueError:
+                continue
+    return numbers
+
+
 def _num(v: Any) -> Any:
     return round(float(v), 6) if isinstance(v, float) else v
 
@@ -136,7 +155,7 @@ class GateReport:
         trailers = {"Cathrepo-Gates": self.verdict(forced=forced)}
         if per_gate:
             for r in self.results:
-                trailers[f"Cathrepo-Gate-{r.name.replace('_', '-').capitalize()}"] = r.outcome()
+                trailers[trailer_key(r.name)] = r.outcome()
         return trailers
 
     def to_markdown(self) -> str:

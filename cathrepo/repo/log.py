@@ -31,35 +31,23 @@ class LogEntry:
 #: The trailers a log entry shows (the others, one per gate and file hash, are not read).
 TRAILERS = ("Cathrepo-Action", "Cathrepo-Edit", "Cathrepo-Method", "Cathrepo-Gates")
 #: What ``log --metrics`` reads from each commit's gate trailers, the drift every gated commit records:
-#: (name, trailer, the gate's metric). Retention is against the base model (the share of known facts
+#: (name, gate, the gate's metric). Retention is against the base model (the share of known facts
 #: still answered), perplexity the stack's after the commit, norm growth the commit's own (against the
 #: stack before it).
 METRICS = (
-    ("retention", "Cathrepo-Gate-Retention", "retention"),
-    ("perplexity", "Cathrepo-Gate-Perplexity", "ppl"),
-    ("perplexity_growth", "Cathrepo-Gate-Perplexity", "growth"),
-    ("norm_growth", "Cathrepo-Gate-Norms", "max_growth"),
+    ("retention", "retention", "retention"),
+    ("perplexity", "perplexity", "ppl"),
+    ("perplexity_growth", "perplexity", "growth"),
+    ("norm_growth", "norms", "max_growth"),
 )
 
 
-def gate_numbers(outcome: str) -> dict[str, float]:
-    """The numbers of a ``Cathrepo-Gate-<Name>`` trailer (``pass ppl=25.7 growth=0.004``); a value that is
-    not a number is left out."""
-    numbers = {}
-    for word in outcome.split()[1:]:
-        key, sep, value = word.partition("=")
-        if sep:
-            try:
-                numbers[key] = float(value)
-            except ValueError:
-                continue
-    return numbers
-
-
 def _metrics(trailers: dict[str, str]) -> dict[str, float]:
+    from cathrepo.gates.results import outcome_numbers, trailer_key
+
     out = {}
-    for name, trailer, metric in METRICS:
-        value = gate_numbers(trailers.get(trailer, "")).get(metric)
+    for name, gate, metric in METRICS:
+        value = outcome_numbers(trailers.get(trailer_key(gate), "")).get(metric)
         if value is not None:
             out[name] = value
     return out
@@ -69,7 +57,9 @@ def log(repo: Repo, rev: str = "HEAD", *, max_count: int | None = None, metrics:
     """Commits reachable from ``rev``, newest first; with ``metrics``, each with the numbers of METRICS
     its gate trailers recorded (a commit whose gates did not measure one has none of it)."""
     active = set(repo.stack(rev).active)
-    keys = TRAILERS + tuple(dict.fromkeys(t for _, t, _ in METRICS)) if metrics else TRAILERS
+    from cathrepo.gates.results import trailer_key
+
+    keys = TRAILERS + tuple(dict.fromkeys(trailer_key(g) for _, g, _ in METRICS)) if metrics else TRAILERS
     entries = []
     for c in repo.git.log(rev, max_count=max_count, trailer_keys=keys):
         trailers = c.trailers

@@ -318,9 +318,3 @@ def test_log_metrics_are_what_each_commits_gates_measured(repo):
     assert f"norm {entries[0].metrics['norm_growth']:+.1%}" in out
     assert "ppl" not in cathrepo("log", "-n", "1", cwd=repo.root).stdout
 
-
-def test_gate_numbers_read_a_trailer():
-    from cathrepo.repo.log import gate_numbers
-
-    assert gate_numbers("pass ppl=25.72 growth=0.004 x=abc") == {"ppl": 25.72, "growth": 0.004}
-    assert gate_numbers("skip") == {} and gate_numbers("") == {}

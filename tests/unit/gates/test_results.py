@@ -47,3 +47,14 @@ def test_a_gate_a_fail_fast_run_did_not_run_keeps_that_through_json():
     again = GateReport.from_json(report.to_json())
     assert again == report and again["fluency"].not_run
     assert "not_run" not in GateReport.from_json(REPORT.to_json()).to_dict()["results"][0]
+
+
+def test_outcome_numbers_read_back_a_trailer():
+    from cathrepo.gates.results import GateReport, GateResult, outcome_numbers, trailer_key
+
+    assert outcome_numbers("pass ppl=25.72 growth=0.004 x=abc") == {"ppl": 25.72, "growth": 0.004}
+    assert outcome_numbers("skip") == {} and outcome_numbers("") == {}
+    result = GateResult("forget_rank", True, {"out_of_top": 0.9375, "n": 16.0})
+    trailers = GateReport((result,)).trailers()
+    assert trailer_key("forget_rank") == "Cathrepo-Gate-Forget-rank" in trailers
+    assert outcome_numbers(trailers[trailer_key("forget_rank")]) == {"out_of_top": 0.9375, "n": 16.0}
