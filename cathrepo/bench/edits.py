@@ -53,6 +53,8 @@ class EditBenchConfig:
             perplexity; MMLU only at the end) once this many edits are in; the end is always one.
         state: in sequential runs, a directory the stack is saved to at each checkpoint, and resumed
             from when the run starts again (:mod:`cathrepo.bench.resume`).
+        save_every: with ``state``, also save the stack (unmeasured) each time this many more facts are
+            edited, so a cut long run loses at most that many edits (0: only at checkpoints).
     """
 
     data: Path
@@ -76,6 +78,7 @@ class EditBenchConfig:
     batch_size: int = 128
     checkpoints: tuple[int, ...] = ()
     state: Path | None = None
+    save_every: int = 0
 
 
 @dataclass
@@ -318,6 +321,10 @@ def _sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequen
             for name, original in apply_delta(model, result.delta).originals.items():
                 undo.originals.setdefault(name, original)
             done = start + len(batch)
+            every = config.save_every
+            if every and done < len(facts) and done // every > start // every and not (points and done >= points[0]):
+                state.done = done  # saved unmeasured: a cut run loses at most `every` edits
+                state.save(config.state)
             if points and done >= points[0]:
                 while points and done >= points[0]:
                     points.pop(0)

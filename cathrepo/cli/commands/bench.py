@@ -39,18 +39,23 @@ def bench_group() -> None:
                    "--json each checkpoint is written as soon as it is measured.")
 @click.option("--state", type=click.Path(file_okay=False, path_type=Path),
               help="In --sequential runs, save the stack here at each checkpoint and resume from it when run again.")
+@click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="With --state, also save the stack every N facts (not measured), so a cut run loses at most N edits.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 def edits_cmd(data: Path, n: int, method: str, sequential: bool, edit_batch: int, model: str | None, params: tuple[str, ...],
               corpus: Path | None, skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
-              checkpoints: tuple[int, ...], state: Path | None, json_out: Path | None) -> None:
+              checkpoints: tuple[int, ...], state: Path | None, save_every: int, json_out: Path | None) -> None:
     """Edit N CounterFact/zsRE records and report ES, PS, NS, NS+, NKL, generation, retention, MMLU."""
     from cathrepo.bench.edits import EditBenchConfig, bench_edits
 
     config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, edit_batch=edit_batch, model=model,
                              params=parse_params(params), corpus=corpus, skip=skip, known=known, mmlu=not no_mmlu,
-                             mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, checkpoints=checkpoints, state=state)
+                             mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, checkpoints=checkpoints, state=state,
+                             save_every=save_every)
     if checkpoints and not sequential:
         raise click.UsageError("--checkpoint measures a --sequential run part way; add --sequential.")
+    if save_every and not (sequential and state):
+        raise click.UsageError("--save-every saves a --sequential run's stack to --state DIR; add both.")
     measured: list[dict[str, Any]] = []
 
     def keep(point: dict[str, Any]) -> None:  # a long run leaves what it has measured so far

@@ -257,3 +257,20 @@ def test_a_cut_sequential_run_resumes_from_its_saved_state(tiny_llama, data, tmp
     assert untimed(resumed["checkpoints"]) == untimed(whole["checkpoints"])
     with pytest.raises(InvalidInputError, match="another run"):
         bench_edits(_config(path, data, state=state, **{**kw, "skip": 1}))
+
+
+def test_save_every_saves_the_stack_between_checkpoints_unmeasured(tiny_llama, data, tmp_path):
+    """--save-every: with no checkpoint before the end, the stack is still saved after every second edit
+    (nothing measured there), and a run started again from it ends exactly as the uncut run."""
+    import json
+
+    _, _, path = tiny_llama
+    state = tmp_path / "state"
+    kw = {"sequential": True, "retention_sample": 20, "retention_known_only": False, "save_every": 2}
+    whole = bench_edits(_config(path, data, state=state, **kw)).to_dict()
+    saved = json.loads((state / "state.json").read_text())
+    assert saved["done"] == 2 and saved["edits"] == 2 and saved["checkpoints"] == []
+    resumed = bench_edits(_config(path, data, state=state, **kw)).to_dict()
+    assert resumed["edit_seconds"][:2] == whole["edit_seconds"][:2]  # read back, not recomputed
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed["records"]] == \
+        [{k: v for k, v in r.items() if "seconds" not in k} for r in whole["records"]]
