@@ -160,7 +160,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     first attempts fared (:func:`first_attempts`)."""
     status = Counter(r["status"] for r in rows)
     by_gate = Counter(g["name"] for r in rows if r["status"] == "refused" for g in r["failed_gates"])
-    walls = sorted(r["wall_s"] for r in rows)
+    walls = sorted(r["wall_s"] for r in rows if r["wall_s"] is not None)  # a recovered row has none
     return {
         "n": len(rows), "committed": status["committed"], "refused": status["refused"], "errors": status["error"],
         "committed_share": status["committed"] / len(rows) if rows else 0.0,
@@ -203,10 +203,47 @@ def _retry_kind(attempt: dict[str, Any]) -> str:
     return "layer" if kind.startswith("layer ") else kind
 
 
+def resumed_rows(config: RepoBenchConfig, out: Path) -> list[dict[str, Any]]:
+    """The rows a cut run of the same records into the same repository wrote to ``out`` (none when it
+    does not exist), so ``bench_repo(..., earlier=...)`` goes on after them. A record the repository
+    committed after the last row was written (the run cut between the commit and the write) gets a row
+    of its own, marked ``recovered`` and without a wall time, so it is never edited twice."""
+    from cathrepo.repo import Repo
+
+    if config.repo is None:
+        raise InvalidInputError("--resume goes on in the repository of the cut run.", hint="Pass its --repo.")
+    if not out.is_file():
+        return []
+    try:
+        data = json.loads(out.read_text(encoding="utf-8"))
+        rows = list(data["records"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"'{out}' is not the JSON of a 'cathrepo bench repo' run ({exc}).",
+                                hint="Pass the --out file the cut run wrote, or a new one without --resume.") from exc
+    todo = records(config)
+    if (data.get("data"), data.get("repo")) != (str(config.data), str(config.repo)) or \
+            [r["index"] for r in rows] != [i for i, _ in todo[: len(rows)]]:
+        raise InvalidInputError(f"'{out}' was written by a run of other records or another repository.",
+                                hint="Resume with that run's --data, --skip and --repo, or write to a new --out.")
+    if not (config.repo / "cathrepo.toml").is_file():
+        return rows
+    repo = Repo.open(config.repo)
+    sources = {repo.record(e).source for e in repo.edit_ids()}
+    for index, record in todo[len(rows):]:
+        if f"bench:{config.data.name}#{index}" not in sources:
+            break
+        rows.append({"index": index, "case_id": record.get("case_id"), "status": "committed", "exit_code": 0,
+                     "wall_s": None, "failed_gates": [], "recovered": True})
+    return rows
+
+
 def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,
-               on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+               on_record: Callable[[dict[str, Any]], None] | None = None,
+               earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Run the benchmark; ``progress(done, total, last status)`` reports each record and ``on_record``
-    receives the result so far after each one (a long run that is cut keeps what it measured)."""
+    receives the result so far after each one (a long run that is cut keeps what it measured).
+    ``earlier`` are the rows of a cut run of the same records (:func:`resumed_rows`): those records are
+    not edited again and the report covers them all."""
     say = progress or (lambda done, total, last: None)
     todo = records(config)
     scratch = Path(tempfile.mkdtemp(prefix="cathrepo-bench-repo-"))
@@ -218,13 +255,15 @@ def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,
             raise InvalidInputError(f"cathrepo init {repo} failed: {_last_line(init.stderr)}")
     # 2. one edit process per record, in order, each on top of the ones committed before
     env = _worker_env(config, scratch)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(earlier)
     try:
         if config.worker:
             started = _cathrepo("worker", "start", cwd=repo, env=env)
             if started.returncode != 0:
                 raise InvalidInputError(f"cathrepo worker start failed: {_last_line(started.stderr)}")
         for done, (index, record) in enumerate(todo):
+            if done < len(earlier):
+                continue
             say(done, len(todo), rows[-1]["status"] if rows else "")
             rows.append(edit_one(repo, index, record, config, scratch, env))
             log.info("record %d: %s in %.1f s", index, rows[-1]["status"], rows[-1]["wall_s"])

@@ -10,7 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from cathrepo.cli import cli, main
+from cathrepo.exceptions import InvalidInputError
 from cathrepo.gates.results import GateReport, GateResult
+from cathrepo.repo import Repo
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -121,6 +123,42 @@ def test_bench_repo_edits_each_record_in_its_own_process(repo_dir, tmp_path, mon
         assert (row["status"] == "committed") == bool(row["commit"])
         assert row["status"] == "committed" or row["failed_gates"]
     assert not list(scratch.iterdir())  # the per-record input files are gone (the repository was given)
+
+
+def test_bench_repo_resume_goes_on_after_the_records_a_cut_run_edited(repo_dir, tmp_path, monkeypatch):
+    """--resume: a run of 2 records after a cut run of 1 edits only the second; the first row is read
+    back as it was written. A record committed after the last row was written (cut between the commit and
+    the write) is recovered from the repository, not edited twice; another run's --out is refused."""
+    _, data = _one_record_run(tmp_path, monkeypatch)
+    data.write_text(json.dumps(json.loads(data.read_text()) * 2))
+    out = tmp_path / "bench.json"
+
+    def run(n: int, *extra: str):
+        return CliRunner().invoke(cli, ["bench", "repo", "--data", str(data), "--n", str(n), "--repo", str(repo_dir),
+                                        "--param", "v_steps=40", "--out", str(out), *extra], catch_exceptions=False)
+
+    assert run(1).exit_code == 0
+    first = json.loads(out.read_text())
+    assert first["records"][0]["status"] == "committed", first["records"][0]
+    edits = len(Repo.open(repo_dir).edit_ids())
+    whole = json.loads(out.read_text())
+    out.write_text(json.dumps({**whole, "records": []}))  # as if cut before the first row was written
+    result = run(2, "--resume")
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [r["index"] for r in report["records"]] == [0, 1] and report["n"] == 2
+    assert report["records"][0]["recovered"] is True and report["records"][0]["wall_s"] is None
+    assert "recovered" not in report["records"][1] and report["records"][1]["wall_s"] > 0
+    assert report["verify_clean"] is True
+    out.write_text(json.dumps(first))
+    edits_now = len(Repo.open(repo_dir).edit_ids())
+    assert edits_now == edits + (report["records"][1]["status"] == "committed")
+    again = run(2, "--resume")  # the first record's row read back, the second edited (again: a new fact id)
+    assert again.exit_code == 0 and json.loads(out.read_text())["records"][0] == first["records"][0]
+    bad = CliRunner().invoke(cli, ["bench", "repo", "--data", str(data), "--n", "2", "--skip", "1", "--repo",
+                                   str(repo_dir), "--out", str(out), "--resume"])
+    assert isinstance(bad.exception, InvalidInputError) and "other records" in str(bad.exception)
+    assert json.loads(out.read_text())["records"][0] == first["records"][0]  # the refused resume wrote nothing
 
 
 def test_bench_repo_through_a_worker_gives_what_fresh_processes_give(tiny_llama, tmp_path, monkeypatch):

@@ -116,22 +116,27 @@ def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, dtype: str
               help="Keep the edits' gate measurements in a cache of the run's own, so a rerun on the same records "
                    "times every gate (models and statistics stay shared).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the per-record JSON here.")
+@click.option("--resume", is_flag=True, help="Go on after the records a cut run with the same --data, --skip, "
+                                             "--repo and --out already edited (its --out is read back).")
 def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None, method: str | None,
-             params: tuple[str, ...], worker: bool, fresh_gate_cache: bool, out: Path | None) -> None:
+             params: tuple[str, ...], worker: bool, fresh_gate_cache: bool, out: Path | None, resume: bool) -> None:
     """Edit N records with one real `cathrepo edit` each into one repository with its gates: the share
     committed, refusals by gate, wall seconds per edit, and `cathrepo verify` at the end."""
-    from cathrepo.bench.repo import RepoBenchConfig, bench_repo
+    from cathrepo.bench.repo import RepoBenchConfig, bench_repo, resumed_rows
 
     parse_params(params)  # a malformed --param fails here, not once per record
     config = RepoBenchConfig(data=data, n=n, skip=skip, repo=repo, base=base, method=method, params=params,
                              worker=worker, fresh_gate_cache=fresh_gate_cache)
+    if resume and not (repo and out):
+        raise click.UsageError("--resume reads back the cut run's --out and goes on in its --repo; pass both.")
+    earlier = resumed_rows(config, out) if resume and out else []
 
     def keep(partial: dict[str, object]) -> None:
         if out:
             out.write_text(json.dumps(partial, indent=2) + "\n")
 
     with progress("Editing") as say:
-        result = bench_repo(config, lambda done, total, last: say(f"{done}/{total} {last}".strip()), keep)
+        result = bench_repo(config, lambda done, total, last: say(f"{done}/{total} {last}".strip()), keep, earlier)
     title = (f"{result['n']} edits, one `cathrepo edit` each{' through a worker' if worker else ''}, "
              f"into {result['repo']}")
     rows = {k: result[k] for k in ("committed", "refused", "errors", "committed_share", "wall_median_s",
