@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from cathrepo.cli.commands.bench_stack import stack_cmd
 from cathrepo.cli.shared import parse_params, progress
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -16,6 +17,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.group("bench")
 def bench_group() -> None:
     """Benchmarks: edit quality and speed, gate speed."""
+
+
+bench_group.add_command(stack_cmd)  # in a module of its own
 
 
 @bench_group.command("edits")

@@ -274,3 +274,29 @@ def test_save_every_saves_the_stack_between_checkpoints_unmeasured(tiny_llama, d
     assert resumed["edit_seconds"][:2] == whole["edit_seconds"][:2]  # read back, not recomputed
     assert [{k: v for k, v in r.items() if "seconds" not in k} for r in resumed["records"]] == \
         [{k: v for k, v in r.items() if "seconds" not in k} for r in whole["records"]]
+
+
+def test_bench_stack_measures_a_saved_stack_as_the_run_did_and_restrained(tiny_llama, data, tmp_path):
+    """bench stack: the stack of the first 2 edits read back from the run's --state measures what the
+    run's own checkpoint at 2 measured; restrained far above its singular values it is unchanged, and
+    restrained at a millionth of the base weights' norm it is all but gone (the norm growth with it)."""
+    from cathrepo.bench.stack import StackBenchConfig, bench_stack
+    from cathrepo.exceptions import InvalidInputError
+
+    _, _, path = tiny_llama
+    kw = {"sequential": True, "retention_sample": 20, "retention_known_only": False, "checkpoints": (2,),
+          "state": tmp_path / "state"}
+    run = _config(path, data, **kw)
+    point = bench_edits(run).checkpoints[0]
+    keys = ("es", "ps", "ns", "gen_success", "retention", "perplexity_after")
+    wide = bench_stack(StackBenchConfig(run=run, at=(2,), rules=("clip", "prune"), factor=1e6))["rows"][0]
+    assert wide["edits"] == 2 and wide["records"] == 2
+    assert {k: wide["stack"][k] for k in keys} == pytest.approx({k: point[k] for k in keys}, abs=1e-6)
+    assert wide["stack"]["norm_growth"] == pytest.approx(point["norm_growth"], rel=1e-4)
+    for rule in ("clip", "prune"):
+        assert set(wide[rule]["above"].values()) == {0}
+        assert {k: wide[rule][k] for k in keys} == pytest.approx({k: point[k] for k in keys}, abs=1e-6)
+    tight = bench_stack(StackBenchConfig(run=run, at=(2,), factor=1e-6))["rows"][0]
+    assert min(tight["clip"]["above"].values()) >= 1 and tight["clip"]["norm_growth"] < 1e-4 < point["norm_growth"]
+    with pytest.raises(InvalidInputError, match="holds 2 edits"):
+        bench_stack(StackBenchConfig(run=run, at=(3,)))

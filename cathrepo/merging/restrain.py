@@ -1,0 +1,96 @@
+"""Restraint: a stack's summed update held at the base weight's spectral norm (stage ⑦ of DESIGN.md §2).
+
+A long stack of single-layer edits does not break the model through any one edit: the summed update
+grows a few singular directions far past the edited weight's own largest singular value (on the
+embedded model, ROME's 750 sequential edits sum to a layer-6 update whose top singular value is seven
+times the weight's, BENCHMARKS.md), and every input with a component along them is pushed off. PRUNE
+(Ma et al., ICLR 2025, "Perturbation-restrained sequential model editing") bounds the condition number
+of the edited matrix by shrinking those directions after the edits; this module does that to any delta:
+
+- ``clip``: every singular value of a module's update above ``factor · σ_max(W)`` is set to it;
+- ``prune``: PRUNE's function, ``σ ↦ ln σ − ln b + b`` above the bound ``b = factor · σ_max(W)``, which
+  keeps the order of the directions and grows only logarithmically past the bound.
+
+Directions under the bound are kept exactly, so a short stack whose update stays under it comes back
+unchanged (up to float32 rounding of the refactored factors). The caller gives each module's
+``σ_max(W)``: this package does not hold the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from cathrepo.delta import Delta, LowRank
+from cathrepo.exceptions import InvalidInputError
+from cathrepo.merging.factor import DTYPE, stacked, svd_of_product
+
+RULES = ("clip", "prune")
+
+
+@dataclass(frozen=True)
+class Restrained:
+    """A restrained delta and, per module, what it changed.
+
+    Attributes:
+        delta: one low-rank update per module of the input.
+        bound: module -> the singular value the rule holds the update at (``factor · σ_max(W)``).
+        top: module -> the input update's largest singular value.
+        above: module -> how many of its singular directions stood above the bound.
+        change: module -> ``‖ΔW' − ΔW‖_F / ‖ΔW‖_F`` (0 when nothing stood above the bound).
+    """
+
+    delta: Delta
+    bound: Mapping[str, float]
+    top: Mapping[str, float]
+    above: Mapping[str, int]
+    change: Mapping[str, float]
+
+
+def restrain(delta: Delta, norms: Mapping[str, float], rule: str = "clip", factor: float = 1.0) -> Restrained:
+    """``delta`` with every module's singular values above ``factor · norms[module]`` restrained by ``rule``.
+
+    Args:
+        delta: the update to restrain, usually a whole stack consolidated exactly (``cat``).
+        norms: module -> the base weight's largest singular value (spectral norm).
+        rule: ``clip`` or ``prune`` (see the module docstring).
+        factor: the bound as a multiple of the base weight's spectral norm (PRUNE: 1).
+
+    Raises:
+        InvalidInputError: an unknown rule, a factor that is not positive, or a module without a norm.
+    """
+    if rule not in RULES:
+        raise InvalidInputError(f"Unknown restraint '{rule}'.", hint=f"Use one of: {', '.join(RULES)}.")
+    if not (math.isfinite(factor) and factor > 0):
+        raise InvalidInputError(f"The restraint's factor must be a positive number, not {factor}.")
+    missing = [m for m in delta.modules if not (m in norms and norms[m] > 0)]
+    if missing:
+        raise InvalidInputError(f"No spectral norm of the base weight was given for {', '.join(missing)}.")
+    factors: dict[str, LowRank] = {}
+    bound: dict[str, float] = {}
+    top: dict[str, float] = {}
+    above: dict[str, int] = {}
+    change: dict[str, float] = {}
+    for name in delta.modules:
+        u, s, vh = svd_of_product(*stacked([delta.factors[name]], [1.0]))
+        b = factor * float(norms[name])
+        over = s > b
+        kept = _shrunk(s, b, rule)
+        keep = s > s[0] * 1e-12 if s.numel() and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+        keep[0] = True  # a PEFT file cannot hold rank 0
+        factors[name] = LowRank((u[:, keep] * kept[keep]).float().contiguous(), vh[keep].float().contiguous())
+        bound[name], top[name], above[name] = b, float(s[0]) if s.numel() else 0.0, int(over.sum())
+        total = float(s.square().sum())
+        change[name] = math.sqrt(float((s - kept).square().sum()) / total) if total > 0 else 0.0
+    return Restrained(Delta(factors, delta.base_model), bound, top, above, change)
+
+
+def _shrunk(s: torch.Tensor, bound: float, rule: str) -> torch.Tensor:
+    """The singular values ``s`` (float64, descending) after the rule; those at or under ``bound`` unchanged."""
+    s = s.to(DTYPE)
+    if rule == "clip":
+        return s.clamp(max=bound)
+    return torch.where(s > bound, torch.log(s.clamp(min=bound)) - math.log(bound) + bound, s)
