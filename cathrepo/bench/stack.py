@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cathrepo.bench.edits import EditBenchConfig, _facts, _measure, score_records, summarize
+from cathrepo.bench.edits import EditBenchConfig, _facts, score_records, summarize
+from cathrepo.bench.sequential import measure_stack
 from cathrepo.exceptions import InvalidInputError
 
 Progress = Callable[[str, int, int], None]
@@ -84,12 +85,12 @@ def bench_stack(config: StackBenchConfig, progress: Progress | None = None) -> d
         stack = consolidate(state.deltas[: n // run.edit_batch], "cat").delta  # exact: the same sum
         norms = {m: float(torch.linalg.matrix_norm(get_module(model, m).weight.detach().double(), ord=2))
                  for m in stack.modules}
-        _, raw = _measure(model, tokenizer, [stack], probesets[:size], base_dists[:size], run, base_hash, say,
+        _, raw = measure_stack(model, tokenizer, [stack], probesets[:size], base_dists[:size], run, base_hash, say,
                           mmlu=False)
         row: dict[str, Any] = {"edits": n, "records": size, "unedited": summarize(base_scores[:size]), "stack": raw}
         for rule in config.rules:
             held = restrain(stack, norms, rule, config.factor)
-            _, got = _measure(model, tokenizer, [held.delta], probesets[:size], base_dists[:size], run, base_hash,
+            _, got = measure_stack(model, tokenizer, [held.delta], probesets[:size], base_dists[:size], run, base_hash,
                               say, mmlu=False)
             row[rule] = {**got, "bound": dict(held.bound), "top": dict(held.top), "above": dict(held.above),
                          "change": dict(held.change)}
