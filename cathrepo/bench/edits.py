@@ -18,21 +18,19 @@ import logging
 import resource
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cathrepo.bench.scoring import score_records, summarize
+from cathrepo.bench.sequential import Checkpoint, Progress, batches, run_sequential
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.facts.probes import Probe, ProbeSet, build_probes, known_by_model, load_known_facts, stated
+from cathrepo.facts.probes import ProbeSet, build_probes, known_by_model, load_known_facts
 from cathrepo.facts.schema import Fact, load_facts
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
-#: Called with each checkpoint of a sequential run as it is measured (the metrics after that many edits).
-Checkpoint = Callable[[dict[str, Any]], None]
-HEADLINE = ("es", "ps", "ns", "s", "ns_plus", "nkl", "gen_success", "gen_chat", "ps_template", "ns_mined", "em", "pm", "nm")
 
 
 @dataclass(frozen=True)
@@ -104,101 +102,6 @@ class EditBenchResult:
         }
 
 
-# --- scoring records in the current model state ---------------------------------------------------------
-
-
-#: Tokens the chat-template answer may take (WILD-style: the model answers as it would a user).
-CHAT_TOKENS = 24
-
-
-def chat_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
-    """Each prompt as a user's request in the model's chat template, ready for the assistant's answer
-    (WILD-style free generation: no teacher forcing, the question asked as a user would); none when the
-    tokenizer has no chat template."""
-    from cathrepo.lm.tokens import user_turn
-
-    turns = [user_turn(tokenizer, f"Complete this sentence: {p}") for p in prompts]
-    return [t for t in turns if t is not None]
-
-
-def score_records(
-    model: Any, tokenizer: Any, probesets: Sequence[ProbeSet], *, base_dists: Sequence[list[Any]] | None = None,
-    generation_tokens: int = 12, batch_size: int = 64,
-) -> tuple[list[dict[str, float]], list[list[Any]]]:
-    """Per-record scores in the model's current state, all records batched together.
-
-    Returns the scores and, per record, the next-token distributions after its neighbour prompts (kept
-    in float16 to bound memory; NKL against ``base_dists`` when those are given).
-    """
-    from cathrepo.gates.generation import contains_answer
-    from cathrepo.gates.probing import magnitude, rate, score_probes
-    from cathrepo.lm.decoding import greedy_continuations
-    from cathrepo.lm.scoring import kl_divergence
-
-    flat: list[tuple[int, str, Probe]] = []
-    for i, ps in enumerate(probesets):
-        rewrite = ps.of_kind("rewrite")
-        for p in ps.of_kind("rewrite", "paraphrase", "neighborhood"):
-            flat.append((i, p.kind, p))
-        for p in ps.of_kind("neighborhood") if rewrite else ():
-            if p.source == "record":
-                flat.append((i, "plus", p.after(stated(rewrite[0].prompt, rewrite[0].target))))
-    outcomes = score_probes(model, tokenizer, [p for _, _, p in flat], batch_size=batch_size,
-                            next_distribution=("neighborhood",))
-    gen_probes = [(i, p) for i, ps in enumerate(probesets) for p in ps.of_kind("rewrite", "paraphrase")
-                  if p.source == "record"]
-    texts = greedy_continuations(model, tokenizer, [p.prompt for _, p in gen_probes],
-                                 max_new_tokens=generation_tokens, batch_size=batch_size)
-    chats = chat_prompts(tokenizer, [p.prompt for _, p in gen_probes])
-    answers = greedy_continuations(model, tokenizer, chats, max_new_tokens=CHAT_TOKENS,
-                                   batch_size=batch_size) if chats else []
-    rows: list[dict[str, list[Any]]] = [{} for _ in probesets]
-    dists: list[list[Any]] = [[] for _ in probesets]
-    for (i, kind, probe), o in zip(flat, outcomes, strict=True):
-        key = {"rewrite": "es", "paraphrase": "ps", "neighborhood": "ns", "plus": "ns_plus"}[kind]
-        if probe.source != "record" and kind in ("paraphrase", "neighborhood"):
-            key = "ps_template" if kind == "paraphrase" else "ns_mined"
-        rows[i].setdefault(key, []).append(o)
-        if kind == "neighborhood" and o.next_logprobs is not None:
-            dists[i].append(o.next_logprobs.half())
-    for (i, p), text in zip(gen_probes, texts, strict=True):
-        rows[i].setdefault("gen", []).append(contains_answer(text, p.target))
-    for (i, p), text in zip(gen_probes, answers, strict=bool(answers)):
-        rows[i].setdefault("chat", []).append(contains_answer(text, p.target))
-    scores = []
-    for i, row in enumerate(rows):
-        s: dict[str, float] = {}
-        for key in ("es", "ps", "ns", "ns_plus", "ps_template", "ns_mined"):
-            if row.get(key):
-                s[key] = rate(row[key])
-        for key, mag in (("es", "em"), ("ps", "pm"), ("ns", "nm")):
-            if row.get(key):
-                s[mag] = magnitude(row[key])
-        if row.get("gen"):
-            s["gen_success"] = sum(row["gen"]) / len(row["gen"])
-        if row.get("chat"):
-            s["gen_chat"] = sum(row["chat"]) / len(row["chat"])
-        if base_dists is not None and dists[i]:
-            kls = [kl_divergence(b.float(), a.float()) for b, a in zip(base_dists[i], dists[i], strict=True)]
-            s["nkl"] = sum(kls) / len(kls)
-        scores.append(s)
-    return scores, dists
-
-
-def summarize(scores: Sequence[Mapping[str, float]]) -> dict[str, float | None]:
-    """Mean of each metric over the records that have it; ``s`` = harmonic mean of ES, PS and NS."""
-    out: dict[str, float | None] = {}
-    for key in HEADLINE:
-        values = [s[key] for s in scores if key in s]
-        out[key] = sum(values) / len(values) if values else None
-    parts = [out["es"], out["ps"], out["ns"]]
-    out["s"] = statistics.harmonic_mean(parts) if all(p is not None and p > 0 for p in parts) else 0.0  # type: ignore[arg-type]
-    return out
-
-
-# --- the driver --------------------------------------------------------------------------------------------
-
-
 def _facts(config: EditBenchConfig) -> list[Fact]:
     facts = [f for f in load_facts(config.data) if f.target_true][config.skip :]
     if not facts:
@@ -247,8 +150,6 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None,
             if on_checkpoint is not None:
                 on_checkpoint(point)
 
-        from cathrepo.bench.sequential import run_sequential
-
         scores, seconds, extra = run_sequential(model, tokenizer, editor, env, facts, probesets, base_dists,
                                                 config, base_hash, say, measured)
     else:
@@ -260,13 +161,6 @@ def bench_edits(config: EditBenchConfig, progress: Progress | None = None,
     return result
 
 
-def _batches(facts: Sequence[Fact], size: int) -> list[tuple[int, list[Fact]]]:
-    """(index of the first, the facts) of each consecutive batch of ``size`` facts."""
-    if size <= 0:
-        raise InvalidInputError(f"--batch-size {size} must be positive.")
-    return [(i, list(facts[i : i + size])) for i in range(0, len(facts), size)]
-
-
 def _independent(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
                  probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
                  say: Progress) -> tuple[list[dict[str, float]], list[float]]:
@@ -274,7 +168,7 @@ def _independent(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seque
 
     scores: list[dict[str, float]] = []
     seconds: list[float] = []
-    for start, batch in _batches(facts, config.edit_batch):
+    for start, batch in batches(facts, config.edit_batch):
         say("edits", start, len(facts))
         t0 = time.perf_counter()
         result = editor.compute(model, tokenizer, batch, env)

@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from cathrepo.bench.edits import (
-    HEADLINE,
-    Checkpoint,
-    EditBenchConfig,
-    Progress,
-    _batches,
-    score_records,
-    summarize,
-)
+from cathrepo.bench.scoring import HEADLINE, score_records, summarize
+from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.probes import ProbeSet
 from cathrepo.facts.schema import Fact
 
+Progress = Callable[[str, int, int], None]
+#: Called with each checkpoint of a sequential run as it is measured (the metrics after that many edits).
+Checkpoint = Callable[[dict[str, Any]], None]
+
+
+def batches(facts: Sequence[Fact], size: int) -> list[tuple[int, list[Fact]]]:
+    """(index of the first, the facts) of each consecutive batch of ``size`` facts."""
+    if size <= 0:
+        raise InvalidInputError(f"--batch-size {size} must be positive.")
+    return [(i, list(facts[i : i + size])) for i in range(0, len(facts), size)]
+
 
 def run_sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
-                probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: EditBenchConfig,
+                probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: Any,
                 base_hash: str, say: Progress, measured: Checkpoint,
                 ) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
     import dataclasses
@@ -47,7 +51,7 @@ def run_sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seq
         for delta in deltas:
             for name, original in apply_delta(model, delta).originals.items():
                 undo.originals.setdefault(name, original)
-        for start, batch in _batches(facts, config.edit_batch):
+        for start, batch in batches(facts, config.edit_batch):
             if start < state.done:
                 continue
             say("edits", start, len(facts))
@@ -92,7 +96,7 @@ def run_sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seq
 
 
 def measure_stack(model: Any, tokenizer: Any, deltas: Sequence[Any], probesets: Sequence[ProbeSet],
-             base_dists: Sequence[list[Any]], config: EditBenchConfig, base_hash: str,
+             base_dists: Sequence[list[Any]], config: Any, base_hash: str,
              say: Progress, *, mmlu: bool) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """The records' scores with ``deltas`` stacked on the base weights, and their summary with the
     stack's retention, norm growth, perplexity (and with ``mmlu``, MMLU) before and after."""

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cathrepo.bench.edits import EditBenchConfig, _facts, score_records, summarize
+from cathrepo.bench.edits import EditBenchConfig, _facts
+from cathrepo.bench.scoring import score_records, summarize
 from cathrepo.bench.sequential import measure_stack
 from cathrepo.exceptions import InvalidInputError
 

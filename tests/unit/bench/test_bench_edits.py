@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cathrepo.bench.edits import EditBenchConfig, bench_edits, summarize
+from cathrepo.bench.edits import EditBenchConfig, bench_edits
+from cathrepo.bench.scoring import summarize
 from cathrepo.edits.base import EDIT_METHODS, EditEnv, EditMethod, EditResult
 from tests.helpers import changed_weights, snapshot
 
@@ -199,7 +200,7 @@ def test_batches_are_one_call_each_and_perplexity_is_reported(tiny_llama, data, 
 
 
 def test_chat_prompts_use_the_template_when_there_is_one():
-    from cathrepo.bench.edits import chat_prompts
+    from cathrepo.bench.scoring import chat_prompts
 
     class Chat:
         chat_template = "{{ messages }}"
