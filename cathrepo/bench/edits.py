@@ -53,6 +53,9 @@ class EditBenchConfig:
             from when the run starts again (:mod:`cathrepo.bench.resume`).
         save_every: with ``state``, also save the stack (unmeasured) each time this many more facts are
             edited, so a cut long run loses at most that many edits (0: only at checkpoints).
+        restrain, restrain_factor: in sequential runs, carry the stack restrained after every edit
+            (``clip`` or ``prune`` at ``restrain_factor`` times each base weight's spectral norm,
+            :mod:`cathrepo.merging.restrain`), so each edit is computed and measured on that; None: as it is.
     """
 
     data: Path
@@ -77,6 +80,8 @@ class EditBenchConfig:
     checkpoints: tuple[int, ...] = ()
     state: Path | None = None
     save_every: int = 0
+    restrain: str | None = None
+    restrain_factor: float = 1.0
 
 
 @dataclass

@@ -30,6 +30,8 @@ def setup_key(config: Any) -> str:
     fields = {"data": str(config.data), "n": config.n, "skip": config.skip, "method": config.method,
               "edit_batch": config.edit_batch, "params": dict(config.params), "model": config.model,
               "corpus": str(config.corpus) if config.corpus else None}
+    if getattr(config, "restrain", None):  # only when set: the states saved before it keep their key
+        fields.update(restrain=config.restrain, restrain_factor=config.restrain_factor)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -32,13 +32,16 @@ def batches(facts: Sequence[Fact], size: int) -> list[tuple[int, list[Fact]]]:
 
 
 def run_sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Sequence[Fact],
-                probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: Any,
-                base_hash: str, say: Progress, measured: Checkpoint,
-                ) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
+                   probesets: Sequence[ProbeSet], base_dists: Sequence[list[Any]], config: Any,
+                   base_hash: str, say: Progress, measured: Checkpoint,
+                   ) -> tuple[list[dict[str, float]], list[float], dict[str, Any]]:
+    """Edit ``facts`` batch by batch on one model, measuring at the checkpoints and the end; the
+    records' scores, the seconds per fact and the end's stack measures. With ``config.restrain`` the
+    model carries the stack restrained after every edit (:class:`Carried`), and the next edit is
+    computed on that."""
     import dataclasses
 
     from cathrepo.bench.resume import RunState, setup_key
-    from cathrepo.delta import AppliedDelta, apply_delta
     from cathrepo.pipeline import kept_prompts
 
     state = RunState.load(config.state, setup_key(config))  # a cut run goes on where it was saved
@@ -46,11 +49,9 @@ def run_sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seq
     for point in state.checkpoints:
         measured(point)
     points = sorted({n for n in config.checkpoints if state.done < n < len(facts)})
-    undo = AppliedDelta()
+    carried = Carried(model, config.restrain, config.restrain_factor)
     try:
-        for delta in deltas:
-            for name, original in apply_delta(model, delta).originals.items():
-                undo.originals.setdefault(name, original)
+        carried.put(deltas)
         for start, batch in batches(facts, config.edit_batch):
             if start < state.done:
                 continue
@@ -63,8 +64,7 @@ def run_sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seq
             seconds.extend([(time.perf_counter() - t0) / len(batch)] * len(batch))
             deltas.append(result.delta)
             sizes.extend([result.delta.num_bytes() / len(batch)] * len(batch))
-            for name, original in apply_delta(model, result.delta).originals.items():
-                undo.originals.setdefault(name, original)
+            carried.add(deltas)
             done = start + len(batch)
             every = config.save_every
             if every and done < len(facts) and done // every > start // every and not (points and done >= points[0]):
@@ -73,26 +73,79 @@ def run_sequential(model: Any, tokenizer: Any, editor: Any, env: Any, facts: Seq
             if points and done >= points[0]:
                 while points and done >= points[0]:
                     points.pop(0)
-                undo.remove(model)  # measured from the base weights, as at the end
-                _, extra = measure_stack(model, tokenizer, deltas, probesets[:done], base_dists[:done], config,
-                                    base_hash, say, mmlu=False)
+                stack = carried.stack(deltas)
+                carried.take_off()  # measured from the base weights, as at the end
+                _, extra = measure_stack(model, tokenizer, stack, probesets[:done], base_dists[:done], config,
+                                         base_hash, say, mmlu=False)
                 point = {"edits": done, "seconds_per_edit": statistics.median(seconds), **extra}
                 measured(point)
                 state.done = done
                 state.checkpoints.append(point)
                 state.save(config.state)
-                for delta in deltas:  # the same additions in the same order: the same weights
-                    for name, original in apply_delta(model, delta).originals.items():
-                        undo.originals.setdefault(name, original)
+                carried.put(deltas)  # the same additions in the same order: the same weights
+        stack = carried.stack(deltas)
     finally:
-        undo.remove(model)  # back to the base weights, bit for bit
+        carried.take_off()  # back to the base weights, bit for bit
     say("edits", len(facts), len(facts))
-    scores, extra = measure_stack(model, tokenizer, deltas, probesets, base_dists, config, base_hash, say,
-                             mmlu=config.mmlu)
+    scores, extra = measure_stack(model, tokenizer, stack, probesets, base_dists, config, base_hash, say,
+                                  mmlu=config.mmlu)
     measured({"edits": len(facts), "seconds_per_edit": statistics.median(seconds), **extra})
     scores = [{**s, "adapter_bytes": n} for s, n in zip(scores, sizes, strict=True)]
     extra = {k: v for k, v in extra.items() if k not in HEADLINE}
     return scores, seconds, extra
+
+
+class Carried:
+    """The stack a sequential run's model carries: every edit as it is, or (with ``rule``) the stack
+    summed and restrained at ``factor`` times each base weight's spectral norm
+    (:mod:`cathrepo.merging.restrain`), recomputed from the whole stack after every edit, so each new
+    edit is computed on the restrained model."""
+
+    def __init__(self, model: Any, rule: str | None, factor: float = 1.0) -> None:
+        from cathrepo.delta import AppliedDelta
+
+        self.model, self.rule, self.factor = model, rule, factor
+        self.undo = AppliedDelta()
+
+    def stack(self, deltas: Sequence[Any]) -> list[Any]:
+        """What the model carries for ``deltas``: the deltas, or one restrained delta."""
+        import torch
+
+        from cathrepo.merging.consolidate import consolidate
+        from cathrepo.merging.restrain import restrain
+        from cathrepo.models import get_module
+
+        if not self.rule or not deltas:
+            return list(deltas)
+        summed = consolidate(deltas, "cat").delta
+        base = {m: self.undo.originals.get(m, get_module(self.model, m).weight) for m in summed.modules}
+        norms = {m: float(torch.linalg.matrix_norm(w.detach().double(), ord=2)) for m, w in base.items()}
+        return [restrain(summed, norms, self.rule, self.factor).delta]
+
+    def put(self, deltas: Sequence[Any]) -> None:
+        """Apply the stack of ``deltas`` to the model at its base weights."""
+        for delta in self.stack(deltas):
+            self._apply(delta)
+
+    def add(self, deltas: Sequence[Any]) -> None:
+        """The last of ``deltas`` was just computed: carry it (as it is, or the stack restrained again)."""
+        if self.rule:
+            stack = self.stack(deltas)  # the base norms are read before the weights go back
+            self.take_off()
+            for delta in stack:
+                self._apply(delta)
+        elif deltas:
+            self._apply(deltas[-1])
+
+    def _apply(self, delta: Any) -> None:
+        from cathrepo.delta import apply_delta
+
+        for name, original in apply_delta(self.model, delta).originals.items():
+            self.undo.originals.setdefault(name, original)
+
+    def take_off(self) -> None:
+        """Back to the base weights, bit for bit."""
+        self.undo.remove(self.model)
 
 
 def measure_stack(model: Any, tokenizer: Any, deltas: Sequence[Any], probesets: Sequence[ProbeSet],

@@ -45,19 +45,27 @@ bench_group.add_command(stack_cmd)  # in a module of its own
               help="In --sequential runs, save the stack here at each checkpoint and resume from it when run again.")
 @click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="With --state, also save the stack every N facts (not measured), so a cut run loses at most N edits.")
+@click.option("--restrain", type=click.Choice(["clip", "prune"]),
+              help="In --sequential runs, carry the stack restrained after every edit: singular values of each summed "
+                   "update above the base weight's spectral norm clipped (or shrunk as PRUNE does).")
+@click.option("--restrain-factor", type=float, default=1.0, show_default=True,
+              help="With --restrain, the bound in multiples of the base weight's spectral norm.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 def edits_cmd(data: Path, n: int, method: str, sequential: bool, edit_batch: int, model: str | None, params: tuple[str, ...],
               corpus: Path | None, skip: int, known: Path | None, mmlu_data: Path | None, mmlu_limit: int, no_mmlu: bool,
-              checkpoints: tuple[int, ...], state: Path | None, save_every: int, json_out: Path | None) -> None:
+              checkpoints: tuple[int, ...], state: Path | None, save_every: int, restrain: str | None,
+              restrain_factor: float, json_out: Path | None) -> None:
     """Edit N CounterFact/zsRE records and report ES, PS, NS, NS+, NKL, generation, retention, MMLU."""
     from cathrepo.bench.edits import EditBenchConfig, bench_edits
 
     config = EditBenchConfig(data=data, n=n, method=method, sequential=sequential, edit_batch=edit_batch, model=model,
                              params=parse_params(params), corpus=corpus, skip=skip, known=known, mmlu=not no_mmlu,
                              mmlu_data=mmlu_data, mmlu_limit=mmlu_limit, checkpoints=checkpoints, state=state,
-                             save_every=save_every)
+                             save_every=save_every, restrain=restrain, restrain_factor=restrain_factor)
     if checkpoints and not sequential:
         raise click.UsageError("--checkpoint measures a --sequential run part way; add --sequential.")
+    if restrain and not sequential:
+        raise click.UsageError("--restrain holds a --sequential run's stack; add --sequential.")
     if save_every and not (sequential and state):
         raise click.UsageError("--save-every saves a --sequential run's stack to --state DIR; add both.")
     measured: list[dict[str, Any]] = []

@@ -301,3 +301,24 @@ def test_bench_stack_measures_a_saved_stack_as_the_run_did_and_restrained(tiny_l
     assert min(tight["clip"]["above"].values()) >= 1 and tight["clip"]["norm_growth"] < 1e-4 < point["norm_growth"]
     with pytest.raises(InvalidInputError, match="holds 2 edits"):
         bench_stack(StackBenchConfig(run=run, at=(3,)))
+
+
+def test_a_restrained_sequential_run_carries_the_stack_held_at_the_base_norm(tiny_llama, data, tmp_path):
+    """--restrain: far above the stack's singular values the run is the plain run; at a millionth of
+    the base weights' norm the stack carried and measured is all but gone. The run's saved state is
+    keyed by the restraint (a plain run cannot resume from it)."""
+    from cathrepo.exceptions import InvalidInputError
+
+    _, _, path = tiny_llama
+    kw = {"sequential": True, "retention_sample": 20, "retention_known_only": False}
+    plain = bench_edits(_config(path, data, **kw)).to_dict()
+    wide = bench_edits(_config(path, data, restrain="clip", restrain_factor=1e6, **kw)).to_dict()
+    keys = ("es", "ps", "ns", "retention", "perplexity_after")
+    assert {k: wide[k] for k in keys} == pytest.approx({k: plain[k] for k in keys}, abs=1e-6)
+    assert wide["norm_growth"] == pytest.approx(plain["norm_growth"], rel=1e-4)
+    state = tmp_path / "state"
+    tight = bench_edits(_config(path, data, restrain="clip", restrain_factor=1e-6, checkpoints=(2,), state=state,
+                                **kw)).to_dict()
+    assert tight["norm_growth"] < 1e-4 < plain["norm_growth"]
+    with pytest.raises(InvalidInputError, match="another run"):
+        bench_edits(_config(path, data, checkpoints=(2,), state=state, **kw))
