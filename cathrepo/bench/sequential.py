@@ -109,17 +109,14 @@ class Carried:
 
     def stack(self, deltas: Sequence[Any]) -> list[Any]:
         """What the model carries for ``deltas``: the deltas, or one restrained delta."""
-        import torch
-
         from cathrepo.merging.consolidate import consolidate
-        from cathrepo.merging.restrain import restrain
+        from cathrepo.merging.restrain import restrain, spectral_norm
         from cathrepo.models import get_module
 
         if not self.rule or not deltas:
             return list(deltas)
         summed = consolidate(deltas, "cat").delta
-        base = {m: self.undo.originals.get(m, get_module(self.model, m).weight) for m in summed.modules}
-        norms = {m: float(torch.linalg.matrix_norm(w.detach().double(), ord=2)) for m, w in base.items()}
+        norms = {m: spectral_norm(self.undo.originals.get(m, get_module(self.model, m).weight)) for m in summed.modules}
         return [restrain(summed, norms, self.rule, self.factor).delta]
 
     def put(self, deltas: Sequence[Any]) -> None:

@@ -52,12 +52,10 @@ class StackBenchConfig:
 
 def bench_stack(config: StackBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
     """One row per stack size: the records measured, the stack as it is and under each restraint."""
-    import torch
-
     from cathrepo.bench.resume import RunState, setup_key
     from cathrepo.facts.probes import build_probes, known_by_model, load_known_facts
     from cathrepo.merging.consolidate import consolidate
-    from cathrepo.merging.restrain import restrain
+    from cathrepo.merging.restrain import restrain, spectral_norm
     from cathrepo.models import get_module, load_model, resolve_model, weights_sha256
 
     say = progress or (lambda stage, done, total: None)
@@ -84,8 +82,7 @@ def bench_stack(config: StackBenchConfig, progress: Progress | None = None) -> d
     for n in sorted(config.at):
         size = sum(1 for i in picked if i < n)
         stack = consolidate(state.deltas[: n // run.edit_batch], "cat").delta  # exact: the same sum
-        norms = {m: float(torch.linalg.matrix_norm(get_module(model, m).weight.detach().double(), ord=2))
-                 for m in stack.modules}
+        norms = {m: spectral_norm(get_module(model, m).weight) for m in stack.modules}
         _, raw = measure_stack(model, tokenizer, [stack], probesets[:size], base_dists[:size], run, base_hash, say,
                           mmlu=False)
         row: dict[str, Any] = {"edits": n, "records": size, "unedited": summarize(base_scores[:size]), "stack": raw}

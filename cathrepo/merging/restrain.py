@@ -13,7 +13,7 @@ of the edited matrix by shrinking those directions after the edits; this module 
 
 Directions under the bound are kept exactly, so a short stack whose update stays under it comes back
 unchanged (up to float32 rounding of the refactored factors). The caller gives each module's
-``σ_max(W)``: this package does not hold the model.
+``σ_max(W)`` (:func:`spectral_norm` of its base weight): this package does not hold the model.
 """
 
 from __future__ import annotations
@@ -86,6 +86,11 @@ def restrain(delta: Delta, norms: Mapping[str, float], rule: str = "clip", facto
         total = float(s.square().sum())
         change[name] = math.sqrt(float((s - kept).square().sum()) / total) if total > 0 else 0.0
     return Restrained(Delta(factors, delta.base_model), bound, top, above, change)
+
+
+def spectral_norm(weight: torch.Tensor) -> float:
+    """A base weight's largest singular value (in float64), the bound's unit."""
+    return float(torch.linalg.matrix_norm(weight.detach().to(DTYPE), ord=2))
 
 
 def _shrunk(s: torch.Tensor, bound: float, rule: str) -> torch.Tensor:
