@@ -146,8 +146,8 @@ class Carried:
 
 
 def measure_stack(model: Any, tokenizer: Any, deltas: Sequence[Any], probesets: Sequence[ProbeSet],
-             base_dists: Sequence[list[Any]], config: Any, base_hash: str,
-             say: Progress, *, mmlu: bool) -> tuple[list[dict[str, float]], dict[str, Any]]:
+                  base_dists: Sequence[list[Any]], config: Any, base_hash: str,
+                  say: Progress, *, mmlu: bool) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """The records' scores with ``deltas`` stacked on the base weights, and their summary with the
     stack's retention, norm growth, perplexity (and with ``mmlu``, MMLU) before and after."""
     from cathrepo.delta import applied

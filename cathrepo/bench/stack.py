@@ -12,16 +12,14 @@ perplexity are always whole), since scoring is most of the cost and the stack is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cathrepo.bench.edits import EditBenchConfig, _facts
 from cathrepo.bench.scoring import score_records, summarize
-from cathrepo.bench.sequential import measure_stack
+from cathrepo.bench.sequential import Progress, measure_stack
 from cathrepo.exceptions import InvalidInputError
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -84,12 +82,12 @@ def bench_stack(config: StackBenchConfig, progress: Progress | None = None) -> d
         stack = consolidate(state.deltas[: n // run.edit_batch], "cat").delta  # exact: the same sum
         norms = {m: spectral_norm(get_module(model, m).weight) for m in stack.modules}
         _, raw = measure_stack(model, tokenizer, [stack], probesets[:size], base_dists[:size], run, base_hash, say,
-                          mmlu=False)
+                               mmlu=False)
         row: dict[str, Any] = {"edits": n, "records": size, "unedited": summarize(base_scores[:size]), "stack": raw}
         for rule in config.rules:
             held = restrain(stack, norms, rule, config.factor)
-            _, got = measure_stack(model, tokenizer, [held.delta], probesets[:size], base_dists[:size], run, base_hash,
-                              say, mmlu=False)
+            _, got = measure_stack(model, tokenizer, [held.delta], probesets[:size], base_dists[:size], run,
+                                   base_hash, say, mmlu=False)
             row[rule] = {**got, "bound": dict(held.bound), "top": dict(held.top), "above": dict(held.above),
                          "change": dict(held.change)}
         rows.append(row)
