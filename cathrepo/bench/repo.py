@@ -208,7 +208,8 @@ def resumed_rows(config: RepoBenchConfig, out: Path) -> list[dict[str, Any]]:
     does not exist), so ``bench_repo(..., earlier=...)`` goes on after them. A record the repository
     committed after the last row was written (the run cut between the commit and the write) gets a row
     of its own, marked ``recovered`` and without a wall time, so it is never edited twice."""
-    from cathrepo.repo import Repo
+    from cathrepo.provenance.manifest import EditRecord
+    from cathrepo.repo import Repo, layout
 
     if config.repo is None:
         raise InvalidInputError("--resume goes on in the repository of the cut run.", hint="Pass its --repo.")
@@ -227,8 +228,8 @@ def resumed_rows(config: RepoBenchConfig, out: Path) -> list[dict[str, Any]]:
                                 hint="Resume with that run's --data, --skip and --repo, or write to a new --out.")
     if not (config.repo / "cathrepo.toml").is_file():
         return rows
-    repo = Repo.open(config.repo)
-    sources = {repo.record(e).source for e in repo.edit_ids()}
+    files = Repo.open(config.repo).git.read_files("HEAD", layout.EDITS)  # every record at once
+    sources = {EditRecord.from_bytes(data).source for path, data in files.items() if path.endswith("/" + layout.RECORD)}
     for index, record in todo[len(rows):]:
         if f"bench:{config.data.name}#{index}" not in sources:
             break

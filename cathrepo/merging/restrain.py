@@ -26,7 +26,7 @@ import torch
 
 from cathrepo.delta import Delta, LowRank
 from cathrepo.exceptions import InvalidInputError
-from cathrepo.merging.factor import DTYPE, stacked, svd_of_product
+from cathrepo.merging.factor import DTYPE, stacked, svd_of_product, truncate
 
 RULES = ("clip", "prune")
 
@@ -78,10 +78,8 @@ def restrain(delta: Delta, norms: Mapping[str, float], rule: str = "clip", facto
         u, s, vh = svd_of_product(*stacked([delta.factors[name]], [1.0]))
         b = factor * float(norms[name])
         over = s > b
-        kept = _shrunk(s, b, rule)
-        keep = s > s[0] * 1e-12 if s.numel() and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
-        keep[0] = True  # a PEFT file cannot hold rank 0
-        factors[name] = LowRank((u[:, keep] * kept[keep]).float().contiguous(), vh[keep].float().contiguous())
+        kept = _shrunk(s, b, rule)  # still descending: both rules keep the order
+        factors[name] = truncate(u, kept, vh, max_rank=kept.numel()).factor  # rounding noise dropped, rank >= 1
         bound[name], top[name], above[name] = b, float(s[0]) if s.numel() else 0.0, int(over.sum())
         total = float(s.square().sum())
         change[name] = math.sqrt(float((s - kept).square().sum()) / total) if total > 0 else 0.0
