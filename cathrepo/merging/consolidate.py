@@ -8,6 +8,7 @@ a pack that lost too much (``cat`` is exact; ``svd:R`` may not be).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ class Consolidation:
         return max(self.errors.values(), default=0.0)
 
 
-def consolidate(deltas: Sequence[Delta], strategy: str, weights: Sequence[float] | None = None) -> Consolidation:
+def consolidate(deltas: Sequence[Delta], strategy: str, weights: Sequence[float] | None = None,
+                norms: Mapping[str, float] | None = None) -> Consolidation:
     """Merge ``deltas`` (in stack order) into one delta with the strategy ``strategy`` names.
 
     Args:
@@ -49,6 +51,8 @@ def consolidate(deltas: Sequence[Delta], strategy: str, weights: Sequence[float]
         strategy: a spec: ``cat``, ``svd:R``, ``ties[:DENSITY]``, ``dare[:P]`` (see
             :mod:`cathrepo.merging.strategies`).
         weights: one weight per delta (default 1.0 each): the merge is of ``wᵢ ΔWᵢ``.
+        norms: module -> its base weight's spectral norm, for the strategies that restrain the sum
+            (``clip``, ``prune``); the others ignore it.
 
     Raises:
         InvalidInputError: no deltas, weights that do not match, a module with two shapes, deltas of
@@ -56,6 +60,11 @@ def consolidate(deltas: Sequence[Delta], strategy: str, weights: Sequence[float]
         UnknownNameError: no strategy of that name.
     """
     merger = get_strategy(strategy)
+    if merger.needs_norms:
+        if norms is None:
+            raise InvalidInputError(f"Merge strategy '{merger.name}' needs the base weights' spectral norms.",
+                                    hint="Consolidate through the repository, which reads them from the base model.")
+        merger = dataclasses.replace(merger, norms=dict(norms))
     weights = _weights(deltas, weights)
     ranks: dict[str, int] = {}
     errors: dict[str, float] = {}

@@ -19,7 +19,7 @@ unchanged (up to float32 rounding of the refactored factors). The caller gives e
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,15 +75,25 @@ def restrain(delta: Delta, norms: Mapping[str, float], rule: str = "clip", facto
     above: dict[str, int] = {}
     change: dict[str, float] = {}
     for name in delta.modules:
-        u, s, vh = svd_of_product(*stacked([delta.factors[name]], [1.0]))
         b = factor * float(norms[name])
-        over = s > b
-        kept = _shrunk(s, b, rule)  # still descending: both rules keep the order
-        factors[name] = truncate(u, kept, vh, max_rank=kept.numel()).factor  # rounding noise dropped, rank >= 1
-        bound[name], top[name], above[name] = b, float(s[0]) if s.numel() else 0.0, int(over.sum())
-        total = float(s.square().sum())
-        change[name] = math.sqrt(float((s - kept).square().sum()) / total) if total > 0 else 0.0
+        factors[name], top[name], above[name], change[name] = restrain_module([delta.factors[name]], [1.0], b, rule)
+        bound[name] = b
     return Restrained(Delta(factors, delta.base_model), bound, top, above, change)
+
+
+def restrain_module(parts: Sequence[LowRank], weights: Sequence[float], bound: float,
+                    rule: str = "clip") -> tuple[LowRank, float, int, float]:
+    """One module's update ``Σ wᵢ ΔWᵢ`` with its singular values above ``bound`` restrained by ``rule``.
+
+    Returns (the restrained factor, the update's largest singular value, how many of its directions stood
+    above the bound, ``‖ΔW' − ΔW‖_F / ‖ΔW‖_F``). The caller has checked the rule and the bound.
+    """
+    u, s, vh = svd_of_product(*stacked(parts, weights))
+    kept = _shrunk(s, bound, rule)  # still descending: both rules keep the order
+    factor = truncate(u, kept, vh, max_rank=kept.numel()).factor  # rounding noise dropped, rank >= 1
+    total = float(s.square().sum())
+    change = math.sqrt(float((s - kept).square().sum()) / total) if total > 0 else 0.0
+    return factor, float(s[0]) if s.numel() else 0.0, int((s > bound).sum()), change
 
 
 def spectral_norm(weight: torch.Tensor) -> float:

@@ -15,6 +15,10 @@ gives ``(ΣBᵢ)(ΣAⱼ)/n²``, whose cross terms ``Bᵢ Aⱼ`` belong to no edi
 - ``dare``: DARE (Yu et al. 2024): drop each entry of each ΔW with probability p and rescale the rest by
   ``1/(1−p)``, then sum; then truncated SVD. The masks come from a generator seeded by the seed and the
   module name, so a module's result does not depend on which other modules the deltas touch.
+- ``clip`` / ``prune``: the summed ΔW restrained at ``factor`` times the base weight's spectral norm
+  (:mod:`cathrepo.merging.restrain`): its singular values above that bound set to it (``clip``) or
+  shrunk as PRUNE does (``prune``). These need each module's base-weight norm, which the caller
+  (who holds the model) gives :func:`~cathrepo.merging.consolidate.consolidate`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +35,7 @@ import torch
 from cathrepo.delta import LowRank
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.merging.factor import DTYPE, Factored, dense, factor_dense, factor_product, stacked
+from cathrepo.merging.restrain import restrain_module
 from cathrepo.registry import Registry
 
 
@@ -60,6 +65,8 @@ class MergeStrategy:
     name: ClassVar[str] = ""
     usage: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
+    #: Whether the merge needs each module's base-weight spectral norm (``norms``, set by the caller).
+    needs_norms: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for param in self.params:
@@ -264,6 +271,50 @@ class Dare(MergeStrategy):
             keep = torch.rand(factor.shape, generator=gen, dtype=torch.float64) >= self.p
             total += dense(factor, weight) * keep.to(total.device) / (1.0 - self.p)
         return factor_dense(total, self.rank or _default_rank(factors))
+
+
+_FACTOR = Param("factor", float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+
+
+@STRATEGIES.register
+@dataclass(frozen=True)
+class Clip(MergeStrategy):
+    """The summed ΔW with every singular value above ``factor · σ_max(W)`` set to it (W: the module's base
+    weight). A long stack of edits to one weight grows a few directions far past the weight's own
+    largest singular value and pushes every input along them off (BENCHMARKS.md, "Where ROME's stack
+    breaks the model"); this holds them at the bound and keeps every direction under it exactly.
+
+    Attributes:
+        factor: the bound as a multiple of the base weight's spectral norm (PRUNE's 1 by default).
+        norms: module -> the base weight's spectral norm; given by the caller, never by the spec.
+    """
+
+    name: ClassVar[str] = "clip"
+    usage: ClassVar[str] = "clip[:FACTOR] with FACTOR > 0 the bound in base-weight spectral norms, e.g. clip:1"
+    params: ClassVar[tuple[Param, ...]] = (_FACTOR,)
+    needs_norms: ClassVar[bool] = True
+    rule: ClassVar[str] = "clip"
+    factor: float = 1.0
+    norms: Mapping[str, float] | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def merge_module(self, name: str, factors: Sequence[LowRank], weights: Sequence[float]) -> Factored:
+        norm = (self.norms or {}).get(name)
+        if norm is None or not norm > 0:
+            raise InvalidInputError(f"Merge strategy '{self.name}' has no spectral norm of the base weight of {name}.",
+                                    hint="Consolidate through the repository, which reads them from the base model.")
+        factor, _top, _above, change = restrain_module(factors, weights, self.factor * norm, self.rule)
+        return Factored(factor, change)
+
+
+@STRATEGIES.register
+@dataclass(frozen=True)
+class Prune(Clip):
+    """PRUNE (Ma et al., ICLR 2025): like :class:`Clip`, but each singular value ``σ`` above the bound ``b``
+    becomes ``ln σ − ln b + b``, keeping the directions' order."""
+
+    name: ClassVar[str] = "prune"
+    usage: ClassVar[str] = "prune[:FACTOR] with FACTOR > 0 the bound in base-weight spectral norms, e.g. prune:1"
+    rule: ClassVar[str] = "prune"
 
 
 def _module_seed(seed: int, name: str) -> int:

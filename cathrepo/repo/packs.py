@@ -3,7 +3,8 @@
 A pack is applied in place of the edits it folds; the edits stay active (their probes are still the
 regression suite, ``revert`` still names them) and their files stay in the repository. ``cat`` folds
 exactly (ranks add), ``svd:R``/``ties``/``dare`` approximately, always on each module's full ΔW
-(:mod:`cathrepo.merging.consolidate`). A pack is gated like a merge before it is used: the model with
+(:mod:`cathrepo.merging.consolidate`); ``clip``/``prune`` hold the summed ΔW at the base weight's
+spectral norm, restraining a long stack of edits to one weight (:mod:`cathrepo.merging.restrain`). A pack is gated like a merge before it is used: the model with
 the pack must keep every active edit's probes, retention, perplexity and norms; one that fails is not
 written and the edits stay as they were. Reverting an edit inside a pack folds the pack again from the
 edits that remain (:func:`refold`), so the model equals the one built from those edits alone (exactly,
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,11 +153,14 @@ def labelled(repo: Repo, deltas: Sequence[Delta]) -> list[Delta]:
 def fold(repo: Repo, edits: Sequence[ActiveEdit], strategy: str) -> tuple[PackRecord, Delta]:
     """The pack of ``edits`` by ``strategy`` (its record without gates or files yet) and its delta."""
     from cathrepo.merging.consolidate import consolidate as combine
+    from cathrepo.merging.strategies import get_strategy
     from cathrepo.provenance.pack import PackRecord
 
     if len(edits) < 2:
         raise InvalidInputError(f"A pack folds two edits or more; {len(edits)} active.", hint="Nothing to fold.")
-    done = combine(labelled(repo, [e.delta for e in edits]), strategy)
+    deltas = labelled(repo, [e.delta for e in edits])
+    norms = base_norms(repo, {m for d in deltas for m in d.modules}) if get_strategy(strategy).needs_norms else None
+    done = combine(deltas, strategy, norms=norms)
     base = repo.config.base
     record = PackRecord(edits=tuple(e.id for e in edits), strategy=done.strategy, ranks=dict(done.ranks),
                         errors={k: float(v) for k, v in done.errors.items()},
@@ -164,6 +168,16 @@ def fold(repo: Repo, edits: Sequence[ActiveEdit], strategy: str) -> tuple[PackRe
                         author=repo.git.config_get("user.name") or "unknown",
                         created=datetime.now(UTC).isoformat(timespec="seconds"))
     return record, done.delta
+
+
+def base_norms(repo: Repo, modules: Iterable[str]) -> dict[str, float]:
+    """module -> the spectral norm of its weight in the repository's verified base model (what ``clip`` and
+    ``prune`` packs are bounded by). Loads the base model: a few seconds, once per fold."""
+    from cathrepo.merging.restrain import spectral_norm
+    from cathrepo.models import get_module
+
+    model, _tokenizer = repo.load_base()
+    return {m: spectral_norm(get_module(model, m).weight) for m in sorted(modules)}
 
 
 def write_pack(repo: Repo, record: PackRecord, delta: Delta) -> tuple[Pack, list[str]]:

@@ -1,6 +1,6 @@
 """Packs on real repositories (tiny model): consolidation gated and exact for ``cat``, a revert inside a
 pack refolding it so the model equals the one built from the remaining edits, verify catching a
-tampered pack, and merge --strategy folding the union."""
+tampered pack, merge --strategy folding the union, and a clip pack holding the stack at the bound."""
 
 from __future__ import annotations
 
@@ -102,3 +102,30 @@ def test_merge_with_a_strategy_folds_the_union(repo):
     assert done.active == (a, b) and "pack" in done.extra
     assert repo.stack("HEAD").packs == (done.extra["pack"],)
     assert repo.verify().ok
+
+
+def test_clip_pack_holds_the_stack_at_the_base_norm_and_refolds_on_revert(repo):
+    from cathrepo.merging.restrain import spectral_norm
+    from cathrepo.repo.packs import load_packs
+
+    a, b, c = repo.stack("HEAD").active
+    base = {k: v.detach().clone() for k, v in repo.load_base()[0].state_dict().items()}
+    done = repo.consolidate(strategy="clip:0.01", force=True)  # a bound low enough to bite on the tiny model
+    assert done.pack.record.strategy == "clip:0.01" and done.pack.record.max_error > 0
+    after = _weights(repo)
+    for module in done.pack.delta.modules:
+        key = f"{module}.weight"
+        top = float(torch.linalg.matrix_norm((after[key] - base[key]).double(), 2))
+        assert top == pytest.approx(0.01 * spectral_norm(base[key]), rel=1e-3)  # held at the bound
+    assert repo.verify().ok
+    repo.revert(b)  # folded again by the same strategy from the edits that remain
+    (pack,) = load_packs(repo, "HEAD")
+    record = repo.git.log("HEAD", max_count=1)[0]
+    assert repo.stack("HEAD").active == (a, c) and pack.id != done.pack.id
+    assert pack.record.edits == (a, c) and pack.record.strategy == "clip:0.01"
+    refolded = _weights(repo)
+    for module in done.pack.delta.modules:
+        key = f"{module}.weight"
+        assert float(torch.linalg.matrix_norm((refolded[key] - base[key]).double(), 2)) <= \
+            0.01 * spectral_norm(base[key]) * (1 + 1e-3)
+    assert record.trailers.get("Cathrepo-Action") == "revert" and repo.verify().ok

@@ -1,4 +1,4 @@
-"""cathrepo consolidate [--strategy cat|svd:R|ties[:D]|dare[:P]] [--no-gate] [--force]"""
+"""cathrepo consolidate [--strategy cat|svd:R|ties[:D]|dare[:P]|clip[:F]|prune[:F]] [--no-gate] [--force]"""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from cathrepo.cli.shared import echo_gate_lines, open_repo, progress
 
 @click.command("consolidate")
 @click.option("--strategy", default="cat", show_default=True, metavar="SPEC",
-              help="cat (exact: ranks add), svd:R (rank R per module), ties[:DENSITY], dare[:P].")
+              help="cat (exact: ranks add), svd:R (rank R per module), ties[:DENSITY], dare[:P], clip[:F] or "
+                   "prune[:F] (the summed update held at F times each base weight's spectral norm, default 1; "
+                   "its error is the share the restraint took).")
 @click.option("--no-gate", is_flag=True, help="Skip the gates on the pack.")
 @click.option("--force", is_flag=True, help="Use the pack even if its gates fail.")
 @click.pass_context

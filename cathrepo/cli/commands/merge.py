@@ -56,7 +56,7 @@ def _gate_options(fn):  # type: ignore[no-untyped-def]
 @click.option("--ours", "resolution", flag_value="ours", help="Settle every conflict in favour of this branch.")
 @click.option("--theirs", "resolution", flag_value="theirs", help="Settle every conflict in favour of BRANCH.")
 @click.option("--strategy", metavar="SPEC", help="Then fold the active edits into one pack: cat, svd:R, ties[:D], "
-              "dare[:P] (gated; refused packs are not written).")
+              "dare[:P], clip[:F], prune[:F] (gated; refused packs are not written).")
 @_gate_options
 @click.pass_context
 def merge_cmd(ctx: click.Context, branch: str, resolution: str | None, strategy: str | None, no_gate: bool,

@@ -1,5 +1,6 @@
 """Merge strategies compute on each module's full ΔW: cat is exact, svd is the best rank-R fit with its
-error reported, TIES and DARE are deterministic and differ from merging the factors separately."""
+error reported, TIES and DARE are deterministic and differ from merging the factors separately, clip and
+prune hold the sum at a multiple of the base weight's spectral norm."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from cathrepo.delta import Delta, LowRank
 from cathrepo.exceptions import CathrepoError, InvalidInputError, UnknownNameError
 from cathrepo.merging.consolidate import consolidate
 from cathrepo.merging.factor import factor_dense, factor_product, stacked
-from cathrepo.merging.strategies import STRATEGIES, Cat, Dare, Svd, Ties, get_strategy
+from cathrepo.merging.strategies import STRATEGIES, Cat, Clip, Dare, Prune, Svd, Ties, get_strategy
 
 OUT, IN = 6, 10
 M, N = "model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"
@@ -192,6 +193,45 @@ def test_dare_without_drops_is_the_sum():
     torch.testing.assert_close(_full(consolidate(deltas, "dare:0").delta), _summed(deltas), rtol=1e-5, atol=1e-5)
 
 
+# --- clip and prune ------------------------------------------------------------------------------
+
+
+def test_clip_holds_the_sum_at_the_base_norm_and_keeps_the_directions_under_it():
+    deltas = [_delta(1, seed) for seed in range(4)]
+    summed = _summed(deltas)
+    s = torch.linalg.svdvals(summed.double())
+    bound = float(s[1] + s[2]) / 2  # between the second and third singular values: two directions above
+    done = consolidate(deltas, "clip:0.5", norms={M: 2 * bound})  # the bound is factor × norm
+    got = torch.linalg.svdvals(_full(done.delta).double())
+    torch.testing.assert_close(got[:2], torch.full((2,), bound, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2:4], s[2:4], rtol=1e-5, atol=1e-5)
+    change = float(((s - s.clamp(max=bound)) ** 2).sum().sqrt() / (s ** 2).sum().sqrt())
+    assert done.strategy == "clip:0.5" and done.errors[M] == pytest.approx(change, rel=1e-6) and change > 0
+
+
+def test_clip_under_the_bound_is_the_sum_and_prune_shrinks_by_the_log():
+    deltas = [_delta(1, 0), _delta(2, 1)]
+    far = consolidate(deltas, "clip", norms={M: 1e6})
+    torch.testing.assert_close(_full(far.delta), _summed(deltas), rtol=1e-5, atol=1e-5)
+    assert far.errors[M] == 0.0
+    top = float(torch.linalg.svdvals(_summed(deltas).double())[0])
+    bound = top / 2
+    pruned = consolidate(deltas, "prune", norms={M: bound})
+    expected = torch.log(torch.tensor(top / bound)) + bound
+    assert float(torch.linalg.svdvals(_full(pruned.delta).double())[0]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_clip_needs_every_module_norm_and_a_positive_factor():
+    with pytest.raises(InvalidInputError, match="needs the base weights' spectral norms") as info:
+        consolidate([_delta(), _delta(1, 1)], "clip")
+    assert "through the repository" in info.value.hint
+    with pytest.raises(InvalidInputError, match=f"no spectral norm of the base weight of {N}"):
+        consolidate([_delta(modules=(M, N))], "prune:1", norms={M: 1.0})
+    with pytest.raises(InvalidInputError, match="factor must be a positive number"):
+        get_strategy("clip:0")
+    assert consolidate([_delta()], "cat", norms={M: 1.0}).errors[M] == 0.0  # the others ignore norms
+
+
 # --- specs and errors -----------------------------------------------------------------------------
 
 
@@ -200,9 +240,10 @@ def test_specs_parse_into_parameters_and_back():
     assert get_strategy(" ties:0.2 ") == Ties(density=0.2)
     assert get_strategy("dare:0.3,seed=4,rank=2") == Dare(p=0.3, seed=4, rank=2)
     assert get_strategy("cat") == Cat()
-    for spec in ("cat", "svd:8", "ties:0.2", "ties:0.5,rank=3", "dare:0.5,seed=0"):
+    assert get_strategy("clip") == Clip(factor=1.0) and get_strategy("prune:0.5") == Prune(factor=0.5)
+    for spec in ("cat", "svd:8", "ties:0.2", "ties:0.5,rank=3", "dare:0.5,seed=0", "clip:1.0", "prune:2.0"):
         assert get_strategy(spec).spec == spec
-    assert {"cat", "svd", "ties", "dare"} <= set(STRATEGIES.names())
+    assert {"cat", "svd", "ties", "dare", "clip", "prune"} <= set(STRATEGIES.names())
 
 
 def test_an_unknown_strategy_suggests_the_closest():
