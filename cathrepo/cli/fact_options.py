@@ -21,7 +21,7 @@ RISKS = ("low", "medium", "high")
 META = ("source", "author", "confidence", "risk", "topics")
 
 
-def _apply(options: list[Callable[[Any], Any]], f: Any) -> Any:
+def apply_options(options: list[Callable[[Any], Any]], f: Any) -> Any:
     for option in reversed(options):  # click lists options in the order their decorators are written
         f = option(f)
     return f
@@ -45,7 +45,7 @@ def fact_options(*, answer: str = "--target", answer_help: str = "The new answer
         click.option("--file", "facts_file", type=click.Path(dir_okay=False, path_type=Path), help=file_help),
         click.option("--limit", type=int, help=limit_help),
     ]
-    return lambda f: _apply(options, f)
+    return lambda f: apply_options(options, f)
 
 
 def provenance_options(*, source_help: str = "Where the fact comes from (URL, ticket, document).",
@@ -74,6 +74,6 @@ def provenance_options(*, source_help: str = "Where the fact comes from (URL, ti
             meta = {name: kwargs.pop(name) for name in META if name in kwargs}
             return f(*args, meta=meta, **kwargs)
 
-        return _apply(options, command)  # type: ignore[no-any-return]
+        return apply_options(options, command)  # type: ignore[no-any-return]
 
     return decorate

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from cathrepo.cli.commands.bench_stack import stack_cmd
+from cathrepo.cli.run_options import run_options
 from cathrepo.cli.shared import parse_params, progress
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -23,16 +24,8 @@ bench_group.add_command(stack_cmd)  # in a module of its own
 
 
 @bench_group.command("edits")
-@click.option("--data", required=True, type=_FILE, help="CounterFact (flat or ROME layout) or zsRE records.")
-@click.option("--n", "n", type=int, default=100, show_default=True, help="Records to edit.")
-@click.option("--method", default="rome", show_default=True, help="Edit method, or 'none' for the unedited model.")
+@run_options()
 @click.option("--sequential", is_flag=True, help="Apply all N edits to one model; score them, retention and MMLU at the end.")
-@click.option("--batch-size", "edit_batch", type=int, default=1, show_default=True,
-              help="Facts per edit: each batch is one call of the method (MEMIT writes a batch jointly).")
-@click.option("--model", help="Model directory or hub id (default: the embedded model).")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter, e.g. layer=8.")
-@click.option("--corpus", type=_FILE, help="Text for the method's statistics (default: the method's own).")
-@click.option("--skip", type=int, default=0, show_default=True, help="Skip the first records.")
 @click.option("--known", type=_FILE, help="Known facts for neighbour mining and retention (default: shipped).")
 @click.option("--mmlu-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="MMLU directory with dev/ and test/ (default: the shipped sample).")

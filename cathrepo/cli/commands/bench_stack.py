@@ -7,23 +7,16 @@ from pathlib import Path
 
 import click
 
+from cathrepo.cli.run_options import FILE, run_options
 from cathrepo.cli.shared import parse_params, progress
 
-_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 #: What is measured of each stack, in the order printed.
 SHOWN = ("es", "ps", "ns", "ns_plus", "gen_success", "gen_chat", "retention", "norm_growth", "perplexity_after")
 
 
 @click.command("stack")
-@click.option("--data", required=True, type=_FILE, help="The saved run's --data.")
-@click.option("--n", "n", type=int, required=True, help="The saved run's --n.")
-@click.option("--method", default="rome", show_default=True, help="The saved run's --method.")
-@click.option("--batch-size", "edit_batch", type=int, default=1, show_default=True, help="The saved run's --batch-size.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="The saved run's --param items.")
-@click.option("--skip", type=int, default=0, show_default=True, help="The saved run's --skip.")
-@click.option("--model", help="The saved run's --model (default: the embedded model).")
-@click.option("--corpus", type=_FILE, help="The saved run's --corpus.")
-@click.option("--known", type=_FILE, help="Known facts for neighbours and retention (default: shipped).")
+@run_options(saved=True)
+@click.option("--known", type=FILE, help="Known facts for neighbours and retention (default: shipped).")
 @click.option("--state", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The saved run's --state directory.")
 @click.option("--at", "at", type=click.IntRange(min=1), multiple=True, required=True, metavar="N",
