@@ -204,6 +204,26 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class StackConfig:
+    """How the active edits are applied together (``cathrepo.merging.restrain``)."""
+
+    restrain: str = _f("", "'' applies every active delta as it is; 'clip' (or 'prune') applies their sum with each "
+                           "module's singular values above restrain_factor times its base weight's spectral norm "
+                           "held at that bound (PRUNE's log shrink for 'prune'), everywhere the stack is applied: "
+                           "the state each new edit is computed and gated on, merges, reverts, materialize, serve "
+                           "and export. A long stack of edits to one weight keeps more of what the model knew so "
+                           "(BENCHMARKS.md, \"Where ROME's stack breaks the model\").")
+    restrain_factor: float = _f(1.0, "The bound, in multiples of each base weight's spectral norm (PRUNE: 1).")
+
+    def __post_init__(self) -> None:
+        if self.restrain not in ("", "clip", "prune"):
+            raise ConfigError(f"cathrepo.toml [stack] restrain must be '', 'clip' or 'prune', not {self.restrain!r}.")
+        factor = self.restrain_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+            raise ConfigError("cathrepo.toml [stack] restrain_factor must be a positive number.")
+
+
+@dataclass(frozen=True)
 class RepoConfig:
     """The whole of ``cathrepo.toml``."""
 
@@ -216,6 +236,7 @@ class RepoConfig:
     risk: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RISK))
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
     schema_version: int = SCHEMA_VERSION
 
     def tier(self, risk: str, topics: tuple[str, ...] | list[str] = ()) -> str:
@@ -227,6 +248,8 @@ class RepoConfig:
         data = asdict(self)
         if not data["tenants"]:  # a file without tenants keeps the bytes it always had
             del data["tenants"]
+        if self.stack == StackConfig():  # so does one that applies the stack as it is
+            del data["stack"]
         return {"schema_version": data.pop("schema_version"), **data}
 
 
@@ -268,7 +291,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
     while version < SCHEMA_VERSION:
         data = UPGRADES[version](data)
         version += 1
-    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "tenants", "risk", "approvals", "serve"}
+    known = {"schema_version", "base", "edit", "gates", "hooks", "ci", "tenants", "risk", "approvals", "serve", "stack"}
     for key in sorted(set(data) - known):
         log.warning("cathrepo.toml: ignoring unknown key '%s'", key)
     if "base" not in data:
@@ -283,6 +306,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RepoConfig:
         risk=check_risk(data.get("risk", DEFAULT_RISK)),
         approvals=_build(ApprovalsConfig, data.get("approvals", {}), "approvals"),
         serve=_build(ServeConfig, data.get("serve", {}), "serve"),
+        stack=_build(StackConfig, data.get("stack", {}), "stack"),
     )
 
 

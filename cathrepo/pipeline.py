@@ -52,6 +52,7 @@ def run_pipeline(
     prepared: EditResult | None = None,
     fail_fast: bool = False,
     carry: GateCarry | None = None,
+    after_of: Callable[[Delta], Sequence[Delta]] | None = None,
 ) -> EditResult:
     """Probe, compute and gate one edit on the model with ``active`` deltas applied.
 
@@ -69,6 +70,8 @@ def run_pipeline(
             are reused instead of built again.
         fail_fast, carry: passed to :func:`~cathrepo.gates.base.run_gates` (retries stop at the first
             refusing tier and reuse the first attempt's ``before`` measurements).
+        after_of: what the model carries once the new delta is added (default ``(*active, delta)``): a
+            repository that restrains its stack (``[stack] restrain``) gates the restrained sum it will apply.
     """
     from cathrepo.delta import applied
     from cathrepo.facts.probes import build_probes
@@ -106,7 +109,7 @@ def run_pipeline(
     say("gates")
     start = time.perf_counter()
     report = _gate_edit(model, tokenizer, result.delta, probes, active=active, suite=suite, policy=policy,
-                        base_hash=env.base_hash, progress=progress, fail_fast=fail_fast, carry=carry)
+                        base_hash=env.base_hash, progress=progress, fail_fast=fail_fast, carry=carry, after_of=after_of)
     seconds["gates"] = time.perf_counter() - start
     return dataclasses.replace(result, facts=tuple(todo), probes=probes, report=report, seconds=seconds)
 
@@ -130,13 +133,16 @@ def kept_prompts(suite: Sequence[ProbeSet], relation_id: str | None = None) -> t
 
 def _gate_edit(model: Any, tokenizer: Any, delta: Delta, probes: ProbeSet, *, active: Sequence[Delta] = (),
                suite: Sequence[ProbeSet] = (), policy: GatePolicy | None = None, base_hash: str = "unknown",
-               progress: Callable[[str], None] | None = None, **gating: Any) -> GateReport:
+               progress: Callable[[str], None] | None = None,
+               after_of: Callable[[Delta], Sequence[Delta]] | None = None, **gating: Any) -> GateReport:
     """The ``edit`` stage's gates on ``delta`` written over the ``active`` stack (the ``forget`` stage's when
-    the probes are a forget's; ``gating``: more :func:`~cathrepo.gates.base.run_gates` arguments)."""
+    the probes are a forget's; ``after_of``: see :func:`run_pipeline`; ``gating``: more
+    :func:`~cathrepo.gates.base.run_gates` arguments)."""
     from cathrepo.gates.base import run_gates
 
     stage = "forget" if probes.action == "forget" else "edit"
-    return run_gates(model, tokenizer, before=tuple(active), after=(*active, delta), probes=probes, suite=suite,
+    after = tuple(after_of(delta)) if after_of is not None else (*active, delta)
+    return run_gates(model, tokenizer, before=tuple(active), after=after, probes=probes, suite=suite,
                      policy=policy, stage=stage, base_hash=base_hash, progress=progress, **gating)
 
 
@@ -253,7 +259,8 @@ def _complete(model: Any, tokenizer: Any, result: EditResult, env: EditEnv, carr
     assert result.probes is not None
     rest = _gate_edit(model, tokenizer, result.delta, result.probes, active=pipeline.get("active", ()),
                       suite=pipeline.get("suite", ()), policy=pipeline.get("policy"), base_hash=env.base_hash,
-                      progress=pipeline.get("progress"), gates=missing, carry=carry)
+                      progress=pipeline.get("progress"), gates=missing, carry=carry,
+                      after_of=pipeline.get("after_of"))
     by_name = {r.name: r for r in rest.results}
     report = GateReport(tuple(by_name.get(r.name, r) for r in report.results), report.stage, report.meta)
     seconds = {**result.seconds, "gates": result.seconds.get("gates", 0.0) + time.perf_counter() - start}

@@ -83,15 +83,19 @@ class EditSession:
         result says whether the gates passed. ``method``/``params`` override the session's for this fact."""
         from cathrepo.edits.base import get_method
         from cathrepo.pipeline import run_with_retries
+        from cathrepo.repo.packs import carried
 
         config = self.config
         name = method or self.method
         overrides = {**config.edit.params.get(name, {}), **self.params, **(params or {})}
         resolved = get_method(name).params_for(self.model, overrides)
+        stack = [d for _, d in self.active]
+        restrained = {"after_of": lambda delta: carried(self.repo, [*stack, delta], config)} if config.stack.restrain else {}
         return run_with_retries(
             self.model, self.tokenizer, request.facts, method_name=name, params=resolved, env=self.env,
             retry_layers=config.edit.retry_layers, retry_variants=config.edit.retry_variants, fixed=sorted(overrides),
-            active=[d for _, d in self.active], suite=self.suite, policy=self.policy, progress=progress,
+            active=carried(self.repo, stack, config), suite=self.suite, policy=self.policy, progress=progress,
+            **restrained,
         )
 
     def commit(self, request: EditRequest, result: EditResult, *, method: str | None = None,

@@ -125,6 +125,7 @@ def gate_union(repo: Repo, *, before: Sequence[str], before_rev: str, after: Seq
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
     from cathrepo.pipeline import merge_probe_sets
+    from cathrepo.repo.packs import carried
     from cathrepo.repo.state import load_edit, probe_sets
 
     new = [e for e in after if e not in before]
@@ -136,8 +137,8 @@ def gate_union(repo: Repo, *, before: Sequence[str], before_rev: str, after: Seq
     config = repo.config_at(before_rev)
     return run_gates(
         model, tokenizer,
-        before=[deltas[e] for e in before],
-        after=[*(deltas[e] for e in after), *(d for d, _ in held)],
+        before=carried(repo, [deltas[e] for e in before], config),
+        after=carried(repo, [*(deltas[e] for e in after), *(d for d, _ in held)], config),
         probes=merge_probe_sets([*probe_sets(repo, new, after_rev), *(p for _, p in held)]),
         suite=probe_sets(repo, kept, before_rev),
         policy=GatePolicy.from_dict(config.gates), stage="merge", base_hash=config.base.sha256,

@@ -27,6 +27,7 @@ from cathrepo.repo import layout
 from cathrepo.repo.lock import locked
 
 if TYPE_CHECKING:
+    from cathrepo.config import RepoConfig
     from cathrepo.delta import Delta
     from cathrepo.gates.results import GateReport
     from cathrepo.provenance.pack import PackRecord
@@ -134,9 +135,11 @@ def applied_deltas(edits: Sequence[ActiveEdit], packs: Sequence[Pack]) -> list[D
 
 
 def stack_deltas(repo: Repo, rev: str, edits: Sequence[ActiveEdit]) -> list[Delta]:
-    """:func:`applied_deltas` of ``rev``'s active ``edits`` and its packs."""
+    """What the model carries at ``rev`` for its active ``edits``: :func:`applied_deltas` with its packs,
+    :func:`carried` under ``rev``'s ``[stack]``."""
     stack = repo.stack(rev)
-    return applied_deltas(edits, load_packs(repo, rev, stack)) if stack.packs else [e.delta for e in edits]
+    deltas = applied_deltas(edits, load_packs(repo, rev, stack)) if stack.packs else [e.delta for e in edits]
+    return carried(repo, deltas, repo.config_at(rev)) if deltas else deltas
 
 
 def labelled(repo: Repo, deltas: Sequence[Delta]) -> list[Delta]:
@@ -172,12 +175,42 @@ def fold(repo: Repo, edits: Sequence[ActiveEdit], strategy: str) -> tuple[PackRe
 
 def base_norms(repo: Repo, modules: Iterable[str]) -> dict[str, float]:
     """module -> the spectral norm of its weight in the repository's verified base model (what ``clip`` and
-    ``prune`` packs are bounded by). Loads the base model: a few seconds, once per fold."""
-    from cathrepo.merging.restrain import spectral_norm
-    from cathrepo.models import get_module
+    ``prune`` packs and a restrained stack are bounded by). Cached per base model (by its sha256) in the
+    user's cache; a module not there yet loads the base model once (a few seconds)."""
+    import json
 
-    model, _tokenizer = repo.load_base()
-    return {m: spectral_norm(get_module(model, m).weight) for m in sorted(modules)}
+    from cathrepo.files import atomic_write
+    from cathrepo.merging.restrain import spectral_norm
+    from cathrepo.models import cache_dir, get_module
+
+    wanted = sorted(set(modules))
+    path = cache_dir() / "norms" / f"{repo.config.base.sha256}.json"
+    try:
+        known = {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        known = {}
+    if any(m not in known for m in wanted):
+        model, _tokenizer = repo.load_base()
+        known.update({m: spectral_norm(get_module(model, m).weight) for m in wanted if m not in known})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(known, sort_keys=True).encode())
+    return {m: known[m] for m in wanted}
+
+
+def carried(repo: Repo, deltas: Sequence[Delta], config: RepoConfig | None = None) -> list[Delta]:
+    """What the model carries for ``deltas`` (the applied stack, in order) under ``config``'s ``[stack]``
+    (default: the work tree's): the deltas as they are, or, with ``restrain``, their sum restrained at
+    ``restrain_factor`` times each base weight's spectral norm as one delta. A function of the deltas
+    alone, so a revert or a checkout gives the model back exactly."""
+    from cathrepo.merging.consolidate import consolidate as combine
+    from cathrepo.merging.restrain import restrain
+
+    stack = (config or repo.config).stack
+    if not stack.restrain or not deltas:
+        return list(deltas)
+    summed = combine(labelled(repo, deltas), "cat").delta
+    norms = base_norms(repo, summed.modules)
+    return [restrain(summed, norms, stack.restrain, stack.restrain_factor).delta]
 
 
 def write_pack(repo: Repo, record: PackRecord, delta: Delta) -> tuple[Pack, list[str]]:
@@ -238,7 +271,7 @@ def gate_fold(repo: Repo, before: Sequence[Delta], after: Sequence[Delta], edit_
 
     model, tokenizer = repo.load_base()
     config = repo.config
-    return run_gates(model, tokenizer, before=list(before), after=list(after),
+    return run_gates(model, tokenizer, before=carried(repo, before), after=carried(repo, after),
                      suite=probe_sets(repo, list(edit_ids)), policy=GatePolicy.from_dict(config.gates),
                      stage="merge", base_hash=config.base.sha256, root=repo.root, progress=progress)
 

@@ -49,7 +49,7 @@ def revert(
     """
     from cathrepo.gates.base import run_gates
     from cathrepo.gates.policy import GatePolicy
-    from cathrepo.repo.packs import Pack, applied_deltas, load_packs, refold, write_pack
+    from cathrepo.repo.packs import Pack, applied_deltas, carried, load_packs, refold, write_pack
     from cathrepo.repo.state import active_edits, probe_sets
     from cathrepo.repo.verified import Verified
 
@@ -69,8 +69,8 @@ def revert(
         pending = [Pack("pending", r, d) for r, d in fresh]
         report = run_gates(
             *repo.load_base(),
-            before=applied_deltas(edits, packs),
-            after=applied_deltas(remaining, [*kept, *pending]),
+            before=carried(repo, applied_deltas(edits, packs)),
+            after=carried(repo, applied_deltas(remaining, [*kept, *pending])),
             suite=probe_sets(repo, [e.id for e in remaining]),
             policy=GatePolicy.from_dict(repo.config.gates),
             stage="revert",

@@ -77,3 +77,18 @@ def test_defaults_make_medical_and_legal_high_and_high_need_one_approval():
 def test_bad_risk_or_approvals_are_refused(table, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(BASE_2 + table)
+
+
+def test_the_stack_table_round_trips_and_is_left_out_when_default():
+    config = parse_config(BASE_2 + '[stack]\nrestrain = "clip"\nrestrain_factor = 0.5\n')
+    assert config.stack.restrain == "clip" and config.stack.restrain_factor == 0.5
+    assert "[stack]" in dump_config(config) and parse_config(dump_config(config)) == config
+    assert "[stack]" not in dump_config(parse_config(BASE_2))  # a file that never set it keeps its bytes
+
+
+@pytest.mark.parametrize("table, match", [('[stack]\nrestrain = "svd"\n', "'clip' or 'prune'"),
+                                          ("[stack]\nrestrain_factor = 0\n", "positive number"),
+                                          ("[stack]\nrestrain_factor = true\n", "positive number")])
+def test_a_bad_stack_table_is_refused(table, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(BASE_2 + table)
