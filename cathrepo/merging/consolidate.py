@@ -8,7 +8,6 @@ a pack that lost too much (``cat`` is exact; ``svd:R`` may not be).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,7 +63,7 @@ def consolidate(deltas: Sequence[Delta], strategy: str, weights: Sequence[float]
         if norms is None:
             raise InvalidInputError(f"Merge strategy '{merger.name}' needs the base weights' spectral norms.",
                                     hint="Consolidate through the repository, which reads them from the base model.")
-        merger = dataclasses.replace(merger, norms=dict(norms))
+        merger = merger.with_norms(norms)
     weights = _weights(deltas, weights)
     ranks: dict[str, int] = {}
     errors: dict[str, float] = {}

@@ -95,6 +95,10 @@ class MergeStrategy:
                                     hint=f"Write it as {cls.usage}.")
         return cls(**values)
 
+    def with_norms(self, norms: Mapping[str, float]) -> MergeStrategy:
+        """This strategy given each module's base-weight spectral norm (those with ``needs_norms`` keep it)."""
+        return self
+
     def merge_module(self, name: str, factors: Sequence[LowRank], weights: Sequence[float]) -> Factored:
         """Merge the updates one module gets from several deltas (in stack order) into one.
 
@@ -296,6 +300,9 @@ class Clip(MergeStrategy):
     rule: ClassVar[str] = "clip"
     factor: float = 1.0
     norms: Mapping[str, float] | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def with_norms(self, norms: Mapping[str, float]) -> MergeStrategy:
+        return dataclasses.replace(self, norms=dict(norms))
 
     def merge_module(self, name: str, factors: Sequence[LowRank], weights: Sequence[float]) -> Factored:
         norm = (self.norms or {}).get(name)
