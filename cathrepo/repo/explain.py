@@ -1,7 +1,8 @@
 """Explain an answer: which active edits the model at a revision (and tenant) carries, and which caused it.
 
 The causal effect of one edit is measured by ablation (DESIGN.md §2, serve): the materialized model
-answers the prompt greedily; that edit's delta alone is subtracted from the weights, the answer's tokens
+answers the prompt greedily; that edit's delta alone is subtracted from the weights (where the revision
+restrains its stack, the restrained sum is swapped for the one of the other edits), the answer's tokens
 are scored teacher-forced (Δ log-prob = without − with, in nats), and the delta is put back (the undo
 record restores the touched weights bit for bit). Greedy decoding keeps its answer exactly when every
 answer token (and the stop token it ended on) is still the arg-max after the same prefix, so one forward
@@ -18,7 +19,7 @@ reported as screened, never as zero-effect. docs/explain.md has the user's view.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -106,8 +107,9 @@ def explain(repo: Repo, prompt: str, rev: str = "HEAD", *, tenant: str | None = 
     prompt_ids, answer_ids = _answer(model, tokenizer, prompt, max_new_tokens)
     seq = prompt_ids + answer_ids
     full = _score(model, seq, len(prompt_ids))
+    without = _without(repo, state)
     # 2. the base model's answer (every edit removed), for contrast
-    record = apply_deltas(model, [e.delta.scaled(-1.0) for e in edits]) if edits else None
+    record = apply_deltas(model, without({e.id for e in edits})) if edits else None
     try:
         base_answer = _decode(tokenizer, _answer(model, tokenizer, prompt, max_new_tokens)[1])
     finally:
@@ -120,7 +122,7 @@ def explain(repo: Repo, prompt: str, rev: str = "HEAD", *, tenant: str | None = 
     out = [e for e in edits if screen and not subject_in[e.id] and _below(scores.get(e.id), threshold)]
     check: dict[str, Any] = {"screened": len(out), "threshold": threshold, "tolerance": tolerance}
     if out:
-        with _removed(model, [e.delta for e in out]):
+        with _changed(model, without({e.id for e in out})):
             joint = _score(model, seq, len(prompt_ids))
         check.update(delta_logprob=joint.logprob - full.logprob, changes_answer=joint.changes(full))
         if joint.changes(full) or abs(joint.logprob - full.logprob) > tolerance:
@@ -136,14 +138,31 @@ def explain(repo: Repo, prompt: str, rev: str = "HEAD", *, tenant: str | None = 
             effects.append(EditEffect(edit.id, edit.record.summary, "screened", None, None, None, evidence,
                                       origin[edit.id]))
             continue
-        with _removed(model, [edit.delta]):
-            without = _score(model, seq, len(prompt_ids))
-            changes = without.changes(full)
+        with _changed(model, without({edit.id})):
+            alone = _score(model, seq, len(prompt_ids))
+            changes = alone.changes(full)
             other = _decode(tokenizer, _answer(model, tokenizer, prompt, max_new_tokens)[1]) if changes else None
-        effects.append(EditEffect(edit.id, edit.record.summary, "measured", without.logprob - full.logprob,
+        effects.append(EditEffect(edit.id, edit.record.summary, "measured", alone.logprob - full.logprob,
                                   changes, other, evidence, origin[edit.id]))
     return Explanation(prompt, _decode(tokenizer, answer_ids), full.logprob, rev, state.commit, tenant,
                        base_answer, effects, check)
+
+
+def _without(repo: Repo, state: Any) -> Callable[[set[str]], list[Delta]]:
+    """For a set of edit ids, the deltas that turn the served model into the one without those edits: each
+    one's delta subtracted; where the revision restrains its stack (``[stack] restrain``), the carried sum
+    taken off and the remaining edits' carried sum put on, so the ablation is exact there too."""
+    from cathrepo.repo.packs import stack_deltas
+
+    restrained = bool(repo.config_at(state.commit).stack.restrain)
+
+    def without(ids: set[str]) -> list[Delta]:
+        if not restrained:
+            return [e.delta.scaled(-1.0) for e in state.edits if e.id in ids]
+        rest = [e for e in state.edits if e.id not in ids]
+        return [*(d.scaled(-1.0) for d in state.deltas), *(stack_deltas(repo, state.commit, rest) if rest else [])]
+
+    return without
 
 
 def _below(score: float | None, threshold: float) -> bool:
@@ -205,13 +224,13 @@ def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
 
 
 @contextmanager
-def _removed(model: Any, deltas: Sequence[Delta]) -> Iterator[None]:
-    """The model without ``deltas`` (subtracted from the weights); the touched weights restored bit for bit."""
+def _changed(model: Any, deltas: Sequence[Delta]) -> Iterator[None]:
+    """The model with ``deltas`` added to its weights (from :func:`_without`); the touched weights restored
+    bit for bit."""
     from cathrepo.delta import apply_deltas
 
-    record = apply_deltas(model, [d.scaled(-1.0) for d in deltas])
+    record = apply_deltas(model, list(deltas))
     try:
         yield
     finally:
         record.remove(model)
-

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 @dataclass
 class Materialized:
     """A model with a revision's active edits (a tenant's share of them) applied (``applied`` undoes
-    them); ``verified``: whether every edit's signature and hashes were checked before it was applied."""
+    them; ``deltas``: what was applied, packs and a restrained stack as they are carried); ``verified``:
+    whether every edit's signature and hashes were checked before it was applied."""
 
     model: Any
     tokenizer: Any
@@ -30,6 +31,7 @@ class Materialized:
     applied: Any = None
     tenant: str | None = None
     verified: bool = True
+    deltas: list[Any] = field(default_factory=list)
 
 
 def materialize(repo: Repo, rev: str = "HEAD", *, verify: bool = True, tenant: str | None = None) -> Materialized:
@@ -44,7 +46,7 @@ def materialize(repo: Repo, rev: str = "HEAD", *, verify: bool = True, tenant: s
     deltas = stack_deltas(repo, commit, edits)  # packs in place of the edits they fold (whole packs only)
     model, tokenizer = repo.load_base()
     record = apply_deltas(model, deltas)
-    return Materialized(model, tokenizer, rev, commit, edits, record, tenant, verify)
+    return Materialized(model, tokenizer, rev, commit, edits, record, tenant, verify, deltas)
 
 
 @dataclass(frozen=True)

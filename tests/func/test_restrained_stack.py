@@ -94,3 +94,23 @@ def test_a_revert_gives_back_the_restrained_model_of_the_remaining_edits(repo):
     repo.revert(b)
     _restrain(repo, "prune", 0.05)
     assert _close(without_b, _weights(repo), atol=0)
+
+
+def test_explain_ablates_a_restrained_stack_exactly(repo):
+    from cathrepo.config import TenantConfig
+    from cathrepo.lm.decoding import greedy_continuations
+    from tests.func.test_tenants import set_tenants
+
+    _restrain(repo, "clip", 0.05)
+    a, b = repo.stack("HEAD").active
+    set_tenants(repo, {"only-a": TenantConfig(include=[f"edit:{a}"])})
+    out = repo.explain(FACT.prompt, max_new_tokens=1, screen=False)
+    model, tokenizer = repo.load_base()
+    assert out.base_answer == greedy_continuations(model, tokenizer, [FACT.prompt], max_new_tokens=1)[0].strip()
+    (without_b,) = [e for e in out.edits if e.id == b]
+    only_a = repo.explain(FACT.prompt, tenant="only-a", max_new_tokens=1, screen=False)  # a alone, restrained
+    if without_b.changes_answer:
+        assert without_b.answer_without == only_a.answer
+    else:
+        assert only_a.answer == out.answer
+        assert only_a.answer_logprob == pytest.approx(out.answer_logprob + without_b.delta_logprob, abs=1e-4)
