@@ -38,7 +38,8 @@ from cathrepo.facts.schema import Fact
 DEFAULT_ABSTENTION = "unknown"
 #: The old answer's first-token probability ``suppress`` and ``replace`` push it under (ROME's ``away_prob``).
 DEFAULT_AWAY = 0.01
-#: ``negate``'s scales, tried in this order (smallest change first) until the forgetting gates pass.
+#: ``negate``'s scales: the strongest finds the layers where negation forgets at all, then the others are tried
+#: there, smallest change first, until the gates pass (:func:`cathrepo.repo.forget.attempt_forget`).
 DEFAULT_SCALES = (-0.5, -1.0, -2.0, -4.0)
 
 
@@ -56,7 +57,8 @@ class ForgetParams:
     layer: int | None = _h(None, "Layer whose MLP output projection is edited (None: family default).")
     rome: Mapping[str, Any] = _h({}, "ROME parameter overrides for the underlying edit.")
     scale: float = _h(-1.0, "negate: the factor the learned delta is stored at (negative: negation).")
-    scales: tuple[float, ...] = _h(DEFAULT_SCALES, "negate: the scales searched, smallest change first.")
+    scales: tuple[float, ...] = _h(DEFAULT_SCALES, "negate: the scales searched (the strongest first over the layers, then "
+                                                       "the others where it forgot, smallest change first).")
     learn_prob: float = _h(0.95, "negate: ROME learns the answer until every prompt gives it this probability "
                                  "(an edit's 0.5 leaves a known fact's delta near zero).")
     abstention: str = _h(DEFAULT_ABSTENTION, "suppress: the answer taught instead of the forgotten one.")

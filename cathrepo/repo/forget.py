@@ -4,8 +4,8 @@ A forget is an edit whose fact has ``action="forget"`` (``target_new`` names the
 and whose method is a forget mode (:mod:`cathrepo.edits.forget`, :mod:`cathrepo.edits.erase`), so it
 goes through the same :class:`~cathrepo.repo.edit.EditSession` as ``cathrepo edit``: the pipeline gates it
 at the ``forget`` stage, a refusal leaves nothing committed, the commit is signed, and ``cathrepo revert``
-takes it out like any edit. ``negate`` tries its scales smallest change first and keeps the first the
-gates accept (each scale is a full attempt, with the configured retries).
+takes it out like any edit. ``negate`` finds the layers where its strongest scale forgets, then keeps the
+smallest change the gates accept there (:func:`attempt_forget`).
 """
 
 from __future__ import annotations
@@ -82,10 +82,18 @@ def forget(
                                dry_run=dry_run, on_outcome=on_outcome)
 
 
+#: The forgetting gates: a refusal by one of them says the answer is still there (not what the forget cost).
+REMEMBERED = frozenset({"efficacy", "forget_rank", "forget_generation", "relearn"})
+
+
 def attempt_forget(session: EditSession, request: EditRequest, mode: str,
-             progress: Callable[[str], None] | None) -> EditResult:
-    """One gated attempt; for ``negate`` one per scale, smallest change first, until the gates pass
-    (the first refusal is returned when none does, with every scale's attempts listed)."""
+                   progress: Callable[[str], None] | None) -> EditResult:
+    """One gated attempt. ``negate`` first tries its strongest scale (with the configured layer retries):
+    a layer where even that leaves the answer (a forgetting gate refuses) is given up, since a weaker
+    negation of the same learned delta forgets less; at each layer where it forgets, the weaker scales are
+    tried smallest change first, and the first the gates pass is kept (the strongest, if only it passes).
+    A fact negation cannot forget is so refused after one attempt per layer, not one per layer and scale.
+    When none passes, the first attempt is returned with every attempt listed."""
     if mode != "negate":
         return session.attempt(request, progress=progress)
     from cathrepo.edits.base import get_method
@@ -93,16 +101,27 @@ def attempt_forget(session: EditSession, request: EditRequest, mode: str,
 
     resolved = get_method(mode).params_for(session.model, {**session.config.edit.params.get(mode, {}),
                                                            **session.params})
-    first: EditResult | None = None
+    strongest = max(resolved.scales, key=abs)
+    weaker = sorted((s for s in resolved.scales if s != strongest), key=abs)
     attempts: list[Mapping[str, Any]] = []
-    with learned_once():  # each scale gates the same learned delta, rescaled
-        for scale in resolved.scales:
-            if progress is not None:
-                progress(f"negate at scale {scale:g}")
-            result = session.attempt(request, params={"scale": scale}, progress=progress)
-            attempts += [{**a, "retry": f"scale {scale:g}"} for a in result.attempts]
-            if result.gates.passed:
-                return dataclasses.replace(result, attempts=tuple(attempts))
-            first = first or result
-    assert first is not None, "negate has at least one scale"
+
+    def at(scale: float, layer: int | None = None) -> EditResult:
+        if progress is not None:
+            progress(f"negate at scale {scale:g}" + (f", layer {layer}" if layer is not None else ""))
+        params = {"scale": scale, **({"layer": layer} if layer is not None else {})}
+        result = session.attempt(request, params=params, progress=progress)
+        attempts.extend({**a, "retry": f"scale {scale:g}"} for a in result.attempts)
+        return result
+
+    with learned_once():  # each scale gates the same learned delta (per layer), rescaled
+        first = at(strongest)
+        forgot = [a["site"]["layers"][0] for a in first.attempts
+                  if a["site"].get("layers") and not {f["gate"] for f in a["failed"]} & REMEMBERED]
+        for layer in dict.fromkeys(forgot):  # in the order tried, once each
+            for scale in weaker:
+                result = at(scale, layer)
+                if result.gates.passed:
+                    return dataclasses.replace(result, attempts=tuple(attempts))
+            if first.gates.passed and first.site.get("layers", [None])[0] == layer:
+                return dataclasses.replace(first, attempts=tuple(attempts))
     return dataclasses.replace(first, attempts=tuple(attempts))
