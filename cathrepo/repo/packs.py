@@ -134,11 +134,16 @@ def applied_deltas(edits: Sequence[ActiveEdit], packs: Sequence[Pack]) -> list[D
     return [*(p.delta for p in used), *(e.delta for e in edits if e.id not in folded)]
 
 
-def stack_deltas(repo: Repo, rev: str, edits: Sequence[ActiveEdit]) -> list[Delta]:
-    """What the model carries at ``rev`` for its active ``edits``: :func:`applied_deltas` with its packs,
-    :func:`carried` under ``rev``'s ``[stack]``."""
+def applied_at(repo: Repo, rev: str, edits: Sequence[ActiveEdit]) -> list[Delta]:
+    """:func:`applied_deltas` of ``rev``'s active ``edits`` and its packs (before any restraint)."""
     stack = repo.stack(rev)
-    deltas = applied_deltas(edits, load_packs(repo, rev, stack)) if stack.packs else [e.delta for e in edits]
+    return applied_deltas(edits, load_packs(repo, rev, stack)) if stack.packs else [e.delta for e in edits]
+
+
+def stack_deltas(repo: Repo, rev: str, edits: Sequence[ActiveEdit]) -> list[Delta]:
+    """What the model carries at ``rev`` for its active ``edits``: :func:`applied_at`, :func:`carried`
+    under ``rev``'s ``[stack]``."""
+    deltas = applied_at(repo, rev, edits)
     return carried(repo, deltas, repo.config_at(rev)) if deltas else deltas
 
 

@@ -27,6 +27,7 @@ def status(repo: Repo) -> dict[str, Any]:
             active.append({"id": eid, "summary": repo.record(eid).summary})
         except CathrepoError as exc:
             active.append({"id": eid, "summary": f"(unreadable: {exc.message})"})
+    stack = _stack(repo, config) if active else {"restrain": config.stack.restrain or None}
     try:
         storage: dict[str, Any] = repo.storage.status()
     except CathrepoError as exc:
@@ -37,6 +38,31 @@ def status(repo: Repo) -> dict[str, Any]:
         "head": repo.git.head(),
         "base": base,
         "active": active,
+        "stack": stack,
         "changes": repo.git.status_porcelain(),
         "storage": storage,
     }
+
+
+def _stack(repo: Repo, config: Any) -> dict[str, Any]:
+    """How the active stack is applied: as it is, or restrained (``[stack] restrain``), with, per module,
+    the summed update's largest singular value, the bound and how many directions stand above it."""
+    out: dict[str, Any] = {"restrain": config.stack.restrain or None}
+    if not config.stack.restrain:
+        return out
+    from cathrepo.merging.consolidate import consolidate
+    from cathrepo.merging.restrain import restrain
+    from cathrepo.repo.packs import applied_at, base_norms, labelled
+    from cathrepo.repo.state import active_edits
+    from cathrepo.repo.verified import Verified
+
+    out["factor"] = config.stack.restrain_factor
+    try:
+        deltas = applied_at(repo, "HEAD", active_edits(repo, "HEAD", verified=Verified.of(repo.root)))
+        summed = consolidate(labelled(repo, deltas), "cat").delta
+        held = restrain(summed, base_norms(repo, summed.modules), config.stack.restrain, config.stack.restrain_factor)
+        out["modules"] = {m: {"top": held.top[m], "bound": held.bound[m], "above": held.above[m]}
+                          for m in summed.modules}
+    except CathrepoError as exc:
+        out["problem"] = exc.message
+    return out

@@ -114,3 +114,12 @@ def test_explain_ablates_a_restrained_stack_exactly(repo):
     else:
         assert only_a.answer == out.answer
         assert only_a.answer_logprob == pytest.approx(out.answer_logprob + without_b.delta_logprob, abs=1e-4)
+
+
+def test_status_says_how_the_stack_is_restrained(repo):
+    assert repo.status()["stack"] == {"restrain": None}
+    _restrain(repo, "clip", 0.05)
+    stack = repo.status()["stack"]
+    assert stack["restrain"] == "clip" and stack["factor"] == 0.05
+    (module, held), *_ = stack["modules"].items()
+    assert held["top"] > held["bound"] > 0 and held["above"] >= 1 and module.endswith("down_proj")

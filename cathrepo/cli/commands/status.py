@@ -23,6 +23,13 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"active edits: {len(s['active'])}")
     for e in s["active"]:
         click.echo(f"  {e['id']}  {e['summary']}")
+    stack = s["stack"]
+    if stack.get("restrain"):
+        click.echo(f"stack applied restrained ({stack['restrain']} at {stack.get('factor', 1.0):g}x each base "
+                   "weight's spectral norm)" + (f": {stack['problem']}" if stack.get("problem") else ""))
+        for module, m in (stack.get("modules") or {}).items():
+            click.echo(f"  {module}: largest singular value {m['top']:.3g}, bound {m['bound']:.3g}, "
+                       f"{m['above']} direction(s) held")
     if s["changes"]:
         click.echo("uncommitted changes:")
         for line in s["changes"]:
