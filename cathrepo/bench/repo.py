@@ -14,6 +14,7 @@ runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cathrepo.exceptions import GateFailedError, InvalidInputError
+from cathrepo.config import StackConfig
+from cathrepo.exceptions import ConfigError, GateFailedError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class RepoBenchConfig:
         worker: run the edits through a resident worker of this run's own (``cathrepo worker``).
         fresh_gate_cache: the edits' gate measurements go to a cache of this run's own (every other
             cache, models and statistics, is shared).
+        restrain: ``[stack] restrain`` of the repository (``clip``/``prune``; None: as it is): a
+            repository this run creates gets it in a commit of its own; one given must already have it.
+        restrain_factor: ``[stack] restrain_factor`` with ``restrain``.
     """
 
     data: Path
@@ -64,10 +69,38 @@ class RepoBenchConfig:
     params: Sequence[str] = field(default_factory=tuple)
     worker: bool = False
     fresh_gate_cache: bool = False
+    restrain: str | None = None
+    restrain_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n <= 0 or self.skip < 0:
             raise InvalidInputError("--n must be positive and --skip not negative.")
+        try:
+            StackConfig(self.restrain or "", self.restrain_factor)  # refuses what cathrepo.toml would refuse
+        except ConfigError as exc:
+            raise InvalidInputError(f"--restrain {self.restrain} --restrain-factor {self.restrain_factor}: "
+                                    f"{exc.message.removeprefix('cathrepo.toml [stack] ')}") from None
+
+
+def _stacked(repo: Path, config: RepoBenchConfig, created: bool) -> None:
+    """Give a repository this run created the run's ``[stack]`` (one commit); check one it was given."""
+    from cathrepo.config import dump_config, load_config
+    from cathrepo.repo import Repo, layout
+
+    wanted = StackConfig(config.restrain or "", config.restrain_factor)
+    settings = load_config(repo / layout.CONFIG)
+    if settings.stack == wanted:
+        return
+    if not created:
+        raise InvalidInputError(
+            f"{repo} applies its stack with restrain={settings.stack.restrain!r} at {settings.stack.restrain_factor:g}, "
+            f"not the run's restrain={wanted.restrain!r} at {wanted.restrain_factor:g}.",
+            hint="Give the run the repository's --restrain (and --restrain-factor), or set [stack] in its cathrepo.toml.")
+    (repo / layout.CONFIG).write_text(dump_config(dataclasses.replace(settings, stack=wanted)))
+    opened = Repo.open(repo)
+    opened.git.add([layout.CONFIG])
+    opened.git.commit(f"Apply the stack restrained: {wanted.restrain} at {wanted.restrain_factor:g}",
+                      sign_with=opened.signing_key())
 
 
 def records(config: RepoBenchConfig) -> list[tuple[int, dict[str, Any]]]:
@@ -250,10 +283,12 @@ def bench_repo(config: RepoBenchConfig, progress: Progress | None = None,
     scratch = Path(tempfile.mkdtemp(prefix="cathrepo-bench-repo-"))
     # 1. the repository: the one given (created when missing) or a fresh one
     repo = config.repo or scratch / "repo"
-    if not (repo / "cathrepo.toml").is_file():
+    created = not (repo / "cathrepo.toml").is_file()
+    if created:
         init = _cathrepo("init", str(repo), *(["--base", config.base] if config.base else []), cwd=scratch)
         if init.returncode != 0:
             raise InvalidInputError(f"cathrepo init {repo} failed: {_last_line(init.stderr)}")
+    _stacked(repo, config, created)
     # 2. one edit process per record, in order, each on top of the ones committed before
     env = _worker_env(config, scratch)
     rows: list[dict[str, Any]] = list(earlier)
@@ -289,6 +324,7 @@ def _result(config: RepoBenchConfig, repo: Path, rows: list[dict[str, Any]],
     """The report; without ``verify`` (a partial result) ``verify_clean`` is None."""
     return {"data": str(config.data), "repo": str(repo), "method": config.method, "params": list(config.params),
             "worker": config.worker, "fresh_gate_cache": config.fresh_gate_cache,
+            "restrain": config.restrain, "restrain_factor": config.restrain_factor if config.restrain else None,
             **summarize(rows), "verify_clean": None if verify is None else verify.returncode == 0,
             "verify": "" if verify is None else _last_line(verify.stdout if verify.returncode == 0 else verify.stderr),
             "records": rows}

@@ -226,3 +226,25 @@ def test_bench_repo_fresh_gate_cache_leaves_the_users_gate_cache_alone(tiny_llam
     assert not (user_cache / "gates").exists()  # the fresh run measured its gates elsewhere
     assert (user_cache / "stats" / "kept.txt").read_text() == "statistics"  # the links' targets stay
     assert not list(scratch.iterdir())  # the run's own cache went with it
+
+
+def test_bench_repo_restrain_sets_a_created_repository_and_checks_a_given_one(repo_dir, tmp_path):
+    """A repository the run creates gets ``[stack]`` in a signed commit of its own; one it is given must
+    already have the run's setting (the run refuses before editing anything)."""
+    from cathrepo.bench.repo import RepoBenchConfig, _stacked
+    from cathrepo.exceptions import InvalidInputError
+    from cathrepo.repo import Repo
+
+    config = RepoBenchConfig(data=tmp_path / "records.json", restrain="clip", restrain_factor=0.5)
+    head = Repo.open(repo_dir).git.head()
+    with pytest.raises(InvalidInputError, match="restrain='' at 1, not the run's restrain='clip' at 0.5") as info:
+        _stacked(repo_dir, config, created=False)
+    assert "--restrain" in info.value.hint and Repo.open(repo_dir).git.head() == head
+    _stacked(repo_dir, config, created=True)  # as if this run had made it
+    repo = Repo.open(repo_dir)
+    assert (repo.config.stack.restrain, repo.config.stack.restrain_factor) == ("clip", 0.5)
+    assert repo.git.head() != head and repo.verify().ok and not repo.git.status_porcelain()
+    _stacked(repo_dir, config, created=False)  # now it matches: nothing to do
+    assert Repo.open(repo_dir).git.head() == repo.git.head()
+    with pytest.raises(InvalidInputError, match="'clip' or 'prune'"):
+        RepoBenchConfig(data=tmp_path / "records.json", restrain="svd")

@@ -123,15 +123,22 @@ def gates_cmd(data: Path, n: int, model: str | None, batch_size: int, dtype: str
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the per-record JSON here.")
 @click.option("--resume", is_flag=True, help="Go on after the records a cut run with the same --data, --skip, "
                                              "--repo and --out already edited (its --out is read back).")
+@click.option("--restrain", type=click.Choice(["clip", "prune"]),
+              help="A repository this run creates applies its stack restrained ([stack] restrain, one commit); "
+                   "one given must already.")
+@click.option("--restrain-factor", type=float, default=1.0, show_default=True,
+              help="With --restrain, the bound in multiples of each base weight's spectral norm.")
 def repo_cmd(data: Path, n: int, skip: int, repo: Path | None, base: str | None, method: str | None,
-             params: tuple[str, ...], worker: bool, fresh_gate_cache: bool, out: Path | None, resume: bool) -> None:
+             params: tuple[str, ...], worker: bool, fresh_gate_cache: bool, out: Path | None, resume: bool,
+             restrain: str | None, restrain_factor: float) -> None:
     """Edit N records with one real `cathrepo edit` each into one repository with its gates: the share
     committed, refusals by gate, wall seconds per edit, and `cathrepo verify` at the end."""
     from cathrepo.bench.repo import RepoBenchConfig, bench_repo, resumed_rows
 
     parse_params(params)  # a malformed --param fails here, not once per record
     config = RepoBenchConfig(data=data, n=n, skip=skip, repo=repo, base=base, method=method, params=params,
-                             worker=worker, fresh_gate_cache=fresh_gate_cache)
+                             worker=worker, fresh_gate_cache=fresh_gate_cache, restrain=restrain,
+                             restrain_factor=restrain_factor)
     if resume and not (repo and out):
         raise click.UsageError("--resume reads back the cut run's --out and goes on in its --repo; pass both.")
     earlier = resumed_rows(config, out) if resume and out else []
