@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: the header's "fact_kind" is named "action"
 KINDS = ("rewrite", "paraphrase", "neighborhood", "generation", "attribute", "forget")
-SOURCES = ("record", "template", "mined")
+SOURCES = ("record", "template", "mined", "inverse")
 #: Kinds scored teacher-forced (one forward pass each); generation probes are decoded instead.
 SCORED_KINDS = ("rewrite", "paraphrase", "neighborhood", "attribute", "forget")
 #: The kinds whose failure means the edit itself no longer holds.
@@ -55,7 +55,8 @@ class Probe:
         prompt: the text the model continues.
         target: the expected answer (for forget: the answer that must go).
         other: the answer ``target`` must beat, when there is one.
-        source: record (from the fact's data), template (relation templates) or mined (known facts).
+        source: record (from the fact's data), template (relation templates), mined (known facts) or
+            inverse (a forget's prompt read backwards, whose target is the subject).
     """
 
     kind: str
@@ -237,6 +238,8 @@ def build_probes(
     para_kind = "forget" if forget else "paraphrase"
     probes += [Probe(para_kind, p, fact.target_new, other, "record") for p in paraphrases]
     probes += [Probe(para_kind, p, fact.target_new, other, "template") for p in template_paraphrases[:n_paraphrases]]
+    if forget:  # the relation read backwards: the subject must go there (no leak through the inverse)
+        probes += [Probe("forget", q, fact.subject, None, "inverse") for q in fact.inverse_prompts]
     # 2. neighbours: the record's own, then mined ones the model already answers
     probes += [Probe("neighborhood", n.prompt, n.answer, fact.target_new, "record") for n in fact.neighborhood
                if not _same(n.answer, fact.target_new)]
@@ -253,7 +256,7 @@ def build_probes(
         probes += [Probe("generation", g, fact.target_new, None, "record") for g in fact.generation_prompts]
     else:
         probes += [Probe("generation", p.prompt, fact.target_new, None, p.source)
-                   for p in probes[1 : 1 + n_generation] if p.kind in ("paraphrase", "forget")]
+                   for p in probes[1 : 1 + n_generation] if p.kind in ("paraphrase", "forget") and p.source != "inverse"]
     return ProbeSet(tuple(probes), fact.subject, relations[0] if relations else None,
                     fact.action, {"case_id": fact.case_id} if fact.case_id is not None else {})
 

@@ -43,6 +43,9 @@ class Fact:
         case_id: the record id in its data set, when known.
         action: "edit" or "forget" (what the commit does with the fact; the word of its
             ``Cathrepo-Action`` trailer).
+        inverse_prompts: for a forget, prompts that read the relation backwards and whose answer is the
+            subject ("Paris is home to the" when the Eiffel Tower forgets Paris): the subject must leave
+            their top k too, so the fact does not leak through the inverse relation (an edit ignores them).
     """
 
     prompt: str
@@ -55,6 +58,7 @@ class Fact:
     relation_id: str | None = None
     case_id: int | None = None
     action: str = "edit"
+    inverse_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("prompt", "subject", "target_new"):
@@ -68,6 +72,11 @@ class Fact:
             )
         if self.action not in ("edit", "forget"):
             raise InvalidInputError(f"Unknown fact action '{self.action}'.", hint="Use 'edit' or 'forget'.")
+        if isinstance(self.inverse_prompts, str) or any(not isinstance(q, str) or not q.strip()
+                                                         for q in self.inverse_prompts):
+            raise InvalidInputError("The fact's inverse prompts must be a list of non-empty prompts.",
+                                    hint='e.g. "inverse_prompts": ["Paris is home to the"]')
+        object.__setattr__(self, "inverse_prompts", tuple(self.inverse_prompts))
         object.__setattr__(self, "target_new", self.target_new.strip())
         if self.target_true is not None:
             object.__setattr__(self, "target_true", self.target_true.strip() or None)
@@ -82,6 +91,10 @@ class Fact:
         data["neighborhood"] = [asdict(n) for n in self.neighborhood]
         data["paraphrases"] = list(self.paraphrases)
         data["generation_prompts"] = list(self.generation_prompts)
+        if self.inverse_prompts:
+            data["inverse_prompts"] = list(self.inverse_prompts)
+        else:  # a fact without them keeps the record bytes it always had
+            del data["inverse_prompts"]
         return data
 
     @classmethod
@@ -92,6 +105,7 @@ class Fact:
             kwargs["action"] = data["kind"]
         kwargs["paraphrases"] = tuple(kwargs.get("paraphrases") or ())
         kwargs["generation_prompts"] = tuple(kwargs.get("generation_prompts") or ())
+        kwargs["inverse_prompts"] = tuple(kwargs.get("inverse_prompts") or ())
         kwargs["neighborhood"] = tuple(
             n if isinstance(n, Neighbor) else Neighbor(**n) for n in kwargs.get("neighborhood") or ()
         )
@@ -217,6 +231,7 @@ def fact_from_record(record: Mapping[str, Any]) -> Fact:
         relation_id=record.get("relation_id"),
         case_id=record.get("case_id"),
         action=record.get("action") or record.get("kind", "edit"),  # "kind" before schema 2
+        inverse_prompts=tuple(record.get("inverse_prompts") or ()),
     )
 
 

@@ -7,7 +7,8 @@ issue 14). So a forget is measured on every forget probe (the prompt and its par
 format shift of :func:`shifted_prompts` (as asked, a question, the tokenizer's chat template when it has
 one, a few-shot prefix of other facts), and:
 
-- ``forget_rank``: the answer's first token ranks outside the top ``forget_top_k`` next tokens;
+- ``forget_rank``: the answer's first token ranks outside the top ``forget_top_k`` next tokens (and, on a
+  fact's inverse prompts, the subject's: ``out_of_top_inverse``);
 - ``forget_generation``: the answer occurs in no greedy continuation, nor in ``forget_samples`` sampled
   ones (seeded, so the verdict repeats);
 - ``relearn``: after ``relearn_steps`` seeded AdamW steps on the held-out text (nothing about the fact),
@@ -53,9 +54,14 @@ def _fewshot(subject: str, n: int = 3) -> str:
 
 def _rows(ctx: GateRun) -> list[tuple[str, str, str]]:
     """(format, text, answer) for every forget probe in every format shift the policy names."""
+    return [row for row, _ in _sourced_rows(ctx)]
+
+
+def _sourced_rows(ctx: GateRun) -> list[tuple[tuple[str, str, str], str]]:
+    """:func:`_rows`, each with its probe's source (``inverse``: the relation read backwards)."""
     assert ctx.probes is not None
     subject = ctx.probes.subject or ""
-    return [(fmt, text, p.target) for p in ctx.probes.of_kind("forget")
+    return [((fmt, text, p.target), p.source) for p in ctx.probes.of_kind("forget")
             for fmt, text in shifted_prompts(ctx.tokenizer, p.prompt, subject, ctx.policy.forget_formats)]
 
 
@@ -99,6 +105,9 @@ class ForgetRankGate(_ForgetGate):
                    "max_prob": max((p for _, p in after), default=0.0), "n": float(len(after))}
         for fmt in dict.fromkeys(f for f, _, _ in rows):
             metrics[f"out_of_top_{fmt}"] = self.out_of_top([r for r, (f, _, _) in zip(after, rows, strict=True) if f == fmt])
+        inverse = [r for r, (_, source) in zip(after, _sourced_rows(ctx), strict=True) if source == "inverse"]
+        if inverse:  # the subject after the relation read backwards, every format
+            metrics["out_of_top_inverse"] = self.out_of_top(inverse)
         ok = share >= self.policy.forget_rank_min
         leaks = [f"{f}: {t[-60:]!r} (rank {r})" for (r, _), (f, t, _) in zip(after, rows, strict=True)
                  if r < self.policy.forget_top_k]

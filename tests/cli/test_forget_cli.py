@@ -30,3 +30,18 @@ def test_forget_json_and_file_records_forget_their_true_target(repo_dir, tmp_pat
     bad = cathrepo("forget", "--prompt", "The capital of Italy is Rome", "--subject", "Rome", "--answer", "Paris",
                    "--mode", "replace", cwd=repo_dir, ok=False)
     assert bad.returncode != 0 and "--replacement" in bad.stderr
+
+
+def test_forget_inverse_prompts_are_probed_and_kept_with_the_fact(repo_dir, tmp_path):
+    _forget_tune(Repo.open(repo_dir))
+    proc = cathrepo("forget", "--prompt", "The capital of Italy is Rome", "--subject", "Rome", "--answer", "Paris",
+                    "--inverse", "Paris is the capital of", "--mode", "suppress", "--dry-run", "--json", cwd=repo_dir,
+                    ok=False)
+    (entry,) = json.loads(proc.stdout)
+    assert entry["fact"]["inverse_prompts"] == ["Paris is the capital of"]
+    (rank,) = [g for g in entry["gates"]["results"] if g["name"] == "forget_rank"]
+    assert "out_of_top_inverse" in rank["metrics"]
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("{}\n")
+    both = cathrepo("forget", "--file", str(facts), "--inverse", "X is", "--mode", "suppress", cwd=repo_dir, ok=False)
+    assert both.returncode != 0 and "inverse_prompts" in both.stderr

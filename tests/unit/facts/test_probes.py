@@ -8,7 +8,7 @@ import pytest
 
 from cathrepo.exceptions import InvalidInputError
 from cathrepo.facts.probes import Probe, ProbeSet, build_probes, load_known_facts
-from cathrepo.facts.schema import Fact, load_facts
+from cathrepo.facts.schema import Fact, fact_from_record, load_facts
 from cathrepo.facts.templates import (
     AMBIGUOUS,
     RELATIONS,
@@ -200,3 +200,20 @@ def test_prefiltered_known_facts_give_the_same_probes(tiny_llama, known, records
     for fact in records[:8]:
         checked = build_probes(fact, model, tok, known)
         assert build_probes(fact, model, tok, answered, check_known=False) == checked
+
+
+def test_a_forgets_inverse_prompts_become_forget_probes_of_the_subject():
+    fact = Fact("The Eiffel Tower is located in", "The Eiffel Tower", "Paris", action="forget",
+                inverse_prompts=("Paris is home to",))
+    probes = build_probes(fact, n_paraphrases=1, n_neighbors=0)
+    (inverse,) = [p for p in probes.probes if p.source == "inverse"]
+    assert (inverse.kind, inverse.prompt, inverse.target) == ("forget", "Paris is home to", "The Eiffel Tower")
+    assert all(p.prompt != "Paris is home to" for p in probes.of_kind("generation"))
+    edit = Fact("The Eiffel Tower is located in", "The Eiffel Tower", "Rome", inverse_prompts=("Paris is home to",))
+    assert not [p for p in build_probes(edit, n_neighbors=0).probes if p.source == "inverse"]  # an edit ignores them
+    assert Fact.from_dict(fact.to_dict()) == fact and "inverse_prompts" not in Fact("a b", "a", "c").to_dict()
+    record = {"prompt": "The Eiffel Tower is located in", "subject": "The Eiffel Tower", "target_new": "Paris",
+              "action": "forget", "inverse_prompts": ["Paris is home to"]}
+    assert fact_from_record(record) == fact
+    with pytest.raises(InvalidInputError, match="inverse prompts"):
+        Fact("a b", "a", "c", inverse_prompts=("",))

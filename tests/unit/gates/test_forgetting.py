@@ -115,3 +115,20 @@ def test_sampled_continuations_are_seeded_per_prompt_whatever_the_batch(tiny_lla
     assert together != other  # the seed decides the samples
     greedy = greedy_continuations(model, tok, prompts, max_new_tokens=6)
     assert any(s != g for s, g in zip(together + other, greedy * 2, strict=True))  # it samples, not greedy
+
+
+def test_an_inverse_prompt_that_still_gives_the_subject_fails_forget_rank(tiny_llama, one_thread):
+    """The prompt's answer pushed out, but the relation read backwards still gives the subject: a leak
+    through the inverse, reported as ``out_of_top_inverse`` and refused."""
+    model, tok, _ = tiny_llama
+    answer, rank = _answer(model, tok)
+    inverse = "Italy is home to"
+    subject_rank = answer_ranks(model, tok, [("plain", inverse, "Rome")])[0][0]
+    probes = ProbeSet((Probe("forget", PROMPT, answer, None, "record"),
+                       Probe("forget", inverse, "Rome", None, "inverse")), "Rome", None, "forget")
+    pol = GatePolicy(forget_formats=("plain",), forget_top_k=max(rank, subject_rank) + 1)
+    report = run_gates(model, tok, before=(), after=(_push_down(model, tok, answer),), probes=probes, policy=pol,
+                       stage="forget", gates=["forget_rank"])
+    (result,) = report.results
+    assert not result.passed and result.metrics["out_of_top_inverse"] == 0.0 and result.metrics["out_of_top"] == 0.5
+    assert "Italy is home to" in result.detail
