@@ -92,10 +92,12 @@ def _stacked(repo: Path, config: RepoBenchConfig, created: bool) -> None:
     if settings.stack == wanted:
         return
     if not created:
+        have = settings.stack
         raise InvalidInputError(
-            f"{repo} applies its stack with restrain={settings.stack.restrain!r} at {settings.stack.restrain_factor:g}, "
+            f"{repo} applies its stack with restrain={have.restrain!r} at {have.restrain_factor:g}, "
             f"not the run's restrain={wanted.restrain!r} at {wanted.restrain_factor:g}.",
-            hint="Give the run the repository's --restrain (and --restrain-factor), or set [stack] in its cathrepo.toml.")
+            hint="Give the run the repository's --restrain (and --restrain-factor), "
+                 "or set [stack] in its cathrepo.toml.")
     (repo / layout.CONFIG).write_text(dump_config(dataclasses.replace(settings, stack=wanted)))
     opened = Repo.open(repo)
     opened.git.add([layout.CONFIG])

@@ -57,8 +57,8 @@ class ForgetParams:
     layer: int | None = _h(None, "Layer whose MLP output projection is edited (None: family default).")
     rome: Mapping[str, Any] = _h({}, "ROME parameter overrides for the underlying edit.")
     scale: float = _h(-1.0, "negate: the factor the learned delta is stored at (negative: negation).")
-    scales: tuple[float, ...] = _h(DEFAULT_SCALES, "negate: the scales searched (the strongest first over the layers, then "
-                                                       "the others where it forgot, smallest change first).")
+    scales: tuple[float, ...] = _h(DEFAULT_SCALES, "negate: the scales searched (the strongest first over the "
+                                                   "layers, then the others where it forgot, smallest first).")
     learn_prob: float = _h(0.95, "negate: ROME learns the answer until every prompt gives it this probability "
                                  "(an edit's 0.5 leaves a known fact's delta near zero).")
     abstention: str = _h(DEFAULT_ABSTENTION, "suppress: the answer taught instead of the forgotten one.")

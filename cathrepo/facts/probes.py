@@ -255,8 +255,8 @@ def build_probes(
     if fact.generation_prompts:
         probes += [Probe("generation", g, fact.target_new, None, "record") for g in fact.generation_prompts]
     else:
-        probes += [Probe("generation", p.prompt, fact.target_new, None, p.source)
-                   for p in probes[1 : 1 + n_generation] if p.kind in ("paraphrase", "forget") and p.source != "inverse"]
+        probes += [Probe("generation", p.prompt, fact.target_new, None, p.source) for p in probes[1 : 1 + n_generation]
+                   if p.kind in ("paraphrase", "forget") and p.source != "inverse"]
     return ProbeSet(tuple(probes), fact.subject, relations[0] if relations else None,
                     fact.action, {"case_id": fact.case_id} if fact.case_id is not None else {})
 

@@ -90,7 +90,9 @@ class EditSession:
         overrides = {**config.edit.params.get(name, {}), **self.params, **(params or {})}
         resolved = get_method(name).params_for(self.model, overrides)
         stack = [d for _, d in self.active]
-        restrained = {"after_of": lambda delta: carried(self.repo, [*stack, delta], config)} if config.stack.restrain else {}
+        # a restrained stack ([stack] restrain) is computed on and gated as the sum it will be applied as
+        restrained = {"after_of": lambda delta: carried(self.repo, [*stack, delta], config)} \
+            if config.stack.restrain else {}
         return run_with_retries(
             self.model, self.tokenizer, request.facts, method_name=name, params=resolved, env=self.env,
             retry_layers=config.edit.retry_layers, retry_variants=config.edit.retry_variants, fixed=sorted(overrides),

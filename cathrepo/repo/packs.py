@@ -4,11 +4,11 @@ A pack is applied in place of the edits it folds; the edits stay active (their p
 regression suite, ``revert`` still names them) and their files stay in the repository. ``cat`` folds
 exactly (ranks add), ``svd:R``/``ties``/``dare`` approximately, always on each module's full ΔW
 (:mod:`cathrepo.merging.consolidate`); ``clip``/``prune`` hold the summed ΔW at the base weight's
-spectral norm, restraining a long stack of edits to one weight (:mod:`cathrepo.merging.restrain`). A pack is gated like a merge before it is used: the model with
-the pack must keep every active edit's probes, retention, perplexity and norms; one that fails is not
-written and the edits stay as they were. Reverting an edit inside a pack folds the pack again from the
-edits that remain (:func:`refold`), so the model equals the one built from those edits alone (exactly,
-for ``cat``).
+spectral norm, restraining a long stack of edits to one weight (:mod:`cathrepo.merging.restrain`). A
+pack is gated like a merge before it is used: the model with the pack must keep every active edit's
+probes, retention, perplexity and norms; one that fails is not written and the edits stay as they were.
+Reverting an edit inside a pack folds the pack again from the edits that remain (:func:`refold`), so the
+model equals the one built from those edits alone (exactly, for ``cat``).
 """
 
 from __future__ import annotations
