@@ -88,7 +88,11 @@ def restrain_module(parts: Sequence[LowRank], weights: Sequence[float], bound: f
     Returns (the restrained factor, the update's largest singular value, how many of its directions stood
     above the bound, ``‖ΔW' − ΔW‖_F / ‖ΔW‖_F``). The caller has checked the rule and the bound.
     """
-    u, s, vh = svd_of_product(*stacked(parts, weights))
+    b, a = stacked(parts, weights)
+    if b.shape[1] < min(b.shape[0], a.shape[1]):  # few terms: through QR of the factors
+        u, s, vh = svd_of_product(b, a)
+    else:  # more terms than the matrix is wide: the dense update is smaller than its factors
+        u, s, vh = torch.linalg.svd(b @ a, full_matrices=False)
     kept = _shrunk(s, bound, rule)  # still descending: both rules keep the order
     factor = truncate(u, kept, vh, max_rank=kept.numel()).factor  # rounding noise dropped, rank >= 1
     total = float(s.square().sum())

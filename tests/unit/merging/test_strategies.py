@@ -291,3 +291,13 @@ def test_inputs_that_cannot_merge_are_refused():
     with pytest.raises(InvalidInputError, match="different base models: org/a, org/b"):
         consolidate([a, b], "cat")
     assert consolidate([a, _delta()], "cat").delta.base_model == "org/a"
+
+
+def test_clip_of_more_terms_than_the_matrix_is_wide_takes_the_dense_path_to_the_same_result():
+    deltas = [_delta(1, seed) for seed in range(8)]  # rank 8 stacked on a 6×10 module: the dense path
+    summed = _summed(deltas).double()
+    bound = float(torch.linalg.svdvals(summed)[2])
+    done = consolidate(deltas, "clip", norms={M: bound})
+    u, s, vh = torch.linalg.svd(summed, full_matrices=False)
+    expected = u @ torch.diag(s.clamp(max=bound)) @ vh
+    torch.testing.assert_close(_full(done.delta).double(), expected, rtol=1e-5, atol=1e-5)
