@@ -31,9 +31,13 @@ def stack_digest(active: tuple[str, ...] | list[str]) -> str:
     return sha256_bytes("\n".join(active).encode("utf-8"))
 
 
-def stack_summary(active: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """A record's ``stack_before``: how many edits, their digest, the last."""
-    return {"count": len(active), "sha256": stack_digest(active), "last": active[-1] if active else None}
+def stack_summary(active: tuple[str, ...] | list[str], restrain: str = "", factor: float = 1.0) -> dict[str, Any]:
+    """A record's ``stack_before``: how many edits, their digest, the last, and, when the repository
+    restrains its stack (``[stack] restrain``), how: the edit was computed on and gated against that."""
+    out: dict[str, Any] = {"count": len(active), "sha256": stack_digest(active), "last": active[-1] if active else None}
+    if restrain:
+        out["restrain"] = {"rule": restrain, "factor": factor}
+    return out
 
 
 def record_json(data: bytes, *, what: str, newest: int) -> dict[str, Any]:
@@ -81,7 +85,8 @@ class EditRecord:
         stack_before: the active set this edit was computed on: {"count", "sha256", "last"} (the number of
             edits, :func:`stack_digest` of their ids in order, the last of them). The ids themselves are the
             parent commit's ``stack.json``; a record does not repeat them, so it stays the same size at
-            the ten-thousandth edit as at the first.
+            the ten-thousandth edit as at the first. ``restrain`` ({"rule", "factor"}) is there when the
+            repository applied that stack restrained (``[stack] restrain``).
         computed_on: schema 1-2 only: the ids of that active set, listed (read, never written).
         files: path (relative to the edit directory) -> sha256.
         gates: gate results at commit time.

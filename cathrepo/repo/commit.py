@@ -84,7 +84,7 @@ def build_edit_files(
         info={**dict(result.info), "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
               **({"numerics": dict(numerics)} if numerics else {})},
         attribution=dict(result.attribution) if result.attribution else None,
-        stack_before=stack_summary(tuple(computed_on)),
+        stack_before=stack_summary(tuple(computed_on), config.stack.restrain, config.stack.restrain_factor),
         versions=library_versions(),
         proposal=proposal,
         topics=tuple(request.topics),

@@ -116,6 +116,14 @@ def test_explain_ablates_a_restrained_stack_exactly(repo):
         assert only_a.answer_logprob == pytest.approx(out.answer_logprob + without_b.delta_logprob, abs=1e-4)
 
 
+def test_an_edit_on_a_restrained_stack_records_it(repo):
+    assert "restrain" not in repo.record(repo.stack("HEAD").active[-1]).stack_before
+    _restrain(repo, "clip", 1000.0)  # far above: the third edit passes as it would unrestrained
+    (outcome,) = repo.edit([EditRequest(THIRD)])
+    assert repo.record(outcome.edit_id).stack_before["restrain"] == {"rule": "clip", "factor": 1000.0}
+    assert repo.verify().ok
+
+
 def test_status_says_how_the_stack_is_restrained(repo):
     assert repo.status()["stack"] == {"restrain": None}
     _restrain(repo, "clip", 0.05)
