@@ -110,14 +110,14 @@ class Carried:
     def stack(self, deltas: Sequence[Any]) -> list[Any]:
         """What the model carries for ``deltas``: the deltas, or one restrained delta."""
         from cathrepo.merging.consolidate import consolidate
-        from cathrepo.merging.restrain import restrain, spectral_norm
+        from cathrepo.merging.restrain import spectral_norm
         from cathrepo.models import get_module
 
         if not self.rule or not deltas:
             return list(deltas)
-        summed = consolidate(deltas, "cat").delta
-        norms = {m: spectral_norm(self.undo.originals.get(m, get_module(self.model, m).weight)) for m in summed.modules}
-        return [restrain(summed, norms, self.rule, self.factor).delta]
+        modules = {m for d in deltas for m in d.modules}
+        norms = {m: spectral_norm(self.undo.originals.get(m, get_module(self.model, m).weight)) for m in modules}
+        return [consolidate(deltas, f"{self.rule}:{self.factor}", norms=norms).delta]  # summed and restrained
 
     def put(self, deltas: Sequence[Any]) -> None:
         """Apply the stack of ``deltas`` to the model at its base weights."""

@@ -208,14 +208,13 @@ def carried(repo: Repo, deltas: Sequence[Delta], config: RepoConfig | None = Non
     ``restrain_factor`` times each base weight's spectral norm as one delta. A function of the deltas
     alone, so a revert or a checkout gives the model back exactly."""
     from cathrepo.merging.consolidate import consolidate as combine
-    from cathrepo.merging.restrain import restrain
 
     stack = (config or repo.config).stack
     if not stack.restrain or not deltas:
         return list(deltas)
-    summed = combine(labelled(repo, deltas), "cat").delta
-    norms = base_norms(repo, summed.modules)
-    return [restrain(summed, norms, stack.restrain, stack.restrain_factor).delta]
+    norms = base_norms(repo, {m for d in deltas for m in d.modules})
+    # the clip/prune merge strategy: the deltas summed and restrained in one pass
+    return [combine(labelled(repo, deltas), f"{stack.restrain}:{stack.restrain_factor}", norms=norms).delta]
 
 
 def write_pack(repo: Repo, record: PackRecord, delta: Delta) -> tuple[Pack, list[str]]:

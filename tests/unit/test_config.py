@@ -73,8 +73,11 @@ def test_defaults_make_medical_and_legal_high_and_high_need_one_approval():
 
 @pytest.mark.parametrize("table, match", [('[risk]\nmedical = "urgent"\n', "not a risk tier"),
                                           ("[approvals]\nhigh = -1\n", "non-negative"),
-                                          ("[approvals]\nhigh = true\n", "non-negative")])
-def test_bad_risk_or_approvals_are_refused(table, match):
+                                          ("[approvals]\nhigh = true\n", "non-negative"),
+                                          ('[stack]\nrestrain = "svd"\n', "'clip' or 'prune'"),
+                                          ("[stack]\nrestrain_factor = 0\n", "positive number"),
+                                          ("[stack]\nrestrain_factor = true\n", "positive number")])
+def test_bad_risk_approvals_or_stack_tables_are_refused(table, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(BASE_2 + table)
 
@@ -84,11 +87,3 @@ def test_the_stack_table_round_trips_and_is_left_out_when_default():
     assert config.stack.restrain == "clip" and config.stack.restrain_factor == 0.5
     assert "[stack]" in dump_config(config) and parse_config(dump_config(config)) == config
     assert "[stack]" not in dump_config(parse_config(BASE_2))  # a file that never set it keeps its bytes
-
-
-@pytest.mark.parametrize("table, match", [('[stack]\nrestrain = "svd"\n', "'clip' or 'prune'"),
-                                          ("[stack]\nrestrain_factor = 0\n", "positive number"),
-                                          ("[stack]\nrestrain_factor = true\n", "positive number")])
-def test_a_bad_stack_table_is_refused(table, match):
-    with pytest.raises(ConfigError, match=match):
-        parse_config(BASE_2 + table)
